@@ -1,0 +1,341 @@
+//! The context a value is sealed in, and its canonical encoding as associated data.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// Longest tenant id, table or column name, or extra key, in bytes.
+const MAX_NAME_LEN: usize = 255;
+/// Longest row id or extra value, in bytes.
+const MAX_VALUE_LEN: usize = 1024;
+/// Most extra pairs in one context.
+const MAX_EXTRAS: usize = 16;
+
+/// Where a value lives: tenant, table, column, and ideally the row's stable id,
+/// plus optional extra pairs.
+///
+/// The context is bound to the sealed value as AEAD associated data and is not
+/// stored in it: the same context must be given to open the value, so a value
+/// copied to another tenant, table, column or row does not open.
+///
+/// ```
+/// # fn main() -> Result<(), fieldseal::Error> {
+/// use fieldseal::Context;
+///
+/// let ctx = Context::builder("acme", "integrations", "refresh_token")
+///     .row(42)
+///     .extra("provider", "github")
+///     .build()?;
+/// assert_eq!(ctx.tenant(), "acme");
+/// # Ok(()) }
+/// ```
+///
+/// # Security
+///
+/// Give the row's *stable* id (a primary key that never changes), so a value
+/// moved to another row fails to open. Without a row id, a value can be copied
+/// between rows of the same tenant, table and column and still open. Context
+/// values are not secret: they appear in `Debug` output and error messages.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Context {
+    tenant: Box<str>,
+    table: Box<str>,
+    column: Box<str>,
+    row: Option<Box<str>>,
+    extras: BTreeMap<Box<str>, Box<str>>,
+    /// The canonical associated-data encoding, computed once.
+    encoded: Box<[u8]>,
+}
+
+impl Context {
+    /// A context for a value with no row id. Prefer [`Context::builder`] with
+    /// [`ContextBuilder::row`] where the row has a stable id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidContext`] if the tenant, table or column is empty or longer
+    /// than 255 bytes.
+    pub fn new(tenant: &str, table: &str, column: &str) -> Result<Self> {
+        Self::builder(tenant, table, column).build()
+    }
+
+    /// Starts a context for `tenant`, `table` and `column`; add a row id and
+    /// extras, then [`build`](ContextBuilder::build).
+    pub fn builder(
+        tenant: impl Into<String>,
+        table: impl Into<String>,
+        column: impl Into<String>,
+    ) -> ContextBuilder {
+        ContextBuilder {
+            tenant: tenant.into(),
+            table: table.into(),
+            column: column.into(),
+            row: None,
+            extras: Vec::new(),
+        }
+    }
+
+    /// The tenant id.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The column name.
+    pub fn column(&self) -> &str {
+        &self.column
+    }
+
+    /// The row id, if given.
+    pub fn row(&self) -> Option<&str> {
+        self.row.as_deref()
+    }
+
+    /// The extra pairs, sorted by key.
+    pub fn extras(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.extras.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// The canonical encoding (FORMAT.md §"Associated data").
+    pub(crate) fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Context");
+        d.field("tenant", &self.tenant)
+            .field("table", &self.table)
+            .field("column", &self.column);
+        if let Some(row) = &self.row {
+            d.field("row", row);
+        }
+        if !self.extras.is_empty() {
+            d.field("extras", &self.extras);
+        }
+        d.finish()
+    }
+}
+
+/// Builds a [`Context`]; validation happens once, in [`ContextBuilder::build`].
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ContextBuilder {
+    tenant: String,
+    table: String,
+    column: String,
+    row: Option<String>,
+    extras: Vec<(String, String)>,
+}
+
+impl ContextBuilder {
+    /// Binds the row's stable id (a primary key, a UUID). Integers and strings
+    /// with the same decimal text are the same row id.
+    pub fn row(mut self, id: impl fmt::Display) -> Self {
+        self.row = Some(id.to_string());
+        self
+    }
+
+    /// Binds an extra pair (for example `("provider", "github")`). Keys must be
+    /// unique; their order does not matter.
+    pub fn extra(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extras.push((key.into(), value.into()));
+        self
+    }
+
+    /// Validates and encodes the context.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidContext`] if the tenant, table, column or an extra key is
+    /// empty or longer than 255 bytes, the row id is empty or longer than 1024
+    /// bytes, an extra value is longer than 1024 bytes, an extra key repeats, or
+    /// there are more than 16 extras.
+    pub fn build(self) -> Result<Context> {
+        check_name("tenant id", &self.tenant)?;
+        check_name("table", &self.table)?;
+        check_name("column", &self.column)?;
+        if let Some(row) = &self.row {
+            if row.is_empty() {
+                return Err(Error::invalid_context(
+                    "row id is empty; leave it out rather than bind an empty id",
+                ));
+            }
+            check_len("row id", row, MAX_VALUE_LEN)?;
+        }
+        if self.extras.len() > MAX_EXTRAS {
+            return Err(Error::invalid_context(format!(
+                "{} extra pairs; at most {MAX_EXTRAS} are allowed",
+                self.extras.len()
+            )));
+        }
+        let mut extras = BTreeMap::new();
+        for (key, value) in self.extras {
+            check_name("extra key", &key)?;
+            check_len("extra value", &value, MAX_VALUE_LEN)?;
+            if extras.contains_key(key.as_str()) {
+                return Err(Error::invalid_context(format!(
+                    "extra key `{key}` is given twice"
+                )));
+            }
+            extras.insert(key.into_boxed_str(), value.into_boxed_str());
+        }
+        let encoded = encode(
+            &self.tenant,
+            &self.table,
+            &self.column,
+            self.row.as_deref(),
+            &extras,
+        );
+        Ok(Context {
+            tenant: self.tenant.into_boxed_str(),
+            table: self.table.into_boxed_str(),
+            column: self.column.into_boxed_str(),
+            row: self.row.map(String::into_boxed_str),
+            extras,
+            encoded,
+        })
+    }
+}
+
+fn check_name(what: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid_context(format!("{what} is empty")));
+    }
+    check_len(what, value, MAX_NAME_LEN)
+}
+
+fn check_len(what: &str, value: &str, max: usize) -> Result<()> {
+    if value.len() > max {
+        return Err(Error::invalid_context(format!(
+            "{what} is {} bytes; at most {max} are allowed",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The canonical encoding: every string is length-prefixed (u32 big-endian), in
+/// a fixed order, with a presence byte for the row id and a count for the extras
+/// (sorted by key). Every field's extent is determined by what precedes it, so
+/// two different contexts never encode to the same bytes.
+fn encode(
+    tenant: &str,
+    table: &str,
+    column: &str,
+    row: Option<&str>,
+    extras: &BTreeMap<Box<str>, Box<str>>,
+) -> Box<[u8]> {
+    let mut len = 4 + tenant.len() + 4 + table.len() + 4 + column.len() + 1 + 1;
+    if let Some(row) = row {
+        len += 4 + row.len();
+    }
+    for (k, v) in extras {
+        len += 8 + k.len() + v.len();
+    }
+    let mut out = Vec::with_capacity(len);
+    put(&mut out, tenant);
+    put(&mut out, table);
+    put(&mut out, column);
+    match row {
+        Some(row) => {
+            out.push(1);
+            put(&mut out, row);
+        }
+        None => out.push(0),
+    }
+    // At most MAX_EXTRAS (16), checked by the builder.
+    out.push(u8::try_from(extras.len()).unwrap_or(u8::MAX));
+    for (k, v) in extras {
+        put(&mut out, k);
+        put(&mut out, v);
+    }
+    out.into_boxed_slice()
+}
+
+fn put(out: &mut Vec<u8>, s: &str) {
+    // Lengths are bounded by the builder's checks (<= 1024), far below u32::MAX.
+    out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(t: &str, tb: &str, c: &str) -> Context {
+        Context::new(t, tb, c).unwrap()
+    }
+
+    #[test]
+    fn length_prefixes_prevent_collisions() {
+        assert_ne!(ctx("ab", "c", "d").encoded(), ctx("a", "bc", "d").encoded());
+        assert_ne!(ctx("a", "b", "cd").encoded(), ctx("a", "bc", "d").encoded());
+        let a = Context::builder("t", "x", "y").extra("ab", "c").build().unwrap();
+        let b = Context::builder("t", "x", "y").extra("a", "bc").build().unwrap();
+        assert_ne!(a.encoded(), b.encoded());
+    }
+
+    #[test]
+    fn row_presence_is_encoded() {
+        let none = ctx("t", "x", "y");
+        let some = Context::builder("t", "x", "y").row("0").build().unwrap();
+        assert_ne!(none.encoded(), some.encoded());
+    }
+
+    #[test]
+    fn extras_order_does_not_matter() {
+        let a = Context::builder("t", "x", "y")
+            .extra("k1", "v1")
+            .extra("k2", "v2")
+            .build()
+            .unwrap();
+        let b = Context::builder("t", "x", "y")
+            .extra("k2", "v2")
+            .extra("k1", "v1")
+            .build()
+            .unwrap();
+        assert_eq!(a.encoded(), b.encoded());
+    }
+
+    #[test]
+    fn known_encoding() {
+        let c = Context::builder("acme", "t", "c").row(7).build().unwrap();
+        assert_eq!(
+            hex::encode(c.encoded()),
+            "0000000461636d650000000174000000016301000000013700"
+        );
+    }
+
+    #[test]
+    fn rejects_empty_and_oversized() {
+        for (t, tb, c) in [("", "x", "y"), ("t", "", "y"), ("t", "x", "")] {
+            assert!(matches!(
+                Context::new(t, tb, c),
+                Err(Error::InvalidContext { .. })
+            ));
+        }
+        let long = "x".repeat(256);
+        assert!(Context::new(&long, "x", "y").is_err());
+        assert!(Context::builder("t", "x", "y").row("").build().is_err());
+        assert!(Context::builder("t", "x", "y").extra("", "v").build().is_err());
+        assert!(
+            Context::builder("t", "x", "y")
+                .extra("k", "1")
+                .extra("k", "2")
+                .build()
+                .is_err()
+        );
+        let mut b = Context::builder("t", "x", "y");
+        for i in 0..17 {
+            b = b.extra(format!("k{i}"), "v");
+        }
+        assert!(b.build().is_err());
+    }
+}

@@ -1,0 +1,297 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+use crate::time::Timestamp;
+
+/// A boxed error from a key provider or key store backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in fieldseal.
+///
+/// One variant, [`Error::OpenFailed`], is deliberately opaque: a sealed value that
+/// fails authentication or the key-commitment check says nothing about which check
+/// failed or why. Every other variant names what happened and what to do next.
+///
+/// # Security
+///
+/// No variant ever carries key material, plaintext, wrapped key bytes or the bytes
+/// of a sealed value; only identifiers (tenant ids, key versions, root key ids),
+/// lengths and times. Errors are safe to log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The sealed value did not open under its key and context.
+    ///
+    /// The value was altered, or it was sealed for a different tenant, table,
+    /// column, row or extra context than the one given to `open`. fieldseal does
+    /// not say which: that would be an oracle for an attacker.
+    #[error(
+        "sealed value did not open: it was altered, or it was sealed for a different \
+         tenant, table, column, row or context than the one given"
+    )]
+    OpenFailed,
+
+    /// The bytes or text are not a well-formed sealed value.
+    #[error("malformed sealed value: {reason}")]
+    Malformed {
+        /// What is wrong with the input (never its content).
+        reason: String,
+    },
+
+    /// The sealed value declares a format version this build does not read.
+    #[error(
+        "sealed value has format version {version}, but this build of fieldseal reads only \
+         version 1: upgrade fieldseal, or check that the column holds fieldseal values"
+    )]
+    UnsupportedVersion {
+        /// The version byte found.
+        version: u8,
+    },
+
+    /// The sealed value names an AEAD algorithm this build does not know.
+    #[error(
+        "sealed value names algorithm id {id}, which this build of fieldseal does not know \
+         (1 = AES-256-GCM, 2 = ChaCha20-Poly1305): upgrade fieldseal"
+    )]
+    UnsupportedAlgorithm {
+        /// The algorithm byte found.
+        id: u8,
+    },
+
+    /// A context (tenant, table, column, row, extras) was rejected.
+    #[error("invalid context: {reason}")]
+    InvalidContext {
+        /// Which part is invalid and why.
+        reason: String,
+    },
+
+    /// A per-tenant handle was given a context for another tenant.
+    #[error(
+        "this handle serves tenant `{handle}`, but the context names tenant `{context}`: \
+         get a handle for that tenant with `Sealer::tenant`"
+    )]
+    TenantMismatch {
+        /// The tenant the handle serves.
+        handle: String,
+        /// The tenant the context names.
+        context: String,
+    },
+
+    /// The plaintext is larger than a single field value may be.
+    #[error("plaintext is {len} bytes; a sealed field holds at most {max} bytes")]
+    PlaintextTooLarge {
+        /// Length of the plaintext given.
+        len: usize,
+        /// The largest plaintext accepted.
+        max: usize,
+    },
+
+    /// The key store has no key for this tenant.
+    #[error(
+        "tenant `{tenant}` has no keys in the key store, so nothing sealed for it can be \
+         opened here: check the tenant id and that this process uses the right key store"
+    )]
+    UnknownTenant {
+        /// The tenant id.
+        tenant: String,
+    },
+
+    /// The tenant has no key with this version.
+    #[error(
+        "tenant `{tenant}` has no key version {version} in the key store: the value was \
+         sealed under a key this store never held"
+    )]
+    UnknownKeyVersion {
+        /// The tenant id.
+        tenant: String,
+        /// The key version the sealed value names.
+        version: u32,
+    },
+
+    /// The key version that sealed the value was destroyed.
+    #[error(
+        "tenant `{tenant}` key version {version} was destroyed on {destroyed_at}: values \
+         sealed under it can never be opened again"
+    )]
+    KeyDestroyed {
+        /// The tenant id.
+        tenant: String,
+        /// The destroyed key version.
+        version: u32,
+        /// When it was destroyed.
+        destroyed_at: Timestamp,
+    },
+
+    /// The key version that sealed the value is disabled.
+    #[error(
+        "tenant `{tenant}` key version {version} is disabled (since {disabled_at}): \
+         re-enable it to open values sealed under it"
+    )]
+    KeyDisabled {
+        /// The tenant id.
+        tenant: String,
+        /// The disabled key version.
+        version: u32,
+        /// When it was disabled.
+        disabled_at: Timestamp,
+    },
+
+    /// The value was sealed under a version below the tenant's minimum decryption version.
+    #[error(
+        "tenant `{tenant}` refuses key version {version}: its minimum decryption version is \
+         {minimum} (lower it to open older values, or re-seal them first)"
+    )]
+    BelowMinimumVersion {
+        /// The tenant id.
+        tenant: String,
+        /// The key version the sealed value names.
+        version: u32,
+        /// The tenant's minimum decryption version.
+        minimum: u32,
+    },
+
+    /// The tenant was crypto-shredded.
+    #[error(
+        "tenant `{tenant}` was shredded on {shredded_at}: all of its keys are destroyed and \
+         its values can never be opened again"
+    )]
+    TenantShredded {
+        /// The tenant id.
+        tenant: String,
+        /// When it was shredded.
+        shredded_at: Timestamp,
+    },
+
+    /// A lifecycle operation was refused because it would break a key invariant.
+    ///
+    /// Nothing was changed.
+    #[error("{reason}")]
+    Refused {
+        /// What was refused and why.
+        reason: String,
+    },
+
+    /// A wrapped key names a root key that the provider does not hold.
+    #[error(
+        "root key `{id}` is not configured in the key provider: add it (it may be an older \
+         root key still needed to unwrap tenant keys)"
+    )]
+    RootKeyNotConfigured {
+        /// The root key id.
+        id: String,
+    },
+
+    /// A wrapped key did not unwrap under the root key it names.
+    #[error(
+        "the wrapped key for {subject} did not unwrap under root key `{root_key_id}`: the \
+         root key is wrong, or the key store record was altered or copied from elsewhere"
+    )]
+    UnwrapFailed {
+        /// What the wrapped key is (for example "tenant `acme` key version 3").
+        subject: String,
+        /// The root key id it names.
+        root_key_id: String,
+    },
+
+    /// The root key provider failed (network, permissions, KMS error).
+    #[error("key provider error: {message}")]
+    Provider {
+        /// What failed.
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The key store failed (database error, lost connection).
+    #[error("key store error: {message}")]
+    Store {
+        /// What failed.
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// A root key could not be loaded.
+    #[error("root key from {origin}: {reason}")]
+    RootKey {
+        /// Where the key was to come from (a file path or an environment variable name).
+        origin: String,
+        /// What went wrong.
+        reason: String,
+        /// The underlying I/O error, if any.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+
+    /// A root key file already exists and was not overwritten.
+    #[error(
+        "root key file {} already exists; fieldseal never overwrites a root key \
+         (load it instead, or choose another path)",
+        path.display()
+    )]
+    RootKeyFileExists {
+        /// The path that exists.
+        path: PathBuf,
+    },
+
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An opened value is not valid UTF-8 and was asked for as text.
+    #[error("opened value is not valid UTF-8 (it was sealed from bytes, not text)")]
+    NotUtf8,
+}
+
+impl Error {
+    pub(crate) fn malformed(reason: impl Into<String>) -> Self {
+        Self::Malformed {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn invalid_context(reason: impl Into<String>) -> Self {
+        Self::InvalidContext {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn refused(reason: impl Into<String>) -> Self {
+        Self::Refused {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn config(reason: impl Into<String>) -> Self {
+        Self::Config {
+            reason: reason.into(),
+        }
+    }
+
+    /// A key store failure with an underlying cause, for [`KeyStore`](crate::KeyStore)
+    /// implementations.
+    pub fn store(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Store {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A key provider failure with an underlying cause, for
+    /// [`KeyProvider`](crate::KeyProvider) implementations.
+    pub fn provider(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Provider {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

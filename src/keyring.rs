@@ -1,0 +1,270 @@
+//! A tenant's unwrapped keys, and sealing and opening one value with them.
+//!
+//! A [`Keyring`] is an immutable snapshot of one tenant's key versions as the key
+//! store held them when it was loaded, with each usable version's record-key
+//! PRK already extracted. Sealing and opening are synchronous and allocate only
+//! the output.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use rand::Rng as _;
+
+use crate::context::Context;
+use crate::crypto::{self, RecordKeyDeriver};
+use crate::error::{Error, Result};
+use crate::format::{
+    Algorithm, FORMAT_V1, HEADER_LEN, MAX_PLAINTEXT_LEN, OVERHEAD, SALT_LEN, SealedValue,
+};
+use crate::provider::WrappedKey;
+use crate::secret::Opened;
+use crate::time::Timestamp;
+
+/// One key version in a keyring.
+#[derive(Debug)]
+pub(crate) struct VersionEntry {
+    pub(crate) version: u32,
+    pub(crate) status: VersionStatus,
+}
+
+#[derive(Debug)]
+pub(crate) enum VersionStatus {
+    /// Unwrapped and usable; the wrapped form is kept to recognise the same key
+    /// on reload without unwrapping it again.
+    Usable {
+        deriver: RecordKeyDeriver,
+        wrapped: WrappedKey,
+    },
+    Disabled {
+        since: Timestamp,
+    },
+    Destroyed {
+        at: Timestamp,
+    },
+}
+
+/// A tenant's keys as loaded from the store.
+#[derive(Debug)]
+pub(crate) struct Keyring {
+    pub(crate) tenant: Box<str>,
+    /// Ascending by version; the last is the primary.
+    pub(crate) versions: Vec<VersionEntry>,
+    pub(crate) min_decryption_version: u32,
+    pub(crate) shredded_at: Option<Timestamp>,
+    pub(crate) generation: u64,
+    pub(crate) loaded_at: Instant,
+    /// Set (to the shred time) when this process shreds the tenant: handles
+    /// still holding this snapshot stop working at once.
+    pub(crate) revoked: OnceLock<Timestamp>,
+}
+
+impl Keyring {
+    fn shredded_error(&self, at: Timestamp) -> Error {
+        Error::TenantShredded {
+            tenant: self.tenant.to_string(),
+            shredded_at: at,
+        }
+    }
+
+    fn check_live(&self) -> Result<()> {
+        if let Some(at) = self.shredded_at {
+            return Err(self.shredded_error(at));
+        }
+        if let Some(at) = self.revoked.get() {
+            return Err(self.shredded_error(*at));
+        }
+        Ok(())
+    }
+
+    fn check_tenant(&self, ctx: &Context) -> Result<()> {
+        if *self.tenant != *ctx.tenant() {
+            return Err(Error::TenantMismatch {
+                handle: self.tenant.to_string(),
+                context: ctx.tenant().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The primary version and its deriver.
+    pub(crate) fn primary(&self) -> Result<(u32, &RecordKeyDeriver)> {
+        self.check_live()?;
+        match self.versions.last() {
+            Some(VersionEntry {
+                version,
+                status: VersionStatus::Usable { deriver, .. },
+            }) => Ok((*version, deriver)),
+            // The store guarantees the highest version is active; a store that
+            // breaks this gets a clear error rather than a wrong key.
+            _ => Err(Error::Store {
+                message: format!(
+                    "tenant `{}` has no usable primary key (its highest key version is not \
+                     active): the key store is inconsistent",
+                    self.tenant
+                ),
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn primary_version(&self) -> u32 {
+        self.versions.last().map_or(0, |v| v.version)
+    }
+
+    pub(crate) fn has_version(&self, version: u32) -> bool {
+        self.versions.iter().any(|v| v.version == version)
+    }
+
+    /// The deriver for `version`, or the error that explains why it cannot open.
+    fn deriver_for(&self, version: u32) -> Result<&RecordKeyDeriver> {
+        self.check_live()?;
+        let entry = self
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| Error::UnknownKeyVersion {
+                tenant: self.tenant.to_string(),
+                version,
+            })?;
+        match &entry.status {
+            VersionStatus::Destroyed { at } => Err(Error::KeyDestroyed {
+                tenant: self.tenant.to_string(),
+                version,
+                destroyed_at: *at,
+            }),
+            VersionStatus::Disabled { since } => Err(Error::KeyDisabled {
+                tenant: self.tenant.to_string(),
+                version,
+                disabled_at: *since,
+            }),
+            VersionStatus::Usable { deriver, .. } => {
+                if version < self.min_decryption_version {
+                    return Err(Error::BelowMinimumVersion {
+                        tenant: self.tenant.to_string(),
+                        version,
+                        minimum: self.min_decryption_version,
+                    });
+                }
+                Ok(deriver)
+            }
+        }
+    }
+
+    /// Seals `plaintext` under the primary key.
+    pub(crate) fn seal(
+        &self,
+        algorithm: Algorithm,
+        ctx: &Context,
+        plaintext: &[u8],
+    ) -> Result<SealedValue> {
+        self.check_tenant(ctx)?;
+        let (version, deriver) = self.primary()?;
+        seal_record(deriver, algorithm, version, ctx.encoded(), plaintext)
+    }
+
+    /// Opens `sealed`, reporting whether it is under an older version.
+    pub(crate) fn open(&self, ctx: &Context, sealed: &SealedValue) -> Result<Opened> {
+        self.check_tenant(ctx)?;
+        let version = sealed.key_version();
+        let deriver = self.deriver_for(version)?;
+        let plaintext = open_record(deriver, sealed, ctx.encoded())?;
+        Ok(Opened::new(
+            plaintext,
+            version,
+            version != self.primary_version(),
+        ))
+    }
+}
+
+/// Seals one value (FORMAT.md §"Sealing").
+pub(crate) fn seal_record(
+    deriver: &RecordKeyDeriver,
+    algorithm: Algorithm,
+    key_version: u32,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<SealedValue> {
+    if plaintext.len() > MAX_PLAINTEXT_LEN {
+        return Err(Error::PlaintextTooLarge {
+            len: plaintext.len(),
+            max: MAX_PLAINTEXT_LEN,
+        });
+    }
+    let mut salt = [0u8; SALT_LEN];
+    rand::rng().fill_bytes(&mut salt);
+    seal_with_salt(deriver, algorithm, key_version, aad, plaintext, &salt)
+}
+
+/// Seals with a given salt. Only the test-vector generator chooses the salt.
+pub(crate) fn seal_with_salt(
+    deriver: &RecordKeyDeriver,
+    algorithm: Algorithm,
+    key_version: u32,
+    aad: &[u8],
+    plaintext: &[u8],
+    salt: &[u8; SALT_LEN],
+) -> Result<SealedValue> {
+    let mut header = [0u8; HEADER_LEN];
+    {
+        let (fixed, salt_out) = header.split_at_mut(HEADER_LEN - SALT_LEN);
+        let (version_alg, kv) = fixed.split_at_mut(2);
+        version_alg.copy_from_slice(&[FORMAT_V1, algorithm.id()]);
+        kv.copy_from_slice(&key_version.to_be_bytes());
+        salt_out.copy_from_slice(salt);
+    }
+    let record_key = deriver.derive(&header);
+
+    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&record_key.commitment);
+    out.extend_from_slice(plaintext);
+    let body_start = HEADER_LEN + record_key.commitment.len();
+    let sealed = match out.split_at_mut_checked(body_start) {
+        Some((_, body)) => {
+            crypto::aead_seal(algorithm, &record_key.key, &record_key.nonce, aad, body)
+        }
+        None => Err(()),
+    };
+    match sealed {
+        Ok(tag) => {
+            out.extend_from_slice(&tag);
+            Ok(SealedValue::from_sealed_parts(out, algorithm, key_version))
+        }
+        Err(()) => {
+            // The buffer may still hold plaintext.
+            zeroize::Zeroize::zeroize(&mut out);
+            Err(Error::PlaintextTooLarge {
+                len: plaintext.len(),
+                max: MAX_PLAINTEXT_LEN,
+            })
+        }
+    }
+}
+
+/// Opens one value (FORMAT.md §"Opening"): commitment first, in constant time,
+/// then AEAD decryption. Both failures are the same opaque error.
+pub(crate) fn open_record(
+    deriver: &RecordKeyDeriver,
+    sealed: &SealedValue,
+    aad: &[u8],
+) -> Result<Box<[u8]>> {
+    let parts = sealed
+        .parts()
+        .ok_or_else(|| Error::malformed("truncated"))?;
+    let record_key = deriver.derive(parts.header);
+    if !record_key.commitment_matches(parts.commitment) {
+        return Err(Error::OpenFailed);
+    }
+    // An exact-size allocation: the plaintext is never copied again.
+    let mut buf: Box<[u8]> = Box::from(parts.ciphertext);
+    crypto::aead_open(
+        sealed.algorithm(),
+        &record_key.key,
+        &record_key.nonce,
+        aad,
+        &mut buf,
+        parts.tag,
+    )
+    .map_err(|()| Error::OpenFailed)?;
+    Ok(buf)
+}

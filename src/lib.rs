@@ -1,0 +1,54 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::print_stdout,
+        clippy::print_stderr,
+        clippy::dbg_macro
+    )
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod cache;
+mod context;
+mod crypto;
+mod error;
+mod format;
+mod keyring;
+mod provider;
+mod sealer;
+mod secret;
+mod store;
+mod time;
+
+// The public API, in full.
+pub use crate::{
+    // Contexts: where a value lives, bound as associated data.
+    context::{Context, ContextBuilder},
+    // Errors.
+    error::{BoxError, Error, Result},
+    // The sealed-value format.
+    format::{Algorithm, MAX_PLAINTEXT_LEN, OVERHEAD, SealedValue},
+    // Root key providers.
+    provider::{KeyProvider, LocalKeyProvider, WrapContext, WrappedKey},
+    // The handles.
+    sealer::{Sealer, SealerBuilder, TenantSealer},
+    // Secrets.
+    secret::{Opened, RootKey, TenantKey},
+    // Key stores.
+    store::{
+        InsertOutcome, KeyRecord, KeyState, KeyStore, MemoryKeyStore, NewKeyVersion, TenantRecord,
+    },
+    time::Timestamp,
+};
+
+/// Re-exported so that implementations of [`KeyProvider`] and [`KeyStore`] use
+/// the same attribute macro version as fieldseal.
+pub use async_trait::async_trait;
+/// Re-exported: opened plaintext is a [`secrecy::SecretSlice`].
+pub use secrecy;

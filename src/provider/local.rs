@@ -1,0 +1,251 @@
+//! The local root key provider: root keys held in process memory.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use rand::Rng as _;
+
+use super::{KeyProvider, WrapContext, WrappedKey};
+use crate::crypto::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
+use crate::error::{Error, Result};
+use crate::format::Algorithm;
+use crate::secret::{RootKey, TenantKey};
+
+/// Version byte of the local provider's wrapped-key layout.
+const WRAP_V1: u8 = 0x01;
+/// `version (1) || nonce (12) || encrypted key (32) || tag (16)`.
+const WRAPPED_LEN: usize = 1 + NONCE_LEN + KEY_LEN + TAG_LEN;
+
+/// The embedded default provider: 256-bit root keys held in this process.
+///
+/// One root key is *current* and wraps new tenant keys; any number of
+/// *previous* root keys still unwrap, which is how the root key is rotated:
+/// configure the new key as current and the old one as previous, re-wrap every
+/// tenant key, then drop the old key. A tenant key is wrapped with AES-256-GCM
+/// under the root key, with a random nonce and the [`WrapContext`] as
+/// associated data (FORMAT.md §"Wrapped keys").
+///
+/// ```
+/// # fn main() -> Result<(), fieldseal::Error> {
+/// use fieldseal::{LocalKeyProvider, RootKey};
+///
+/// let provider = LocalKeyProvider::new("root-2026-11", RootKey::generate()?)?
+///     .with_previous("root-2025-01", RootKey::generate()?)?;
+/// # let _ = provider;
+/// # Ok(()) }
+/// ```
+///
+/// # Security
+///
+/// The root keys live in process memory (zeroized on drop). Prefer a KMS
+/// provider where one is available: there the root key never leaves the KMS.
+/// Each root key should wrap fewer than 2^32 tenant keys (AES-GCM's limit for
+/// random nonces); a deployment that gets near that has other problems first.
+pub struct LocalKeyProvider {
+    current: String,
+    /// All root keys, the current one first.
+    keys: Vec<(String, RootKey)>,
+}
+
+impl LocalKeyProvider {
+    /// A provider whose current (and only) root key is `key`, named `id`.
+    ///
+    /// The id is stored beside every tenant key it wraps, so it must stay the
+    /// same for as long as the key is in use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `id` is empty, longer than 255 bytes, or has
+    /// characters other than ASCII letters, digits and `-_.:/`.
+    pub fn new(id: impl Into<String>, key: RootKey) -> Result<Self> {
+        let id = id.into();
+        check_id(&id)?;
+        Ok(Self {
+            current: id.clone(),
+            keys: vec![(id, key)],
+        })
+    }
+
+    /// Adds a previous root key: it unwraps, but never wraps.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if `id` is invalid (see [`LocalKeyProvider::new`]) or
+    /// already configured.
+    pub fn with_previous(mut self, id: impl Into<String>, key: RootKey) -> Result<Self> {
+        let id = id.into();
+        check_id(&id)?;
+        if self.keys.iter().any(|(known, _)| *known == id) {
+            return Err(Error::config(format!(
+                "root key id `{id}` is configured twice; every root key needs its own id"
+            )));
+        }
+        self.keys.push((id, key));
+        Ok(self)
+    }
+
+    fn key(&self, id: &str) -> Option<&RootKey> {
+        self.keys.iter().find(|(known, _)| known == id).map(|(_, key)| key)
+    }
+}
+
+fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 255
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "root key id {id:?} is invalid: use 1 to 255 ASCII letters, digits and `-_.:/`"
+        )))
+    }
+}
+
+impl fmt::Debug for LocalKeyProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalKeyProvider")
+            .field("current", &self.current)
+            .field(
+                "previous",
+                &self
+                    .keys
+                    .iter()
+                    .skip(1)
+                    .map(|(id, _)| id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl KeyProvider for LocalKeyProvider {
+    fn current_root_key_id(&self) -> &str {
+        &self.current
+    }
+
+    async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
+        let root = self
+            .key(&self.current)
+            .ok_or_else(|| Error::RootKeyNotConfigured {
+                id: self.current.clone(),
+            })?;
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let mut body = zeroize::Zeroizing::new(*key.expose_secret());
+        let tag = crypto::aead_seal(
+            Algorithm::Aes256Gcm,
+            root.expose(),
+            &nonce,
+            &ctx.aad(),
+            body.as_mut_slice(),
+        )
+        .map_err(|()| Error::Provider {
+            message: "AES-256-GCM refused to wrap a 32-byte key".into(),
+            source: None,
+        })?;
+        let mut out = Vec::with_capacity(WRAPPED_LEN);
+        out.push(WRAP_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(body.as_slice());
+        out.extend_from_slice(&tag);
+        Ok(WrappedKey::new(self.current.clone(), out))
+    }
+
+    async fn unwrap(&self, wrapped: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey> {
+        let root = self
+            .key(wrapped.root_key_id())
+            .ok_or_else(|| Error::RootKeyNotConfigured {
+                id: wrapped.root_key_id().to_string(),
+            })?;
+        let failed = || Error::UnwrapFailed {
+            subject: ctx.describe(),
+            root_key_id: wrapped.root_key_id().to_string(),
+        };
+        let bytes = wrapped.as_bytes();
+        let Some((&WRAP_V1, rest)) = bytes.split_first() else {
+            return Err(failed());
+        };
+        let Some((nonce, rest)) = rest.split_first_chunk::<NONCE_LEN>() else {
+            return Err(failed());
+        };
+        let Some((body, tag)) = rest.split_first_chunk::<KEY_LEN>() else {
+            return Err(failed());
+        };
+        let Ok(tag) = <&[u8; TAG_LEN]>::try_from(tag) else {
+            return Err(failed());
+        };
+        let mut key = zeroize::Zeroizing::new(*body);
+        crypto::aead_open(
+            Algorithm::Aes256Gcm,
+            root.expose(),
+            nonce,
+            &ctx.aad(),
+            key.as_mut_slice(),
+            tag,
+        )
+        .map_err(|()| failed())?;
+        TenantKey::from_slice(key.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> LocalKeyProvider {
+        LocalKeyProvider::new("k1", RootKey::from_bytes(&mut [7u8; 32])).unwrap()
+    }
+
+    #[tokio::test]
+    async fn wrap_round_trips_and_binds_context() {
+        let p = provider();
+        let key = TenantKey::from_slice(&[9u8; 32]).unwrap();
+        let ctx = WrapContext::tenant_key("acme", 1);
+        let wrapped = p.wrap(&key, &ctx).await.unwrap();
+        assert_eq!(wrapped.as_bytes().len(), WRAPPED_LEN);
+        let back = p.unwrap(&wrapped, &ctx).await.unwrap();
+        assert_eq!(back.expose_secret(), key.expose_secret());
+
+        for other in [
+            WrapContext::tenant_key("acme", 2),
+            WrapContext::tenant_key("other", 1),
+            WrapContext::audit_key(1),
+        ] {
+            assert!(matches!(
+                p.unwrap(&wrapped, &other).await,
+                Err(Error::UnwrapFailed { .. })
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_root_and_bad_bytes() {
+        let p = provider();
+        let ctx = WrapContext::tenant_key("acme", 1);
+        let foreign = WrappedKey::new("k9", vec![1; WRAPPED_LEN]);
+        assert!(matches!(
+            p.unwrap(&foreign, &ctx).await,
+            Err(Error::RootKeyNotConfigured { id }) if id == "k9"
+        ));
+        for len in [0, 1, 13, 45, WRAPPED_LEN - 1, WRAPPED_LEN + 1] {
+            let bad = WrappedKey::new("k1", vec![1; len]);
+            assert!(matches!(
+                p.unwrap(&bad, &ctx).await,
+                Err(Error::UnwrapFailed { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn ids_are_validated() {
+        let k = || RootKey::from_bytes(&mut [1u8; 32]);
+        assert!(LocalKeyProvider::new("", k()).is_err());
+        assert!(LocalKeyProvider::new("a b", k()).is_err());
+        assert!(LocalKeyProvider::new("k1", k()).unwrap().with_previous("k1", k()).is_err());
+        assert!(LocalKeyProvider::new("arn:aws/k-1_2.3", k()).is_ok());
+    }
+}

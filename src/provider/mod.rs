@@ -1,0 +1,224 @@
+//! Root key providers: the joint where fieldseal meets a KMS or a local key file.
+//!
+//! A provider wraps and unwraps tenant keys under a root key (a key-encryption
+//! key) that it holds. The wrap binds what the key is for — tenant and version —
+//! as associated data, so a wrapped key copied to another tenant's or version's
+//! record does not unwrap.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::secret::TenantKey;
+
+mod local;
+
+pub use local::LocalKeyProvider;
+
+/// What a wrapped key is: a tenant key (its tenant and version) or the key store's
+/// audit key.
+///
+/// Providers must bind it to the wrap — as AEAD associated data
+/// ([`WrapContext::aad`]) or as a KMS encryption context
+/// ([`WrapContext::fields`]) — and refuse to unwrap under any other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrapContext<'a> {
+    purpose: Purpose,
+    tenant: &'a str,
+    version: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    TenantKey,
+    AuditKey,
+}
+
+impl Purpose {
+    fn label(self) -> &'static str {
+        match self {
+            Self::TenantKey => "tenant-key",
+            Self::AuditKey => "audit-key",
+        }
+    }
+}
+
+impl<'a> WrapContext<'a> {
+    /// The context of tenant key `version` of `tenant`.
+    pub(crate) fn tenant_key(tenant: &'a str, version: u32) -> Self {
+        Self {
+            purpose: Purpose::TenantKey,
+            tenant,
+            version,
+        }
+    }
+
+    /// The context of version `version` of the key store's audit-chain key.
+    #[allow(dead_code)]
+    pub(crate) fn audit_key(version: u32) -> Self {
+        Self {
+            purpose: Purpose::AuditKey,
+            tenant: "",
+            version,
+        }
+    }
+
+    /// `true` for the audit-chain key (whose tenant is empty), `false` for a
+    /// tenant key.
+    pub fn is_audit_key(&self) -> bool {
+        self.purpose == Purpose::AuditKey
+    }
+
+    /// The tenant id (empty for the audit-chain key).
+    pub fn tenant(&self) -> &'a str {
+        self.tenant
+    }
+
+    /// The key version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The canonical associated-data encoding (FORMAT.md §"Wrapped keys"):
+    /// `"fieldseal/v1/" || purpose || 0x00 || u32be(len(tenant)) || tenant ||
+    /// u32be(version)`, where purpose is `tenant-key` or `audit-key`.
+    pub fn aad(&self) -> Vec<u8> {
+        let label = self.purpose.label();
+        let mut out = Vec::with_capacity(13 + label.len() + 9 + self.tenant.len());
+        out.extend_from_slice(b"fieldseal/v1/");
+        out.extend_from_slice(label.as_bytes());
+        out.push(0);
+        // Tenant ids are at most 255 bytes (checked by `Context`).
+        out.extend_from_slice(
+            &u32::try_from(self.tenant.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(self.tenant.as_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out
+    }
+
+    /// The same binding as string pairs, for KMS encryption contexts.
+    pub fn fields(&self) -> [(&'static str, String); 3] {
+        [
+            ("fieldseal:purpose", format!("{}/v1", self.purpose.label())),
+            ("fieldseal:tenant", self.tenant.to_string()),
+            ("fieldseal:version", self.version.to_string()),
+        ]
+    }
+
+    /// A human description for error messages: "tenant `acme` key version 3".
+    pub(crate) fn describe(&self) -> String {
+        match self.purpose {
+            Purpose::TenantKey => format!("tenant `{}` key version {}", self.tenant, self.version),
+            Purpose::AuditKey => format!("the audit-chain key version {}", self.version),
+        }
+    }
+}
+
+/// A tenant key wrapped under a root key: the root key's id and the provider's
+/// opaque bytes.
+///
+/// # Security
+///
+/// The bytes are not secret in the way a key is (they open only with the root
+/// key), but `Debug` prints only their length, and nothing in fieldseal logs them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    root_key_id: String,
+    bytes: Vec<u8>,
+}
+
+impl WrappedKey {
+    /// A wrapped key from its root key id and provider bytes.
+    pub fn new(root_key_id: impl Into<String>, bytes: Vec<u8>) -> Self {
+        Self {
+            root_key_id: root_key_id.into(),
+            bytes,
+        }
+    }
+
+    /// The id of the root key that wrapped it.
+    pub fn root_key_id(&self) -> &str {
+        &self.root_key_id
+    }
+
+    /// The provider's wrapped bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WrappedKey")
+            .field("root_key_id", &self.root_key_id)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Wraps and unwraps tenant keys under root keys it holds.
+///
+/// A provider may hold several root keys: [`current_root_key_id`] names the one
+/// that wraps new keys; the others still unwrap (this is how the root key is
+/// rotated). A provider is called only on key creation, rotation and cache
+/// misses, never per sealed value.
+///
+/// # Writing a provider
+///
+/// ```
+/// use fieldseal::{Error, KeyProvider, TenantKey, WrapContext, WrappedKey};
+///
+/// #[derive(Debug)]
+/// struct MyKms { /* a client */ }
+///
+/// #[async_trait::async_trait]
+/// impl KeyProvider for MyKms {
+///     fn current_root_key_id(&self) -> &str {
+///         "my-kms-key-1"
+///     }
+///
+///     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey, Error> {
+///         // Send key.expose_secret() and ctx.fields() (or ctx.aad()) to the KMS.
+///         # let _ = (key, ctx);
+///         # Err(Error::RootKeyNotConfigured { id: "my-kms-key-1".into() })
+///     }
+///
+///     async fn unwrap(&self, wrapped: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey, Error> {
+///         if wrapped.root_key_id() != "my-kms-key-1" {
+///             return Err(Error::RootKeyNotConfigured { id: wrapped.root_key_id().into() });
+///         }
+///         // Send wrapped.as_bytes() and the same ctx binding; the KMS refuses a mismatch.
+///         # let _ = ctx;
+///         # Err(Error::RootKeyNotConfigured { id: wrapped.root_key_id().into() })
+///     }
+/// }
+/// ```
+///
+/// [`current_root_key_id`]: KeyProvider::current_root_key_id
+#[async_trait]
+pub trait KeyProvider: Send + Sync + fmt::Debug {
+    /// The id of the root key that [`wrap`](KeyProvider::wrap) uses.
+    fn current_root_key_id(&self) -> &str;
+
+    /// Wraps `key` under the current root key, bound to `ctx`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Provider`](crate::Error::Provider) if the KMS call fails.
+    async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey>;
+
+    /// Unwraps `wrapped`, which must have been wrapped bound to `ctx`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RootKeyNotConfigured`](crate::Error::RootKeyNotConfigured) if the
+    /// provider does not hold the named root key ("not my key");
+    /// [`Error::UnwrapFailed`](crate::Error::UnwrapFailed) if it does but the bytes
+    /// do not unwrap (wrong key, altered or moved record);
+    /// [`Error::Provider`](crate::Error::Provider) if the KMS call fails.
+    async fn unwrap(&self, wrapped: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey>;
+}

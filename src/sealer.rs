@@ -1,0 +1,494 @@
+//! The handle applications hold: one `Sealer` for every tenant.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::cache::{KeyCache, Lookup};
+use crate::context::Context;
+use crate::crypto::RecordKeyDeriver;
+use crate::error::{Error, Result};
+use crate::format::{Algorithm, SealedValue};
+use crate::keyring::{Keyring, VersionEntry, VersionStatus};
+use crate::provider::{KeyProvider, WrapContext, WrappedKey};
+use crate::secret::{Opened, TenantKey};
+use crate::store::{InsertOutcome, KeyState, KeyStore, NewKeyVersion, TenantRecord};
+use crate::time::Timestamp;
+
+/// Default number of tenants whose keys are cached.
+const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+/// Default time a cached tenant key stays valid.
+const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// Seals and opens field values for every tenant.
+///
+/// Build one per process with [`Sealer::builder`], clone it freely (clones share
+/// the key cache), and pass the tenant in each call's [`Context`]. The first
+/// use of a tenant loads (or creates) its keys through the key store and the
+/// key provider; after that its keys are cached and sealing and opening do no
+/// I/O. For the tightest loops, take a [`TenantSealer`] with
+/// [`Sealer::tenant`]: its `seal` and `open` are plain synchronous calls.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), fieldseal::Error> {
+/// use fieldseal::{Context, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer};
+/// use secrecy::ExposeSecret;
+///
+/// let provider = LocalKeyProvider::new("root-1", RootKey::generate()?)?;
+/// let sealer = Sealer::builder(provider, MemoryKeyStore::new()).build();
+///
+/// let ctx = Context::builder("acme", "integrations", "api_key").row(7).build()?;
+/// let sealed = sealer.seal(&ctx, b"sk_live_123").await?;
+/// let opened = sealer.open(&ctx, &sealed).await?;
+/// assert_eq!(opened.plaintext().expose_secret(), b"sk_live_123");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Sealer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: Box<dyn KeyProvider>,
+    store: Box<dyn KeyStore>,
+    cache: KeyCache,
+    algorithm: Algorithm,
+    create_tenants: bool,
+}
+
+/// Configures a [`Sealer`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct SealerBuilder {
+    provider: Box<dyn KeyProvider>,
+    store: Box<dyn KeyStore>,
+    algorithm: Algorithm,
+    cache_capacity: usize,
+    cache_ttl: Duration,
+    create_tenants: bool,
+}
+
+impl SealerBuilder {
+    /// The AEAD for new values (default AES-256-GCM). Values sealed with either
+    /// algorithm always open.
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// How many tenants' keys to keep cached (default 10,000). When full, the
+    /// longest-cached tenant is evicted.
+    pub fn cache_capacity(mut self, tenants: usize) -> Self {
+        self.cache_capacity = tenants;
+        self
+    }
+
+    /// How long a tenant's cached keys are used before they are reloaded from
+    /// the key store (default 5 minutes).
+    ///
+    /// # Security
+    ///
+    /// This is also how long *another* process may keep sealing with a rotated
+    /// key or opening a shredded tenant's values after the change: keep it as
+    /// short as your key provider's request budget allows.
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// Whether sealing for a tenant with no keys creates its first key (default
+    /// `true`). When `false`, such a seal fails with
+    /// [`Error::UnknownTenant`] until the tenant is created with
+    /// [`Sealer::create_tenant`].
+    pub fn create_tenants_on_first_use(mut self, create: bool) -> Self {
+        self.create_tenants = create;
+        self
+    }
+
+    /// Builds the sealer.
+    pub fn build(self) -> Sealer {
+        Sealer {
+            inner: Arc::new(Inner {
+                provider: self.provider,
+                store: self.store,
+                cache: KeyCache::new(self.cache_capacity, self.cache_ttl),
+                algorithm: self.algorithm,
+                create_tenants: self.create_tenants,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for SealerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealerBuilder")
+            .field("provider", &self.provider)
+            .field("store", &self.store)
+            .field("algorithm", &self.algorithm)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("create_tenants", &self.create_tenants)
+            .finish()
+    }
+}
+
+impl Sealer {
+    /// Starts configuring a sealer over a root key provider and a key store.
+    pub fn builder(
+        provider: impl KeyProvider + 'static,
+        store: impl KeyStore + 'static,
+    ) -> SealerBuilder {
+        SealerBuilder {
+            provider: Box::new(provider),
+            store: Box::new(store),
+            algorithm: Algorithm::default(),
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            cache_ttl: DEFAULT_CACHE_TTL,
+            create_tenants: true,
+        }
+    }
+
+    /// A synchronous sealer for one tenant, with its keys loaded (and its first
+    /// key created, if it has none and the builder allows it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidContext`] for an empty or over-long tenant id;
+    /// [`Error::UnknownTenant`] if the tenant has no keys and may not be
+    /// created; [`Error::TenantShredded`]; provider and store errors.
+    pub async fn tenant(&self, tenant: &str) -> Result<TenantSealer> {
+        check_tenant_id(tenant)?;
+        let keyring = self.keyring(tenant, self.inner.create_tenants).await?;
+        if let Some(at) = keyring.shredded_at {
+            return Err(Error::TenantShredded {
+                tenant: tenant.to_string(),
+                shredded_at: at,
+            });
+        }
+        Ok(TenantSealer {
+            keyring,
+            algorithm: self.inner.algorithm,
+        })
+    }
+
+    /// Seals `plaintext` for the tenant, table, column and row named by `ctx`,
+    /// under the tenant's primary key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PlaintextTooLarge`]; [`Error::TenantShredded`];
+    /// [`Error::UnknownTenant`] if the tenant has no keys and may not be
+    /// created; provider and store errors while loading keys.
+    pub async fn seal(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
+        let keyring = self.keyring(ctx.tenant(), self.inner.create_tenants).await?;
+        keyring.seal(self.inner.algorithm, ctx, plaintext)
+    }
+
+    /// Opens `sealed`, which must have been sealed with exactly this `ctx`.
+    ///
+    /// A value under a key version this process has not seen yet (another
+    /// process rotated) reloads the tenant's keys once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OpenFailed`] if the value was altered or belongs to another
+    /// context (one opaque error, by design); [`Error::KeyDestroyed`],
+    /// [`Error::KeyDisabled`], [`Error::BelowMinimumVersion`],
+    /// [`Error::TenantShredded`], [`Error::UnknownTenant`],
+    /// [`Error::UnknownKeyVersion`]; provider and store errors.
+    pub async fn open(&self, ctx: &Context, sealed: &SealedValue) -> Result<Opened> {
+        let mut keyring = self.keyring(ctx.tenant(), false).await?;
+        if !keyring.has_version(sealed.key_version())
+            && keyring.shredded_at.is_none()
+            && sealed.key_version() > keyring.primary_version()
+        {
+            self.inner.cache.invalidate(ctx.tenant());
+            keyring = self.keyring(ctx.tenant(), false).await?;
+        }
+        keyring.open(ctx, sealed)
+    }
+
+    /// Creates a tenant's first key explicitly (for deployments that disable
+    /// [`create_tenants_on_first_use`](SealerBuilder::create_tenants_on_first_use)).
+    /// Does nothing if the tenant already has keys.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TenantShredded`] if the tenant was shredded; provider and store
+    /// errors.
+    pub async fn create_tenant(&self, tenant: &str) -> Result<()> {
+        check_tenant_id(tenant)?;
+        match self.inner.store.load_tenant(tenant).await? {
+            Some(record) if record.latest_version() > 0 || record.shredded_at.is_some() => {
+                if let Some(at) = record.shredded_at {
+                    return Err(Error::TenantShredded {
+                        tenant: tenant.to_string(),
+                        shredded_at: at,
+                    });
+                }
+                Ok(())
+            }
+            _ => self.create_version(tenant, 1).await.map(|_| ()),
+        }
+    }
+
+    /// The tenant's keys: cached, or loaded once for all concurrent callers.
+    async fn keyring(&self, tenant: &str, create: bool) -> Result<Arc<Keyring>> {
+        match self.inner.cache.lookup(tenant) {
+            Lookup::Hit(keyring) => {
+                tracing::trace!(tenant, "tenant key cache hit");
+                Ok(keyring)
+            }
+            Lookup::Miss { cell, previous } => {
+                KeyCache::load(cell, || async move {
+                    tracing::debug!(tenant, "tenant key cache miss: loading keys");
+                    self.load_keyring(tenant, create, previous.as_deref(), None)
+                        .await
+                        .map(Arc::new)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Reads the tenant from the store (creating its first key if asked) and
+    /// unwraps its usable versions, reusing keys from `previous` and `fresh`
+    /// whose wrapped form did not change.
+    async fn load_keyring(
+        &self,
+        tenant: &str,
+        create: bool,
+        previous: Option<&Keyring>,
+        fresh: Option<(u32, &WrappedKey, &RecordKeyDeriver)>,
+    ) -> Result<Keyring> {
+        let store = &self.inner.store;
+        let record = match store.load_tenant(tenant).await? {
+            Some(record) if record.latest_version() > 0 || record.shredded_at.is_some() => record,
+            _ if create => {
+                let (wrapped, deriver) = self.create_version(tenant, 1).await?;
+                let record = store
+                    .load_tenant(tenant)
+                    .await?
+                    .ok_or_else(|| Error::Store {
+                        message: format!(
+                            "tenant `{tenant}` was created but the key store does not return it"
+                        ),
+                        source: None,
+                    })?;
+                return self
+                    .build_keyring(record, previous, Some((1, &wrapped, &deriver)))
+                    .await;
+            }
+            _ => {
+                return Err(Error::UnknownTenant {
+                    tenant: tenant.to_string(),
+                });
+            }
+        };
+        self.build_keyring(record, previous, fresh).await
+    }
+
+    async fn build_keyring(
+        &self,
+        record: TenantRecord,
+        previous: Option<&Keyring>,
+        fresh: Option<(u32, &WrappedKey, &RecordKeyDeriver)>,
+    ) -> Result<Keyring> {
+        let tenant = record.tenant.as_str();
+        let mut versions = Vec::with_capacity(record.keys.len());
+        if record.shredded_at.is_none() {
+            for key in record.keys {
+                let status = match (key.state, key.wrapped) {
+                    (KeyState::Destroyed, _) | (_, None) => VersionStatus::Destroyed {
+                        at: key.state_changed_at,
+                    },
+                    (KeyState::Disabled, Some(_)) => VersionStatus::Disabled {
+                        since: key.state_changed_at,
+                    },
+                    (KeyState::Active, Some(wrapped)) => {
+                        let known = reusable(previous, fresh, key.version, &wrapped);
+                        let deriver = match known {
+                            Some(deriver) => deriver,
+                            None => self.unwrap(tenant, key.version, &wrapped).await?,
+                        };
+                        VersionStatus::Usable { deriver, wrapped }
+                    }
+                };
+                versions.push(VersionEntry {
+                    version: key.version,
+                    status,
+                });
+            }
+        }
+        Ok(Keyring {
+            tenant: tenant.into(),
+            versions,
+            min_decryption_version: record.min_decryption_version,
+            shredded_at: record.shredded_at,
+            generation: record.generation,
+            loaded_at: Instant::now(),
+            revoked: OnceLock::new(),
+        })
+    }
+
+    async fn unwrap(&self, tenant: &str, version: u32, wrapped: &WrappedKey) -> Result<RecordKeyDeriver> {
+        tracing::debug!(tenant, version, root_key_id = wrapped.root_key_id(), "unwrapping tenant key");
+        let key = self
+            .inner
+            .provider
+            .unwrap(wrapped, &WrapContext::tenant_key(tenant, version))
+            .await?;
+        Ok(RecordKeyDeriver::new(key.expose_secret()))
+    }
+
+    /// Generates, wraps and inserts key `version` for `tenant`, and returns the
+    /// wrapped key with its deriver. If another process created that version
+    /// first, the store keeps the other key; `reusable` matches on the wrapped
+    /// bytes, so the losing key is never used.
+    async fn create_version(
+        &self,
+        tenant: &str,
+        version: u32,
+    ) -> Result<(WrappedKey, RecordKeyDeriver)> {
+        let key = TenantKey::generate()?;
+        let wrapped = self
+            .inner
+            .provider
+            .wrap(&key, &WrapContext::tenant_key(tenant, version))
+            .await?;
+        let outcome = self
+            .inner
+            .store
+            .insert_key_version(
+                tenant,
+                NewKeyVersion {
+                    version,
+                    wrapped: wrapped.clone(),
+                    created_at: Timestamp::now(),
+                },
+            )
+            .await?;
+        match outcome {
+            InsertOutcome::Inserted => {
+                tracing::info!(tenant, version, "created tenant key");
+            }
+            InsertOutcome::AlreadyExists => {
+                tracing::debug!(tenant, version, "tenant key version was created concurrently");
+            }
+            InsertOutcome::Shredded => {
+                let shredded_at = self
+                    .inner
+                    .store
+                    .load_tenant(tenant)
+                    .await?
+                    .and_then(|r| r.shredded_at)
+                    .unwrap_or_else(Timestamp::now);
+                return Err(Error::TenantShredded {
+                    tenant: tenant.to_string(),
+                    shredded_at,
+                });
+            }
+        }
+        Ok((wrapped, RecordKeyDeriver::new(key.expose_secret())))
+    }
+}
+
+/// A deriver for `version` that is already unwrapped, if its wrapped form is
+/// unchanged.
+fn reusable(
+    previous: Option<&Keyring>,
+    fresh: Option<(u32, &WrappedKey, &RecordKeyDeriver)>,
+    version: u32,
+    wrapped: &WrappedKey,
+) -> Option<RecordKeyDeriver> {
+    if let Some((v, w, d)) = fresh {
+        if v == version && w == wrapped {
+            return Some(d.clone());
+        }
+    }
+    previous?.versions.iter().find_map(|entry| match &entry.status {
+        VersionStatus::Usable {
+            deriver,
+            wrapped: known,
+        } if entry.version == version && known == wrapped => Some(deriver.clone()),
+        _ => None,
+    })
+}
+
+fn check_tenant_id(tenant: &str) -> Result<()> {
+    // The same rules as a context's tenant id.
+    Context::new(tenant, "-", "-").map(|_| ())
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("provider", &self.inner.provider)
+            .field("store", &self.inner.store)
+            .field("algorithm", &self.inner.algorithm)
+            .field("cache", &self.inner.cache)
+            .finish()
+    }
+}
+
+/// Seals and opens values for one tenant, synchronously, with keys already in
+/// memory.
+///
+/// Get one from [`Sealer::tenant`]. It is a snapshot of the tenant's keys: use
+/// it for a request or a batch, then drop it, so that rotations made by other
+/// processes are picked up.
+///
+/// # Security
+///
+/// A shred made through any clone of the [`Sealer`] that issued it stops this
+/// handle at once. A shred made by another process stops it only when it is
+/// dropped and fetched again, so do not keep one for longer than the cache time
+/// to live.
+#[derive(Clone)]
+pub struct TenantSealer {
+    keyring: Arc<Keyring>,
+    algorithm: Algorithm,
+}
+
+impl TenantSealer {
+    /// The tenant this handle serves.
+    pub fn tenant(&self) -> &str {
+        &self.keyring.tenant
+    }
+
+    /// The key version new values are sealed under.
+    pub fn primary_version(&self) -> u32 {
+        self.keyring.primary_version()
+    }
+
+    /// Seals `plaintext` under the tenant's primary key. No I/O, no syscall.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TenantMismatch`] if `ctx` names another tenant;
+    /// [`Error::PlaintextTooLarge`]; [`Error::TenantShredded`].
+    pub fn seal(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
+        self.keyring.seal(self.algorithm, ctx, plaintext)
+    }
+
+    /// Opens `sealed`, which must have been sealed with exactly this `ctx`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sealer::open`], plus [`Error::TenantMismatch`]. A value under a key
+    /// version newer than this snapshot gives [`Error::UnknownKeyVersion`]:
+    /// [`Sealer::open`] reloads in that case.
+    pub fn open(&self, ctx: &Context, sealed: &SealedValue) -> Result<Opened> {
+        self.keyring.open(ctx, sealed)
+    }
+}
+
+impl fmt::Debug for TenantSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantSealer")
+            .field("tenant", &self.keyring.tenant)
+            .field("primary_version", &self.keyring.primary_version())
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
