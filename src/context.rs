@@ -277,8 +277,14 @@ mod tests {
     fn length_prefixes_prevent_collisions() {
         assert_ne!(ctx("ab", "c", "d").encoded(), ctx("a", "bc", "d").encoded());
         assert_ne!(ctx("a", "b", "cd").encoded(), ctx("a", "bc", "d").encoded());
-        let a = Context::builder("t", "x", "y").extra("ab", "c").build().unwrap();
-        let b = Context::builder("t", "x", "y").extra("a", "bc").build().unwrap();
+        let a = Context::builder("t", "x", "y")
+            .extra("ab", "c")
+            .build()
+            .unwrap();
+        let b = Context::builder("t", "x", "y")
+            .extra("a", "bc")
+            .build()
+            .unwrap();
         assert_ne!(a.encoded(), b.encoded());
     }
 
@@ -324,7 +330,12 @@ mod tests {
         let long = "x".repeat(256);
         assert!(Context::new(&long, "x", "y").is_err());
         assert!(Context::builder("t", "x", "y").row("").build().is_err());
-        assert!(Context::builder("t", "x", "y").extra("", "v").build().is_err());
+        assert!(
+            Context::builder("t", "x", "y")
+                .extra("", "v")
+                .build()
+                .is_err()
+        );
         assert!(
             Context::builder("t", "x", "y")
                 .extra("k", "1")

@@ -95,7 +95,7 @@ pub struct SealedValue {
 /// The parts of a sealed value's bytes.
 pub(crate) struct Parts<'a> {
     /// Version, algorithm, key version and salt: the HKDF `info`.
-    pub(crate) header: &'a [u8],
+    pub(crate) header: &'a [u8; HEADER_LEN],
     pub(crate) commitment: &'a [u8],
     pub(crate) ciphertext: &'a [u8],
     pub(crate) tag: &'a [u8; TAG_LEN],
@@ -185,7 +185,11 @@ impl SealedValue {
     }
 
     /// Assembles a sealed value from a buffer laid out by the sealer.
-    pub(crate) fn from_sealed_parts(bytes: Vec<u8>, algorithm: Algorithm, key_version: u32) -> Self {
+    pub(crate) fn from_sealed_parts(
+        bytes: Vec<u8>,
+        algorithm: Algorithm,
+        key_version: u32,
+    ) -> Self {
         Self {
             bytes,
             algorithm,
@@ -196,7 +200,7 @@ impl SealedValue {
     /// Splits the value into its parts. `None` only if the invariant checked by
     /// the constructors is broken, which cannot happen.
     pub(crate) fn parts(&self) -> Option<Parts<'_>> {
-        let (header, rest) = self.bytes.split_at_checked(HEADER_LEN)?;
+        let (header, rest) = self.bytes.split_first_chunk::<HEADER_LEN>()?;
         let (commitment, rest) = rest.split_at_checked(COMMITMENT_LEN)?;
         let (ciphertext, tag) = rest.split_last_chunk::<TAG_LEN>()?;
         Some(Parts {
@@ -236,7 +240,9 @@ fn parse_header(bytes: &[u8]) -> Result<(Algorithm, u32)> {
     };
     let key_version = u32::from_be_bytes(*key_version);
     if key_version == 0 {
-        return Err(Error::malformed("key version 0 is reserved and never valid"));
+        return Err(Error::malformed(
+            "key version 0 is reserved and never valid",
+        ));
     }
     Ok((algorithm, key_version))
 }

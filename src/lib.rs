@@ -25,6 +25,8 @@ mod sealer;
 mod secret;
 mod store;
 mod time;
+#[cfg(test)]
+mod vectors;
 
 // The public API, in full.
 pub use crate::{

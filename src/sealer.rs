@@ -180,7 +180,9 @@ impl Sealer {
     /// [`Error::UnknownTenant`] if the tenant has no keys and may not be
     /// created; provider and store errors while loading keys.
     pub async fn seal(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
-        let keyring = self.keyring(ctx.tenant(), self.inner.create_tenants).await?;
+        let keyring = self
+            .keyring(ctx.tenant(), self.inner.create_tenants)
+            .await?;
         keyring.seal(self.inner.algorithm, ctx, plaintext)
     }
 
@@ -331,8 +333,18 @@ impl Sealer {
         })
     }
 
-    async fn unwrap(&self, tenant: &str, version: u32, wrapped: &WrappedKey) -> Result<RecordKeyDeriver> {
-        tracing::debug!(tenant, version, root_key_id = wrapped.root_key_id(), "unwrapping tenant key");
+    async fn unwrap(
+        &self,
+        tenant: &str,
+        version: u32,
+        wrapped: &WrappedKey,
+    ) -> Result<RecordKeyDeriver> {
+        tracing::debug!(
+            tenant,
+            version,
+            root_key_id = wrapped.root_key_id(),
+            "unwrapping tenant key"
+        );
         let key = self
             .inner
             .provider
@@ -373,7 +385,11 @@ impl Sealer {
                 tracing::info!(tenant, version, "created tenant key");
             }
             InsertOutcome::AlreadyExists => {
-                tracing::debug!(tenant, version, "tenant key version was created concurrently");
+                tracing::debug!(
+                    tenant,
+                    version,
+                    "tenant key version was created concurrently"
+                );
             }
             InsertOutcome::Shredded => {
                 let shredded_at = self
@@ -406,13 +422,16 @@ fn reusable(
             return Some(d.clone());
         }
     }
-    previous?.versions.iter().find_map(|entry| match &entry.status {
-        VersionStatus::Usable {
-            deriver,
-            wrapped: known,
-        } if entry.version == version && known == wrapped => Some(deriver.clone()),
-        _ => None,
-    })
+    previous?
+        .versions
+        .iter()
+        .find_map(|entry| match &entry.status {
+            VersionStatus::Usable {
+                deriver,
+                wrapped: known,
+            } if entry.version == version && known == wrapped => Some(deriver.clone()),
+            _ => None,
+        })
 }
 
 fn check_tenant_id(tenant: &str) -> Result<()> {

@@ -18,10 +18,12 @@ use crate::error::{Error, Result};
 
 /// Fills `buf` from the operating system's random number generator.
 pub(crate) fn os_random(buf: &mut [u8]) -> Result<()> {
-    rand::rngs::SysRng.try_fill_bytes(buf).map_err(|e| Error::Provider {
-        message: "the operating system's random number generator failed".into(),
-        source: Some(Box::new(e)),
-    })
+    rand::rngs::SysRng
+        .try_fill_bytes(buf)
+        .map_err(|e| Error::Provider {
+            message: "the operating system's random number generator failed".into(),
+            source: Some(Box::new(e)),
+        })
 }
 
 /// A 256-bit tenant key (a data key), in the clear.
@@ -141,7 +143,9 @@ impl RootKey {
         if decoded.len() != KEY_LEN {
             return Err(bad("a root key is base64 of exactly 32 bytes"));
         }
-        key.iter_mut().zip(decoded.iter()).for_each(|(d, s)| *d = *s);
+        key.iter_mut()
+            .zip(decoded.iter())
+            .for_each(|(d, s)| *d = *s);
         Ok(Self(key))
     }
 

@@ -85,7 +85,10 @@ impl LocalKeyProvider {
     }
 
     fn key(&self, id: &str) -> Option<&RootKey> {
-        self.keys.iter().find(|(known, _)| known == id).map(|(_, key)| key)
+        self.keys
+            .iter()
+            .find(|(known, _)| known == id)
+            .map(|(_, key)| key)
     }
 }
 
@@ -245,7 +248,12 @@ mod tests {
         let k = || RootKey::from_bytes(&mut [1u8; 32]);
         assert!(LocalKeyProvider::new("", k()).is_err());
         assert!(LocalKeyProvider::new("a b", k()).is_err());
-        assert!(LocalKeyProvider::new("k1", k()).unwrap().with_previous("k1", k()).is_err());
+        assert!(
+            LocalKeyProvider::new("k1", k())
+                .unwrap()
+                .with_previous("k1", k())
+                .is_err()
+        );
         assert!(LocalKeyProvider::new("arn:aws/k-1_2.3", k()).is_ok());
     }
 }
