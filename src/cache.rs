@@ -66,10 +66,6 @@ impl KeyCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Looks `tenant` up; on a miss, installs (or joins) the in-flight load slot.
     pub(crate) fn lookup(&self, tenant: &str) -> Lookup {
         let mut inner = self.lock();

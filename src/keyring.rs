@@ -51,6 +51,8 @@ pub(crate) struct Keyring {
     pub(crate) versions: Vec<VersionEntry>,
     pub(crate) min_decryption_version: u32,
     pub(crate) shredded_at: Option<Timestamp>,
+    /// The store's generation of the tenant when loaded (see `TenantRecord`).
+    #[allow(dead_code)] // read by the lifecycle's revalidation
     pub(crate) generation: u64,
     pub(crate) loaded_at: Instant,
     /// Set (to the shred time) when this process shreds the tenant: handles

@@ -417,10 +417,11 @@ fn reusable(
     version: u32,
     wrapped: &WrappedKey,
 ) -> Option<RecordKeyDeriver> {
-    if let Some((v, w, d)) = fresh {
-        if v == version && w == wrapped {
-            return Some(d.clone());
-        }
+    if let Some((v, w, d)) = fresh
+        && v == version
+        && w == wrapped
+    {
+        return Some(d.clone());
     }
     previous?
         .versions

@@ -1,0 +1,123 @@
+//! The tenant key cache: single-flight misses, time to live, capacity.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{CountingProvider, ctx};
+use fieldseal::{KeyStore, MemoryKeyStore, Sealer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_misses_make_one_unwrap() {
+    let store = MemoryKeyStore::new();
+    // Another process creates the tenant and seals a value.
+    let writer = Sealer::builder(CountingProvider::new(Duration::ZERO), store.clone()).build();
+    let ctx = ctx("acme", 1);
+    let sealed = writer.seal(&ctx, b"token").await.unwrap();
+
+    // A fresh process opens it from 1,000 tasks at once.
+    let provider = CountingProvider::new(Duration::from_millis(50));
+    let reader = Sealer::builder(provider.clone(), store).build();
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (reader, ctx, sealed) = (reader.clone(), ctx.clone(), sealed.clone());
+        tasks.push(tokio::spawn(async move {
+            reader.open(&ctx, &sealed).await.map(|_| ())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        provider.unwraps(),
+        1,
+        "one unwrap for 1,000 concurrent misses"
+    );
+    assert_eq!(provider.wraps(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_first_seals_create_one_key() {
+    let store = MemoryKeyStore::new();
+    let provider = CountingProvider::new(Duration::from_millis(50));
+    let sealer = Sealer::builder(provider.clone(), store.clone()).build();
+    let mut tasks = Vec::new();
+    for row in 0..1000 {
+        let sealer = sealer.clone();
+        tasks.push(tokio::spawn(async move {
+            let ctx = ctx("newco", row);
+            let sealed = sealer.seal(&ctx, b"first").await?;
+            sealer
+                .open(&ctx, &sealed)
+                .await
+                .map(|_| sealed.key_version())
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), 1);
+    }
+    assert_eq!(provider.wraps(), 1, "one key created");
+    assert_eq!(
+        provider.unwraps(),
+        0,
+        "the creator uses its key without unwrapping it"
+    );
+    let record = store.load_tenant("newco").await.unwrap().unwrap();
+    assert_eq!(record.keys.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_creating_one_tenant_agree() {
+    let store = MemoryKeyStore::new();
+    let a = Sealer::builder(
+        CountingProvider::new(Duration::from_millis(20)),
+        store.clone(),
+    )
+    .build();
+    let b = Sealer::builder(
+        CountingProvider::new(Duration::from_millis(20)),
+        store.clone(),
+    )
+    .build();
+    let (c1, c2) = (ctx("newco", 1), ctx("newco", 2));
+    let (ra, rb) = tokio::join!(a.seal(&c1, b"from a"), b.seal(&c2, b"from b"));
+    let (sa, sb) = (ra.unwrap(), rb.unwrap());
+    // Each opens the other's value: both used the single stored key.
+    assert!(a.open(&ctx("newco", 2), &sb).await.is_ok());
+    assert!(b.open(&ctx("newco", 1), &sa).await.is_ok());
+    assert_eq!(
+        store
+            .load_tenant("newco")
+            .await
+            .unwrap()
+            .unwrap()
+            .keys
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn capacity_evicts_the_oldest_tenant() {
+    let provider = CountingProvider::new(Duration::ZERO);
+    let store = MemoryKeyStore::new();
+    let writer = Sealer::builder(common::local_provider(), store.clone()).build();
+    for tenant in ["t1", "t2", "t3"] {
+        writer.seal(&ctx(tenant, 1), b"x").await.unwrap();
+    }
+    let sealer = Sealer::builder(provider.clone(), store)
+        .cache_capacity(2)
+        .build();
+    for tenant in ["t1", "t2"] {
+        sealer.tenant(tenant).await.unwrap();
+    }
+    assert_eq!(provider.unwraps(), 2);
+    sealer.tenant("t1").await.unwrap();
+    assert_eq!(provider.unwraps(), 2, "t1 is still cached");
+    sealer.tenant("t3").await.unwrap(); // evicts t1, the oldest
+    assert_eq!(provider.unwraps(), 3);
+    sealer.tenant("t2").await.unwrap();
+    assert_eq!(provider.unwraps(), 3, "t2 is still cached");
+    sealer.tenant("t1").await.unwrap();
+    assert_eq!(provider.unwraps(), 4, "t1 was evicted and unwrapped again");
+}
