@@ -222,12 +222,17 @@ impl RecordKeyDeriver {
             nonce: [0; NONCE_LEN],
             commitment: [0; COMMITMENT_LEN],
         };
-        // Reuse the scratch block to lay out T(2)'s bytes.
-        put_words(&mut block, 0, &t1);
-        put_words(&mut block, 32, &t2);
-        copy(&mut out.key, block.get(..32).unwrap_or_default());
-        copy(&mut out.nonce, block.get(32..44).unwrap_or_default());
-        copy(&mut out.commitment, block.get(44..60).unwrap_or_default());
+        for (dst, word) in out.key.chunks_exact_mut(4).zip(&t1) {
+            dst.copy_from_slice(&word.to_be_bytes());
+        }
+        // T(2)[..12] is the nonce (three words), T(2)[12..28] the commitment.
+        let (nonce_words, rest) = t2.split_at(3);
+        for (dst, word) in out.nonce.chunks_exact_mut(4).zip(nonce_words) {
+            dst.copy_from_slice(&word.to_be_bytes());
+        }
+        for (dst, word) in out.commitment.chunks_exact_mut(4).zip(rest) {
+            dst.copy_from_slice(&word.to_be_bytes());
+        }
         zeroize::Zeroize::zeroize(&mut block);
         zeroize::Zeroize::zeroize(&mut t1);
         zeroize::Zeroize::zeroize(&mut t2);
