@@ -6,9 +6,11 @@
 //! the output.
 
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use rand::Rng as _;
+use secrecy::ExposeSecret as _;
 
 use crate::context::Context;
 use crate::crypto::{self, RecordKeyDeriver};
@@ -25,6 +27,9 @@ use crate::time::Timestamp;
 pub(crate) struct VersionEntry {
     pub(crate) version: u32,
     pub(crate) status: VersionStatus,
+    /// Set (to the destruction time) when this process destroys the version:
+    /// handles still holding this snapshot stop using it at once.
+    pub(crate) destroyed: OnceLock<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -52,9 +57,10 @@ pub(crate) struct Keyring {
     pub(crate) min_decryption_version: u32,
     pub(crate) shredded_at: Option<Timestamp>,
     /// The store's generation of the tenant when loaded (see `TenantRecord`).
-    #[allow(dead_code)] // read by the lifecycle's revalidation
     pub(crate) generation: u64,
     pub(crate) loaded_at: Instant,
+    /// Milliseconds after `loaded_at` of the last generation check.
+    pub(crate) last_check_ms: AtomicU64,
     /// Set (to the shred time) when this process shreds the tenant: handles
     /// still holding this snapshot stop working at once.
     pub(crate) revoked: OnceLock<Timestamp>,
@@ -95,6 +101,7 @@ impl Keyring {
             Some(VersionEntry {
                 version,
                 status: VersionStatus::Usable { deriver, .. },
+                ..
             }) => Ok((*version, deriver)),
             // The store guarantees the highest version is active; a store that
             // breaks this gets a clear error rather than a wrong key.
@@ -117,6 +124,33 @@ impl Keyring {
         self.versions.iter().any(|v| v.version == version)
     }
 
+    /// Stops this snapshot from using `version` (destroyed by this process).
+    pub(crate) fn revoke_version(&self, version: u32, at: Timestamp) {
+        if let Some(entry) = self.versions.iter().find(|v| v.version == version) {
+            let _ = entry.destroyed.set(at);
+        }
+    }
+
+    /// Stops this snapshot altogether (the tenant was shredded).
+    pub(crate) fn revoke(&self, at: Timestamp) {
+        let _ = self.revoked.set(at);
+    }
+
+    /// Re-seals `sealed` under the primary key if it is under an older version.
+    pub(crate) fn reseal(
+        &self,
+        algorithm: Algorithm,
+        ctx: &Context,
+        sealed: &SealedValue,
+    ) -> Result<Option<SealedValue>> {
+        let opened = self.open(ctx, sealed)?;
+        if !opened.is_stale() {
+            return Ok(None);
+        }
+        self.seal(algorithm, ctx, opened.plaintext().expose_secret())
+            .map(Some)
+    }
+
     /// The deriver for `version`, or the error that explains why it cannot open.
     fn deriver_for(&self, version: u32) -> Result<&RecordKeyDeriver> {
         self.check_live()?;
@@ -128,6 +162,13 @@ impl Keyring {
                 tenant: self.tenant.to_string(),
                 version,
             })?;
+        if let Some(at) = entry.destroyed.get() {
+            return Err(Error::KeyDestroyed {
+                tenant: self.tenant.to_string(),
+                version,
+                destroyed_at: *at,
+            });
+        }
         match &entry.status {
             VersionStatus::Destroyed { at } => Err(Error::KeyDestroyed {
                 tenant: self.tenant.to_string(),

@@ -14,6 +14,8 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admin;
+mod audit;
 mod cache;
 mod context;
 mod crypto;
@@ -30,6 +32,9 @@ mod vectors;
 
 // The public API, in full.
 pub use crate::{
+    // Key lifecycle operations and the audit log.
+    admin::{KeyAdmin, RewrapReport, Rotation},
+    audit::{AUDIT_MAC_LEN, AuditAppend, AuditBreak, AuditEntry, AuditEvent, AuditReport},
     // Contexts: where a value lives, bound as associated data.
     context::{Context, ContextBuilder},
     // Errors.
@@ -44,7 +49,8 @@ pub use crate::{
     secret::{Opened, RootKey, TenantKey},
     // Key stores.
     store::{
-        InsertOutcome, KeyRecord, KeyState, KeyStore, MemoryKeyStore, NewKeyVersion, TenantRecord,
+        InsertOutcome, KeyRecord, KeyState, KeyStatus, KeyStore, MemoryKeyStore, NewKeyVersion,
+        StoredKey, TenantRecord,
     },
     time::Timestamp,
 };

@@ -4,9 +4,13 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::admin::KeyAdmin;
+use crate::audit::{AuditAppend, AuditEvent};
 use crate::cache::{KeyCache, Lookup};
 use crate::context::Context;
-use crate::crypto::RecordKeyDeriver;
+use crate::crypto::{HmacKey, RecordKeyDeriver};
 use crate::error::{Error, Result};
 use crate::format::{Algorithm, SealedValue};
 use crate::keyring::{Keyring, VersionEntry, VersionStatus};
@@ -46,15 +50,18 @@ const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 /// ```
 #[derive(Clone)]
 pub struct Sealer {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    provider: Box<dyn KeyProvider>,
-    store: Box<dyn KeyStore>,
-    cache: KeyCache,
+pub(crate) struct Inner {
+    pub(crate) provider: Box<dyn KeyProvider>,
+    pub(crate) store: Box<dyn KeyStore>,
+    pub(crate) cache: KeyCache,
     algorithm: Algorithm,
     create_tenants: bool,
+    revalidate_after: Option<Duration>,
+    /// The audit-chain key, unwrapped on the first key change.
+    audit_key: tokio::sync::OnceCell<HmacKey>,
 }
 
 /// Configures a [`Sealer`].
@@ -66,6 +73,7 @@ pub struct SealerBuilder {
     cache_capacity: usize,
     cache_ttl: Duration,
     create_tenants: bool,
+    revalidate_after: Option<Duration>,
 }
 
 impl SealerBuilder {
@@ -96,6 +104,19 @@ impl SealerBuilder {
         self
     }
 
+    /// Checks the key store's cheap per-tenant generation counter when a cached
+    /// tenant has not been checked for `interval`, and reloads its keys if they
+    /// changed (default: off, so only the cache time to live applies).
+    ///
+    /// This bounds how long this process keeps using keys that another process
+    /// rotated, destroyed or shredded to about `interval`, for the price of one
+    /// indexed read per tenant per interval. [`TenantSealer`] handles are
+    /// snapshots and are not re-checked.
+    pub fn revalidate_after(mut self, interval: Duration) -> Self {
+        self.revalidate_after = Some(interval);
+        self
+    }
+
     /// Whether sealing for a tenant with no keys creates its first key (default
     /// `true`). When `false`, such a seal fails with
     /// [`Error::UnknownTenant`] until the tenant is created with
@@ -114,6 +135,8 @@ impl SealerBuilder {
                 cache: KeyCache::new(self.cache_capacity, self.cache_ttl),
                 algorithm: self.algorithm,
                 create_tenants: self.create_tenants,
+                revalidate_after: self.revalidate_after,
+                audit_key: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -128,6 +151,7 @@ impl fmt::Debug for SealerBuilder {
             .field("cache_capacity", &self.cache_capacity)
             .field("cache_ttl", &self.cache_ttl)
             .field("create_tenants", &self.create_tenants)
+            .field("revalidate_after", &self.revalidate_after)
             .finish()
     }
 }
@@ -145,7 +169,15 @@ impl Sealer {
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             cache_ttl: DEFAULT_CACHE_TTL,
             create_tenants: true,
+            revalidate_after: None,
         }
+    }
+
+    /// Key lifecycle operations — rotation, destruction, shredding, root key
+    /// rotation and the audit log — through this sealer's provider, store and
+    /// cache.
+    pub fn admin(&self) -> KeyAdmin {
+        KeyAdmin::new(self.clone())
     }
 
     /// A synchronous sealer for one tenant, with its keys loaded (and its first
@@ -199,15 +231,37 @@ impl Sealer {
     /// [`Error::TenantShredded`], [`Error::UnknownTenant`],
     /// [`Error::UnknownKeyVersion`]; provider and store errors.
     pub async fn open(&self, ctx: &Context, sealed: &SealedValue) -> Result<Opened> {
-        let mut keyring = self.keyring(ctx.tenant(), false).await?;
+        let keyring = self.fresh_keyring_for(ctx.tenant(), sealed).await?;
+        keyring.open(ctx, sealed)
+    }
+
+    /// Opens `sealed` and, if it was sealed under an older key version, seals
+    /// its plaintext again under the tenant's primary key. Returns the new value
+    /// to store, or `None` if `sealed` is already under the primary.
+    ///
+    /// This is lazy re-sealing: call it where values are read, write back what
+    /// it returns, and old key versions empty out without a migration.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sealer::open`]; `sealed` is left as it was.
+    pub async fn reseal(&self, ctx: &Context, sealed: &SealedValue) -> Result<Option<SealedValue>> {
+        let keyring = self.fresh_keyring_for(ctx.tenant(), sealed).await?;
+        keyring.reseal(self.inner.algorithm, ctx, sealed)
+    }
+
+    /// The tenant's keys, reloaded once if `sealed` names a version newer than
+    /// the cached primary (another process rotated).
+    async fn fresh_keyring_for(&self, tenant: &str, sealed: &SealedValue) -> Result<Arc<Keyring>> {
+        let keyring = self.keyring(tenant, false).await?;
         if !keyring.has_version(sealed.key_version())
             && keyring.shredded_at.is_none()
             && sealed.key_version() > keyring.primary_version()
         {
-            self.inner.cache.invalidate(ctx.tenant());
-            keyring = self.keyring(ctx.tenant(), false).await?;
+            let stale = self.inner.cache.invalidate(tenant);
+            return self.keyring_with(tenant, false, stale).await;
         }
-        keyring.open(ctx, sealed)
+        Ok(keyring)
     }
 
     /// Creates a tenant's first key explicitly (for deployments that disable
@@ -230,27 +284,110 @@ impl Sealer {
                 }
                 Ok(())
             }
-            _ => self.create_version(tenant, 1).await.map(|_| ()),
+            _ => self
+                .create_version(tenant, 1, AuditEvent::TenantCreated, None)
+                .await
+                .map(|_| ()),
         }
     }
 
     /// The tenant's keys: cached, or loaded once for all concurrent callers.
-    async fn keyring(&self, tenant: &str, create: bool) -> Result<Arc<Keyring>> {
-        match self.inner.cache.lookup(tenant) {
-            Lookup::Hit(keyring) => {
-                tracing::trace!(tenant, "tenant key cache hit");
-                Ok(keyring)
+    pub(crate) async fn keyring(&self, tenant: &str, create: bool) -> Result<Arc<Keyring>> {
+        self.keyring_with(tenant, create, None).await
+    }
+
+    /// As [`Sealer::keyring`]; `stale` is a snapshot just dropped from the cache,
+    /// whose unchanged keys the reload may reuse.
+    async fn keyring_with(
+        &self,
+        tenant: &str,
+        create: bool,
+        mut stale: Option<Arc<Keyring>>,
+    ) -> Result<Arc<Keyring>> {
+        // At most one generation check, and one reload after it.
+        let mut checked = false;
+        loop {
+            let keyring = match self.inner.cache.lookup(tenant) {
+                Lookup::Hit(keyring) => {
+                    tracing::trace!(tenant, "tenant key cache hit");
+                    keyring
+                }
+                Lookup::Miss { cell, previous } => {
+                    let previous = previous.or(stale.take());
+                    return KeyCache::load(cell, || async move {
+                        tracing::debug!(tenant, "tenant key cache miss: loading keys");
+                        let loaded = self
+                            .load_keyring(tenant, create, previous.as_deref(), None)
+                            .await?;
+                        if let (Some(at), Some(previous)) = (loaded.shredded_at, &previous) {
+                            previous.revoke(at);
+                        }
+                        Ok(Arc::new(loaded))
+                    })
+                    .await;
+                }
+            };
+            if checked || !self.claim_check(&keyring) {
+                return Ok(keyring);
             }
-            Lookup::Miss { cell, previous } => {
-                KeyCache::load(cell, || async move {
-                    tracing::debug!(tenant, "tenant key cache miss: loading keys");
-                    self.load_keyring(tenant, create, previous.as_deref(), None)
-                        .await
-                        .map(Arc::new)
-                })
-                .await
+            checked = true;
+            match self.inner.store.tenant_generation(tenant).await {
+                Ok(Some(generation)) if generation == keyring.generation => return Ok(keyring),
+                Ok(_) => {
+                    tracing::debug!(tenant, "tenant keys changed in the store: reloading");
+                    stale = self.inner.cache.invalidate(tenant).or(Some(keyring));
+                }
+                Err(err) => {
+                    // The time to live still bounds how long these keys are used.
+                    tracing::warn!(tenant, error = %err, "tenant generation check failed");
+                    return Ok(keyring);
+                }
             }
         }
+    }
+
+    /// Whether this caller should check the store's generation for `keyring`
+    /// now; at most one caller per interval wins.
+    fn claim_check(&self, keyring: &Keyring) -> bool {
+        let Some(interval) = self.inner.revalidate_after else {
+            return false;
+        };
+        let interval = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let now = u64::try_from(keyring.loaded_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = keyring.last_check_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= interval
+            && keyring
+                .last_check_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// The audit-chain key, loaded (or created) once per sealer.
+    pub(crate) async fn audit_key(&self) -> Result<&HmacKey> {
+        self.inner
+            .audit_key
+            .get_or_try_init(|| async {
+                let store = &self.inner.store;
+                let ctx = WrapContext::audit_key(1);
+                if let Some(wrapped) = store.load_audit_key().await? {
+                    let key = self.inner.provider.unwrap(&wrapped, &ctx).await?;
+                    return Ok(HmacKey::new(key.expose_secret()));
+                }
+                let key = TenantKey::generate()?;
+                let wrapped = self.inner.provider.wrap(&key, &ctx).await?;
+                if store.insert_audit_key(wrapped).await? {
+                    tracing::info!("created the audit-chain key");
+                    return Ok(HmacKey::new(key.expose_secret()));
+                }
+                // Another process created it first: use theirs.
+                let wrapped = store.load_audit_key().await?.ok_or_else(|| Error::Store {
+                    message: "the key store reported an audit key but does not return it".into(),
+                    source: None,
+                })?;
+                let key = self.inner.provider.unwrap(&wrapped, &ctx).await?;
+                Ok(HmacKey::new(key.expose_secret()))
+            })
+            .await
     }
 
     /// Reads the tenant from the store (creating its first key if asked) and
@@ -267,7 +404,9 @@ impl Sealer {
         let record = match store.load_tenant(tenant).await? {
             Some(record) if record.latest_version() > 0 || record.shredded_at.is_some() => record,
             _ if create => {
-                let (wrapped, deriver) = self.create_version(tenant, 1).await?;
+                let (wrapped, deriver) = self
+                    .create_version(tenant, 1, AuditEvent::TenantCreated, None)
+                    .await?;
                 let record = store
                     .load_tenant(tenant)
                     .await?
@@ -319,6 +458,7 @@ impl Sealer {
                 versions.push(VersionEntry {
                     version: key.version,
                     status,
+                    destroyed: OnceLock::new(),
                 });
             }
         }
@@ -329,6 +469,7 @@ impl Sealer {
             shredded_at: record.shredded_at,
             generation: record.generation,
             loaded_at: Instant::now(),
+            last_check_ms: AtomicU64::new(0),
             revoked: OnceLock::new(),
         })
     }
@@ -353,36 +494,29 @@ impl Sealer {
         Ok(RecordKeyDeriver::new(key.expose_secret()))
     }
 
-    /// Generates, wraps and inserts key `version` for `tenant`, and returns the
-    /// wrapped key with its deriver. If another process created that version
-    /// first, the store keeps the other key; `reusable` matches on the wrapped
-    /// bytes, so the losing key is never used.
-    async fn create_version(
+    /// Generates, wraps and inserts key `version` for `tenant` (recording
+    /// `event`), and returns the wrapped key with its deriver. If another
+    /// process created that version first, the store keeps the other key;
+    /// `reusable` matches on the wrapped bytes, so the losing key is never used.
+    pub(crate) async fn create_version(
         &self,
         tenant: &str,
         version: u32,
+        event: AuditEvent,
+        actor: Option<&str>,
     ) -> Result<(WrappedKey, RecordKeyDeriver)> {
-        let key = TenantKey::generate()?;
-        let wrapped = self
-            .inner
-            .provider
-            .wrap(&key, &WrapContext::tenant_key(tenant, version))
-            .await?;
-        let outcome = self
+        let (new, deriver) = self.new_key_version(tenant, version).await?;
+        let wrapped = new.wrapped.clone();
+        let audit_key = self.audit_key().await?;
+        let audit = AuditAppend::new(audit_key, event, tenant, version, actor, String::new());
+        match self
             .inner
             .store
-            .insert_key_version(
-                tenant,
-                NewKeyVersion {
-                    version,
-                    wrapped: wrapped.clone(),
-                    created_at: Timestamp::now(),
-                },
-            )
-            .await?;
-        match outcome {
+            .insert_key_version(tenant, new, &audit)
+            .await?
+        {
             InsertOutcome::Inserted => {
-                tracing::info!(tenant, version, "created tenant key");
+                tracing::info!(tenant, version, event = %event, "created tenant key");
             }
             InsertOutcome::AlreadyExists => {
                 tracing::debug!(
@@ -405,7 +539,30 @@ impl Sealer {
                 });
             }
         }
-        Ok((wrapped, RecordKeyDeriver::new(key.expose_secret())))
+        Ok((wrapped, deriver))
+    }
+
+    /// A fresh random key for `tenant` version `version`, wrapped under the
+    /// current root key, and its deriver.
+    pub(crate) async fn new_key_version(
+        &self,
+        tenant: &str,
+        version: u32,
+    ) -> Result<(NewKeyVersion, RecordKeyDeriver)> {
+        let key = TenantKey::generate()?;
+        let wrapped = self
+            .inner
+            .provider
+            .wrap(&key, &WrapContext::tenant_key(tenant, version))
+            .await?;
+        Ok((
+            NewKeyVersion {
+                version,
+                wrapped,
+                created_at: Timestamp::now(),
+            },
+            RecordKeyDeriver::new(key.expose_secret()),
+        ))
     }
 }
 
@@ -435,7 +592,7 @@ fn reusable(
         })
 }
 
-fn check_tenant_id(tenant: &str) -> Result<()> {
+pub(crate) fn check_tenant_id(tenant: &str) -> Result<()> {
     // The same rules as a context's tenant id.
     Context::new(tenant, "-", "-").map(|_| ())
 }
@@ -500,6 +657,15 @@ impl TenantSealer {
     /// [`Sealer::open`] reloads in that case.
     pub fn open(&self, ctx: &Context, sealed: &SealedValue) -> Result<Opened> {
         self.keyring.open(ctx, sealed)
+    }
+
+    /// As [`Sealer::reseal`], synchronously, with this snapshot's keys.
+    ///
+    /// # Errors
+    ///
+    /// As [`TenantSealer::open`].
+    pub fn reseal(&self, ctx: &Context, sealed: &SealedValue) -> Result<Option<SealedValue>> {
+        self.keyring.reseal(self.algorithm, ctx, sealed)
     }
 }
 

@@ -5,11 +5,8 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{ctx, local_provider, sealer};
-use fieldseal::{
-    Context, Error, KeyStore, MemoryKeyStore, NewKeyVersion, OVERHEAD, SealedValue, Sealer,
-    Timestamp,
-};
+use common::{TamperStore, ctx, local_provider, sealer};
+use fieldseal::{Context, Error, KeyStore, MemoryKeyStore, OVERHEAD, SealedValue, Sealer};
 
 async fn sealed_token() -> (Sealer, Context, SealedValue) {
     let sealer = sealer();
@@ -191,40 +188,28 @@ async fn version_and_algorithm_bytes_are_bound() {
 
 #[tokio::test]
 async fn wrapped_key_moved_to_another_tenant_or_version_does_not_unwrap() {
-    let store = MemoryKeyStore::new();
+    let store = TamperStore::default();
     let sealer = Sealer::builder(local_provider(), store.clone()).build();
     sealer.seal(&ctx("acme", 1), b"x").await.unwrap();
+    sealer.seal(&ctx("mallory", 1), b"x").await.unwrap();
     let acme = store.load_tenant("acme").await.unwrap().unwrap();
-    let wrapped = acme.keys[0].wrapped.clone().unwrap();
 
-    // Copy acme's wrapped key into another tenant's first version...
-    store
-        .insert_key_version(
-            "mallory",
-            NewKeyVersion {
-                version: 1,
-                wrapped: wrapped.clone(),
-                created_at: Timestamp::now(),
-            },
-        )
-        .await
-        .unwrap();
-    let err = sealer.tenant("mallory").await.unwrap_err();
+    // An attacker with write access copies acme's wrapped key into mallory's
+    // version 1...
+    let mut mallory = store.load_tenant("mallory").await.unwrap().unwrap();
+    mallory.keys[0].wrapped = acme.keys[0].wrapped.clone();
+    store.set_record(mallory);
+    let fresh = Sealer::builder(local_provider(), store.clone()).build();
+    let err = fresh.tenant("mallory").await.unwrap_err();
     assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
     assert!(err.to_string().contains("mallory"));
 
     // ...and into acme's own version 2.
-    store
-        .insert_key_version(
-            "acme",
-            NewKeyVersion {
-                version: 2,
-                wrapped,
-                created_at: Timestamp::now(),
-            },
-        )
-        .await
-        .unwrap();
+    let mut two = acme.clone();
+    let mut v2 = acme.keys[0].clone();
+    v2.version = 2;
+    two.keys.push(v2);
+    store.set_record(two);
     let fresh = Sealer::builder(local_provider(), store).build();
     let err = fresh.tenant("acme").await.unwrap_err();
     assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");

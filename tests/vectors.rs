@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{PlainProvider, kind};
+use common::{PlainProvider, TamperStore, kind};
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    Context, KeyStore, MemoryKeyStore, NewKeyVersion, SealedValue, Sealer, Timestamp, WrappedKey,
+    Context, KeyRecord, KeyState, SealedValue, Sealer, TenantRecord, Timestamp, WrappedKey,
 };
 use serde_json::Value;
 
@@ -37,21 +37,35 @@ fn context(v: &Value) -> Context {
     b.build().unwrap()
 }
 
+/// A sealer whose store holds exactly the vectors' tenant keys.
 async fn sealer(vectors: &Value) -> Sealer {
-    let store = MemoryKeyStore::new();
+    let store = TamperStore::default();
+    let mut records: Vec<TenantRecord> = Vec::new();
     for k in vectors["tenant_keys"].as_array().unwrap() {
-        let key = hex::decode(k["key"].as_str().unwrap()).unwrap();
-        store
-            .insert_key_version(
-                k["tenant"].as_str().unwrap(),
-                NewKeyVersion {
-                    version: k["version"].as_u64().unwrap() as u32,
-                    wrapped: WrappedKey::new("plain", key),
-                    created_at: Timestamp::from_unix_seconds(0),
-                },
-            )
-            .await
-            .unwrap();
+        let tenant = k["tenant"].as_str().unwrap();
+        let key = KeyRecord {
+            version: k["version"].as_u64().unwrap() as u32,
+            state: KeyState::Active,
+            created_at: Timestamp::from_unix_seconds(0),
+            state_changed_at: Timestamp::from_unix_seconds(0),
+            wrapped: Some(WrappedKey::new(
+                "plain",
+                hex::decode(k["key"].as_str().unwrap()).unwrap(),
+            )),
+        };
+        match records.iter_mut().find(|r| r.tenant == tenant) {
+            Some(r) => r.keys.push(key),
+            None => records.push(TenantRecord {
+                tenant: tenant.to_string(),
+                shredded_at: None,
+                min_decryption_version: 0,
+                generation: 1,
+                keys: vec![key],
+            }),
+        }
+    }
+    for r in records {
+        store.set_record(r);
     }
     Sealer::builder(PlainProvider, store).build()
 }

@@ -55,7 +55,6 @@ impl<'a> WrapContext<'a> {
     }
 
     /// The context of version `version` of the key store's audit-chain key.
-    #[allow(dead_code)]
     pub(crate) fn audit_key(version: u32) -> Self {
         Self {
             purpose: Purpose::AuditKey,

@@ -9,6 +9,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+use crate::audit::{AUDIT_MAC_LEN, AuditAppend, AuditEntry};
 use crate::error::Result;
 use crate::provider::WrappedKey;
 use crate::time::Timestamp;
@@ -124,45 +125,218 @@ pub enum InsertOutcome {
     Shredded,
 }
 
-/// Stores wrapped tenant keys for every tenant.
+/// A tenant key version's effective status, derived from its stored
+/// [`KeyState`] and whether it is the tenant's highest version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyStatus {
+    /// Seals new values and opens old ones. Exactly one per live tenant.
+    Primary,
+    /// Opens values sealed under it; seals nothing.
+    DecryptOnly,
+    /// Refuses to open; can be enabled again.
+    Disabled,
+    /// Gone; its values can never be opened.
+    Destroyed,
+}
+
+impl fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Primary => "primary",
+            Self::DecryptOnly => "decrypt-only",
+            Self::Disabled => "disabled",
+            Self::Destroyed => "destroyed",
+        })
+    }
+}
+
+impl TenantRecord {
+    /// The status of `version`, if the tenant has it.
+    pub fn status(&self, version: u32) -> Option<KeyStatus> {
+        let key = self.keys.iter().find(|k| k.version == version)?;
+        Some(match key.state {
+            KeyState::Destroyed => KeyStatus::Destroyed,
+            KeyState::Disabled => KeyStatus::Disabled,
+            KeyState::Active if version == self.latest_version() && self.shredded_at.is_none() => {
+                KeyStatus::Primary
+            }
+            KeyState::Active => KeyStatus::DecryptOnly,
+        })
+    }
+}
+
+/// A page of stored key versions across all tenants, for root key rotation.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    /// The tenant.
+    pub tenant: String,
+    /// The version's record.
+    pub key: KeyRecord,
+}
+
+/// Stores wrapped tenant keys for every tenant, and the audit chain.
 ///
 /// fieldseal ships [`MemoryKeyStore`] (tests, single-process tools) and SQL
 /// stores. Each method must be atomic with respect to every other process
-/// using the same store.
+/// using the same store: a change and its audit entry are written together or
+/// not at all. Every change to a tenant increments its
+/// [`generation`](TenantRecord::generation).
 #[async_trait]
 pub trait KeyStore: Send + Sync + fmt::Debug {
     /// Reads the tenant and all of its key versions in one consistent read.
     ///
     /// # Errors
     ///
-    /// [`Error::Store`](crate::Error::Store) on a backend failure.
+    /// [`Error::Store`](crate::Error::Store) on a backend failure (as for every
+    /// method here).
     async fn load_tenant(&self, tenant: &str) -> Result<Option<TenantRecord>>;
 
-    /// Creates `new.version` for `tenant` if, and only if, it does not exist
-    /// yet, it is the tenant's highest version plus one, and the tenant is not
-    /// shredded. Creates the tenant when `new.version` is 1.
+    /// The tenant's [`generation`](TenantRecord::generation), as cheaply as the
+    /// backend allows (one indexed row).
     ///
     /// # Errors
     ///
-    /// [`Error::Store`](crate::Error::Store) on a backend failure;
-    /// [`Error::Refused`](crate::Error::Refused) if `new.version` would leave a
-    /// gap.
-    async fn insert_key_version(&self, tenant: &str, new: NewKeyVersion) -> Result<InsertOutcome>;
+    /// [`Error::Store`](crate::Error::Store).
+    async fn tenant_generation(&self, tenant: &str) -> Result<Option<u64>>;
 
-    /// Changes the state of `version` from `from` to `to`, if it is in state
-    /// `from` and is not the tenant's highest version. Moving to
-    /// [`Destroyed`](KeyState::Destroyed) erases the wrapped key. Returns
-    /// whether the change was made.
+    /// Creates `new.version` for `tenant` if, and only if, it is the tenant's
+    /// highest version plus one and the tenant is not shredded (creating the
+    /// tenant when `new.version` is 1), and appends `audit`.
     ///
     /// # Errors
     ///
-    /// [`Error::Store`](crate::Error::Store) on a backend failure.
+    /// [`Error::Store`](crate::Error::Store); [`Error::Refused`](crate::Error::Refused)
+    /// if `new.version` would leave a gap.
+    async fn insert_key_version(
+        &self,
+        tenant: &str,
+        new: NewKeyVersion,
+        audit: &AuditAppend<'_>,
+    ) -> Result<InsertOutcome>;
+
+    /// Changes the state of `version` from `from` to `to` if it is in state
+    /// `from`, the tenant is not shredded, and it is not the tenant's highest
+    /// version; moving to [`Destroyed`](KeyState::Destroyed) erases the wrapped
+    /// key. Appends `audit` if it changed. Returns whether it changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
     async fn update_key_state(
         &self,
         tenant: &str,
         version: u32,
         from: KeyState,
         to: KeyState,
-        at: Timestamp,
+        audit: &AuditAppend<'_>,
     ) -> Result<bool>;
+
+    /// Sets the tenant's minimum decryption version if the tenant is live and
+    /// `minimum` is at most its highest version. Appends `audit` if it changed.
+    /// Returns whether it changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn set_min_decryption_version(
+        &self,
+        tenant: &str,
+        minimum: u32,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool>;
+
+    /// Marks the tenant shredded and destroys every key version (erasing all
+    /// wrapped keys), in one step. Appends `audit`. Returns `false` if the tenant
+    /// does not exist or is already shredded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn shred_tenant(&self, tenant: &str, audit: &AuditAppend<'_>) -> Result<bool>;
+
+    /// Gives a shredded tenant a new primary key, `new.version` (its highest
+    /// version plus one), and clears the shredded mark, in one step. Appends
+    /// `audit`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store); [`Error::Refused`](crate::Error::Refused)
+    /// if the tenant is not shredded.
+    async fn recreate_tenant(
+        &self,
+        tenant: &str,
+        new: NewKeyVersion,
+        audit: &AuditAppend<'_>,
+    ) -> Result<InsertOutcome>;
+
+    /// Up to `limit` key versions that still hold a wrapped key, across all
+    /// tenants, ordered by `(tenant, version)` and strictly after `after`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn list_wrapped_keys(
+        &self,
+        after: Option<(&str, u32)>,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>>;
+
+    /// Replaces the wrapped form of a key version if it is still exactly `old`
+    /// (compare-and-swap), and appends `audit`. Returns whether it was replaced.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn rewrap_key(
+        &self,
+        tenant: &str,
+        version: u32,
+        old: &WrappedKey,
+        new: WrappedKey,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool>;
+
+    /// The wrapped audit-chain key, if one was created.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn load_audit_key(&self) -> Result<Option<WrappedKey>>;
+
+    /// Stores the wrapped audit-chain key if there is none yet. Returns whether
+    /// it was stored (`false`: another process stored one first).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn insert_audit_key(&self, wrapped: WrappedKey) -> Result<bool>;
+
+    /// Replaces the wrapped audit-chain key if it is still exactly `old`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn rewrap_audit_key(&self, old: &WrappedKey, new: WrappedKey) -> Result<bool>;
+
+    /// Up to `limit` audit entries with `seq > after`, in order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>>;
+
+    /// If entry `through` still has MAC `through_mac`, deletes every entry up to
+    /// and including it and appends `audit` (an `audit.pruned` entry), in one
+    /// step. Returns how many entries were deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn prune_audit(
+        &self,
+        through: u64,
+        through_mac: &[u8; AUDIT_MAC_LEN],
+        audit: &AuditAppend<'_>,
+    ) -> Result<u64>;
 }

@@ -124,3 +124,153 @@ pub fn kind(error: &Error) -> &'static str {
         _ => "other",
     }
 }
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use fieldseal::{
+    AUDIT_MAC_LEN, AuditAppend, AuditEntry, InsertOutcome, KeyState, KeyStore, NewKeyVersion,
+    StoredKey, TenantRecord,
+};
+
+type AuditEdit = Box<dyn Fn(&mut Vec<AuditEntry>) + Send>;
+
+/// A key store that an attacker with write access to the database controls:
+/// it can replace what a tenant's record reads as, and rewrite the audit log.
+/// Everything else goes to an inner `MemoryKeyStore`.
+#[derive(Clone, Default)]
+pub struct TamperStore {
+    pub inner: MemoryKeyStore,
+    overrides: Arc<Mutex<HashMap<String, TenantRecord>>>,
+    audit_edit: Arc<Mutex<Option<AuditEdit>>>,
+}
+
+impl std::fmt::Debug for TamperStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TamperStore").finish_non_exhaustive()
+    }
+}
+
+impl TamperStore {
+    /// Makes `load_tenant(record.tenant)` return `record`.
+    pub fn set_record(&self, record: TenantRecord) {
+        self.overrides
+            .lock()
+            .unwrap()
+            .insert(record.tenant.clone(), record);
+    }
+
+    /// Rewrites the audit log as read (the whole log, in seq order).
+    pub fn edit_audit(&self, edit: impl Fn(&mut Vec<AuditEntry>) + Send + 'static) {
+        *self.audit_edit.lock().unwrap() = Some(Box::new(edit));
+    }
+}
+
+#[async_trait]
+impl KeyStore for TamperStore {
+    async fn load_tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, Error> {
+        if let Some(r) = self.overrides.lock().unwrap().get(tenant) {
+            return Ok(Some(r.clone()));
+        }
+        self.inner.load_tenant(tenant).await
+    }
+    async fn tenant_generation(&self, tenant: &str) -> Result<Option<u64>, Error> {
+        if let Some(r) = self.overrides.lock().unwrap().get(tenant) {
+            return Ok(Some(r.generation));
+        }
+        self.inner.tenant_generation(tenant).await
+    }
+    async fn insert_key_version(
+        &self,
+        tenant: &str,
+        new: NewKeyVersion,
+        audit: &AuditAppend<'_>,
+    ) -> Result<InsertOutcome, Error> {
+        self.inner.insert_key_version(tenant, new, audit).await
+    }
+    async fn update_key_state(
+        &self,
+        tenant: &str,
+        version: u32,
+        from: KeyState,
+        to: KeyState,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool, Error> {
+        self.inner
+            .update_key_state(tenant, version, from, to, audit)
+            .await
+    }
+    async fn set_min_decryption_version(
+        &self,
+        tenant: &str,
+        minimum: u32,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool, Error> {
+        self.inner
+            .set_min_decryption_version(tenant, minimum, audit)
+            .await
+    }
+    async fn shred_tenant(&self, tenant: &str, audit: &AuditAppend<'_>) -> Result<bool, Error> {
+        self.inner.shred_tenant(tenant, audit).await
+    }
+    async fn recreate_tenant(
+        &self,
+        tenant: &str,
+        new: NewKeyVersion,
+        audit: &AuditAppend<'_>,
+    ) -> Result<InsertOutcome, Error> {
+        self.inner.recreate_tenant(tenant, new, audit).await
+    }
+    async fn list_wrapped_keys(
+        &self,
+        after: Option<(&str, u32)>,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>, Error> {
+        self.inner.list_wrapped_keys(after, limit).await
+    }
+    async fn rewrap_key(
+        &self,
+        tenant: &str,
+        version: u32,
+        old: &WrappedKey,
+        new: WrappedKey,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool, Error> {
+        self.inner
+            .rewrap_key(tenant, version, old, new, audit)
+            .await
+    }
+    async fn load_audit_key(&self) -> Result<Option<WrappedKey>, Error> {
+        self.inner.load_audit_key().await
+    }
+    async fn insert_audit_key(&self, wrapped: WrappedKey) -> Result<bool, Error> {
+        self.inner.insert_audit_key(wrapped).await
+    }
+    async fn rewrap_audit_key(&self, old: &WrappedKey, new: WrappedKey) -> Result<bool, Error> {
+        self.inner.rewrap_audit_key(old, new).await
+    }
+    async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, Error> {
+        let mut all = self.inner.audit_entries(0, usize::MAX).await?;
+        if let Some(edit) = self.audit_edit.lock().unwrap().as_ref() {
+            edit(&mut all);
+        }
+        // Read in stored order: entries after the position of `after`.
+        let start = all.iter().position(|e| e.seq == after).map_or(
+            if after == 0 {
+                0
+            } else {
+                all.iter().take_while(|e| e.seq <= after).count()
+            },
+            |i| i + 1,
+        );
+        Ok(all.into_iter().skip(start).take(limit).collect())
+    }
+    async fn prune_audit(
+        &self,
+        through: u64,
+        through_mac: &[u8; AUDIT_MAC_LEN],
+        audit: &AuditAppend<'_>,
+    ) -> Result<u64, Error> {
+        self.inner.prune_audit(through, through_mac, audit).await
+    }
+}

@@ -1,0 +1,607 @@
+//! Key lifecycle operations: rotation, state changes, shredding, root key
+//! rotation and the audit log.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::audit::{AuditAppend, AuditEntry, AuditEvent, AuditReport, Verifier, pruned_detail};
+use crate::crypto::HmacKey;
+use crate::error::{Error, Result};
+use crate::provider::WrapContext;
+use crate::sealer::{Sealer, check_tenant_id};
+use crate::store::{InsertOutcome, KeyState, TenantRecord};
+use crate::time::Timestamp;
+
+/// Page size for walking key versions and audit entries.
+const PAGE: usize = 500;
+
+/// Operations on keys rather than values. Get one with [`Sealer::admin`].
+///
+/// Every operation is one atomic step in the key store, is recorded in the
+/// audit log (with the [`actor`](KeyAdmin::actor), if given), and takes effect
+/// in this process at once. Other processes see it when their cache entry for
+/// the tenant expires (the cache time to live), or sooner with
+/// [`SealerBuilder::revalidate_after`](crate::SealerBuilder::revalidate_after).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), fieldseal::Error> {
+/// # use fieldseal::{Context, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer};
+/// # let sealer = Sealer::builder(
+/// #     LocalKeyProvider::new("root-1", RootKey::generate()?)?,
+/// #     MemoryKeyStore::new(),
+/// # ).build();
+/// # let ctx = Context::builder("acme", "integrations", "api_key").row(1).build()?;
+/// let old = sealer.seal(&ctx, b"sk_live_1").await?;
+///
+/// let admin = sealer.admin().actor("alice@ops");
+/// let rotation = admin.rotate("acme").await?;
+/// assert_eq!((rotation.previous, rotation.primary), (1, 2));
+///
+/// // Old values still open, reported stale; re-seal them under version 2...
+/// let new = sealer.reseal(&ctx, &old).await?.expect("stale");
+/// assert_eq!(new.key_version(), 2);
+/// // ...then version 1 can go.
+/// admin.destroy_version("acme", 1).await?;
+/// assert!(admin.verify_audit().await?.is_intact());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct KeyAdmin {
+    sealer: Sealer,
+    actor: Option<String>,
+}
+
+/// What [`KeyAdmin::rotate`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rotation {
+    /// The primary version before the rotation.
+    pub previous: u32,
+    /// The primary version now.
+    pub primary: u32,
+    /// `true` if this call created the new version; `false` if a concurrent
+    /// rotation (in this or another process) created it first.
+    pub created: bool,
+}
+
+/// What [`KeyAdmin::rewrap_all`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RewrapReport {
+    /// Key versions that hold a wrapped key (destroyed ones hold none).
+    pub examined: u64,
+    /// Key versions this call re-wrapped under the target root key.
+    pub rewrapped: u64,
+    /// Key versions already under the target root key, left alone.
+    pub already_current: u64,
+    /// Key versions that changed while this call worked on them (destroyed, or
+    /// re-wrapped by another process); run again to be sure.
+    pub skipped: u64,
+    /// Whether the audit-chain key was re-wrapped too.
+    pub audit_key_rewrapped: bool,
+}
+
+impl KeyAdmin {
+    pub(crate) fn new(sealer: Sealer) -> Self {
+        Self {
+            sealer,
+            actor: None,
+        }
+    }
+
+    /// Records `actor` (a person, a service account, a ticket) as the author of
+    /// the operations done through this handle, in the audit log.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// The tenant's stored state: every key version, its status and times.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownTenant`]; store errors.
+    pub async fn describe(&self, tenant: &str) -> Result<TenantRecord> {
+        check_tenant_id(tenant)?;
+        self.sealer
+            .inner
+            .store
+            .load_tenant(tenant)
+            .await?
+            .filter(|r| !r.keys.is_empty())
+            .ok_or_else(|| Error::UnknownTenant {
+                tenant: tenant.to_string(),
+            })
+    }
+
+    /// The tenant's record, refusing shredded tenants.
+    async fn live(&self, tenant: &str) -> Result<TenantRecord> {
+        let record = self.describe(tenant).await?;
+        if let Some(at) = record.shredded_at {
+            return Err(Error::TenantShredded {
+                tenant: tenant.to_string(),
+                shredded_at: at,
+            });
+        }
+        Ok(record)
+    }
+
+    async fn audit(
+        &self,
+        event: AuditEvent,
+        tenant: &str,
+        version: u32,
+        detail: String,
+    ) -> Result<AuditAppend<'_>> {
+        let key: &HmacKey = self.sealer.audit_key().await?;
+        Ok(AuditAppend::new(
+            key,
+            event,
+            tenant,
+            version,
+            self.actor.as_deref(),
+            detail,
+        ))
+    }
+
+    /// Creates a new primary key version; the previous primary becomes
+    /// decrypt-only. Values are not touched: they keep opening, reported stale,
+    /// until re-sealed.
+    ///
+    /// Concurrent rotations of one tenant (in any number of processes) that
+    /// start from the same primary create exactly one new version, and all of
+    /// them report it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownTenant`]; [`Error::TenantShredded`]; provider and store
+    /// errors. Nothing is changed on error.
+    pub async fn rotate(&self, tenant: &str) -> Result<Rotation> {
+        let record = self.live(tenant).await?;
+        let previous = record.latest_version();
+        let next = previous.checked_add(1).ok_or_else(|| {
+            Error::refused(format!(
+                "tenant `{tenant}` has used every key version number"
+            ))
+        })?;
+        let (new, _) = self.sealer.new_key_version(tenant, next).await?;
+        let audit = self
+            .audit(
+                AuditEvent::KeyRotated,
+                tenant,
+                next,
+                format!("{previous} -> {next}"),
+            )
+            .await?;
+        let outcome = self
+            .sealer
+            .inner
+            .store
+            .insert_key_version(tenant, new, &audit)
+            .await?;
+        self.sealer.inner.cache.invalidate(tenant);
+        match outcome {
+            InsertOutcome::Inserted => {
+                tracing::info!(tenant, previous, primary = next, "rotated tenant key");
+                Ok(Rotation {
+                    previous,
+                    primary: next,
+                    created: true,
+                })
+            }
+            InsertOutcome::AlreadyExists => {
+                let now = self.live(tenant).await?;
+                Ok(Rotation {
+                    previous,
+                    primary: now.latest_version(),
+                    created: false,
+                })
+            }
+            InsertOutcome::Shredded => Err(self.live(tenant).await.err().unwrap_or_else(|| {
+                Error::refused(format!(
+                    "tenant `{tenant}` was shredded during the rotation"
+                ))
+            })),
+        }
+    }
+
+    /// Disables a key version: values under it stop opening (with
+    /// [`Error::KeyDisabled`]) until it is enabled again. Disabling a disabled
+    /// version does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] for the primary or a destroyed version;
+    /// [`Error::UnknownTenant`], [`Error::UnknownKeyVersion`],
+    /// [`Error::TenantShredded`]; store errors.
+    pub async fn disable_version(&self, tenant: &str, version: u32) -> Result<()> {
+        self.change_state(tenant, version, KeyState::Disabled).await
+    }
+
+    /// Enables a disabled key version again. Enabling an active version does
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] for a destroyed version; [`Error::UnknownTenant`],
+    /// [`Error::UnknownKeyVersion`], [`Error::TenantShredded`]; store errors.
+    pub async fn enable_version(&self, tenant: &str, version: u32) -> Result<()> {
+        self.change_state(tenant, version, KeyState::Active).await
+    }
+
+    /// Destroys a key version: its wrapped key is erased from the store, and
+    /// values sealed under it can never be opened again (they fail with
+    /// [`Error::KeyDestroyed`]). Re-seal them first.
+    ///
+    /// # Security
+    ///
+    /// Irreversible by design. Backups of the key store taken before this call
+    /// still hold the wrapped key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] for the primary, or for a version already destroyed;
+    /// [`Error::UnknownTenant`], [`Error::UnknownKeyVersion`],
+    /// [`Error::TenantShredded`]; store errors.
+    pub async fn destroy_version(&self, tenant: &str, version: u32) -> Result<()> {
+        self.change_state(tenant, version, KeyState::Destroyed)
+            .await
+    }
+
+    async fn change_state(&self, tenant: &str, version: u32, to: KeyState) -> Result<()> {
+        let record = self.live(tenant).await?;
+        let key = record
+            .keys
+            .iter()
+            .find(|k| k.version == version)
+            .ok_or_else(|| Error::UnknownKeyVersion {
+                tenant: tenant.to_string(),
+                version,
+            })?;
+        let verb = match to {
+            KeyState::Active => "enable",
+            KeyState::Disabled => "disable",
+            KeyState::Destroyed => "destroy",
+        };
+        if key.state == KeyState::Destroyed {
+            return Err(Error::refused(format!(
+                "cannot {verb} tenant `{tenant}` key version {version}: it was already \
+                 destroyed on {}",
+                key.state_changed_at
+            )));
+        }
+        if key.state == to {
+            return Ok(());
+        }
+        if version == record.latest_version() {
+            return Err(Error::refused(format!(
+                "cannot {verb} tenant `{tenant}` key version {version}: it is the primary; \
+                 rotate first, re-seal its values, then {verb} it"
+            )));
+        }
+        let event = match to {
+            KeyState::Active => AuditEvent::KeyEnabled,
+            KeyState::Disabled => AuditEvent::KeyDisabled,
+            KeyState::Destroyed => AuditEvent::KeyDestroyed,
+        };
+        let audit = self
+            .audit(event, tenant, version, format!("{} -> {}", key.state, to))
+            .await?;
+        let at = audit.at();
+        let changed = self
+            .sealer
+            .inner
+            .store
+            .update_key_state(tenant, version, key.state, to, &audit)
+            .await?;
+        let stale = self.sealer.inner.cache.invalidate(tenant);
+        if !changed {
+            return Err(Error::refused(format!(
+                "tenant `{tenant}` key version {version} changed while this {verb} ran; \
+                 nothing was changed: check its state and retry"
+            )));
+        }
+        if to == KeyState::Destroyed
+            && let Some(stale) = stale
+        {
+            stale.revoke_version(version, at);
+        }
+        tracing::info!(tenant, version, state = %to, "changed tenant key state");
+        Ok(())
+    }
+
+    /// Refuses values sealed under versions below `minimum` (with
+    /// [`Error::BelowMinimumVersion`]) while their keys still exist — a
+    /// reversible way to check that nothing still needs an old version before
+    /// destroying it. 0 or 1 removes the minimum.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] if `minimum` is above the primary version;
+    /// [`Error::UnknownTenant`], [`Error::TenantShredded`]; store errors.
+    pub async fn set_min_decryption_version(&self, tenant: &str, minimum: u32) -> Result<()> {
+        let record = self.live(tenant).await?;
+        let primary = record.latest_version();
+        if minimum > primary {
+            return Err(Error::refused(format!(
+                "cannot set tenant `{tenant}`'s minimum decryption version to {minimum}: its \
+                 primary is version {primary}, and the primary must stay usable"
+            )));
+        }
+        let audit = self
+            .audit(
+                AuditEvent::MinDecryptionVersionSet,
+                tenant,
+                minimum,
+                format!("{} -> {minimum}", record.min_decryption_version),
+            )
+            .await?;
+        let changed = self
+            .sealer
+            .inner
+            .store
+            .set_min_decryption_version(tenant, minimum, &audit)
+            .await?;
+        self.sealer.inner.cache.invalidate(tenant);
+        if !changed {
+            return Err(Error::refused(format!(
+                "tenant `{tenant}` changed while setting its minimum decryption version; \
+                 nothing was changed: retry"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Crypto-shreds a tenant: destroys every key version (erasing every
+    /// wrapped key) and marks the tenant shredded, in one step, then purges it
+    /// from this process's cache. From then on every operation for the tenant
+    /// fails with [`Error::TenantShredded`], and its values can never be opened.
+    /// Returns when it was shredded.
+    ///
+    /// Other processes stop within their cache time to live (or
+    /// [`revalidate_after`](crate::SealerBuilder::revalidate_after)).
+    ///
+    /// # Security
+    ///
+    /// Irreversible. Key store backups taken before this call still hold the
+    /// wrapped keys: expire them on the same schedule as your erasure promise.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TenantShredded`] if it already was; [`Error::UnknownTenant`];
+    /// store errors.
+    pub async fn shred_tenant(&self, tenant: &str) -> Result<Timestamp> {
+        self.live(tenant).await?;
+        let audit = self
+            .audit(AuditEvent::TenantShredded, tenant, 0, String::new())
+            .await?;
+        let at = audit.at();
+        let shredded = self.sealer.inner.store.shred_tenant(tenant, &audit).await?;
+        if let Some(stale) = self.sealer.inner.cache.invalidate(tenant) {
+            stale.revoke(at);
+        }
+        if !shredded {
+            // Another process shredded it first: report that.
+            return Err(self.live(tenant).await.err().unwrap_or_else(|| {
+                Error::refused(format!("tenant `{tenant}` changed during the shred; retry"))
+            }));
+        }
+        tracing::info!(tenant, "shredded tenant");
+        Ok(at)
+    }
+
+    /// Gives a shredded tenant a fresh key, so it can seal again. Its old values
+    /// stay unreadable (their versions are destroyed). Returns the new primary
+    /// version.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] if the tenant is not shredded;
+    /// [`Error::UnknownTenant`]; provider and store errors.
+    pub async fn recreate_tenant(&self, tenant: &str) -> Result<u32> {
+        let record = self.describe(tenant).await?;
+        if record.shredded_at.is_none() {
+            return Err(Error::refused(format!(
+                "tenant `{tenant}` is not shredded, so there is nothing to recreate"
+            )));
+        }
+        let version = record.latest_version().saturating_add(1);
+        let (new, _) = self.sealer.new_key_version(tenant, version).await?;
+        let audit = self
+            .audit(AuditEvent::TenantRecreated, tenant, version, String::new())
+            .await?;
+        let outcome = self
+            .sealer
+            .inner
+            .store
+            .recreate_tenant(tenant, new, &audit)
+            .await?;
+        self.sealer.inner.cache.invalidate(tenant);
+        match outcome {
+            InsertOutcome::Inserted => Ok(version),
+            _ => Ok(self.live(tenant).await?.latest_version()),
+        }
+    }
+
+    /// Re-wraps every stored key (every tenant key version that is not
+    /// destroyed, and the audit-chain key) under root key `target`, which must
+    /// be the provider's current root key. Sealed values are not touched.
+    ///
+    /// Resumable and idempotent: keys already under `target` are skipped, and
+    /// each key is swapped atomically, so an interrupted run leaves every key
+    /// under either root and every value readable (keep the old root key
+    /// configured as a previous key until a run reports nothing left to do).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] if `target` is not the current root key (nothing is
+    /// changed); [`Error::RootKeyNotConfigured`] if a key is under a root key the
+    /// provider does not hold; provider and store errors (the keys done so far
+    /// stay done).
+    pub async fn rewrap_all(&self, target: &str) -> Result<RewrapReport> {
+        let inner = &self.sealer.inner;
+        let current = inner.provider.current_root_key_id();
+        if current != target {
+            return Err(Error::refused(format!(
+                "cannot re-wrap under root key `{target}`: the key provider's current root \
+                 key is `{current}`; configure `{target}` as the current root key first"
+            )));
+        }
+        let mut report = RewrapReport::default();
+
+        if let Some(old) = inner.store.load_audit_key().await?
+            && old.root_key_id() != target
+        {
+            let ctx = WrapContext::audit_key(1);
+            let key = inner.provider.unwrap(&old, &ctx).await?;
+            let new = inner.provider.wrap(&key, &ctx).await?;
+            report.audit_key_rewrapped = inner.store.rewrap_audit_key(&old, new).await?;
+        }
+
+        let mut after: Option<(String, u32)> = None;
+        loop {
+            let page = inner
+                .store
+                .list_wrapped_keys(after.as_ref().map(|(t, v)| (t.as_str(), *v)), PAGE)
+                .await?;
+            let full = page.len() >= PAGE;
+            for stored in page {
+                report.examined += 1;
+                after = Some((stored.tenant.clone(), stored.key.version));
+                let Some(old) = stored.key.wrapped else {
+                    continue;
+                };
+                if old.root_key_id() == target {
+                    report.already_current += 1;
+                    continue;
+                }
+                let ctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
+                let key = inner.provider.unwrap(&old, &ctx).await?;
+                let new = inner.provider.wrap(&key, &ctx).await?;
+                drop(key);
+                let audit = self
+                    .audit(
+                        AuditEvent::KeyRewrapped,
+                        &stored.tenant,
+                        stored.key.version,
+                        format!("{} -> {target}", old.root_key_id()),
+                    )
+                    .await?;
+                if inner
+                    .store
+                    .rewrap_key(&stored.tenant, stored.key.version, &old, new, &audit)
+                    .await?
+                {
+                    report.rewrapped += 1;
+                } else {
+                    report.skipped += 1;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        tracing::info!(
+            target,
+            rewrapped = report.rewrapped,
+            already_current = report.already_current,
+            skipped = report.skipped,
+            "root key re-wrap finished"
+        );
+        Ok(report)
+    }
+
+    /// Reads audit entries with sequence numbers after `after`, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.sealer.inner.store.audit_entries(after, limit).await
+    }
+
+    /// Walks the whole audit chain and reports the first broken link, if any.
+    ///
+    /// # Errors
+    ///
+    /// Provider errors (the audit key is unwrapped through the root key
+    /// provider) and store errors. A broken chain is not an error: it is
+    /// reported in [`AuditReport::broken`].
+    pub async fn verify_audit(&self) -> Result<AuditReport> {
+        let store = &self.sealer.inner.store;
+        let key = self.sealer.audit_key().await?;
+        let mut verifier = Verifier::new(key);
+        // First pass: prune anchors, which come after the entries they vouch for.
+        let mut after = 0;
+        loop {
+            let page = store.audit_entries(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            page.iter().for_each(|e| verifier.note_anchor(e));
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        let mut after = 0;
+        'walk: loop {
+            let page = store.audit_entries(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for entry in &page {
+                if !verifier.check(entry) {
+                    break 'walk;
+                }
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        Ok(verifier.finish())
+    }
+
+    /// Deletes audit entries older than `older_than` (a 90-day retention is
+    /// common), recording the pruning as an entry, so the remaining chain
+    /// still verifies. Returns how many entries were deleted.
+    ///
+    /// # Errors
+    ///
+    /// Provider and store errors.
+    pub async fn prune_audit(&self, older_than: Duration) -> Result<u64> {
+        let store = &self.sealer.inner.store;
+        let cutoff = Timestamp::now()
+            .unix_seconds()
+            .saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
+        let mut through: Option<AuditEntry> = None;
+        let mut after = 0;
+        'scan: loop {
+            let page = store.audit_entries(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for entry in page.iter() {
+                if entry.at.unix_seconds() >= cutoff {
+                    break 'scan;
+                }
+                through = Some(entry.clone());
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        let Some(through) = through else {
+            return Ok(0);
+        };
+        let audit = self
+            .audit(AuditEvent::AuditPruned, "", 0, pruned_detail(&through))
+            .await?;
+        store.prune_audit(through.seq, &through.mac, &audit).await
+    }
+}
+
+impl fmt::Debug for KeyAdmin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyAdmin")
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
+}
