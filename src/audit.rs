@@ -158,10 +158,11 @@ impl<'a> AuditAppend<'a> {
         self.at
     }
 
-    /// The entry that follows `previous` (`None` when the log is empty).
-    pub fn link(&self, previous: Option<&AuditEntry>) -> AuditEntry {
+    /// The entry that follows the log's last entry, given as its sequence
+    /// number and MAC (`None` when the log has never had an entry).
+    pub fn link(&self, previous: Option<(u64, &[u8; AUDIT_MAC_LEN])>) -> AuditEntry {
         let (seq, prev_mac) = match previous {
-            Some(p) => (p.seq.saturating_add(1), p.mac),
+            Some((seq, mac)) => (seq.saturating_add(1), *mac),
             None => (1, [0u8; AUDIT_MAC_LEN]),
         };
         let mut entry = AuditEntry {

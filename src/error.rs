@@ -214,6 +214,18 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// The SQL key store's tables are missing, or were made by another fieldseal
+    /// version.
+    #[error("{}", schema_message(table, *found, *supported))]
+    Schema {
+        /// The schema-version table looked at.
+        table: String,
+        /// The schema version found (`None`: the tables do not exist).
+        found: Option<u32>,
+        /// The schema version this build reads.
+        supported: u32,
+    },
+
     /// A root key could not be loaded.
     #[error("root key from {origin}: {reason}")]
     RootKey {
@@ -247,6 +259,23 @@ pub enum Error {
     /// An opened value is not valid UTF-8 and was asked for as text.
     #[error("opened value is not valid UTF-8 (it was sealed from bytes, not text)")]
     NotUtf8,
+}
+
+fn schema_message(table: &str, found: Option<u32>, supported: u32) -> String {
+    match found {
+        None => format!(
+            "the key store's tables do not exist (no `{table}`): run `SqlKeyStore::migrate()` \
+             once before using the store"
+        ),
+        Some(found) if found > supported => format!(
+            "the key store was migrated by a newer fieldseal (schema version {found}; this build \
+             reads version {supported}): upgrade fieldseal"
+        ),
+        Some(found) => format!(
+            "the key store has schema version {found}, but this build reads version \
+             {supported}: run `SqlKeyStore::migrate()` to upgrade it"
+        ),
+    }
 }
 
 impl Error {

@@ -55,6 +55,10 @@ pub use crate::{
     time::Timestamp,
 };
 
+// The SQL key store (features `postgres`, `mysql`, `sqlite`).
+#[cfg(feature = "_sql")]
+pub use crate::store::{SqlDatabase, SqlKeyStore};
+
 /// Re-exported so that implementations of [`KeyProvider`] and [`KeyStore`] use
 /// the same attribute macro version as fieldseal.
 pub use async_trait::async_trait;

@@ -37,7 +37,7 @@ struct State {
 
 impl State {
     fn append(&mut self, audit: &AuditAppend<'_>) {
-        let entry = audit.link(self.audit.back());
+        let entry = audit.link(self.audit.back().map(|e| (e.seq, &e.mac)));
         self.audit.push_back(entry);
     }
 }
@@ -330,7 +330,7 @@ impl KeyStore for MemoryKeyStore {
             return Ok(0);
         }
         // The pruned entry chains from the newest entry, pruned or not.
-        let entry = audit.link(state.audit.back());
+        let entry = audit.link(state.audit.back().map(|e| (e.seq, &e.mac)));
         let before = state.audit.len();
         state.audit.retain(|e| e.seq > through);
         let deleted = before - state.audit.len();

@@ -15,8 +15,12 @@ use crate::provider::WrappedKey;
 use crate::time::Timestamp;
 
 mod memory;
+#[cfg(feature = "_sql")]
+mod sql;
 
 pub use memory::MemoryKeyStore;
+#[cfg(feature = "_sql")]
+pub use sql::{SqlDatabase, SqlKeyStore};
 
 /// The stored state of a tenant key version.
 ///

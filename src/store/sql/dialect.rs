@@ -1,0 +1,131 @@
+//! What differs between PostgreSQL, MySQL/MariaDB and SQLite.
+
+use std::borrow::Cow;
+
+pub(crate) use sealed::Dialect;
+
+impl Dialect {
+    /// The statement that opens a write transaction. SQLite takes its write
+    /// lock up front (`BEGIN IMMEDIATE`), so two writers never deadlock.
+    pub(crate) fn begin_statement(self) -> Option<&'static str> {
+        match self {
+            Self::Sqlite => Some("BEGIN IMMEDIATE"),
+            Self::Postgres | Self::MySql => None,
+        }
+    }
+
+    /// The suffix of a `SELECT` that locks the rows it reads.
+    pub(crate) fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres | Self::MySql => " FOR UPDATE",
+        }
+    }
+}
+
+mod sealed {
+    #![allow(unreachable_pub)]
+
+    /// The SQL dialect of a supported database.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Dialect {
+        Postgres,
+        MySql,
+        Sqlite,
+    }
+
+    pub trait Backend: sqlx::Database {
+        const DIALECT: super::Dialect;
+        fn rows_affected(result: &Self::QueryResult) -> u64;
+    }
+}
+
+/// A database fieldseal's SQL key store runs on: `sqlx::Postgres`,
+/// `sqlx::MySql` or `sqlx::Sqlite`, each behind its cargo feature. Sealed.
+pub trait SqlDatabase: sealed::Backend {}
+
+#[cfg(feature = "postgres")]
+impl sealed::Backend for sqlx::Postgres {
+    const DIALECT: Dialect = Dialect::Postgres;
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+#[cfg(feature = "postgres")]
+impl SqlDatabase for sqlx::Postgres {}
+
+#[cfg(feature = "mysql")]
+impl sealed::Backend for sqlx::MySql {
+    const DIALECT: Dialect = Dialect::MySql;
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+#[cfg(feature = "mysql")]
+impl SqlDatabase for sqlx::MySql {}
+
+#[cfg(feature = "sqlite")]
+impl sealed::Backend for sqlx::Sqlite {
+    const DIALECT: Dialect = Dialect::Sqlite;
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+#[cfg(feature = "sqlite")]
+impl SqlDatabase for sqlx::Sqlite {}
+
+fn code(err: &sqlx::Error) -> Option<Cow<'_, str>> {
+    match err {
+        sqlx::Error::Database(db) => db.code(),
+        _ => None,
+    }
+}
+
+/// Whether the database asks for the transaction to be retried: a deadlock or
+/// serialization failure (PostgreSQL 40001/40P01, MySQL 1213 = SQLSTATE 40001,
+/// MySQL 1205 lock wait timeout), or a busy or locked SQLite database.
+pub(crate) fn is_retryable(err: &sqlx::Error) -> bool {
+    let Some(code) = code(err) else {
+        return matches!(err, sqlx::Error::PoolTimedOut);
+    };
+    matches!(
+        code.as_ref(),
+        "40001" | "40P01" | "5" | "6" | "261" | "262" | "517" | "773"
+    ) || mysql_lock_wait_timeout(err)
+}
+
+#[cfg(feature = "mysql")]
+fn mysql_lock_wait_timeout(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| e.number() == 1205),
+        _ => false,
+    }
+}
+
+#[cfg(not(feature = "mysql"))]
+fn mysql_lock_wait_timeout(_: &sqlx::Error) -> bool {
+    false
+}
+
+/// Whether the error says a table (or schema) does not exist: the migrations
+/// have not run.
+pub(crate) fn is_missing_table(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("42P01" | "3F000" | "42S02"))
+                || db.message().contains("no such table")
+        }
+        _ => false,
+    }
+}
+
+/// Whether a migration statement failed only because another process created
+/// the same object at the same moment.
+pub(crate) fn is_concurrent_create(err: &sqlx::Error) -> bool {
+    matches!(
+        code(err).as_deref(),
+        Some("23505" | "42P07" | "42P06" | "42710")
+    )
+}

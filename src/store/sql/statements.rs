@@ -1,0 +1,268 @@
+//! The SQL of the key store, built once per store for its dialect and table names.
+
+use std::sync::Arc;
+
+use super::dialect::Dialect;
+
+/// Every statement the store runs, with table names filled in and placeholders
+/// in the dialect's form.
+pub(crate) struct Statements {
+    pub(crate) dialect: Dialect,
+    pub(crate) prefix: String,
+    pub(crate) schema: Option<String>,
+    pub(crate) schema_table: String,
+    pub(crate) keys_table: String,
+    migration: Vec<Arc<str>>,
+    pub(crate) insert_schema_version: Arc<str>,
+    pub(crate) select_schema_version: Arc<str>,
+    pub(crate) insert_audit_head: Arc<str>,
+    pub(crate) insert_tenant: Arc<str>,
+    pub(crate) lock_tenant: Arc<str>,
+    pub(crate) latest_version: Arc<str>,
+    pub(crate) bump_generation: Arc<str>,
+    pub(crate) lock_audit_head: Arc<str>,
+    pub(crate) insert_audit: Arc<str>,
+    pub(crate) update_audit_head: Arc<str>,
+    pub(crate) insert_key: Arc<str>,
+    pub(crate) unshred_tenant: Arc<str>,
+    pub(crate) update_key_state: Arc<str>,
+    pub(crate) destroy_key: Arc<str>,
+    pub(crate) set_min_version: Arc<str>,
+    pub(crate) shred_tenant: Arc<str>,
+    pub(crate) destroy_all_keys: Arc<str>,
+    pub(crate) erase_all_wrapped: Arc<str>,
+    pub(crate) select_wrapped: Arc<str>,
+    pub(crate) update_wrapped: Arc<str>,
+    pub(crate) select_audit_mac: Arc<str>,
+    pub(crate) delete_audit_through: Arc<str>,
+    pub(crate) load_tenant: Arc<str>,
+    pub(crate) select_generation: Arc<str>,
+    pub(crate) list_wrapped: Arc<str>,
+    pub(crate) select_audit_key: Arc<str>,
+    pub(crate) insert_audit_key: Arc<str>,
+    pub(crate) update_audit_key: Arc<str>,
+    pub(crate) select_audit: Arc<str>,
+}
+
+impl Statements {
+    pub(crate) fn new(dialect: Dialect, prefix: &str, schema: Option<&str>) -> Self {
+        let qualify = |name: &str| match schema {
+            Some(schema) => format!("{schema}.{prefix}{name}"),
+            None => format!("{prefix}{name}"),
+        };
+        let version_t = qualify("schema_version");
+        let tenants = qualify("tenants");
+        let keys = qualify("keys");
+        let audit = qualify("audit");
+        let head = qualify("audit_head");
+        let audit_key = qualify("audit_key");
+        let lock = dialect.for_update();
+
+        // `INSERT … unless the row exists`, and whether rows_affected tells.
+        let insert_if_absent = |table: &str, columns: &str, values: &str, key: &str| match dialect {
+            Dialect::MySql => format!("INSERT IGNORE INTO {table} ({columns}) VALUES ({values})"),
+            Dialect::Postgres | Dialect::Sqlite => format!(
+                "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({key}) DO NOTHING"
+            ),
+        };
+
+        let sql = |text: String| -> Arc<str> { Arc::from(placeholders(dialect, &text)) };
+
+        Self {
+            dialect,
+            prefix: prefix.to_string(),
+            schema: schema.map(str::to_string),
+            migration: migration(
+                dialect,
+                schema,
+                &[&version_t, &tenants, &keys, &audit, &head, &audit_key],
+            ),
+            insert_schema_version: sql(insert_if_absent(&version_t, "id, version", "1, ?", "id")),
+            select_schema_version: sql(format!("SELECT version FROM {version_t} WHERE id = 1")),
+            insert_audit_head: sql(insert_if_absent(&head, "id, seq, mac", "1, 0, NULL", "id")),
+            insert_tenant: sql(insert_if_absent(
+                &tenants,
+                "tenant, shredded_at, min_decryption_version, generation",
+                "?, NULL, 0, 0",
+                "tenant",
+            )),
+            lock_tenant: sql(format!(
+                "SELECT shredded_at, min_decryption_version, generation FROM {tenants} \
+                 WHERE tenant = ?{lock}"
+            )),
+            latest_version: sql(format!(
+                "SELECT COALESCE(MAX(version), 0) FROM {keys} WHERE tenant = ?"
+            )),
+            bump_generation: sql(format!(
+                "UPDATE {tenants} SET generation = generation + 1 WHERE tenant = ?"
+            )),
+            lock_audit_head: sql(format!("SELECT seq, mac FROM {head} WHERE id = 1{lock}")),
+            insert_audit: sql(format!(
+                "INSERT INTO {audit} (seq, occurred_at, event, tenant, version, actor, detail, mac) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            )),
+            update_audit_head: sql(format!("UPDATE {head} SET seq = ?, mac = ? WHERE id = 1")),
+            insert_key: sql(insert_if_absent(
+                &keys,
+                "tenant, version, state, created_at, state_changed_at, root_key_id, wrapped",
+                "?, ?, ?, ?, ?, ?, ?",
+                "tenant, version",
+            )),
+            unshred_tenant: sql(format!(
+                "UPDATE {tenants} SET shredded_at = NULL WHERE tenant = ?"
+            )),
+            update_key_state: sql(format!(
+                "UPDATE {keys} SET state = ?, state_changed_at = ? \
+                 WHERE tenant = ? AND version = ? AND state = ?"
+            )),
+            destroy_key: sql(format!(
+                "UPDATE {keys} SET state = ?, state_changed_at = ?, root_key_id = NULL, wrapped = NULL \
+                 WHERE tenant = ? AND version = ? AND state = ?"
+            )),
+            set_min_version: sql(format!(
+                "UPDATE {tenants} SET min_decryption_version = ? WHERE tenant = ?"
+            )),
+            shred_tenant: sql(format!(
+                "UPDATE {tenants} SET shredded_at = ? WHERE tenant = ?"
+            )),
+            destroy_all_keys: sql(format!(
+                "UPDATE {keys} SET state = ?, state_changed_at = ? WHERE tenant = ? AND state <> ?"
+            )),
+            erase_all_wrapped: sql(format!(
+                "UPDATE {keys} SET root_key_id = NULL, wrapped = NULL WHERE tenant = ?"
+            )),
+            select_wrapped: sql(format!(
+                "SELECT root_key_id, wrapped FROM {keys} WHERE tenant = ? AND version = ?"
+            )),
+            update_wrapped: sql(format!(
+                "UPDATE {keys} SET root_key_id = ?, wrapped = ? WHERE tenant = ? AND version = ?"
+            )),
+            select_audit_mac: sql(format!("SELECT mac FROM {audit} WHERE seq = ?")),
+            delete_audit_through: sql(format!("DELETE FROM {audit} WHERE seq <= ?")),
+            load_tenant: sql(format!(
+                "SELECT t.shredded_at, t.min_decryption_version, t.generation, k.version, k.state, \
+                 k.created_at, k.state_changed_at, k.root_key_id, k.wrapped \
+                 FROM {tenants} t LEFT JOIN {keys} k ON k.tenant = t.tenant \
+                 WHERE t.tenant = ? ORDER BY k.version"
+            )),
+            select_generation: sql(format!("SELECT generation FROM {tenants} WHERE tenant = ?")),
+            list_wrapped: sql(format!(
+                "SELECT tenant, version, state, created_at, state_changed_at, root_key_id, wrapped \
+                 FROM {keys} WHERE wrapped IS NOT NULL \
+                 AND (tenant > ? OR (tenant = ? AND version > ?)) \
+                 ORDER BY tenant, version LIMIT ?"
+            )),
+            select_audit_key: sql(format!(
+                "SELECT root_key_id, wrapped FROM {audit_key} WHERE id = 1"
+            )),
+            insert_audit_key: sql(insert_if_absent(
+                &audit_key,
+                "id, root_key_id, wrapped",
+                "1, ?, ?",
+                "id",
+            )),
+            update_audit_key: sql(format!(
+                "UPDATE {audit_key} SET root_key_id = ?, wrapped = ? \
+                 WHERE id = 1 AND root_key_id = ? AND wrapped = ?"
+            )),
+            select_audit: sql(format!(
+                "SELECT seq, occurred_at, event, tenant, version, actor, detail, mac FROM {audit} \
+                 WHERE seq > ? ORDER BY seq LIMIT ?"
+            )),
+            schema_table: version_t,
+            keys_table: keys,
+        }
+    }
+
+    /// The DDL, in order. Every statement is idempotent.
+    pub(crate) fn migration(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.migration.iter()
+    }
+}
+
+/// `?` placeholders become `$1`, `$2`, … on PostgreSQL. The statements above
+/// contain no `?` other than placeholders.
+fn placeholders(dialect: Dialect, sql: &str) -> String {
+    if dialect != Dialect::Postgres {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn migration(dialect: Dialect, schema: Option<&str>, tables: &[&String; 6]) -> Vec<Arc<str>> {
+    let [version_t, tenants, keys, audit, head, audit_key] = *tables;
+    // Tenant ids compare byte for byte everywhere: MySQL needs a binary
+    // collation for that (its default collations ignore case).
+    let (id, text, bytes, int, small_bytes, suffix) = match dialect {
+        Dialect::Postgres => ("TEXT", "TEXT", "BYTEA", "BIGINT", "BYTEA", ""),
+        Dialect::MySql => (
+            "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+            "TEXT",
+            "BLOB",
+            "BIGINT",
+            "VARBINARY(64)",
+            " ENGINE=InnoDB",
+        ),
+        Dialect::Sqlite => ("TEXT", "TEXT", "BLOB", "INTEGER", "BLOB", ""),
+    };
+    let short = match dialect {
+        Dialect::MySql => "VARCHAR(255)",
+        _ => text,
+    };
+    let mut out = Vec::new();
+    if let (Dialect::Postgres, Some(schema)) = (dialect, schema) {
+        out.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+    }
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {version_t} (id INTEGER NOT NULL PRIMARY KEY, version {int} NOT NULL){suffix}"
+    ));
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {tenants} (\
+         tenant {id} NOT NULL PRIMARY KEY, \
+         shredded_at {int} NULL, \
+         min_decryption_version {int} NOT NULL DEFAULT 0, \
+         generation {int} NOT NULL DEFAULT 0){suffix}"
+    ));
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {keys} (\
+         tenant {id} NOT NULL, \
+         version {int} NOT NULL, \
+         state {short} NOT NULL, \
+         created_at {int} NOT NULL, \
+         state_changed_at {int} NOT NULL, \
+         root_key_id {short} NULL, \
+         wrapped {bytes} NULL, \
+         PRIMARY KEY (tenant, version)){suffix}"
+    ));
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {audit} (\
+         seq {int} NOT NULL PRIMARY KEY, \
+         occurred_at {int} NOT NULL, \
+         event {short} NOT NULL, \
+         tenant {id} NOT NULL, \
+         version {int} NOT NULL, \
+         actor {text} NOT NULL, \
+         detail {text} NOT NULL, \
+         mac {small_bytes} NOT NULL){suffix}"
+    ));
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {head} (\
+         id INTEGER NOT NULL PRIMARY KEY, seq {int} NOT NULL, mac {small_bytes} NULL){suffix}"
+    ));
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {audit_key} (\
+         id INTEGER NOT NULL PRIMARY KEY, root_key_id {short} NOT NULL, wrapped {bytes} NOT NULL){suffix}"
+    ));
+    out.into_iter().map(Arc::from).collect()
+}
