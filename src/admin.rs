@@ -295,17 +295,19 @@ impl KeyAdmin {
             .store
             .update_key_state(tenant, version, key.state, to, &audit)
             .await?;
-        let stale = self.sealer.inner.cache.invalidate(tenant);
+        self.sealer.inner.cache.invalidate(tenant);
         if !changed {
             return Err(Error::refused(format!(
                 "tenant `{tenant}` key version {version} changed while this {verb} ran; \
                  nothing was changed: check its state and retry"
             )));
         }
-        if to == KeyState::Destroyed
-            && let Some(stale) = stale
-        {
-            stale.revoke_version(version, at);
+        if to == KeyState::Destroyed {
+            self.sealer
+                .inner
+                .cache
+                .revocation(tenant)
+                .destroy(version, at);
         }
         tracing::info!(tenant, version, state = %to, "changed tenant key state");
         Ok(())
@@ -378,14 +380,24 @@ impl KeyAdmin {
             .await?;
         let at = audit.at();
         let shredded = self.sealer.inner.store.shred_tenant(tenant, &audit).await?;
-        if let Some(stale) = self.sealer.inner.cache.invalidate(tenant) {
-            stale.revoke(at);
+        if shredded {
+            self.sealer.inner.cache.revocation(tenant).shred(at);
         }
+        self.sealer.inner.cache.invalidate(tenant);
         if !shredded {
-            // Another process shredded it first: report that.
-            return Err(self.live(tenant).await.err().unwrap_or_else(|| {
+            // Another process shredded it first: stop this process's snapshots
+            // too, and report it.
+            let err = self.live(tenant).await.err().unwrap_or_else(|| {
                 Error::refused(format!("tenant `{tenant}` changed during the shred; retry"))
-            }));
+            });
+            if let Error::TenantShredded { shredded_at, .. } = &err {
+                self.sealer
+                    .inner
+                    .cache
+                    .revocation(tenant)
+                    .shred(*shredded_at);
+            }
+            return Err(err);
         }
         tracing::info!(tenant, "shredded tenant");
         Ok(at)
@@ -529,6 +541,14 @@ impl KeyAdmin {
     /// provider) and store errors. A broken chain is not an error: it is
     /// reported in [`AuditReport::broken`].
     pub async fn verify_audit(&self) -> Result<AuditReport> {
+        let (report, _) = self.walk_audit(None).await?;
+        Ok(report)
+    }
+
+    /// Verifies the chain in order, stopping at the first broken link or, with
+    /// `until`, at the first entry at or after that time. Returns the report and
+    /// the last verified entry before `until`.
+    async fn walk_audit(&self, until: Option<i64>) -> Result<(AuditReport, Option<AuditEntry>)> {
         let store = &self.sealer.inner.store;
         let key = self.sealer.audit_key().await?;
         let mut verifier = Verifier::new(key);
@@ -543,50 +563,51 @@ impl KeyAdmin {
                 break;
             }
         }
+        let mut before_until = None;
         let mut after = 0;
         'walk: loop {
             let page = store.audit_entries(after, PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
-            for entry in &page {
-                if !verifier.check(entry) {
+            let full = page.len() >= PAGE;
+            for entry in page {
+                if until.is_some_and(|t| entry.at.unix_seconds() >= t) {
                     break 'walk;
                 }
+                if !verifier.check(&entry) {
+                    break 'walk;
+                }
+                before_until = Some(entry);
             }
-            if page.len() < PAGE {
+            if !full {
                 break;
             }
         }
-        Ok(verifier.finish())
+        Ok((verifier.finish(), before_until))
     }
 
     /// Deletes audit entries older than `older_than` (a 90-day retention is
     /// common), recording the pruning as an entry, so the remaining chain
     /// still verifies. Returns how many entries were deleted.
     ///
+    /// The entries to delete are verified first: a chain that is already
+    /// broken is never pruned (that would hide the damage).
+    ///
     /// # Errors
     ///
-    /// Provider and store errors.
+    /// [`Error::Refused`] if the chain is broken before the cut-off (nothing is
+    /// deleted: run [`verify_audit`](KeyAdmin::verify_audit) and investigate);
+    /// provider and store errors.
     pub async fn prune_audit(&self, older_than: Duration) -> Result<u64> {
-        let store = &self.sealer.inner.store;
         let cutoff = Timestamp::now()
             .unix_seconds()
             .saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
-        let mut through: Option<AuditEntry> = None;
-        let mut after = 0;
-        'scan: loop {
-            let page = store.audit_entries(after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for entry in page.iter() {
-                if entry.at.unix_seconds() >= cutoff {
-                    break 'scan;
-                }
-                through = Some(entry.clone());
-            }
-            if page.len() < PAGE {
-                break;
-            }
+        let (report, through) = self.walk_audit(Some(cutoff)).await?;
+        if let Some(broken) = report.broken {
+            return Err(Error::refused(format!(
+                "the audit chain is broken at entry {} ({}); nothing was pruned",
+                broken.seq, broken.reason
+            )));
         }
         let Some(through) = through else {
             return Ok(0);
@@ -594,7 +615,11 @@ impl KeyAdmin {
         let audit = self
             .audit(AuditEvent::AuditPruned, "", 0, pruned_detail(&through))
             .await?;
-        store.prune_audit(through.seq, &through.mac, &audit).await
+        self.sealer
+            .inner
+            .store
+            .prune_audit(through.seq, &through.mac, &audit)
+            .await
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 
 use crate::error::Result;
-use crate::keyring::Keyring;
+use crate::keyring::{Keyring, Revocation};
 
 type Cell = Arc<OnceCell<Arc<Keyring>>>;
 
@@ -21,6 +21,9 @@ pub(crate) struct KeyCache {
     capacity: usize,
     ttl: Duration,
     inner: Mutex<Inner>,
+    /// Per-tenant revocation state, shared by every snapshot of the tenant and
+    /// outliving cache entries (see `Revocation`).
+    revocations: Mutex<HashMap<Arc<str>, Arc<Revocation>>>,
 }
 
 #[derive(Default)]
@@ -55,6 +58,7 @@ impl KeyCache {
             capacity: capacity.max(1),
             ttl,
             inner: Mutex::new(Inner::default()),
+            revocations: Mutex::new(HashMap::new()),
         }
     }
 
@@ -64,6 +68,26 @@ impl KeyCache {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The tenant's revocation state. Entries no snapshot uses are dropped once
+    /// the map grows past twice the cache capacity; entries that ever revoked
+    /// something are kept, so a snapshot loaded concurrently with a shred still
+    /// sees it.
+    pub(crate) fn revocation(&self, tenant: &str) -> Arc<Revocation> {
+        let mut map = self
+            .revocations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(existing) = map.get(tenant) {
+            return Arc::clone(existing);
+        }
+        if map.len() >= self.capacity.saturating_mul(2).max(64) {
+            map.retain(|_, r| Arc::strong_count(r) > 1 || r.is_used());
+        }
+        let fresh = Arc::new(Revocation::default());
+        map.insert(Arc::from(tenant), Arc::clone(&fresh));
+        fresh
     }
 
     /// Looks `tenant` up; on a miss, installs (or joins) the in-flight load slot.
@@ -88,13 +112,32 @@ impl KeyCache {
         Lookup::Miss { cell, previous }
     }
 
-    /// Runs (or joins) the load for a miss and returns its result.
-    pub(crate) async fn load<F, Fut>(cell: Cell, load: F) -> Result<Arc<Keyring>>
+    /// Runs (or joins) the load for a miss and returns its result. A failed
+    /// load leaves no entry behind (so failures do not evict real tenants).
+    pub(crate) async fn load<F, Fut>(
+        &self,
+        tenant: &str,
+        cell: Cell,
+        load: F,
+    ) -> Result<Arc<Keyring>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<Keyring>>>,
     {
-        cell.get_or_try_init(load).await.map(Arc::clone)
+        let result = cell.get_or_try_init(load).await.map(Arc::clone);
+        if result.is_ok() {
+            self.lock().evict_beyond(self.capacity, tenant);
+        } else {
+            let mut inner = self.lock();
+            if inner
+                .slots
+                .get(tenant)
+                .is_some_and(|slot| Arc::ptr_eq(&slot.cell, &cell) && slot.cell.get().is_none())
+            {
+                inner.slots.remove(tenant);
+            }
+        }
+        result
     }
 
     /// Drops `tenant`'s entry, so the next use reloads it from the store.
@@ -113,19 +156,31 @@ impl KeyCache {
 }
 
 impl Inner {
-    /// Installs a fresh, empty slot for `tenant`, evicting the oldest entries
-    /// if the cache is full.
-    fn install(&mut self, tenant: &str, capacity: usize) -> Cell {
-        let key: Arc<str> = Arc::from(tenant);
-        let replacing = self.slots.contains_key(tenant);
-        while !replacing && self.slots.len() >= capacity {
+    /// Evicts the oldest entries other than `keep` while the cache holds more
+    /// than `capacity`. Runs after a successful load, so that failed loads
+    /// (unknown tenants) never push real tenants out.
+    fn evict_beyond(&mut self, capacity: usize, keep: &str) {
+        let mut kept = Vec::new();
+        while self.slots.len() > capacity {
             let Some((oldest, stamp)) = self.order.pop_front() else {
                 break;
             };
+            if *oldest == *keep {
+                kept.push((oldest, stamp));
+                continue;
+            }
             if self.slots.get(&oldest).is_some_and(|s| s.stamp == stamp) {
                 self.slots.remove(&oldest);
             }
         }
+        for entry in kept.into_iter().rev() {
+            self.order.push_front(entry);
+        }
+    }
+
+    /// Installs a fresh, empty slot for `tenant`.
+    fn install(&mut self, tenant: &str, capacity: usize) -> Cell {
+        let key: Arc<str> = Arc::from(tenant);
         let stamp = self.next_stamp;
         self.next_stamp = self.next_stamp.wrapping_add(1);
         let cell = Cell::default();

@@ -243,6 +243,9 @@ impl RecordKeyDeriver {
 /// Length of the HKDF `info` for a record: the sealed value's header.
 pub(crate) const INFO_LEN: usize = 22;
 const _: () = assert!(INFO_LEN == crate::format::HEADER_LEN);
+// `derive` lays out T(2)'s inner block as T(1) || info || 0x02 || 0x80 before
+// the 8-byte length: it must fit in one block.
+const _: () = assert!(32 + INFO_LEN + 2 <= BLOCK_LEN - 8);
 
 /// One HMAC output from keyed states, where `block` is the already padded
 /// final inner block. Leaves the tag in `out` and garbage in `block`.
@@ -290,7 +293,7 @@ pub(crate) struct RecordKey {
 
 impl RecordKey {
     /// Constant-time comparison of a stored commitment with the derived one.
-    pub(crate) fn commitment_matches(&self, stored: &[u8]) -> bool {
+    pub(crate) fn commitment_matches(&self, stored: &[u8; COMMITMENT_LEN]) -> bool {
         bool::from(self.commitment.as_slice().ct_eq(stored))
     }
 }

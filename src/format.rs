@@ -96,7 +96,7 @@ pub struct SealedValue {
 pub(crate) struct Parts<'a> {
     /// Version, algorithm, key version and salt: the HKDF `info`.
     pub(crate) header: &'a [u8; HEADER_LEN],
-    pub(crate) commitment: &'a [u8],
+    pub(crate) commitment: &'a [u8; COMMITMENT_LEN],
     pub(crate) ciphertext: &'a [u8],
     pub(crate) tag: &'a [u8; TAG_LEN],
 }
@@ -201,7 +201,7 @@ impl SealedValue {
     /// the constructors is broken, which cannot happen.
     pub(crate) fn parts(&self) -> Option<Parts<'_>> {
         let (header, rest) = self.bytes.split_first_chunk::<HEADER_LEN>()?;
-        let (commitment, rest) = rest.split_at_checked(COMMITMENT_LEN)?;
+        let (commitment, rest) = rest.split_first_chunk::<COMMITMENT_LEN>()?;
         let (ciphertext, tag) = rest.split_last_chunk::<TAG_LEN>()?;
         Some(Parts {
             header,

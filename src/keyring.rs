@@ -5,8 +5,8 @@
 //! PRK already extracted. Sealing and opening are synchronous and allocate only
 //! the output.
 
-use std::sync::OnceLock;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rand::Rng as _;
@@ -27,9 +27,85 @@ use crate::time::Timestamp;
 pub(crate) struct VersionEntry {
     pub(crate) version: u32,
     pub(crate) status: VersionStatus,
-    /// Set (to the destruction time) when this process destroys the version:
-    /// handles still holding this snapshot stop using it at once.
-    pub(crate) destroyed: OnceLock<Timestamp>,
+}
+
+/// Shredding and destruction done by this process, shared by every snapshot of
+/// one tenant (old ones included) so that all of them stop at once.
+///
+/// Each revocation bumps `epoch`; a snapshot remembers the epoch it was loaded
+/// at, so the hot path costs one atomic load until something is revoked.
+#[derive(Debug, Default)]
+pub(crate) struct Revocation {
+    epoch: AtomicU64,
+    events: Mutex<Revoked>,
+}
+
+#[derive(Debug, Default)]
+struct Revoked {
+    /// Epoch at which the tenant was shredded, and when.
+    shredded: Option<(u64, Timestamp)>,
+    /// Versions destroyed: (version, epoch, when).
+    destroyed: Vec<(u32, u64, Timestamp)>,
+}
+
+impl Revocation {
+    /// The current epoch, read before loading a snapshot from the store.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn record(&self, f: impl FnOnce(&mut Revoked, u64)) {
+        let mut events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let epoch = self.epoch.load(Ordering::Acquire).saturating_add(1);
+        f(&mut events, epoch);
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// The tenant was shredded: every snapshot loaded before now stops.
+    pub(crate) fn shred(&self, at: Timestamp) {
+        self.record(|events, epoch| events.shredded = Some((epoch, at)));
+    }
+
+    /// `version` was destroyed: snapshots loaded before now stop using it.
+    pub(crate) fn destroy(&self, version: u32, at: Timestamp) {
+        self.record(|events, epoch| events.destroyed.push((version, epoch, at)));
+    }
+
+    /// Whether anything was ever revoked (such entries are kept by the cache).
+    pub(crate) fn is_used(&self) -> bool {
+        self.epoch.load(Ordering::Acquire) > 0
+    }
+
+    /// The revocation that applies to a snapshot loaded at `loaded_epoch` using
+    /// `version`, if any.
+    fn check(&self, loaded_epoch: u64, version: Option<u32>) -> Option<Revoke> {
+        if self.epoch.load(Ordering::Acquire) == loaded_epoch {
+            return None;
+        }
+        let events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((epoch, at)) = events.shredded
+            && loaded_epoch < epoch
+        {
+            return Some(Revoke::Shredded(at));
+        }
+        let version = version?;
+        events
+            .destroyed
+            .iter()
+            .find(|(v, epoch, _)| *v == version && loaded_epoch < *epoch)
+            .map(|(_, _, at)| Revoke::Destroyed(*at))
+    }
+}
+
+enum Revoke {
+    Shredded(Timestamp),
+    Destroyed(Timestamp),
 }
 
 #[derive(Debug)]
@@ -61,9 +137,10 @@ pub(crate) struct Keyring {
     pub(crate) loaded_at: Instant,
     /// Milliseconds after `loaded_at` of the last generation check.
     pub(crate) last_check_ms: AtomicU64,
-    /// Set (to the shred time) when this process shreds the tenant: handles
-    /// still holding this snapshot stop working at once.
-    pub(crate) revoked: OnceLock<Timestamp>,
+    /// The tenant's shared revocation state, and its epoch when this snapshot
+    /// was read from the store.
+    pub(crate) revocation: Arc<Revocation>,
+    pub(crate) epoch: u64,
 }
 
 impl Keyring {
@@ -74,14 +151,21 @@ impl Keyring {
         }
     }
 
-    fn check_live(&self) -> Result<()> {
+    /// Fails if the tenant is shredded, or `version` was destroyed, since this
+    /// snapshot was loaded.
+    fn check_live(&self, version: Option<u32>) -> Result<()> {
         if let Some(at) = self.shredded_at {
             return Err(self.shredded_error(at));
         }
-        if let Some(at) = self.revoked.get() {
-            return Err(self.shredded_error(*at));
+        match self.revocation.check(self.epoch, version) {
+            None => Ok(()),
+            Some(Revoke::Shredded(at)) => Err(self.shredded_error(at)),
+            Some(Revoke::Destroyed(at)) => Err(Error::KeyDestroyed {
+                tenant: self.tenant.to_string(),
+                version: version.unwrap_or(0),
+                destroyed_at: at,
+            }),
         }
-        Ok(())
     }
 
     fn check_tenant(&self, ctx: &Context) -> Result<()> {
@@ -96,7 +180,7 @@ impl Keyring {
 
     /// The primary version and its deriver.
     pub(crate) fn primary(&self) -> Result<(u32, &RecordKeyDeriver)> {
-        self.check_live()?;
+        self.check_live(Some(self.primary_version()))?;
         match self.versions.last() {
             Some(VersionEntry {
                 version,
@@ -124,18 +208,6 @@ impl Keyring {
         self.versions.iter().any(|v| v.version == version)
     }
 
-    /// Stops this snapshot from using `version` (destroyed by this process).
-    pub(crate) fn revoke_version(&self, version: u32, at: Timestamp) {
-        if let Some(entry) = self.versions.iter().find(|v| v.version == version) {
-            let _ = entry.destroyed.set(at);
-        }
-    }
-
-    /// Stops this snapshot altogether (the tenant was shredded).
-    pub(crate) fn revoke(&self, at: Timestamp) {
-        let _ = self.revoked.set(at);
-    }
-
     /// Re-seals `sealed` under the primary key if it is under an older version.
     pub(crate) fn reseal(
         &self,
@@ -153,7 +225,7 @@ impl Keyring {
 
     /// The deriver for `version`, or the error that explains why it cannot open.
     fn deriver_for(&self, version: u32) -> Result<&RecordKeyDeriver> {
-        self.check_live()?;
+        self.check_live(Some(version))?;
         let entry = self
             .versions
             .iter()
@@ -162,13 +234,6 @@ impl Keyring {
                 tenant: self.tenant.to_string(),
                 version,
             })?;
-        if let Some(at) = entry.destroyed.get() {
-            return Err(Error::KeyDestroyed {
-                tenant: self.tenant.to_string(),
-                version,
-                destroyed_at: *at,
-            });
-        }
         match &entry.status {
             VersionStatus::Destroyed { at } => Err(Error::KeyDestroyed {
                 tenant: self.tenant.to_string(),

@@ -1,7 +1,7 @@
 //! The handle applications hold: one `Sealer` for every tenant.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +13,7 @@ use crate::context::Context;
 use crate::crypto::{HmacKey, RecordKeyDeriver};
 use crate::error::{Error, Result};
 use crate::format::{Algorithm, SealedValue};
-use crate::keyring::{Keyring, VersionEntry, VersionStatus};
+use crate::keyring::{Keyring, Revocation, VersionEntry, VersionStatus};
 use crate::provider::{KeyProvider, WrapContext, WrappedKey};
 use crate::secret::{Opened, TenantKey};
 use crate::store::{InsertOutcome, KeyState, KeyStore, NewKeyVersion, TenantRecord};
@@ -23,6 +23,9 @@ use crate::time::Timestamp;
 const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 /// Default time a cached tenant key stays valid.
 const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Shortest time between two reloads of a tenant caused by a value under a
+/// key version newer than the cached primary.
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Seals and opens field values for every tenant.
 ///
@@ -254,9 +257,12 @@ impl Sealer {
     /// the cached primary (another process rotated).
     async fn fresh_keyring_for(&self, tenant: &str, sealed: &SealedValue) -> Result<Arc<Keyring>> {
         let keyring = self.keyring(tenant, false).await?;
+        // At most one such reload per tenant per interval: the version comes
+        // from untrusted bytes, and must not turn into a store read per call.
         if !keyring.has_version(sealed.key_version())
             && keyring.shredded_at.is_none()
             && sealed.key_version() > keyring.primary_version()
+            && keyring.loaded_at.elapsed() >= MIN_RELOAD_INTERVAL
         {
             let stale = self.inner.cache.invalidate(tenant);
             return self.keyring_with(tenant, false, stale).await;
@@ -314,17 +320,17 @@ impl Sealer {
                 }
                 Lookup::Miss { cell, previous } => {
                     let previous = previous.or(stale.take());
-                    return KeyCache::load(cell, || async move {
-                        tracing::debug!(tenant, "tenant key cache miss: loading keys");
-                        let loaded = self
-                            .load_keyring(tenant, create, previous.as_deref(), None)
-                            .await?;
-                        if let (Some(at), Some(previous)) = (loaded.shredded_at, &previous) {
-                            previous.revoke(at);
-                        }
-                        Ok(Arc::new(loaded))
-                    })
-                    .await;
+                    return self
+                        .inner
+                        .cache
+                        .load(tenant, cell, || async move {
+                            tracing::debug!(tenant, "tenant key cache miss: loading keys");
+                            let loaded = self
+                                .load_keyring(tenant, create, previous.as_deref(), None)
+                                .await?;
+                            Ok(Arc::new(loaded))
+                        })
+                        .await;
                 }
             };
             if checked || !self.claim_check(&keyring) {
@@ -401,6 +407,10 @@ impl Sealer {
         fresh: Option<(u32, &WrappedKey, &RecordKeyDeriver)>,
     ) -> Result<Keyring> {
         let store = &self.inner.store;
+        // Taken before reading the store, so that a shred or destruction that
+        // commits after this read still stops the snapshot built from it.
+        let revocation = self.inner.cache.revocation(tenant);
+        let epoch = revocation.epoch();
         let record = match store.load_tenant(tenant).await? {
             Some(record) if record.latest_version() > 0 || record.shredded_at.is_some() => record,
             _ if create => {
@@ -417,7 +427,13 @@ impl Sealer {
                         source: None,
                     })?;
                 return self
-                    .build_keyring(record, previous, Some((1, &wrapped, &deriver)))
+                    .build_keyring(
+                        record,
+                        previous,
+                        Some((1, &wrapped, &deriver)),
+                        revocation,
+                        epoch,
+                    )
                     .await;
             }
             _ => {
@@ -426,15 +442,33 @@ impl Sealer {
                 });
             }
         };
-        self.build_keyring(record, previous, fresh).await
+        self.build_keyring(record, previous, fresh, revocation, epoch)
+            .await
     }
 
     async fn build_keyring(
         &self,
-        record: TenantRecord,
+        mut record: TenantRecord,
         previous: Option<&Keyring>,
         fresh: Option<(u32, &WrappedKey, &RecordKeyDeriver)>,
+        revocation: Arc<Revocation>,
+        epoch: u64,
     ) -> Result<Keyring> {
+        // The primary is the highest version: do not trust the store's order.
+        record.keys.sort_by_key(|k| k.version);
+        if record
+            .keys
+            .windows(2)
+            .any(|w| matches!(w, [a, b] if a.version == b.version))
+        {
+            return Err(Error::Store {
+                message: format!(
+                    "tenant `{}` has the same key version twice in the key store",
+                    record.tenant
+                ),
+                source: None,
+            });
+        }
         let tenant = record.tenant.as_str();
         let mut versions = Vec::with_capacity(record.keys.len());
         if record.shredded_at.is_none() {
@@ -458,7 +492,6 @@ impl Sealer {
                 versions.push(VersionEntry {
                     version: key.version,
                     status,
-                    destroyed: OnceLock::new(),
                 });
             }
         }
@@ -470,7 +503,8 @@ impl Sealer {
             generation: record.generation,
             loaded_at: Instant::now(),
             last_check_ms: AtomicU64::new(0),
-            revoked: OnceLock::new(),
+            revocation,
+            epoch,
         })
     }
 

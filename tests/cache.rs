@@ -124,3 +124,49 @@ async fn capacity_evicts_the_oldest_tenant() {
     sealer.tenant("t1").await.unwrap();
     assert_eq!(provider.unwraps(), 4, "t1 was evicted and unwrapped again");
 }
+
+#[tokio::test]
+async fn forged_key_versions_do_not_turn_into_a_store_read_per_call() {
+    let store = common::TamperStore::default();
+    let sealer = Sealer::builder(common::local_provider(), store.clone()).build();
+    let ctx = ctx("acme", 1);
+    let sealed = sealer.seal(&ctx, b"x").await.unwrap();
+    let mut forged = sealed.as_bytes().to_vec();
+    forged[2..6].copy_from_slice(&u32::MAX.to_be_bytes());
+    let forged = fieldseal::SealedValue::from_bytes(forged).unwrap();
+
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let loads = store.loads.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..100 {
+        let err = sealer.open(&ctx, &forged).await.unwrap_err();
+        assert!(
+            matches!(err, fieldseal::Error::UnknownKeyVersion { .. }),
+            "{err}"
+        );
+    }
+    let reloads = store.loads.load(std::sync::atomic::Ordering::SeqCst) - loads;
+    assert!(reloads <= 1, "{reloads} store reads for 100 forged values");
+    assert!(sealer.open(&ctx, &sealed).await.is_ok());
+}
+
+#[tokio::test]
+async fn failed_loads_do_not_evict_real_tenants() {
+    let provider = CountingProvider::new(Duration::ZERO);
+    let store = MemoryKeyStore::new();
+    let writer = Sealer::builder(common::local_provider(), store.clone()).build();
+    let (a, b) = (ctx("t1", 1), ctx("t2", 1));
+    let sealed_a = writer.seal(&a, b"x").await.unwrap();
+    let sealed_b = writer.seal(&b, b"x").await.unwrap();
+    let sealer = Sealer::builder(provider.clone(), store)
+        .cache_capacity(2)
+        .build();
+    sealer.open(&a, &sealed_a).await.unwrap();
+    sealer.open(&b, &sealed_b).await.unwrap();
+    for i in 0..10 {
+        let unknown = ctx(&format!("nobody-{i}"), 1);
+        assert!(sealer.open(&unknown, &sealed_a).await.is_err());
+    }
+    sealer.open(&a, &sealed_a).await.unwrap();
+    sealer.open(&b, &sealed_b).await.unwrap();
+    assert_eq!(provider.unwraps(), 2, "both tenants stayed cached");
+}

@@ -596,3 +596,100 @@ async fn values_survive_everything_but_their_own_destruction() {
         assert!(opened.is_stale());
     }
 }
+
+#[tokio::test]
+async fn handles_from_before_a_rotation_stop_on_shred_and_destroy() {
+    let sealer = common::sealer();
+    let admin = sealer.admin();
+    let c = ctx("acme", 1);
+    let v1 = sealer.seal(&c, b"x").await.unwrap();
+    let before_rotation = sealer.tenant("acme").await.unwrap();
+    admin.rotate("acme").await.unwrap();
+    // The cache now holds a newer snapshot; the old handle is not in it.
+    let v2 = sealer.seal(&c, b"y").await.unwrap();
+    assert_eq!(v2.key_version(), 2);
+    assert_eq!(before_rotation.primary_version(), 1);
+
+    // Destroying version 1 stops the old handle from sealing under it (which
+    // would write values nobody can open) and from opening with it.
+    admin.destroy_version("acme", 1).await.unwrap();
+    assert!(matches!(
+        before_rotation.seal(&c, b"z"),
+        Err(Error::KeyDestroyed { version: 1, .. })
+    ));
+    assert!(matches!(
+        before_rotation.open(&c, &v1),
+        Err(Error::KeyDestroyed { version: 1, .. })
+    ));
+
+    // Shredding stops every handle, however old.
+    let current = sealer.tenant("acme").await.unwrap();
+    assert!(current.open(&c, &v2).is_ok());
+    admin.shred_tenant("acme").await.unwrap();
+    assert!(matches!(
+        current.open(&c, &v2),
+        Err(Error::TenantShredded { .. })
+    ));
+    assert!(matches!(
+        before_rotation.seal(&c, b"z"),
+        Err(Error::TenantShredded { .. })
+    ));
+
+    // After re-creation, new handles work and old ones stay stopped.
+    admin.recreate_tenant("acme").await.unwrap();
+    let fresh = sealer.tenant("acme").await.unwrap();
+    let v3 = fresh.seal(&c, b"again").unwrap();
+    assert!(fresh.open(&c, &v3).is_ok());
+    assert!(matches!(
+        current.open(&c, &v2),
+        Err(Error::TenantShredded { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_broken_chain_is_never_pruned() {
+    let store = TamperStore::default();
+    let sealer = sealer_on(store.clone());
+    let admin = sealer.admin();
+    for t in 0..4 {
+        sealer.seal(&ctx(&format!("t{t}"), 1), b"x").await.unwrap();
+    }
+    // An attacker backdates every entry, hoping the next routine prune erases
+    // the whole history.
+    store.edit_audit(|log| {
+        log.iter_mut()
+            .for_each(|e| e.at = fieldseal::Timestamp::from_unix_seconds(0))
+    });
+    let err = admin
+        .prune_audit(Duration::from_secs(90 * 86_400))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("broken at entry 1"), "{err}");
+    store.edit_audit(|_| {});
+    let report = admin.verify_audit().await.unwrap();
+    assert!(report.is_intact());
+    assert_eq!(report.entries, 4, "nothing was deleted");
+}
+
+#[tokio::test]
+async fn the_primary_is_the_highest_version_whatever_the_store_order() {
+    let store = TamperStore::default();
+    let sealer = sealer_on(store.clone());
+    let c = ctx("acme", 1);
+    sealer.seal(&c, b"x").await.unwrap();
+    sealer.admin().rotate("acme").await.unwrap();
+    let mut record = store.inner.load_tenant("acme").await.unwrap().unwrap();
+    record.keys.reverse();
+    store.set_record(record.clone());
+    let fresh = sealer_on(store.clone());
+    assert_eq!(fresh.seal(&c, b"y").await.unwrap().key_version(), 2);
+
+    record.keys.push(record.keys[0].clone());
+    store.set_record(record);
+    let fresh = sealer_on(store);
+    assert!(matches!(
+        fresh.seal(&c, b"y").await,
+        Err(Error::Store { .. })
+    ));
+}

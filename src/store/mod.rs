@@ -101,7 +101,7 @@ pub struct TenantRecord {
 impl TenantRecord {
     /// The highest version, which is the primary (0 if there are no keys).
     pub fn latest_version(&self) -> u32 {
-        self.keys.last().map_or(0, |k| k.version)
+        self.keys.iter().map(|k| k.version).max().unwrap_or(0)
     }
 }
 

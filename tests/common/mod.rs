@@ -143,6 +143,8 @@ pub struct TamperStore {
     pub inner: MemoryKeyStore,
     overrides: Arc<Mutex<HashMap<String, TenantRecord>>>,
     audit_edit: Arc<Mutex<Option<AuditEdit>>>,
+    /// How many times `load_tenant` was called.
+    pub loads: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for TamperStore {
@@ -169,6 +171,7 @@ impl TamperStore {
 #[async_trait]
 impl KeyStore for TamperStore {
     async fn load_tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, Error> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
         if let Some(r) = self.overrides.lock().unwrap().get(tenant) {
             return Ok(Some(r.clone()));
         }
