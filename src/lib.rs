@@ -17,6 +17,8 @@
 mod admin;
 mod audit;
 mod cache;
+#[cfg(feature = "_sql")]
+mod column;
 mod context;
 mod crypto;
 mod error;
@@ -55,9 +57,12 @@ pub use crate::{
     time::Timestamp,
 };
 
-// The SQL key store (features `postgres`, `mysql`, `sqlite`).
+// The SQL key store and column types (features `postgres`, `mysql`, `sqlite`).
 #[cfg(feature = "_sql")]
-pub use crate::store::{SqlDatabase, SqlKeyStore};
+pub use crate::{
+    column::SealedText,
+    store::{SqlDatabase, SqlKeyStore},
+};
 
 /// Re-exported so that implementations of [`KeyProvider`] and [`KeyStore`] use
 /// the same attribute macro version as fieldseal.

@@ -1,0 +1,361 @@
+//! One key store suite, run against every backend: the in-memory store, SQLite,
+//! PostgreSQL and MySQL/MariaDB. No backend has weaker coverage than another.
+//!
+//! PostgreSQL and MySQL need `FIELDSEAL_TEST_POSTGRES_URL` and
+//! `FIELDSEAL_TEST_MYSQL_URL` (see `tests/common/db.rs`).
+
+mod common;
+#[path = "common/db.rs"]
+mod db;
+
+use std::time::Duration;
+
+use common::{CountingProvider, MARKER_ROOT_KEY, ctx, local_provider};
+use fieldseal::secrecy::ExposeSecret;
+use fieldseal::{
+    Error, KeyStatus, KeyStore, LocalKeyProvider, MemoryKeyStore, RootKey, SealedValue, Sealer,
+    SqlKeyStore,
+};
+use sqlx::{MySqlPool, PgPool, SqlitePool};
+
+// --- The suite ---------------------------------------------------------------
+
+/// Seal, rotate, re-seal, disable, minimum version, destroy, shred, recreate,
+/// and an intact audit chain at the end.
+async fn lifecycle(store: impl KeyStore + Clone + 'static) {
+    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+    let admin = sealer.admin().actor("suite");
+    let (c1, c2) = (ctx("acme", 1), ctx("acme", 2));
+    let v1_a = sealer.seal(&c1, b"one").await.unwrap();
+    let v1_b = sealer.seal(&c2, b"two").await.unwrap();
+    assert_eq!(v1_a.key_version(), 1);
+
+    let rotation = admin.rotate("acme").await.unwrap();
+    assert_eq!((rotation.previous, rotation.primary), (1, 2));
+    assert!(sealer.open(&c1, &v1_a).await.unwrap().is_stale());
+    let v2_a = sealer.reseal(&c1, &v1_a).await.unwrap().unwrap();
+    assert_eq!(v2_a.key_version(), 2);
+
+    admin.disable_version("acme", 1).await.unwrap();
+    assert!(matches!(
+        sealer.open(&c2, &v1_b).await,
+        Err(Error::KeyDisabled { .. })
+    ));
+    admin.enable_version("acme", 1).await.unwrap();
+    admin.set_min_decryption_version("acme", 2).await.unwrap();
+    assert!(matches!(
+        sealer.open(&c2, &v1_b).await,
+        Err(Error::BelowMinimumVersion { .. })
+    ));
+    admin.set_min_decryption_version("acme", 0).await.unwrap();
+    assert!(sealer.open(&c2, &v1_b).await.is_ok());
+
+    admin.destroy_version("acme", 1).await.unwrap();
+    let err = sealer.open(&c2, &v1_b).await.unwrap_err();
+    assert!(
+        matches!(err, Error::KeyDestroyed { version: 1, .. }),
+        "{err}"
+    );
+    let err = admin.destroy_version("acme", 1).await.unwrap_err();
+    assert!(err.to_string().contains("already destroyed"), "{err}");
+    let err = admin.destroy_version("acme", 2).await.unwrap_err();
+    assert!(err.to_string().contains("primary"), "{err}");
+    assert_eq!(
+        sealer
+            .open(&c1, &v2_a)
+            .await
+            .unwrap()
+            .plaintext()
+            .expose_secret(),
+        b"one"
+    );
+
+    // A second handle on the same store sees the same state.
+    let other = Sealer::builder(local_provider(), store.clone()).build();
+    let record = other.admin().describe("acme").await.unwrap();
+    assert_eq!(record.status(1), Some(KeyStatus::Destroyed));
+    assert_eq!(record.status(2), Some(KeyStatus::Primary));
+    assert!(record.keys[0].wrapped.is_none());
+
+    // Shred, with another tenant unaffected.
+    let g = ctx("globex", 1);
+    let sealed_g = sealer.seal(&g, b"globex").await.unwrap();
+    admin.shred_tenant("acme").await.unwrap();
+    assert!(matches!(
+        sealer.open(&c1, &v2_a).await,
+        Err(Error::TenantShredded { .. })
+    ));
+    assert!(matches!(
+        other.open(&c1, &v2_a).await,
+        Err(Error::TenantShredded { .. })
+    ));
+    assert!(matches!(
+        admin.rotate("acme").await,
+        Err(Error::TenantShredded { .. })
+    ));
+    assert!(sealer.open(&g, &sealed_g).await.is_ok());
+    let record = other.admin().describe("acme").await.unwrap();
+    assert!(record.shredded_at.is_some());
+    assert!(record.keys.iter().all(|k| k.wrapped.is_none()));
+    assert_eq!(admin.recreate_tenant("acme").await.unwrap(), 3);
+    assert_eq!(sealer.seal(&c1, b"new").await.unwrap().key_version(), 3);
+
+    let entries = admin.audit_entries(0, 1000).await.unwrap();
+    assert_eq!(entries.len(), 10, "{entries:#?}");
+    let report = other.admin().verify_audit().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.entries, 10);
+}
+
+/// 16 tasks over two handles ("processes") rotate one tenant and create new
+/// tenants at the same time: one version per round, no error reaches a caller.
+async fn concurrency(a: impl KeyStore + Clone + 'static, b: impl KeyStore + Clone + 'static) {
+    let slow = || CountingProvider::new(Duration::from_millis(60));
+    let sealers = [
+        Sealer::builder(slow(), a.clone()).build(),
+        Sealer::builder(slow(), b.clone()).build(),
+    ];
+    sealers[0].seal(&ctx("acme", 1), b"x").await.unwrap();
+    for round in 1..=3u32 {
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let sealer = sealers[i % 2].clone();
+            tasks.push(tokio::spawn(async move {
+                let rotation = sealer.admin().rotate("acme").await?;
+                let new_tenant = ctx(&format!("new-{round}"), i as i64);
+                let sealed = sealer.seal(&new_tenant, b"first").await?;
+                sealer.open(&new_tenant, &sealed).await?;
+                Ok::<_, Error>((rotation, sealed.key_version()))
+            }));
+        }
+        let mut created = 0;
+        for task in tasks {
+            let (rotation, new_version) = task.await.unwrap().unwrap();
+            assert_eq!((rotation.previous, rotation.primary), (round, round + 1));
+            created += usize::from(rotation.created);
+            assert_eq!(new_version, 1);
+        }
+        assert_eq!(created, 1, "round {round}");
+        let record = a.load_tenant("acme").await.unwrap().unwrap();
+        assert_eq!(record.latest_version(), round + 1);
+        assert_eq!(record.keys.len() as u32, round + 1);
+        let new = b
+            .load_tenant(&format!("new-{round}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(new.keys.len(), 1);
+    }
+    let report = sealers[1].admin().verify_audit().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    // 1 creation + 3 rotations + 3 new tenants.
+    assert_eq!(report.entries, 7);
+}
+
+fn root_2() -> RootKey {
+    RootKey::from_bytes(&mut b"NEW-ROOT-KEY-0123456789abcdefghi".clone())
+}
+
+fn rotated_provider() -> LocalKeyProvider {
+    LocalKeyProvider::new("root-2", root_2())
+        .unwrap()
+        .with_previous(
+            "test-root",
+            RootKey::from_bytes(&mut MARKER_ROOT_KEY.clone()),
+        )
+        .unwrap()
+}
+
+/// Root key rotation, interrupted (task aborted) and resumed; then the old
+/// root key is dropped and everything still opens. Also an aborted rotation.
+async fn interrupted(store: impl KeyStore + Clone + 'static) {
+    let writer = Sealer::builder(local_provider(), store.clone()).build();
+    let mut values: Vec<(fieldseal::Context, SealedValue)> = Vec::new();
+    for t in 0..40 {
+        let c = ctx(&format!("tenant-{t:02}"), 1);
+        values.push((
+            c.clone(),
+            writer.seal(&c, format!("v{t}").as_bytes()).await.unwrap(),
+        ));
+    }
+
+    // A rotation aborted mid-way leaves either no new version or a complete one.
+    let slow = Sealer::builder(
+        CountingProvider::new(Duration::from_millis(30)),
+        store.clone(),
+    )
+    .build();
+    let task = tokio::spawn(async move { slow.admin().rotate("tenant-00").await });
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    task.abort();
+    let _ = task.await;
+    let record = store.load_tenant("tenant-00").await.unwrap().unwrap();
+    assert!(record.keys.len() == 1 || record.keys.len() == 2);
+    assert_eq!(
+        record.status(record.latest_version()),
+        Some(KeyStatus::Primary)
+    );
+
+    // A root re-wrap aborted half-way.
+    let slow = Sealer::builder(SlowRoot(rotated_provider()), store.clone()).build();
+    let task = tokio::spawn(async move { slow.admin().rewrap_all("root-2").await });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    task.abort();
+    let _ = task.await;
+    let reader = Sealer::builder(rotated_provider(), store.clone()).build();
+    for (c, v) in &values {
+        reader.open(c, v).await.unwrap();
+    }
+    let report = Sealer::builder(rotated_provider(), store.clone())
+        .build()
+        .admin()
+        .rewrap_all("root-2")
+        .await
+        .unwrap();
+    assert!(
+        report.already_current > 0,
+        "the aborted run did part of the work"
+    );
+    assert_eq!(report.skipped, 0);
+    let only_new = Sealer::builder(
+        LocalKeyProvider::new("root-2", root_2()).unwrap(),
+        store.clone(),
+    )
+    .build();
+    for (c, v) in &values {
+        assert!(
+            only_new
+                .open(c, v)
+                .await
+                .unwrap()
+                .plaintext()
+                .expose_secret()
+                .starts_with(b"v")
+        );
+    }
+    assert!(only_new.admin().verify_audit().await.unwrap().is_intact());
+}
+
+#[derive(Debug)]
+struct SlowRoot(LocalKeyProvider);
+
+#[fieldseal::async_trait]
+impl fieldseal::KeyProvider for SlowRoot {
+    fn current_root_key_id(&self) -> &str {
+        self.0.current_root_key_id()
+    }
+    async fn wrap(
+        &self,
+        key: &fieldseal::TenantKey,
+        ctx: &fieldseal::WrapContext<'_>,
+    ) -> Result<fieldseal::WrappedKey, Error> {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        self.0.wrap(key, ctx).await
+    }
+    async fn unwrap(
+        &self,
+        wrapped: &fieldseal::WrappedKey,
+        ctx: &fieldseal::WrapContext<'_>,
+    ) -> Result<fieldseal::TenantKey, Error> {
+        self.0.unwrap(wrapped, ctx).await
+    }
+}
+
+/// A wrong root key is a clear error and writes nothing.
+async fn wrong_root_key(store: impl KeyStore + Clone + 'static) {
+    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+    let c = ctx("acme", 1);
+    let sealed = sealer.seal(&c, b"x").await.unwrap();
+    let before = (
+        store.load_tenant("acme").await.unwrap(),
+        store.audit_entries(0, 1000).await.unwrap(),
+    );
+    let wrong = LocalKeyProvider::new("test-root", RootKey::generate().unwrap()).unwrap();
+    let wrong = Sealer::builder(wrong, store.clone()).build();
+    let err = wrong.open(&c, &sealed).await.unwrap_err();
+    assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
+    assert!(wrong.seal(&c, b"y").await.is_err());
+    assert!(wrong.admin().rotate("acme").await.is_err());
+    let after = (
+        store.load_tenant("acme").await.unwrap(),
+        store.audit_entries(0, 1000).await.unwrap(),
+    );
+    assert!(before == after, "a wrong root key changed the store");
+}
+
+// --- The backends ------------------------------------------------------------
+
+async fn second_sqlite(pool: &SqlitePool) -> SqlKeyStore<sqlx::Sqlite> {
+    let file: String =
+        sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let other = SqlitePool::connect(&format!("sqlite://{file}"))
+        .await
+        .unwrap();
+    SqlKeyStore::new(other)
+}
+
+async fn second_postgres(pool: &PgPool) -> SqlKeyStore<sqlx::Postgres> {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    SqlKeyStore::new(db::second_postgres_pool(pool).await)
+        .with_schema(&schema)
+        .unwrap()
+}
+
+async fn second_mysql(pool: &MySqlPool) -> SqlKeyStore<sqlx::MySql> {
+    SqlKeyStore::new(db::second_mysql_pool(pool).await)
+}
+
+macro_rules! on_every_backend {
+    ($($case:ident: |$a:ident, $b:ident| $body:expr;)*) => {$(
+        mod $case {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn memory() {
+                let $a = MemoryKeyStore::new();
+                let $b = $a.clone();
+                $body.await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                db::with_sqlite(|pool, $a| async move {
+                    let $b = second_sqlite(&pool).await;
+                    $body.await;
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                db::with_postgres(|pool, $a| async move {
+                    let $b = second_postgres(&pool).await;
+                    $body.await;
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mysql() {
+                db::with_mysql(|pool, $a| async move {
+                    let $b = second_mysql(&pool).await;
+                    $body.await;
+                })
+                .await;
+            }
+        }
+    )*};
+}
+
+on_every_backend! {
+    lifecycle_suite: |a, _b| lifecycle(a);
+    concurrent_rotation_and_creation: |a, b| concurrency(a, b);
+    interrupted_operations: |a, _b| interrupted(a);
+    wrong_root_key_writes_nothing: |a, _b| wrong_root_key(a);
+}
