@@ -8,6 +8,7 @@ use super::dialect::Dialect;
 /// in the dialect's form.
 pub(crate) struct Statements {
     pub(crate) dialect: Dialect,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) prefix: String,
     pub(crate) schema: Option<String>,
     pub(crate) schema_table: String,
