@@ -101,8 +101,10 @@ impl Context {
         self.extras.iter().map(|(k, v)| (&**k, &**v))
     }
 
-    /// The canonical encoding (FORMAT.md §"Associated data").
-    pub(crate) fn encoded(&self) -> &[u8] {
+    /// The canonical encoding that is bound to sealed values as AEAD associated
+    /// data (FORMAT.md §"Associated data"). Two different contexts never have
+    /// the same encoding.
+    pub fn associated_data(&self) -> &[u8] {
         &self.encoded
     }
 }
@@ -275,8 +277,8 @@ mod tests {
 
     #[test]
     fn length_prefixes_prevent_collisions() {
-        assert_ne!(ctx("ab", "c", "d").encoded(), ctx("a", "bc", "d").encoded());
-        assert_ne!(ctx("a", "b", "cd").encoded(), ctx("a", "bc", "d").encoded());
+        assert_ne!(ctx("ab", "c", "d").associated_data(), ctx("a", "bc", "d").associated_data());
+        assert_ne!(ctx("a", "b", "cd").associated_data(), ctx("a", "bc", "d").associated_data());
         let a = Context::builder("t", "x", "y")
             .extra("ab", "c")
             .build()
@@ -285,14 +287,14 @@ mod tests {
             .extra("a", "bc")
             .build()
             .unwrap();
-        assert_ne!(a.encoded(), b.encoded());
+        assert_ne!(a.associated_data(), b.associated_data());
     }
 
     #[test]
     fn row_presence_is_encoded() {
         let none = ctx("t", "x", "y");
         let some = Context::builder("t", "x", "y").row("0").build().unwrap();
-        assert_ne!(none.encoded(), some.encoded());
+        assert_ne!(none.associated_data(), some.associated_data());
     }
 
     #[test]
@@ -307,14 +309,14 @@ mod tests {
             .extra("k1", "v1")
             .build()
             .unwrap();
-        assert_eq!(a.encoded(), b.encoded());
+        assert_eq!(a.associated_data(), b.associated_data());
     }
 
     #[test]
     fn known_encoding() {
         let c = Context::builder("acme", "t", "c").row(7).build().unwrap();
         assert_eq!(
-            hex::encode(c.encoded()),
+            hex::encode(c.associated_data()),
             "0000000461636d650000000174000000016301000000013700"
         );
     }

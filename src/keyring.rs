@@ -267,7 +267,7 @@ impl Keyring {
     ) -> Result<SealedValue> {
         self.check_tenant(ctx)?;
         let (version, deriver) = self.primary()?;
-        seal_record(deriver, algorithm, version, ctx.encoded(), plaintext)
+        seal_record(deriver, algorithm, version, ctx.associated_data(), plaintext)
     }
 
     /// Opens `sealed`, reporting whether it is under an older version.
@@ -275,7 +275,7 @@ impl Keyring {
         self.check_tenant(ctx)?;
         let version = sealed.key_version();
         let deriver = self.deriver_for(version)?;
-        let plaintext = open_record(deriver, sealed, ctx.encoded())?;
+        let plaintext = open_record(deriver, sealed, ctx.associated_data())?;
         Ok(Opened::new(
             plaintext,
             version,

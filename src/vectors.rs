@@ -310,7 +310,7 @@ fn build() -> Value {
             &deriver,
             case.algorithm,
             key.version,
-            ctx.encoded(),
+            ctx.associated_data(),
             case.plaintext,
             &case.salt,
         )
@@ -325,7 +325,7 @@ fn build() -> Value {
             "algorithm": case.algorithm.to_string(),
             "salt": hex::encode(case.salt),
             "plaintext": hex::encode(case.plaintext),
-            "associated_data": hex::encode(ctx.encoded()),
+            "associated_data": hex::encode(ctx.associated_data()),
             "record_key": hex::encode(record_key.key),
             "nonce": hex::encode(record_key.nonce),
             "commitment": hex::encode(record_key.commitment),

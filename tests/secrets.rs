@@ -201,3 +201,25 @@ fn from_env_errors_print_nothing_secret() {
         }
     }
 }
+
+/// Found by fuzzing (`config` target): a key text that is itself a substring of
+/// the error message made an "input not echoed" check ambiguous. The real
+/// property is stronger: root key parse errors are fixed sentences.
+#[test]
+fn root_key_parse_errors_are_fixed_sentences() {
+    for text in [
+        "root key from base64 text: not valid st",
+        "",
+        "!!!!",
+        "AAAA",
+        &"A".repeat(44),
+        "MARKER-ROOT-KEY-0123456789abcdef",
+    ] {
+        let message = RootKey::from_base64(text).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            message == "root key from base64 text: not valid standard base64"
+                || message == "root key from base64 text: a root key is base64 of exactly 32 bytes",
+            "{message}"
+        );
+    }
+}
