@@ -156,11 +156,12 @@ impl ContextBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidContext`] if the tenant, table, column or an extra key is
-    /// empty or longer than 255 bytes, the row id is empty or longer than 1024
+    /// empty or longer than 255 bytes, the tenant id has a control character or
+    /// leading or trailing whitespace, the row id is empty or longer than 1024
     /// bytes, an extra value is longer than 1024 bytes, an extra key repeats, or
     /// there are more than 16 extras.
     pub fn build(self) -> Result<Context> {
-        check_name("tenant id", &self.tenant)?;
+        check_tenant(&self.tenant)?;
         check_name("table", &self.table)?;
         check_name("column", &self.column)?;
         if let Some(row) = &self.row {
@@ -204,6 +205,25 @@ impl ContextBuilder {
             encoded,
         })
     }
+}
+
+/// Tenant ids are identifiers: besides the name rules, no control characters
+/// and no leading or trailing whitespace, so that every database compares them
+/// byte for byte (MySQL's collations ignore trailing spaces; PostgreSQL text
+/// cannot hold NUL).
+pub(crate) fn check_tenant(tenant: &str) -> Result<()> {
+    check_name("tenant id", tenant)?;
+    if tenant.chars().any(char::is_control) {
+        return Err(Error::invalid_context(
+            "tenant id contains a control character",
+        ));
+    }
+    if tenant.trim() != tenant {
+        return Err(Error::invalid_context(
+            "tenant id starts or ends with whitespace",
+        ));
+    }
+    Ok(())
 }
 
 fn check_name(what: &str, value: &str) -> Result<()> {
@@ -277,8 +297,14 @@ mod tests {
 
     #[test]
     fn length_prefixes_prevent_collisions() {
-        assert_ne!(ctx("ab", "c", "d").associated_data(), ctx("a", "bc", "d").associated_data());
-        assert_ne!(ctx("a", "b", "cd").associated_data(), ctx("a", "bc", "d").associated_data());
+        assert_ne!(
+            ctx("ab", "c", "d").associated_data(),
+            ctx("a", "bc", "d").associated_data()
+        );
+        assert_ne!(
+            ctx("a", "b", "cd").associated_data(),
+            ctx("a", "bc", "d").associated_data()
+        );
         let a = Context::builder("t", "x", "y")
             .extra("ab", "c")
             .build()
@@ -329,6 +355,10 @@ mod tests {
                 Err(Error::InvalidContext { .. })
             ));
         }
+        for tenant in ["acme ", " acme", "ac\0me", "ac\nme"] {
+            assert!(Context::new(tenant, "x", "y").is_err(), "{tenant:?}");
+        }
+        assert!(Context::new("acme corp", "x", "y").is_ok());
         let long = "x".repeat(256);
         assert!(Context::new(&long, "x", "y").is_err());
         assert!(Context::builder("t", "x", "y").row("").build().is_err());

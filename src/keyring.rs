@@ -267,7 +267,13 @@ impl Keyring {
     ) -> Result<SealedValue> {
         self.check_tenant(ctx)?;
         let (version, deriver) = self.primary()?;
-        seal_record(deriver, algorithm, version, ctx.associated_data(), plaintext)
+        seal_record(
+            deriver,
+            algorithm,
+            version,
+            ctx.associated_data(),
+            plaintext,
+        )
     }
 
     /// Opens `sealed`, reporting whether it is under an older version.

@@ -627,8 +627,7 @@ fn reusable(
 }
 
 pub(crate) fn check_tenant_id(tenant: &str) -> Result<()> {
-    // The same rules as a context's tenant id.
-    Context::new(tenant, "-", "-").map(|_| ())
+    crate::context::check_tenant(tenant)
 }
 
 impl fmt::Debug for Sealer {

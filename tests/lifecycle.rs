@@ -405,6 +405,12 @@ async fn bad_lifecycle_input_is_refused_and_changes_nothing() {
     };
     let before = snapshot().await;
 
+    for lookalike in ["acme ", " acme", "acme\0"] {
+        let err = admin.shred_tenant(lookalike).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidContext { .. }), "{err}");
+        let err = admin.destroy_version(lookalike, 1).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidContext { .. }), "{err}");
+    }
     let err = admin.rotate("nobody").await.unwrap_err();
     assert!(matches!(err, Error::UnknownTenant { .. }), "{err}");
     let err = admin.rotate("gone").await.unwrap_err();

@@ -215,7 +215,10 @@ fn root_key_parse_errors_are_fixed_sentences() {
         &"A".repeat(44),
         "MARKER-ROOT-KEY-0123456789abcdef",
     ] {
-        let message = RootKey::from_base64(text).map(|_| ()).unwrap_err().to_string();
+        let message = RootKey::from_base64(text)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(
             message == "root key from base64 text: not valid standard base64"
                 || message == "root key from base64 text: a root key is base64 of exactly 32 bytes",

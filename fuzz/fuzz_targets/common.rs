@@ -65,7 +65,11 @@ impl KeyStore for FixedStore {
         Ok(self.record.clone().filter(|r| r.tenant == tenant))
     }
     async fn tenant_generation(&self, tenant: &str) -> Result<Option<u64>, Error> {
-        Ok(self.record.as_ref().filter(|r| r.tenant == tenant).map(|r| r.generation))
+        Ok(self
+            .record
+            .as_ref()
+            .filter(|r| r.tenant == tenant)
+            .map(|r| r.generation))
     }
     async fn insert_key_version(
         &self,
@@ -85,7 +89,12 @@ impl KeyStore for FixedStore {
     ) -> Result<bool, Error> {
         Err(refused())
     }
-    async fn set_min_decryption_version(&self, _: &str, _: u32, _: &AuditAppend<'_>) -> Result<bool, Error> {
+    async fn set_min_decryption_version(
+        &self,
+        _: &str,
+        _: u32,
+        _: &AuditAppend<'_>,
+    ) -> Result<bool, Error> {
         Err(refused())
     }
     async fn shred_tenant(&self, _: &str, _: &AuditAppend<'_>) -> Result<bool, Error> {
@@ -99,7 +108,11 @@ impl KeyStore for FixedStore {
     ) -> Result<InsertOutcome, Error> {
         Err(refused())
     }
-    async fn list_wrapped_keys(&self, _: Option<(&str, u32)>, _: usize) -> Result<Vec<StoredKey>, Error> {
+    async fn list_wrapped_keys(
+        &self,
+        _: Option<(&str, u32)>,
+        _: usize,
+    ) -> Result<Vec<StoredKey>, Error> {
         Ok(Vec::new())
     }
     async fn rewrap_key(
@@ -118,7 +131,12 @@ impl KeyStore for FixedStore {
     async fn insert_audit_key(&self, _: WrappedKey) -> Result<bool, Error> {
         Err(refused())
     }
-    async fn rewrap_audit_key(&self, _: &WrappedKey, _: WrappedKey) -> Result<bool, Error> {
+    async fn rewrap_audit_key(
+        &self,
+        _: &WrappedKey,
+        _: WrappedKey,
+        _: &AuditAppend<'_>,
+    ) -> Result<bool, Error> {
         Err(refused())
     }
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, Error> {
@@ -126,7 +144,12 @@ impl KeyStore for FixedStore {
         let start = log.iter().position(|e| e.seq > after).unwrap_or(log.len());
         Ok(log.iter().skip(start).take(limit).cloned().collect())
     }
-    async fn prune_audit(&self, _: u64, _: &[u8; AUDIT_MAC_LEN], _: &AuditAppend<'_>) -> Result<u64, Error> {
+    async fn prune_audit(
+        &self,
+        _: u64,
+        _: &[u8; AUDIT_MAC_LEN],
+        _: &AuditAppend<'_>,
+    ) -> Result<u64, Error> {
         Err(refused())
     }
 }
@@ -150,7 +173,9 @@ pub fn fixed_record() -> TenantRecord {
 
 /// A sealer over `store` with the copying provider.
 pub fn sealer(store: FixedStore, algorithm: fieldseal::Algorithm) -> Sealer {
-    Sealer::builder(CopyProvider, store).algorithm(algorithm).build()
+    Sealer::builder(CopyProvider, store)
+        .algorithm(algorithm)
+        .build()
 }
 
 /// A cached handle for tenant `fuzz` (key version 1 = `TENANT_KEY`).

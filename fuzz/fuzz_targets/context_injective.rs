@@ -28,10 +28,22 @@ fn build(f: Fields) -> Option<Context> {
     b.build().ok()
 }
 
-type Canonical<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, BTreeMap<&'a str, &'a str>);
+type Canonical<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    BTreeMap<&'a str, &'a str>,
+);
 
 fn canonical(c: &Context) -> Canonical<'_> {
-    (c.tenant(), c.table(), c.column(), c.row(), c.extras().collect())
+    (
+        c.tenant(),
+        c.table(),
+        c.column(),
+        c.row(),
+        c.extras().collect(),
+    )
 }
 
 fuzz_target!(|pair: (Fields, Fields)| {

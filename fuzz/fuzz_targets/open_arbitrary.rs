@@ -13,7 +13,12 @@ mod common;
 
 fn fixture() -> &'static (TenantSealer, Context) {
     static FIXTURE: OnceLock<(TenantSealer, Context)> = OnceLock::new();
-    FIXTURE.get_or_init(|| (common::tenant(Algorithm::Aes256Gcm), common::fixed_context()))
+    FIXTURE.get_or_init(|| {
+        (
+            common::tenant(Algorithm::Aes256Gcm),
+            common::fixed_context(),
+        )
+    })
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -11,6 +11,9 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(value) = SealedValue::from_text(text) {
         assert_eq!(value.to_text(), text);
-        assert_eq!(SealedValue::from_bytes(value.as_bytes()).expect("bytes parse"), value);
+        assert_eq!(
+            SealedValue::from_bytes(value.as_bytes()).expect("bytes parse"),
+            value
+        );
     }
 });

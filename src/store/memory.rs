@@ -298,12 +298,18 @@ impl KeyStore for MemoryKeyStore {
         Ok(true)
     }
 
-    async fn rewrap_audit_key(&self, old: &WrappedKey, new: WrappedKey) -> Result<bool> {
+    async fn rewrap_audit_key(
+        &self,
+        old: &WrappedKey,
+        new: WrappedKey,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool> {
         let mut state = self.lock()?;
         if state.audit_key.as_ref() != Some(old) {
             return Ok(false);
         }
         state.audit_key = Some(new);
+        state.append(audit);
         Ok(true)
     }
 

@@ -316,12 +316,18 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// [`Error::Store`](crate::Error::Store).
     async fn insert_audit_key(&self, wrapped: WrappedKey) -> Result<bool>;
 
-    /// Replaces the wrapped audit-chain key if it is still exactly `old`.
+    /// Replaces the wrapped audit-chain key if it is still exactly `old`, and
+    /// appends `audit`. Returns whether it was replaced.
     ///
     /// # Errors
     ///
     /// [`Error::Store`](crate::Error::Store).
-    async fn rewrap_audit_key(&self, old: &WrappedKey, new: WrappedKey) -> Result<bool>;
+    async fn rewrap_audit_key(
+        &self,
+        old: &WrappedKey,
+        new: WrappedKey,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool>;
 
     /// Up to `limit` audit entries with `seq > after`, in order.
     ///

@@ -249,8 +249,13 @@ impl KeyStore for TamperStore {
     async fn insert_audit_key(&self, wrapped: WrappedKey) -> Result<bool, Error> {
         self.inner.insert_audit_key(wrapped).await
     }
-    async fn rewrap_audit_key(&self, old: &WrappedKey, new: WrappedKey) -> Result<bool, Error> {
-        self.inner.rewrap_audit_key(old, new).await
+    async fn rewrap_audit_key(
+        &self,
+        old: &WrappedKey,
+        new: WrappedKey,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool, Error> {
+        self.inner.rewrap_audit_key(old, new, audit).await
     }
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, Error> {
         let mut all = self.inner.audit_entries(0, usize::MAX).await?;

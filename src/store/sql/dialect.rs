@@ -86,7 +86,7 @@ fn code(err: &sqlx::Error) -> Option<Cow<'_, str>> {
 /// MySQL 1205 lock wait timeout), or a busy or locked SQLite database.
 pub(crate) fn is_retryable(err: &sqlx::Error) -> bool {
     let Some(code) = code(err) else {
-        return matches!(err, sqlx::Error::PoolTimedOut);
+        return false;
     };
     matches!(
         code.as_ref(),
@@ -119,6 +119,15 @@ pub(crate) fn is_missing_table(err: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether an insert failed on a unique or primary key (PostgreSQL 23505,
+/// MySQL 23000, SQLite 1555/2067).
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(
+        code(err).as_deref(),
+        Some("23505" | "23000" | "1555" | "2067")
+    )
 }
 
 /// Whether a migration statement failed only because another process created

@@ -28,7 +28,7 @@ mod dialect;
 mod statements;
 
 pub use dialect::SqlDatabase;
-use dialect::{is_concurrent_create, is_missing_table, is_retryable};
+use dialect::{is_concurrent_create, is_missing_table, is_retryable, is_unique_violation};
 use statements::Statements;
 
 /// The schema version this build creates and reads.
@@ -189,6 +189,13 @@ fn to_u32(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
+fn bad_row(what: String) -> Error {
+    Error::Store {
+        message: format!("{what} in the key store (written by a newer fieldseal, or altered?)"),
+        source: None,
+    }
+}
+
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -201,11 +208,20 @@ fn mac_from(bytes: &[u8]) -> [u8; AUDIT_MAC_LEN] {
     mac
 }
 
-fn key_record(row: KeyRow) -> Option<KeyRecord> {
+/// A stored key version, or an error for a row no fieldseal writes.
+fn key_record(tenant: &str, row: KeyRow) -> Result<KeyRecord> {
     let (version, state, created, changed, root, wrapped) = row;
-    let state = KeyState::parse(&state)?;
-    Some(KeyRecord {
-        version: to_u32(version),
+    let version = u32::try_from(version)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| bad_row(format!("tenant `{tenant}` has key version {version}")))?;
+    let state = KeyState::parse(&state).ok_or_else(|| {
+        bad_row(format!(
+            "tenant `{tenant}` key version {version} has an unknown state"
+        ))
+    })?;
+    Ok(KeyRecord {
+        version,
         state,
         created_at: Timestamp::from_unix_seconds(created),
         state_changed_at: Timestamp::from_unix_seconds(changed),
@@ -589,6 +605,28 @@ where
         Ok(true)
     }
 
+    async fn rewrap_audit_key_once(
+        &self,
+        old: &WrappedKey,
+        new: &WrappedKey,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.update_audit_key)))
+            .bind(new.root_key_id().to_string())
+            .bind(new.as_bytes().to_vec())
+            .bind(old.root_key_id().to_string())
+            .bind(old.as_bytes().to_vec())
+            .execute(&mut *tx)
+            .await?;
+        if DB::rows_affected(&updated) == 0 {
+            return Ok(false);
+        }
+        self.append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn prune_once(
         &self,
         through: u64,
@@ -659,21 +697,17 @@ where
                 keys: Vec::new(),
             });
             let Some(version) = version else { continue };
-            let key = key_record((
-                version,
-                row.try_get(4).map_err(get)?,
-                row.try_get(5).map_err(get)?,
-                row.try_get(6).map_err(get)?,
-                row.try_get(7).map_err(get)?,
-                row.try_get(8).map_err(get)?,
-            ))
-            .ok_or_else(|| Error::Store {
-                message: format!(
-                    "tenant `{tenant}` key version {version} has an unknown state in the key \
-                     store (written by a newer fieldseal?)"
+            let key = key_record(
+                tenant,
+                (
+                    version,
+                    row.try_get(4).map_err(get)?,
+                    row.try_get(5).map_err(get)?,
+                    row.try_get(6).map_err(get)?,
+                    row.try_get(7).map_err(get)?,
+                    row.try_get(8).map_err(get)?,
                 ),
-                source: None,
-            })?;
+            )?;
             record.keys.push(key);
         }
         Ok(record)
@@ -782,15 +816,14 @@ where
             .fetch_all(&self.pool)
             .await
         })?;
-        Ok(rows
-            .into_iter()
-            .filter_map(
+        rows.into_iter()
+            .map(
                 |(tenant, version, state, created, changed, root, wrapped)| {
-                    key_record((version, state, created, changed, root, wrapped))
+                    key_record(&tenant, (version, state, created, changed, root, wrapped))
                         .map(|key| StoredKey { tenant, key })
                 },
             )
-            .collect())
+            .collect()
     }
 
     async fn rewrap_key(
@@ -823,28 +856,33 @@ where
 
     async fn insert_audit_key(&self, wrapped: WrappedKey) -> Result<bool> {
         self.check_schema().await?;
-        let result = retry!(self, "storing the audit key", async {
-            sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.insert_audit_key)))
+        retry!(self, "storing the audit key", async {
+            match sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.insert_audit_key)))
                 .bind(wrapped.root_key_id().to_string())
                 .bind(wrapped.as_bytes().to_vec())
                 .execute(&self.pool)
                 .await
-        })?;
-        Ok(DB::rows_affected(&result) > 0)
+            {
+                Ok(_) => Ok(true),
+                // Another process stored one first.
+                Err(err) if is_unique_violation(&err) => Ok(false),
+                Err(err) => Err(err),
+            }
+        })
     }
 
-    async fn rewrap_audit_key(&self, old: &WrappedKey, new: WrappedKey) -> Result<bool> {
+    async fn rewrap_audit_key(
+        &self,
+        old: &WrappedKey,
+        new: WrappedKey,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool> {
         self.check_schema().await?;
-        let result = retry!(self, "re-wrapping the audit key", async {
-            sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.update_audit_key)))
-                .bind(new.root_key_id().to_string())
-                .bind(new.as_bytes().to_vec())
-                .bind(old.root_key_id().to_string())
-                .bind(old.as_bytes().to_vec())
-                .execute(&self.pool)
-                .await
-        })?;
-        Ok(DB::rows_affected(&result) > 0)
+        retry!(
+            self,
+            "re-wrapping the audit key",
+            self.rewrap_audit_key_once(old, &new, audit)
+        )
     }
 
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {

@@ -59,9 +59,18 @@ impl Statements {
         let audit_key = qualify("audit_key");
         let lock = dialect.for_update();
 
-        // `INSERT … unless the row exists`, and whether rows_affected tells.
+        // `INSERT … unless the row exists`. On MySQL the no-op update takes the
+        // row's exclusive lock directly (and, unlike INSERT IGNORE, does not
+        // turn data errors into warnings); its rows_affected is not reliable,
+        // so no caller reads it.
         let insert_if_absent = |table: &str, columns: &str, values: &str, key: &str| match dialect {
-            Dialect::MySql => format!("INSERT IGNORE INTO {table} ({columns}) VALUES ({values})"),
+            Dialect::MySql => {
+                let first = key.split(',').next().unwrap_or(key).trim();
+                format!(
+                    "INSERT INTO {table} ({columns}) VALUES ({values}) \
+                     ON DUPLICATE KEY UPDATE {first} = {first}"
+                )
+            }
             Dialect::Postgres | Dialect::Sqlite => format!(
                 "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({key}) DO NOTHING"
             ),
@@ -103,11 +112,12 @@ impl Statements {
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             )),
             update_audit_head: sql(format!("UPDATE {head} SET seq = ?, mac = ? WHERE id = 1")),
-            insert_key: sql(insert_if_absent(
-                &keys,
-                "tenant, version, state, created_at, state_changed_at, root_key_id, wrapped",
-                "?, ?, ?, ?, ?, ?, ?",
-                "tenant, version",
+            // A plain insert: the caller holds the tenant's lock and has checked
+            // the version is new, and the primary key backs that up.
+            insert_key: sql(format!(
+                "INSERT INTO {keys} \
+                 (tenant, version, state, created_at, state_changed_at, root_key_id, wrapped) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)"
             )),
             unshred_tenant: sql(format!(
                 "UPDATE {tenants} SET shredded_at = NULL WHERE tenant = ?"
@@ -204,7 +214,8 @@ fn placeholders(dialect: Dialect, sql: &str) -> String {
 fn migration(dialect: Dialect, schema: Option<&str>, tables: &[&String; 6]) -> Vec<Arc<str>> {
     let [version_t, tenants, keys, audit, head, audit_key] = *tables;
     // Tenant ids compare byte for byte everywhere: MySQL needs a binary
-    // collation for that (its default collations ignore case).
+    // collation for that (its default collations ignore case; even binary ones
+    // ignore trailing spaces, which tenant ids may not have).
     let (id, text, bytes, int, small_bytes, suffix) = match dialect {
         Dialect::Postgres => ("TEXT", "TEXT", "BYTEA", "BIGINT", "BYTEA", ""),
         Dialect::MySql => (
@@ -213,7 +224,7 @@ fn migration(dialect: Dialect, schema: Option<&str>, tables: &[&String; 6]) -> V
             "BLOB",
             "BIGINT",
             "VARBINARY(64)",
-            " ENGINE=InnoDB",
+            " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
         ),
         Dialect::Sqlite => ("TEXT", "TEXT", "BLOB", "INTEGER", "BLOB", ""),
     };
