@@ -5,29 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{CountingProvider, MARKER_ROOT_KEY, TamperStore, ctx, local_provider};
+use common::{CountingProvider, TamperStore, ctx, local_provider, new_root, rotated_provider};
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    Error, KeyStatus, KeyStore, LocalKeyProvider, MemoryKeyStore, RootKey, SealedValue, Sealer,
+    Error, KeyStatus, KeyStore, LocalKeyProvider, MemoryKeyStore, SealedValue, Sealer,
 };
 
 fn sealer_on(store: impl KeyStore + 'static) -> Sealer {
     Sealer::builder(local_provider(), store).build()
-}
-
-/// The root keys for root rotation: the test root is "test-root".
-fn new_root() -> RootKey {
-    RootKey::from_bytes(&mut b"NEW-ROOT-KEY-0123456789abcdefghi".clone())
-}
-
-fn rotated_provider() -> LocalKeyProvider {
-    LocalKeyProvider::new("root-2", new_root())
-        .unwrap()
-        .with_previous(
-            "test-root",
-            RootKey::from_bytes(&mut MARKER_ROOT_KEY.clone()),
-        )
-        .unwrap()
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ mod db;
 
 use std::time::Duration;
 
-use common::{CountingProvider, MARKER_ROOT_KEY, ctx, local_provider};
+use common::{CountingProvider, ctx, local_provider, new_root, rotated_provider};
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
     Error, KeyStatus, KeyStore, LocalKeyProvider, MemoryKeyStore, RootKey, SealedValue, Sealer,
@@ -152,20 +152,6 @@ async fn concurrency(a: impl KeyStore + Clone + 'static, b: impl KeyStore + Clon
     assert_eq!(report.entries, 7);
 }
 
-fn root_2() -> RootKey {
-    RootKey::from_bytes(&mut b"NEW-ROOT-KEY-0123456789abcdefghi".clone())
-}
-
-fn rotated_provider() -> LocalKeyProvider {
-    LocalKeyProvider::new("root-2", root_2())
-        .unwrap()
-        .with_previous(
-            "test-root",
-            RootKey::from_bytes(&mut MARKER_ROOT_KEY.clone()),
-        )
-        .unwrap()
-}
-
 /// Root key rotation, interrupted (task aborted) and resumed; then the old
 /// root key is dropped and everything still opens. Also an aborted rotation.
 async fn interrupted(store: impl KeyStore + Clone + 'static) {
@@ -218,7 +204,7 @@ async fn interrupted(store: impl KeyStore + Clone + 'static) {
     );
     assert_eq!(report.skipped, 0);
     let only_new = Sealer::builder(
-        LocalKeyProvider::new("root-2", root_2()).unwrap(),
+        LocalKeyProvider::new("root-2", new_root()).unwrap(),
         store.clone(),
     )
     .build();

@@ -71,6 +71,18 @@ impl fmt::Debug for MemoryKeyStore {
     }
 }
 
+/// Appends `new` as the tenant's new primary version.
+fn add_version(record: &mut TenantRecord, new: NewKeyVersion) {
+    record.keys.push(KeyRecord {
+        version: new.version,
+        state: KeyState::Active,
+        created_at: new.created_at,
+        state_changed_at: new.created_at,
+        wrapped: Some(new.wrapped),
+    });
+    record.generation += 1;
+}
+
 fn gap_error(tenant: &str, version: u32, latest: u32) -> Error {
     Error::refused(format!(
         "cannot create key version {version} of tenant `{tenant}`: its latest version is \
@@ -117,14 +129,7 @@ impl KeyStore for MemoryKeyStore {
                 generation: 0,
                 keys: Vec::new(),
             });
-        record.keys.push(KeyRecord {
-            version: new.version,
-            state: KeyState::Active,
-            created_at: new.created_at,
-            state_changed_at: new.created_at,
-            wrapped: Some(new.wrapped),
-        });
-        record.generation += 1;
+        add_version(record, new);
         state.append(audit);
         Ok(InsertOutcome::Inserted)
     }
@@ -222,14 +227,7 @@ impl KeyStore for MemoryKeyStore {
             return Err(gap_error(tenant, new.version, latest));
         }
         record.shredded_at = None;
-        record.keys.push(KeyRecord {
-            version: new.version,
-            state: KeyState::Active,
-            created_at: new.created_at,
-            state_changed_at: new.created_at,
-            wrapped: Some(new.wrapped),
-        });
-        record.generation += 1;
+        add_version(record, new);
         state.append(audit);
         Ok(InsertOutcome::Inserted)
     }

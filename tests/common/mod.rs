@@ -21,6 +21,22 @@ pub fn local_provider() -> LocalKeyProvider {
     .unwrap()
 }
 
+/// The second root key of root-rotation tests, named "root-2".
+pub fn new_root() -> RootKey {
+    RootKey::from_bytes(&mut b"NEW-ROOT-KEY-0123456789abcdefghi".clone())
+}
+
+/// A provider mid root rotation: "root-2" current, "test-root" still unwrapping.
+pub fn rotated_provider() -> LocalKeyProvider {
+    LocalKeyProvider::new("root-2", new_root())
+        .unwrap()
+        .with_previous(
+            "test-root",
+            RootKey::from_bytes(&mut MARKER_ROOT_KEY.clone()),
+        )
+        .unwrap()
+}
+
 pub fn sealer() -> Sealer {
     Sealer::builder(local_provider(), MemoryKeyStore::new()).build()
 }
