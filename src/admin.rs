@@ -80,6 +80,20 @@ pub struct RewrapReport {
     pub skipped: u64,
     /// Whether the audit-chain key was re-wrapped too.
     pub audit_key_rewrapped: bool,
+    /// Whether the audit-chain key changed while this call worked on it (it is
+    /// then still under another root key); run again.
+    pub audit_key_skipped: bool,
+}
+
+impl RewrapReport {
+    /// `true` when every stored key is now under the target root key: nothing
+    /// was skipped. Only then may the old root key be removed (and only once no
+    /// process is configured with it as its current key any more).
+    pub fn is_complete(&self) -> bool {
+        self.skipped == 0
+            && !self.audit_key_skipped
+            && self.rewrapped + self.already_current == self.examined
+    }
 }
 
 impl KeyAdmin {
@@ -440,6 +454,13 @@ impl KeyAdmin {
     /// destroyed, and the audit-chain key) under root key `target`, which must
     /// be the provider's current root key. Sealed values are not touched.
     ///
+    /// # Security
+    ///
+    /// Remove the old root key only after a run whose report
+    /// [`is_complete`](RewrapReport::is_complete), started after every process
+    /// was reconfigured with `target` as its current key: a process still
+    /// wrapping under the old key creates keys this run never saw.
+    ///
     /// Resumable and idempotent: keys already under `target` are skipped, and
     /// each key is swapped atomically, so an interrupted run leaves every key
     /// under either root and every value readable (keep the old root key
@@ -478,6 +499,7 @@ impl KeyAdmin {
                 )
                 .await?;
             report.audit_key_rewrapped = inner.store.rewrap_audit_key(&old, new, &audit).await?;
+            report.audit_key_skipped = !report.audit_key_rewrapped;
         }
 
         let mut after: Option<(String, u32)> = None;
@@ -610,10 +632,23 @@ impl KeyAdmin {
     ///
     /// # Errors
     ///
-    /// [`Error::Refused`] if the chain is broken before the cut-off (nothing is
-    /// deleted: run [`verify_audit`](KeyAdmin::verify_audit) and investigate);
-    /// provider and store errors.
+    /// [`Error::Refused`] if `older_than` is shorter than the sealer's minimum
+    /// audit retention (one day unless configured with
+    /// [`SealerBuilder::min_audit_retention`](crate::SealerBuilder::min_audit_retention)
+    /// — `Duration::from_secs(90)` is 90 seconds, not 90 days), or if the chain
+    /// is broken before the cut-off (nothing is deleted: run
+    /// [`verify_audit`](KeyAdmin::verify_audit) and investigate); provider and
+    /// store errors.
     pub async fn prune_audit(&self, older_than: Duration) -> Result<u64> {
+        let minimum = self.sealer.min_audit_retention();
+        if older_than < minimum {
+            return Err(Error::refused(format!(
+                "refusing to prune audit entries younger than {}s: the minimum retention is {}s \
+                 (a 90-day retention is `Duration::from_secs(90 * 86_400)`)",
+                older_than.as_secs(),
+                minimum.as_secs()
+            )));
+        }
         let cutoff = Timestamp::now()
             .unix_seconds()
             .saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));

@@ -35,8 +35,18 @@ const MAX_EXTRAS: usize = 16;
 ///
 /// Give the row's *stable* id (a primary key that never changes), so a value
 /// moved to another row fails to open. Without a row id, a value can be copied
-/// between rows of the same tenant, table and column and still open. Context
-/// values are not secret: they appear in `Debug` output and error messages.
+/// between rows of the same tenant, table and column and still open. Where
+/// the database assigns ids (auto-increment), generate them in the
+/// application (UUIDs), or insert the row first and seal in the same
+/// transaction.
+///
+/// Table and column are stable *labels*, compared byte for byte, not SQL
+/// identifiers: `"integrations"` and `"public.integrations"` are different
+/// contexts. Renaming a column in SQL must not rename its label, or every
+/// value in it stops opening.
+///
+/// Context values are not secret: they appear in `Debug` output and error
+/// messages.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Context {
     tenant: Box<str>,
@@ -55,7 +65,8 @@ impl Context {
     /// # Errors
     ///
     /// [`Error::InvalidContext`] if the tenant, table or column is empty or longer
-    /// than 255 bytes.
+    /// than 255 bytes, or the tenant id has a control character or leading or
+    /// trailing whitespace.
     pub fn new(tenant: &str, table: &str, column: &str) -> Result<Self> {
         Self::builder(tenant, table, column).build()
     }

@@ -89,8 +89,9 @@ pub enum Error {
 
     /// The key store has no key for this tenant.
     #[error(
-        "tenant `{tenant}` has no keys in the key store, so nothing sealed for it can be \
-         opened here: check the tenant id and that this process uses the right key store"
+        "tenant `{tenant}` has no keys in the key store: check the tenant id and that this \
+         process uses the right key store; to seal for a new tenant, create it with \
+         `Sealer::create_tenant` (or allow creation on first use)"
     )]
     UnknownTenant {
         /// The tenant id.
@@ -99,8 +100,9 @@ pub enum Error {
 
     /// The tenant has no key with this version.
     #[error(
-        "tenant `{tenant}` has no key version {version} in the key store: the value was \
-         sealed under a key this store never held"
+        "tenant `{tenant}` key version {version} is not known here: if another process \
+         rotated the key moments ago, retry through `Sealer::open` (which reloads); otherwise \
+         the value was sealed under a key this key store never held"
     )]
     UnknownKeyVersion {
         /// The tenant id.
@@ -126,7 +128,7 @@ pub enum Error {
     /// The key version that sealed the value is disabled.
     #[error(
         "tenant `{tenant}` key version {version} is disabled (since {disabled_at}): \
-         re-enable it to open values sealed under it"
+         re-enable it with `KeyAdmin::enable_version` to open values sealed under it"
     )]
     KeyDisabled {
         /// The tenant id.

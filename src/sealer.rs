@@ -23,6 +23,8 @@ use crate::time::Timestamp;
 const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 /// Default time a cached tenant key stays valid.
 const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Default youngest age of audit entries that may be pruned.
+const DEFAULT_MIN_AUDIT_RETENTION: Duration = Duration::from_secs(86_400);
 /// Shortest time between two reloads of a tenant caused by a value under a
 /// key version newer than the cached primary.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
@@ -63,6 +65,7 @@ pub(crate) struct Inner {
     algorithm: Algorithm,
     create_tenants: bool,
     revalidate_after: Option<Duration>,
+    min_audit_retention: Duration,
     /// The audit-chain key, unwrapped on the first key change.
     audit_key: tokio::sync::OnceCell<HmacKey>,
 }
@@ -77,6 +80,7 @@ pub struct SealerBuilder {
     cache_ttl: Duration,
     create_tenants: bool,
     revalidate_after: Option<Duration>,
+    min_audit_retention: Duration,
 }
 
 impl SealerBuilder {
@@ -87,8 +91,8 @@ impl SealerBuilder {
         self
     }
 
-    /// How many tenants' keys to keep cached (default 10,000). When full, the
-    /// longest-cached tenant is evicted.
+    /// How many tenants' keys to keep cached (default 10,000; at least 1). When
+    /// full, the longest-cached tenant is evicted.
     pub fn cache_capacity(mut self, tenants: usize) -> Self {
         self.cache_capacity = tenants;
         self
@@ -120,10 +124,27 @@ impl SealerBuilder {
         self
     }
 
+    /// The youngest audit entries [`KeyAdmin::prune_audit`] may delete (default
+    /// one day), so that a unit mistake cannot erase recent history. Raise it to
+    /// your retention policy's floor.
+    pub fn min_audit_retention(mut self, minimum: Duration) -> Self {
+        self.min_audit_retention = minimum;
+        self
+    }
+
     /// Whether sealing for a tenant with no keys creates its first key (default
     /// `true`). When `false`, such a seal fails with
     /// [`Error::UnknownTenant`] until the tenant is created with
     /// [`Sealer::create_tenant`].
+    ///
+    /// # Security
+    ///
+    /// With the default, any tenant id a caller passes gets a key: a typo
+    /// (`"Acme"` for `"acme"`) seals under a new tenant whose values the real
+    /// tenant never opens, and a tenant id taken from a request lets a client
+    /// create keys (a KMS call and a key store row each). Take tenant ids from
+    /// your own authenticated records, or turn this off and create tenants
+    /// explicitly when they sign up.
     pub fn create_tenants_on_first_use(mut self, create: bool) -> Self {
         self.create_tenants = create;
         self
@@ -139,6 +160,7 @@ impl SealerBuilder {
                 algorithm: self.algorithm,
                 create_tenants: self.create_tenants,
                 revalidate_after: self.revalidate_after,
+                min_audit_retention: self.min_audit_retention,
                 audit_key: tokio::sync::OnceCell::new(),
             }),
         }
@@ -155,6 +177,7 @@ impl fmt::Debug for SealerBuilder {
             .field("cache_ttl", &self.cache_ttl)
             .field("create_tenants", &self.create_tenants)
             .field("revalidate_after", &self.revalidate_after)
+            .field("min_audit_retention", &self.min_audit_retention)
             .finish()
     }
 }
@@ -173,7 +196,12 @@ impl Sealer {
             cache_ttl: DEFAULT_CACHE_TTL,
             create_tenants: true,
             revalidate_after: None,
+            min_audit_retention: DEFAULT_MIN_AUDIT_RETENTION,
         }
+    }
+
+    pub(crate) fn min_audit_retention(&self) -> Duration {
+        self.inner.min_audit_retention
     }
 
     /// Key lifecycle operations — rotation, destruction, shredding, root key
@@ -245,6 +273,13 @@ impl Sealer {
     /// This is lazy re-sealing: call it where values are read, write back what
     /// it returns, and old key versions empty out without a migration.
     ///
+    /// # Security
+    ///
+    /// Write the new value back with a compare-and-swap —
+    /// `UPDATE … SET col = $new WHERE id = $id AND col = $old` — not a plain
+    /// `UPDATE … WHERE id = $id`: a concurrent write of a new secret between your
+    /// read and your write would otherwise be replaced by the old one.
+    ///
     /// # Errors
     ///
     /// As [`Sealer::open`]; `sealed` is left as it was.
@@ -276,6 +311,7 @@ impl Sealer {
     ///
     /// # Errors
     ///
+    /// [`Error::InvalidContext`] for an invalid tenant id;
     /// [`Error::TenantShredded`] if the tenant was shredded; provider and store
     /// errors.
     pub async fn create_tenant(&self, tenant: &str) -> Result<()> {
@@ -645,8 +681,10 @@ impl fmt::Debug for Sealer {
 /// memory.
 ///
 /// Get one from [`Sealer::tenant`]. It is a snapshot of the tenant's keys: use
-/// it for a request or a batch, then drop it, so that rotations made by other
-/// processes are picked up.
+/// it for a request or a batch, then drop it, so that changes are picked up.
+/// Shredding the tenant and destroying a version stop it at once (when done
+/// through this process); a rotation, a disabled version or a new minimum
+/// decryption version take effect only in handles fetched afterwards.
 ///
 /// # Security
 ///
@@ -671,7 +709,8 @@ impl TenantSealer {
         self.keyring.primary_version()
     }
 
-    /// Seals `plaintext` under the tenant's primary key. No I/O, no syscall.
+    /// Seals `plaintext` under the tenant's primary key. No I/O: the salt comes
+    /// from the thread's user-space generator.
     ///
     /// # Errors
     ///

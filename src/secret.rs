@@ -151,6 +151,12 @@ impl RootKey {
 
     /// Reads a root key from the environment variable `name` (standard base64).
     ///
+    /// # Security
+    ///
+    /// The variable stays in the process environment: child processes inherit
+    /// it, and `/proc/<pid>/environ` shows it to anyone who can read that.
+    /// Remove it after start-up where you can, and prefer a key file or a KMS.
+    ///
     /// # Errors
     ///
     /// [`Error::RootKey`] if the variable is unset, not UTF-8, or not base64 of

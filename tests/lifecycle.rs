@@ -320,6 +320,7 @@ async fn root_rewrap_interrupted_and_resumed() {
         .rewrap_all("root-2")
         .await
         .unwrap();
+    assert!(report.is_complete(), "{report:?}");
     assert_eq!(report.examined, 61);
     assert_eq!(report.rewrapped + report.already_current, 61);
     assert_eq!(report.already_current, moved as u64);
@@ -533,8 +534,17 @@ async fn audit_chain_records_every_event_and_verifies() {
 #[tokio::test]
 async fn pruning_keeps_the_rest_verifiable() {
     let store = TamperStore::default();
-    let sealer = sealer_on(store.clone());
+    let sealer = Sealer::builder(local_provider(), store.clone())
+        .min_audit_retention(Duration::ZERO)
+        .build();
     let admin = sealer.admin();
+    // By default, pruning anything younger than a day is refused.
+    let err = sealer_on(store.clone())
+        .admin()
+        .prune_audit(Duration::from_secs(90))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
     for t in 0..5 {
         sealer.seal(&ctx(&format!("t{t}"), 1), b"x").await.unwrap();
     }

@@ -174,7 +174,7 @@ impl fmt::Debug for WrappedKey {
 /// #[derive(Debug)]
 /// struct MyKms { /* a client */ }
 ///
-/// #[async_trait::async_trait]
+/// #[fieldseal::async_trait]
 /// impl KeyProvider for MyKms {
 ///     fn current_root_key_id(&self) -> &str {
 ///         "my-kms-key-1"

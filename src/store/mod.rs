@@ -260,13 +260,16 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     async fn shred_tenant(&self, tenant: &str, audit: &AuditAppend<'_>) -> Result<bool>;
 
     /// Gives a shredded tenant a new primary key, `new.version` (its highest
-    /// version plus one), and clears the shredded mark, in one step. Appends
-    /// `audit`.
+    /// version plus one), and clears the shredded mark, in one step, appending
+    /// `audit`: returns [`InsertOutcome::Inserted`]. If the tenant is not (or no
+    /// longer) shredded — another process re-created it first — nothing is
+    /// written and the result is [`InsertOutcome::AlreadyExists`].
     ///
     /// # Errors
     ///
-    /// [`Error::Store`](crate::Error::Store); [`Error::Refused`](crate::Error::Refused)
-    /// if the tenant is not shredded.
+    /// [`Error::UnknownTenant`](crate::Error::UnknownTenant) if the tenant does
+    /// not exist; [`Error::Refused`](crate::Error::Refused) if `new.version`
+    /// would leave a gap; [`Error::Store`](crate::Error::Store).
     async fn recreate_tenant(
         &self,
         tenant: &str,
