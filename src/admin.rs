@@ -17,10 +17,13 @@ const PAGE: usize = 500;
 
 /// Operations on keys rather than values. Get one with [`Sealer::admin`].
 ///
-/// Every operation is one atomic step in the key store, is recorded in the
-/// audit log (with the [`actor`](KeyAdmin::actor), if given), and takes effect
-/// in this process at once. Other processes see it when their cache entry for
-/// the tenant expires (the cache time to live), or sooner with
+/// Every operation is one atomic step in the key store and is recorded in the
+/// audit log (with the [`actor`](KeyAdmin::actor), if given). In this process
+/// it takes effect at once for the [`Sealer`] (its cache entry is dropped);
+/// shredding and destruction also stop every [`TenantSealer`](crate::TenantSealer)
+/// handle already handed out, while other changes reach such handles only when
+/// they are fetched again. Other processes see a change when their cache entry
+/// for the tenant expires (the cache time to live), or sooner with
 /// [`SealerBuilder::revalidate_after`](crate::SealerBuilder::revalidate_after).
 ///
 /// ```
