@@ -253,6 +253,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The result of verifying the audit chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AuditReport {
     /// How many entries were checked.
     pub entries: u64,
@@ -276,6 +277,7 @@ impl AuditReport {
 
 /// Where and why the audit chain breaks.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AuditBreak {
     /// The sequence number at which verification failed.
     pub seq: u64,
