@@ -5,7 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{CountingProvider, TamperStore, ctx, local_provider, new_root, rotated_provider};
+use common::{
+    CountingProvider, SlowWrapProvider, TamperStore, ctx, local_provider, new_root,
+    rotated_provider,
+};
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
     Error, KeyStatus, KeyStore, LocalKeyProvider, MemoryKeyStore, SealedValue, Sealer,
@@ -272,7 +275,7 @@ async fn root_rewrap_interrupted_and_resumed() {
 
     // Re-wrap under root-2 with a slow KMS, and pull the plug half-way.
     let slow = Sealer::builder(
-        SlowProvider(rotated_provider(), Duration::from_millis(10)),
+        SlowWrapProvider(rotated_provider(), Duration::from_millis(10)),
         store.clone(),
     )
     .build();
@@ -343,32 +346,6 @@ async fn root_rewrap_interrupted_and_resumed() {
         assert!(opened.plaintext().expose_secret().starts_with(b"secret"));
     }
     assert!(only_new.admin().verify_audit().await.unwrap().is_intact());
-}
-
-/// A provider that takes its time, to interrupt long operations.
-#[derive(Debug)]
-struct SlowProvider(LocalKeyProvider, Duration);
-
-#[fieldseal::async_trait]
-impl fieldseal::KeyProvider for SlowProvider {
-    fn current_root_key_id(&self) -> &str {
-        self.0.current_root_key_id()
-    }
-    async fn wrap(
-        &self,
-        key: &fieldseal::TenantKey,
-        ctx: &fieldseal::WrapContext<'_>,
-    ) -> Result<fieldseal::WrappedKey, Error> {
-        tokio::time::sleep(self.1).await;
-        self.0.wrap(key, ctx).await
-    }
-    async fn unwrap(
-        &self,
-        wrapped: &fieldseal::WrappedKey,
-        ctx: &fieldseal::WrapContext<'_>,
-    ) -> Result<fieldseal::TenantKey, Error> {
-        self.0.unwrap(wrapped, ctx).await
-    }
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ mod db;
 
 use std::time::Duration;
 
-use common::{CountingProvider, ctx, local_provider, new_root, rotated_provider};
+use common::{CountingProvider, SlowWrapProvider, ctx, local_provider, new_root, rotated_provider};
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
     Error, KeyStatus, KeyStore, LocalKeyProvider, MemoryKeyStore, RootKey, SealedValue, Sealer,
@@ -183,7 +183,11 @@ async fn interrupted(store: impl KeyStore + Clone + 'static) {
     );
 
     // A root re-wrap aborted half-way.
-    let slow = Sealer::builder(SlowRoot(rotated_provider()), store.clone()).build();
+    let slow = Sealer::builder(
+        SlowWrapProvider(rotated_provider(), Duration::from_millis(10)),
+        store.clone(),
+    )
+    .build();
     let task = tokio::spawn(async move { slow.admin().rewrap_all("root-2").await });
     tokio::time::sleep(Duration::from_millis(250)).await;
     task.abort();
@@ -220,31 +224,6 @@ async fn interrupted(store: impl KeyStore + Clone + 'static) {
         );
     }
     assert!(only_new.admin().verify_audit().await.unwrap().is_intact());
-}
-
-#[derive(Debug)]
-struct SlowRoot(LocalKeyProvider);
-
-#[fieldseal::async_trait]
-impl fieldseal::KeyProvider for SlowRoot {
-    fn current_root_key_id(&self) -> &str {
-        self.0.current_root_key_id()
-    }
-    async fn wrap(
-        &self,
-        key: &fieldseal::TenantKey,
-        ctx: &fieldseal::WrapContext<'_>,
-    ) -> Result<fieldseal::WrappedKey, Error> {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        self.0.wrap(key, ctx).await
-    }
-    async fn unwrap(
-        &self,
-        wrapped: &fieldseal::WrappedKey,
-        ctx: &fieldseal::WrapContext<'_>,
-    ) -> Result<fieldseal::TenantKey, Error> {
-        self.0.unwrap(wrapped, ctx).await
-    }
 }
 
 /// A wrong root key is a clear error and writes nothing.

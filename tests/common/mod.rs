@@ -298,3 +298,28 @@ impl KeyStore for TamperStore {
         self.inner.prune_audit(through, through_mac, audit).await
     }
 }
+
+/// A provider whose wraps take their time, to interrupt long operations such
+/// as a root key re-wrap part-way.
+#[derive(Debug)]
+pub struct SlowWrapProvider(pub LocalKeyProvider, pub Duration);
+
+#[async_trait]
+impl KeyProvider for SlowWrapProvider {
+    fn current_root_key_id(&self) -> &str {
+        self.0.current_root_key_id()
+    }
+
+    async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey, Error> {
+        tokio::time::sleep(self.1).await;
+        self.0.wrap(key, ctx).await
+    }
+
+    async fn unwrap(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &WrapContext<'_>,
+    ) -> Result<TenantKey, Error> {
+        self.0.unwrap(wrapped, ctx).await
+    }
+}
