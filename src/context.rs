@@ -65,8 +65,8 @@ impl Context {
     /// # Errors
     ///
     /// [`Error::InvalidContext`] if the tenant, table or column is empty or longer
-    /// than 255 bytes, or the tenant id has a control character or leading or
-    /// trailing whitespace.
+    /// than 255 bytes, or the tenant id breaks the tenant id rules (see
+    /// [`ContextBuilder::build`]).
     pub fn new(tenant: &str, table: &str, column: &str) -> Result<Self> {
         Self::builder(tenant, table, column).build()
     }
@@ -167,10 +167,17 @@ impl ContextBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidContext`] if the tenant, table, column or an extra key is
-    /// empty or longer than 255 bytes, the tenant id has a control character or
-    /// leading or trailing whitespace, the row id is empty or longer than 1024
-    /// bytes, an extra value is longer than 1024 bytes, an extra key repeats, or
-    /// there are more than 16 extras.
+    /// empty or longer than 255 bytes, the row id is empty or longer than 1024
+    /// bytes, an extra value is longer than 1024 bytes, an extra key repeats,
+    /// there are more than 16 extras, or the tenant id breaks the tenant id
+    /// rules: it must be in Unicode normalization form C, with no control (Cc),
+    /// invisible format (Cf, such as U+200B) or unassigned (Cn) code points, and
+    /// no leading or trailing whitespace (FORMAT.md §"Context rules").
+    ///
+    /// Only the tenant id is checked this way, because only it selects a key:
+    /// table, column, row and extras are bound byte for byte as given, with no
+    /// Unicode normalization, so a label in another form fails to open rather
+    /// than opening something else.
     pub fn build(self) -> Result<Context> {
         check_tenant(&self.tenant)?;
         check_name("table", &self.table)?;
@@ -218,20 +225,46 @@ impl ContextBuilder {
     }
 }
 
-/// Tenant ids are identifiers: besides the name rules, no control characters
-/// and no leading or trailing whitespace, so that every database compares them
-/// byte for byte (MySQL's collations ignore trailing spaces; PostgreSQL text
-/// cannot hold NUL).
+/// Tenant ids are identifiers (FORMAT.md §"Context rules"): besides the name
+/// rules, Unicode normalization form C, no control (Cc), format (Cf) or
+/// unassigned (Cn) code points, and no leading or trailing whitespace.
+///
+/// A tenant id selects a key, so two ids that look the same must not silently
+/// name two tenants: NFD input, an invisible U+200B or a trailing space (which
+/// MySQL's collations ignore) is refused with a message, never normalised into
+/// some other tenant. Refusing unassigned code points keeps the verdict stable
+/// when Unicode adds characters: an id accepted today stays valid and in NFC.
 pub(crate) fn check_tenant(tenant: &str) -> Result<()> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+
     check_name("tenant id", tenant)?;
-    if tenant.chars().any(char::is_control) {
-        return Err(Error::invalid_context(
-            "tenant id contains a control character",
-        ));
+    for c in tenant.chars() {
+        let why = match c.general_category() {
+            GeneralCategory::Control => "a control character (Unicode category Cc)",
+            GeneralCategory::Format => {
+                "an invisible format character (Unicode category Cf), which would make two \
+                 tenant ids look the same"
+            }
+            GeneralCategory::Unassigned => {
+                "a code point that is unassigned in the Unicode version this build knows \
+                 (Unicode category Cn)"
+            }
+            _ => continue,
+        };
+        return Err(Error::invalid_context(format!(
+            "tenant id contains U+{:04X}, {why}",
+            u32::from(c)
+        )));
     }
     if tenant.trim() != tenant {
         return Err(Error::invalid_context(
             "tenant id starts or ends with whitespace",
+        ));
+    }
+    if !unicode_normalization::is_nfc(tenant) {
+        return Err(Error::invalid_context(
+            "tenant id is not in Unicode normalization form C (NFC): normalize it to NFC \
+             before use, since the same name in another form would be another tenant",
         ));
     }
     Ok(())
@@ -359,6 +392,16 @@ mod tests {
     }
 
     #[test]
+    fn unicode_tables_agree() {
+        // The NFC and general-category tables must come from one Unicode
+        // version, the one FORMAT.md names as the minimum.
+        let (major, minor, _) = unicode_normalization::UNICODE_VERSION;
+        let (pmajor, pminor, _) = unicode_properties::UNICODE_VERSION;
+        assert_eq!((u64::from(major), u64::from(minor)), (pmajor, pminor));
+        assert!(major >= 18);
+    }
+
+    #[test]
     fn rejects_empty_and_oversized() {
         for (t, tb, c) in [("", "x", "y"), ("t", "", "y"), ("t", "x", "")] {
             assert!(matches!(
@@ -366,10 +409,43 @@ mod tests {
                 Err(Error::InvalidContext { .. })
             ));
         }
-        for tenant in ["acme ", " acme", "ac\0me", "ac\nme"] {
-            assert!(Context::new(tenant, "x", "y").is_err(), "{tenant:?}");
+        for tenant in [
+            "acme ",
+            " acme",
+            "ac\0me",
+            "ac\nme",
+            "acme\u{200B}",
+            "\u{FEFF}acme",
+            "ac\u{202E}me",
+            "cafe\u{301}",
+            "acme\u{0378}",
+            "acme\u{FFFF}",
+            "acme\u{3000}",
+        ] {
+            assert!(
+                matches!(
+                    Context::new(tenant, "x", "y"),
+                    Err(Error::InvalidContext { .. })
+                ),
+                "{tenant:?}"
+            );
         }
-        assert!(Context::new("acme corp", "x", "y").is_ok());
+        for tenant in [
+            "acme corp",
+            "caf\u{E9}",
+            "\u{1F600}",
+            "\u{E000}x",
+            "\u{E1}\u{302}",
+        ] {
+            assert!(Context::new(tenant, "x", "y").is_ok(), "{tenant:?}");
+        }
+        // Only the tenant id selects a key: other parts are bytes, as given.
+        assert!(
+            Context::builder("t", "cafe\u{301}", "\u{200B}")
+                .row("x\u{FEFF}")
+                .build()
+                .is_ok()
+        );
         let long = "x".repeat(256);
         assert!(Context::new(&long, "x", "y").is_err());
         assert!(Context::builder("t", "x", "y").row("").build().is_err());

@@ -292,9 +292,10 @@ pub(crate) struct RecordKey {
 }
 
 impl RecordKey {
-    /// Constant-time comparison of a stored commitment with the derived one.
-    pub(crate) fn commitment_matches(&self, stored: &[u8; COMMITMENT_LEN]) -> bool {
-        bool::from(self.commitment.as_slice().ct_eq(stored))
+    /// Constant-time comparison of a stored commitment with the derived one,
+    /// as a [`subtle::Choice`] so that the caller need not branch on it.
+    pub(crate) fn commitment_matches(&self, stored: &[u8; COMMITMENT_LEN]) -> subtle::Choice {
+        self.commitment.as_slice().ct_eq(stored)
     }
 }
 
@@ -346,4 +347,4 @@ pub(crate) fn aead_open(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -281,6 +281,41 @@ fn schema_message(table: &str, found: Option<u32>, supported: u32) -> String {
 }
 
 impl Error {
+    /// A short, stable name for this error's kind, such as `open_failed` or
+    /// `key_destroyed`.
+    ///
+    /// The names are those of `docs/FORMAT.md` §"Error kinds" and of the
+    /// `expect` fields of the published test vectors. They never carry an
+    /// identifier or a secret, so they are safe as a metrics label or a log
+    /// field where the full message is too detailed.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::OpenFailed => "open_failed",
+            Self::Malformed { .. } => "malformed",
+            Self::UnsupportedVersion { .. } => "unsupported_version",
+            Self::UnsupportedAlgorithm { .. } => "unsupported_algorithm",
+            Self::InvalidContext { .. } => "invalid_context",
+            Self::TenantMismatch { .. } => "tenant_mismatch",
+            Self::PlaintextTooLarge { .. } => "plaintext_too_large",
+            Self::UnknownTenant { .. } => "unknown_tenant",
+            Self::UnknownKeyVersion { .. } => "unknown_key_version",
+            Self::KeyDestroyed { .. } => "key_destroyed",
+            Self::KeyDisabled { .. } => "key_disabled",
+            Self::BelowMinimumVersion { .. } => "below_minimum_version",
+            Self::TenantShredded { .. } => "tenant_shredded",
+            Self::Refused { .. } => "refused",
+            Self::RootKeyNotConfigured { .. } => "root_key_not_configured",
+            Self::UnwrapFailed { .. } => "unwrap_failed",
+            Self::Provider { .. } => "provider",
+            Self::Store { .. } => "store",
+            Self::Schema { .. } => "schema",
+            Self::RootKey { .. } => "root_key",
+            Self::RootKeyFileExists { .. } => "root_key_file_exists",
+            Self::Config { .. } => "config",
+            Self::NotUtf8 => "not_utf8",
+        }
+    }
+
     pub(crate) fn malformed(reason: impl Into<String>) -> Self {
         Self::Malformed {
             reason: reason.into(),

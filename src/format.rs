@@ -32,8 +32,11 @@ pub(crate) const HEADER_LEN: usize = 1 + 1 + 4 + SALT_LEN;
 pub const OVERHEAD: usize = HEADER_LEN + COMMITMENT_LEN + TAG_LEN;
 /// The largest plaintext one sealed value may hold (64 MiB).
 pub const MAX_PLAINTEXT_LEN: usize = 64 << 20;
-/// The prefix of the text form.
+/// The prefix of the text form. No binary value starts with its first byte,
+/// 0x66: that format version is reserved (FORMAT.md §"Telling the forms apart").
 pub(crate) const TEXT_PREFIX: &str = "fs:";
+/// The longest text-form body: unpadded base64url of the longest binary value.
+const MAX_TEXT_BODY_LEN: usize = ((OVERHEAD + MAX_PLAINTEXT_LEN) * 4).div_ceil(3);
 
 /// The AEAD that seals a value. The sealed value names it, so values sealed with
 /// either algorithm open through the same reader.
@@ -133,8 +136,9 @@ impl SealedValue {
                 "text form must start with `fs:` (this is not a fieldseal value)",
             ));
         };
-        // Refuse oversized input before decoding it.
-        if encoded.len() > (OVERHEAD + MAX_PLAINTEXT_LEN).div_ceil(3) * 4 {
+        // Refuse oversized input before decoding it: no body is longer than
+        // the unpadded encoding of the longest binary value.
+        if encoded.len() > MAX_TEXT_BODY_LEN {
             return Err(Error::malformed(format!(
                 "text form is {} characters, longer than any sealed value",
                 text.len()
@@ -212,7 +216,8 @@ impl SealedValue {
     }
 }
 
-/// Applies the reader rules of FORMAT.md §"Reading" to a binary header.
+/// Applies the reader rules of FORMAT.md §"Opening", steps 3 to 8, in their
+/// normative order: the first failing check is the one reported.
 fn parse_header(bytes: &[u8]) -> Result<(Algorithm, u32)> {
     let Some((&version, rest)) = bytes.split_first() else {
         return Err(Error::malformed("empty input"));

@@ -355,30 +355,49 @@ pub(crate) fn seal_with_salt(
     }
 }
 
-/// Opens one value (FORMAT.md §"Opening"): commitment first, in constant time,
-/// then AEAD decryption. Both failures are the same opaque error.
+/// Opens one value (FORMAT.md §"Opening", steps 11 and 12): the commitment
+/// check and the AEAD check both run on every call, and their results are
+/// combined into the one opaque error.
+///
+/// The commitment's verdict is never branched on before decryption: when it
+/// fails, one bit of the tag given to the AEAD is flipped (a constant-time
+/// select), so the AEAD runs exactly its failure path. Every failure then
+/// costs one derivation and one tag computation over the ciphertext, whichever
+/// check failed, and the time to fail does not tell "sealed under this tenant
+/// key" from "sealed under another".
 pub(crate) fn open_record(
     deriver: &RecordKeyDeriver,
     sealed: &SealedValue,
     aad: &[u8],
 ) -> Result<Box<[u8]>> {
+    use subtle::ConditionallySelectable as _;
+
     let parts = sealed
         .parts()
         .ok_or_else(|| Error::malformed("truncated"))?;
     let record_key = deriver.derive(parts.header);
-    if !record_key.commitment_matches(parts.commitment) {
-        return Err(Error::OpenFailed);
+    let committed = record_key.commitment_matches(parts.commitment);
+    let mut tag = *parts.tag;
+    if let Some(first) = tag.first_mut() {
+        *first ^= u8::conditional_select(&1, &0, committed);
     }
     // An exact-size allocation: the plaintext is never copied again.
     let mut buf: Box<[u8]> = Box::from(parts.ciphertext);
-    crypto::aead_open(
+    let authentic = crypto::aead_open(
         sealed.algorithm(),
         &record_key.key,
         &record_key.nonce,
         aad,
         &mut buf,
-        parts.tag,
+        &tag,
     )
-    .map_err(|()| Error::OpenFailed)?;
-    Ok(buf)
+    .is_ok();
+    // With the tag spoiled, the AEAD accepts only with probability 2^-128;
+    // the commitment is required all the same.
+    if authentic && bool::from(committed) {
+        Ok(buf)
+    } else {
+        zeroize::Zeroize::zeroize(&mut buf);
+        Err(Error::OpenFailed)
+    }
 }

@@ -1,399 +1,1461 @@
-//! Generates and checks `tests/vectors/v1.json`, the published format test vectors.
+//! Generates and checks `tests/vectors/v1.json`, the published test vectors of
+//! `docs/FORMAT.md`.
 //!
-//! The vectors are computed here, with fixed tenant keys and fixed salts, through
-//! the same functions that seal real values. `cargo test` recomputes them and
-//! fails if one byte differs from the committed file. To regenerate after an
-//! intended format change (which needs a new format version):
+//! The vectors are computed here, with fixed keys, salts and nonces, through the
+//! same functions that seal, wrap and chain real values. `cargo test`
+//! recomputes them and fails if one byte differs from the committed file. To
+//! regenerate after an intended change (a new vector, or a new format version):
 //! `FIELDSEAL_WRITE_VECTORS=1 cargo test --lib vectors`.
 //!
-//! `tests/vectors.rs` then opens every valid vector and checks every invalid
-//! one through the public API only.
+//! `tests/vectors.rs` then checks every vector through the public API, and
+//! through an implementation of the specification written from FORMAT.md
+//! alone, together with deliberately faulty variants of it that must each
+//! fail at least one vector.
+//!
+//! The file is ASCII: every other character is written as a JSON `\u` escape,
+//! so that invisible characters (U+200B) and combining marks stay visible.
 
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
+use crate::audit::{AUDIT_MAC_LEN, AuditEntry, entry_mac, pruned_detail};
 use crate::context::Context;
-use crate::crypto::RecordKeyDeriver;
-use crate::format::{Algorithm, SealedValue};
-use crate::keyring::seal_with_salt;
+use crate::crypto::tests::{gcm_constants, gf_inv, gf_mul, gf_pow, ghash};
+use crate::crypto::{HmacKey, RecordKeyDeriver, aead_open};
+use crate::error::Error;
+use crate::format::{Algorithm, MAX_PLAINTEXT_LEN, OVERHEAD, SealedValue};
+use crate::keyring::{seal_record, seal_with_salt};
+use crate::provider::{WrapContext, wrap_with_nonce};
+use crate::secret::{RootKey, TenantKey};
+use crate::time::Timestamp;
 
-struct Key {
-    tenant: &'static str,
+// ---------------------------------------------------------------------------
+// The key store the vectors are read against.
+
+struct KeySpec {
     version: u32,
+    state: &'static str,
     bytes: [u8; 32],
+    /// Destroyed versions have no published key: their bytes only seal the
+    /// vector values, which a reader must refuse before any cryptography.
+    published: bool,
 }
 
-const KEYS: [Key; 3] = [
-    Key {
-        tenant: "acme",
-        version: 1,
-        bytes: *b"fieldseal test vector: acme v1!!",
-    },
-    Key {
-        tenant: "acme",
-        version: 2,
-        bytes: *b"fieldseal test vector: acme v2!!",
-    },
-    Key {
-        tenant: "globex",
-        version: 1,
-        bytes: *b"fieldseal test vector: globex v1",
-    },
-];
-
-struct Case {
-    comment: &'static str,
-    key: usize,
-    algorithm: Algorithm,
-    ctx: fn() -> Context,
-    salt: [u8; 16],
-    plaintext: &'static [u8],
+struct TenantSpec {
+    tenant: &'static str,
+    min_decryption_version: u32,
+    shredded: bool,
+    keys: Vec<KeySpec>,
 }
 
-fn ctx_row_42() -> Context {
-    Context::builder("acme", "integrations", "refresh_token")
-        .row(42)
-        .build()
-        .unwrap()
+fn key(version: u32, state: &'static str, bytes: &[u8; 32]) -> KeySpec {
+    KeySpec {
+        version,
+        state,
+        bytes: *bytes,
+        published: state != "destroyed",
+    }
 }
 
-fn ctx_no_row() -> Context {
-    Context::new("acme", "settings", "webhook_secret").unwrap()
-}
-
-fn ctx_extras() -> Context {
-    Context::builder("acme", "integrations", "api_secret")
-        .row("8f14e45f-ceea-467f-a8d6-8f5b8b2c1f6a")
-        .extra("provider", "github")
-        .extra("env", "production")
-        .build()
-        .unwrap()
-}
-
-fn ctx_globex() -> Context {
-    Context::builder("globex", "integrations", "refresh_token")
-        .row(42)
-        .build()
-        .unwrap()
-}
-
-fn cases() -> Vec<Case> {
+fn tenants() -> Vec<TenantSpec> {
     vec![
-        Case {
-            comment: "OAuth refresh token, AES-256-GCM, with a row id",
-            key: 0,
-            algorithm: Algorithm::Aes256Gcm,
-            ctx: ctx_row_42,
-            salt: [0x01; 16],
-            plaintext: b"1//0gLx9-example-refresh-token",
+        TenantSpec {
+            tenant: "acme",
+            min_decryption_version: 0,
+            shredded: false,
+            keys: vec![
+                key(1, "active", b"fieldseal test vector: acme v1!!"),
+                key(2, "active", b"fieldseal test vector: acme v2!!"),
+            ],
         },
-        Case {
-            comment: "the same value and context under ChaCha20-Poly1305",
-            key: 0,
-            algorithm: Algorithm::ChaCha20Poly1305,
-            ctx: ctx_row_42,
-            salt: [0x02; 16],
-            plaintext: b"1//0gLx9-example-refresh-token",
+        TenantSpec {
+            tenant: "globex",
+            min_decryption_version: 0,
+            shredded: false,
+            keys: vec![key(1, "active", b"fieldseal test vector: globex v1")],
         },
-        Case {
-            comment: "empty plaintext, no row id",
-            key: 0,
-            algorithm: Algorithm::Aes256Gcm,
-            ctx: ctx_no_row,
-            salt: *b"0123456789abcdef",
-            plaintext: b"",
+        TenantSpec {
+            tenant: ZURICH,
+            min_decryption_version: 0,
+            shredded: false,
+            keys: vec![key(1, "active", b"fieldseal test vector: zurich v1")],
         },
-        Case {
-            comment: "key version 2, a UUID row id and two extra pairs",
-            key: 1,
-            algorithm: Algorithm::Aes256Gcm,
-            ctx: ctx_extras,
-            salt: [0xff; 16],
-            plaintext: b"sk_live_51Hx-example-api-secret",
+        TenantSpec {
+            tenant: "initech",
+            min_decryption_version: 4,
+            shredded: false,
+            keys: vec![
+                key(1, "destroyed", b"fieldseal test vector: initechv1"),
+                key(2, "disabled", b"fieldseal test vector: initechv2"),
+                key(3, "active", b"fieldseal test vector: initechv3"),
+                key(4, "active", b"fieldseal test vector: initechv4"),
+            ],
         },
-        Case {
-            comment: "another tenant, ChaCha20-Poly1305, 100 bytes over several blocks",
-            key: 2,
-            algorithm: Algorithm::ChaCha20Poly1305,
-            ctx: ctx_globex,
-            salt: [0x5a; 16],
-            plaintext: &[0xa5; 100],
+        TenantSpec {
+            tenant: "umbrella",
+            min_decryption_version: 0,
+            shredded: true,
+            keys: vec![key(1, "destroyed", b"fieldseal test vector: umbrella1")],
         },
     ]
 }
 
-/// A mutation of a valid vector and the error kind a reader must report.
+/// "zürich" in NFC (U+00FC).
+const ZURICH: &str = "z\u{fc}rich";
+/// The same name in NFD (u + U+0308): looks the same, and must be refused.
+const ZURICH_NFD: &str = "zu\u{308}rich";
+
+fn deriver(tenant: &str, version: u32) -> RecordKeyDeriver {
+    let all = tenants();
+    let k = all
+        .iter()
+        .filter(|t| t.tenant == tenant)
+        .flat_map(|t| &t.keys)
+        .find(|k| k.version == version)
+        .expect("vector key exists");
+    RecordKeyDeriver::new(&k.bytes)
+}
+
+fn tenants_json() -> Value {
+    tenants()
+        .iter()
+        .map(|t| {
+            let keys: Vec<Value> = t
+                .keys
+                .iter()
+                .map(|k| {
+                    let mut v = json!({ "version": k.version, "state": k.state });
+                    if k.published {
+                        v["key"] = json!(hex::encode(k.bytes));
+                    }
+                    v
+                })
+                .collect();
+            json!({
+                "tenant": t.tenant,
+                "min_decryption_version": t.min_decryption_version,
+                "shredded": t.shredded,
+                "keys": keys,
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Contexts, as a caller gives them (extras in the caller's order).
+
+#[derive(Clone)]
+struct Ctx {
+    tenant: String,
+    table: String,
+    column: String,
+    row: Option<String>,
+    extras: Vec<(String, String)>,
+}
+
+impl Ctx {
+    fn new(tenant: &str, table: &str, column: &str) -> Self {
+        Self {
+            tenant: tenant.into(),
+            table: table.into(),
+            column: column.into(),
+            row: None,
+            extras: Vec::new(),
+        }
+    }
+
+    fn row(mut self, row: impl Into<String>) -> Self {
+        self.row = Some(row.into());
+        self
+    }
+
+    fn extra(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.extras.push((k.into(), v.into()));
+        self
+    }
+
+    fn build(&self) -> Result<Context, Error> {
+        let mut b = Context::builder(&self.tenant, &self.table, &self.column);
+        if let Some(row) = &self.row {
+            b = b.row(row);
+        }
+        for (k, v) in &self.extras {
+            b = b.extra(k, v);
+        }
+        b.build()
+    }
+
+    fn json(&self) -> Value {
+        let mut v = json!({
+            "tenant": self.tenant,
+            "table": self.table,
+            "column": self.column,
+        });
+        if let Some(row) = &self.row {
+            v["row"] = json!(row);
+        }
+        if !self.extras.is_empty() {
+            v["extras"] = json!(
+                self.extras
+                    .iter()
+                    .map(|(k, v)| json!([k, v]))
+                    .collect::<Vec<_>>()
+            );
+        }
+        v
+    }
+}
+
+fn ctx_row_42() -> Ctx {
+    Ctx::new("acme", "integrations", "refresh_token").row("42")
+}
+
+fn ctx_extras() -> Ctx {
+    // Given out of order: a writer must sort them.
+    Ctx::new("acme", "integrations", "api_secret")
+        .row("8f14e45f-ceea-467f-a8d6-8f5b8b2c1f6a")
+        .extra("provider", "github")
+        .extra("env", "production")
+}
+
+fn ctx_globex() -> Ctx {
+    Ctx::new("globex", "integrations", "refresh_token").row("42")
+}
+
+fn ctx_unicode_extras() -> Ctx {
+    // UTF-8 order: "env" < U+FF61 (ef bd a1) < U+1F600 (f0 9f 98 80).
+    // UTF-16 order puts U+1F600 (d83d de00) before U+FF61: a writer that sorts
+    // by UTF-16 code units, or not at all, seals a different AD.
+    Ctx::new("acme", "integrations", "api_secret")
+        .row("9")
+        .extra("\u{1F600}", "grinning face")
+        .extra("env", "staging")
+        .extra("\u{FF61}", "halfwidth ideographic full stop")
+}
+
+fn ctx_longest() -> Ctx {
+    // Every part at its longest, 16 extras, and an empty extra value.
+    let mut c = Ctx::new("acme", &"t".repeat(255), &"c".repeat(255)).row("r".repeat(1024));
+    c = c.extra("k".repeat(255), "v".repeat(1024));
+    c = c.extra("empty", "");
+    for i in 0..14 {
+        c = c.extra(format!("extra-{i:02}"), format!("value {i}"));
+    }
+    c
+}
+
+fn ctx_initech() -> Ctx {
+    Ctx::new("initech", "integrations", "refresh_token").row("42")
+}
+
+fn ctx_umbrella() -> Ctx {
+    Ctx::new("umbrella", "integrations", "refresh_token").row("42")
+}
+
+// ---------------------------------------------------------------------------
+// Valid vectors.
+
+struct Case {
+    comment: &'static str,
+    tenant: &'static str,
+    version: u32,
+    algorithm: Algorithm,
+    ctx: Ctx,
+    salt: [u8; 16],
+    plaintext: Vec<u8>,
+}
+
+fn cases() -> Vec<Case> {
+    let case = |comment, tenant, version, algorithm, ctx, salt, plaintext: &[u8]| Case {
+        comment,
+        tenant,
+        version,
+        algorithm,
+        ctx,
+        salt,
+        plaintext: plaintext.to_vec(),
+    };
+    use Algorithm::{Aes256Gcm as Aes, ChaCha20Poly1305 as ChaCha};
+    vec![
+        case(
+            "OAuth refresh token, AES-256-GCM, with a row id",
+            "acme",
+            1,
+            Aes,
+            ctx_row_42(),
+            [0x01; 16],
+            b"1//0gLx9-example-refresh-token",
+        ),
+        case(
+            "the same value and context under ChaCha20-Poly1305",
+            "acme",
+            1,
+            ChaCha,
+            ctx_row_42(),
+            [0x02; 16],
+            b"1//0gLx9-example-refresh-token",
+        ),
+        case(
+            "empty plaintext, no row id",
+            "acme",
+            1,
+            Aes,
+            Ctx::new("acme", "settings", "webhook_secret"),
+            *b"0123456789abcdef",
+            b"",
+        ),
+        case(
+            "key version 2, a UUID row id and two extra pairs given out of order",
+            "acme",
+            2,
+            Aes,
+            ctx_extras(),
+            [0xff; 16],
+            b"sk_live_51Hx-example-api-secret",
+        ),
+        case(
+            "another tenant, ChaCha20-Poly1305, 100 bytes over several blocks",
+            "globex",
+            1,
+            ChaCha,
+            ctx_globex(),
+            [0x5a; 16],
+            &[0xa5; 100],
+        ),
+        case(
+            "extras with non-ASCII keys, given out of order: sorted by UTF-8 bytes, \
+             where UTF-16 order differs",
+            "acme",
+            2,
+            Aes,
+            ctx_unicode_extras(),
+            [0x06; 16],
+            b"whsec_example-webhook-secret",
+        ),
+        case(
+            "every context part at its longest: table, column and an extra key of 255 \
+             bytes, row id and an extra value of 1024 bytes, 16 extras, one empty value",
+            "acme",
+            1,
+            ChaCha,
+            ctx_longest(),
+            [0x07; 16],
+            b"longest context",
+        ),
+        case(
+            "a non-ASCII tenant id in NFC (z, U+00FC, rich)",
+            ZURICH,
+            1,
+            Aes,
+            Ctx::new(ZURICH, "integrations", "refresh_token").row("7"),
+            [0x08; 16],
+            "gr\u{fc}ezi-refresh-token".as_bytes(),
+        ),
+        case(
+            "the tenant's primary version 4, at its minimum decryption version",
+            "initech",
+            4,
+            Aes,
+            ctx_initech(),
+            [0x09; 16],
+            b"initech-refresh-token",
+        ),
+    ]
+}
+
+/// A value that AES-GCM authenticates under two record keys: acme's and
+/// globex's (both key version 1, same header), each with its own tenant's
+/// context. Built by solving for the last ciphertext block in GF(2^128) so the
+/// GHASH tags agree (the construction of Dodis et al. and Len et al.). Only the
+/// key commitment tells the two keys apart. Returns the value and its plaintext
+/// under acme's key.
+fn two_key_value() -> (Vec<u8>, Vec<u8>) {
+    let acme = deriver("acme", 1);
+    let globex = deriver("globex", 1);
+    let (ad1, ad2) = (ctx_row_42().build().unwrap(), ctx_globex().build().unwrap());
+    let genuine = seal_with_salt(
+        &acme,
+        Algorithm::Aes256Gcm,
+        1,
+        ad1.associated_data(),
+        &[0; 32],
+        &[0x0a; 16],
+    )
+    .unwrap();
+    let header: &[u8; 22] = genuine.as_bytes()[..22].try_into().unwrap();
+    let (rk1, rk2) = (acme.derive(header), globex.derive(header));
+    let (h1, s1) = gcm_constants(&rk1.key, &rk1.nonce);
+    let (h2, s2) = gcm_constants(&rk2.key, &rk2.nonce);
+    let mut ct = [0u8; 32];
+    ct[..16].copy_from_slice(b"two-key block 1.");
+    let p1 = ghash(h1, ad1.associated_data(), &ct) ^ s1;
+    let p2 = ghash(h2, ad2.associated_data(), &ct) ^ s2;
+    let free = gf_mul(p1 ^ p2, gf_inv(gf_pow(h1, 2) ^ gf_pow(h2, 2)));
+    ct[16..].copy_from_slice(&free.to_be_bytes());
+    let tag = (ghash(h1, ad1.associated_data(), &ct) ^ s1).to_be_bytes();
+    assert_eq!(
+        tag,
+        (ghash(h2, ad2.associated_data(), &ct) ^ s2).to_be_bytes()
+    );
+    let mut plaintext = ct;
+    aead_open(
+        Algorithm::Aes256Gcm,
+        &rk1.key,
+        &rk1.nonce,
+        ad1.associated_data(),
+        &mut plaintext,
+        &tag,
+    )
+    .unwrap();
+    // Without the commitment, globex's key would accept it as well.
+    let mut under_globex = ct;
+    aead_open(
+        Algorithm::Aes256Gcm,
+        &rk2.key,
+        &rk2.nonce,
+        ad2.associated_data(),
+        &mut under_globex,
+        &tag,
+    )
+    .unwrap();
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(&rk1.commitment);
+    bytes.extend_from_slice(&ct);
+    bytes.extend_from_slice(&tag);
+    (bytes, plaintext.to_vec())
+}
+
+fn valid_json(id: usize, case: &Case, value: &SealedValue) -> Value {
+    let built = case.ctx.build().unwrap();
+    let header: &[u8; 22] = value.as_bytes()[..22].try_into().unwrap();
+    let record_key = deriver(case.tenant, case.version).derive(header);
+    json!({
+        "id": id,
+        "comment": case.comment,
+        "tenant_key": { "tenant": case.tenant, "version": case.version },
+        "context": case.ctx.json(),
+        "algorithm": value.algorithm().to_string(),
+        "salt": hex::encode(case.salt),
+        "plaintext": hex::encode(&case.plaintext),
+        "associated_data": hex::encode(built.associated_data()),
+        "record_key": hex::encode(record_key.key),
+        "nonce": hex::encode(record_key.nonce),
+        "commitment": hex::encode(record_key.commitment),
+        "sealed": hex::encode(value.as_bytes()),
+        "sealed_text": value.to_text(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Invalid vectors: each names the error kind a reader must report.
+
+enum Input {
+    Bytes(Vec<u8>),
+    Text(String),
+}
+
 struct Invalid {
     comment: &'static str,
-    of: usize,
-    ctx: Option<fn() -> Context>,
-    bytes: Option<fn(&mut Vec<u8>)>,
-    text: Option<fn(&str) -> String>,
+    /// Index of the valid vector it is derived from, if any.
+    of: Option<usize>,
+    ctx: Ctx,
+    input: Input,
     expect: &'static str,
 }
 
-fn invalid() -> Vec<Invalid> {
-    fn inv(comment: &'static str, of: usize, expect: &'static str) -> Invalid {
-        Invalid {
-            comment,
-            of,
-            ctx: None,
-            bytes: None,
-            text: None,
-            expect,
-        }
-    }
+fn invalid(sealed: &[(SealedValue, Ctx)]) -> Vec<Invalid> {
+    let bytes = |i: usize, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = sealed[i].0.as_bytes().to_vec();
+        f(&mut b);
+        Input::Bytes(b)
+    };
+    let text = |i: usize, f: &dyn Fn(&str) -> String| Input::Text(f(&sealed[i].0.to_text()));
+    let derived = |comment, of: usize, input, expect| Invalid {
+        comment,
+        of: Some(of),
+        ctx: sealed[of].1.clone(),
+        input,
+        expect,
+    };
+    let with_ctx = |comment, of: usize, ctx: Ctx, expect| Invalid {
+        comment,
+        of: Some(of),
+        ctx,
+        input: Input::Bytes(sealed[of].0.as_bytes().to_vec()),
+        expect,
+    };
+    let raw = |comment, raw: &[u8], expect| Invalid {
+        comment,
+        of: None,
+        ctx: ctx_row_42(),
+        input: Input::Bytes(raw.to_vec()),
+        expect,
+    };
+    // A value for `ctx` under `version` of `tenant`, sealed with the vector
+    // key (published or not).
+    let sealed_under = |tenant, version: u32, ctx: &Ctx| {
+        seal_with_salt(
+            &deriver(tenant, version),
+            Algorithm::Aes256Gcm,
+            version,
+            ctx.build().unwrap().associated_data(),
+            b"a value the reader must refuse before any cryptography",
+            &[0x0b; 16],
+        )
+        .unwrap()
+        .into_bytes()
+    };
+    let under = |comment, tenant, version, ctx: Ctx, expect| Invalid {
+        comment,
+        of: None,
+        input: Input::Bytes(sealed_under(tenant, version, &ctx)),
+        ctx,
+        expect,
+    };
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     vec![
-        Invalid {
-            bytes: Some(|b| b[0] = 0x02),
-            ..inv(
-                "format version 2 is not known to a v1 reader",
-                0,
-                "unsupported_version",
-            )
-        },
-        Invalid {
-            bytes: Some(|b| b[0] = 0x00),
-            ..inv("format version 0", 0, "unsupported_version")
-        },
-        Invalid {
-            bytes: Some(|b| b[1] = 0x03),
-            ..inv("unknown algorithm id 3", 0, "unsupported_algorithm")
-        },
-        Invalid {
-            bytes: Some(|b| b[1] = 0x02),
-            ..inv(
-                "algorithm byte switched from AES-256-GCM to ChaCha20-Poly1305",
-                0,
-                "open_failed",
-            )
-        },
-        Invalid {
-            bytes: Some(|b| b[1] = 0x01),
-            ..inv(
-                "algorithm byte switched from ChaCha20-Poly1305 to AES-256-GCM",
-                1,
-                "open_failed",
-            )
-        },
-        Invalid {
-            bytes: Some(|b| b[2..6].copy_from_slice(&0u32.to_be_bytes())),
-            ..inv("key version 0 is reserved", 0, "malformed")
-        },
-        Invalid {
-            bytes: Some(|b| b[2..6].copy_from_slice(&9u32.to_be_bytes())),
-            ..inv("key version 9 does not exist", 0, "unknown_key_version")
-        },
-        Invalid {
-            bytes: Some(|b| b[2..6].copy_from_slice(&1u32.to_be_bytes())),
-            ..inv("key version changed from 2 to 1", 3, "open_failed")
-        },
-        Invalid {
-            bytes: Some(|b| b[6] ^= 0x01),
-            ..inv("one bit of the salt flipped", 0, "open_failed")
-        },
-        Invalid {
-            bytes: Some(|b| b[22] ^= 0x80),
-            ..inv("one bit of the key commitment flipped", 0, "open_failed")
-        },
-        Invalid {
-            bytes: Some(|b| b[38] ^= 0x01),
-            ..inv("one bit of the ciphertext flipped", 0, "open_failed")
-        },
-        Invalid {
-            bytes: Some(|b| *b.last_mut().unwrap() ^= 0x01),
-            ..inv("one bit of the tag flipped", 1, "open_failed")
-        },
-        Invalid {
-            bytes: Some(|b| b.truncate(b.len() - 1)),
-            ..inv("last byte removed", 0, "open_failed")
-        },
-        Invalid {
-            bytes: Some(|b| b.push(0)),
-            ..inv("one byte appended", 0, "open_failed")
-        },
-        Invalid {
-            bytes: Some(|b| b.truncate(53)),
-            ..inv("shorter than the 54-byte minimum", 2, "malformed")
-        },
-        Invalid {
-            bytes: Some(|b| b.clear()),
-            ..inv("empty input", 0, "malformed")
-        },
-        Invalid {
-            ctx: Some(|| {
-                Context::builder("acme", "integrations", "refresh_token")
-                    .row(43)
-                    .build()
-                    .unwrap()
+        derived(
+            "format version 2 is not known to a v1 reader",
+            0,
+            bytes(0, &|b| b[0] = 0x02),
+            "unsupported_version",
+        ),
+        derived(
+            "format version 0",
+            0,
+            bytes(0, &|b| b[0] = 0x00),
+            "unsupported_version",
+        ),
+        derived(
+            "unknown algorithm id 3",
+            0,
+            bytes(0, &|b| b[1] = 0x03),
+            "unsupported_algorithm",
+        ),
+        derived(
+            "algorithm byte switched from AES-256-GCM to ChaCha20-Poly1305",
+            0,
+            bytes(0, &|b| b[1] = 0x02),
+            "open_failed",
+        ),
+        derived(
+            "algorithm byte switched from ChaCha20-Poly1305 to AES-256-GCM",
+            1,
+            bytes(1, &|b| b[1] = 0x01),
+            "open_failed",
+        ),
+        derived(
+            "key version 0 is reserved",
+            0,
+            bytes(0, &|b| b[2..6].copy_from_slice(&0u32.to_be_bytes())),
+            "malformed",
+        ),
+        derived(
+            "key version 9 does not exist",
+            0,
+            bytes(0, &|b| b[2..6].copy_from_slice(&9u32.to_be_bytes())),
+            "unknown_key_version",
+        ),
+        derived(
+            "key version changed from 2 to 1",
+            3,
+            bytes(3, &|b| b[2..6].copy_from_slice(&1u32.to_be_bytes())),
+            "open_failed",
+        ),
+        derived(
+            "one bit of the salt flipped",
+            0,
+            bytes(0, &|b| b[6] ^= 0x01),
+            "open_failed",
+        ),
+        derived(
+            "one bit of the key commitment flipped",
+            0,
+            bytes(0, &|b| b[22] ^= 0x80),
+            "open_failed",
+        ),
+        derived(
+            "one bit of the ciphertext flipped",
+            0,
+            bytes(0, &|b| b[38] ^= 0x01),
+            "open_failed",
+        ),
+        derived(
+            "one bit of the tag flipped",
+            1,
+            bytes(1, &|b| *b.last_mut().unwrap() ^= 0x01),
+            "open_failed",
+        ),
+        derived(
+            "last byte removed",
+            0,
+            bytes(0, &|b| {
+                b.pop();
             }),
-            ..inv("opened with another row id", 0, "open_failed")
-        },
-        Invalid {
-            ctx: Some(|| {
-                Context::builder("acme", "integrations", "api_secret")
-                    .row(42)
-                    .build()
-                    .unwrap()
-            }),
-            ..inv("opened as another column", 0, "open_failed")
-        },
-        Invalid {
-            ctx: Some(|| {
-                Context::builder("acme", "audit", "refresh_token")
-                    .row(42)
-                    .build()
-                    .unwrap()
-            }),
-            ..inv("opened as another table", 0, "open_failed")
-        },
-        Invalid {
-            ctx: Some(ctx_globex),
-            ..inv(
-                "opened as another tenant (same key version)",
-                0,
-                "open_failed",
-            )
-        },
-        Invalid {
-            ctx: Some(|| {
-                Context::builder("acme", "integrations", "api_secret")
-                    .row("8f14e45f-ceea-467f-a8d6-8f5b8b2c1f6a")
-                    .extra("provider", "github")
-                    .build()
-                    .unwrap()
-            }),
-            ..inv("opened with an extra pair missing", 3, "open_failed")
-        },
-        Invalid {
-            text: Some(|t| t.trim_start_matches("fs:").to_string()),
-            ..inv("text form without its prefix", 0, "malformed")
-        },
-        Invalid {
-            text: Some(|t| t.replacen("fs:", "FS:", 1)),
-            ..inv("text form with an upper-case prefix", 0, "malformed")
-        },
-        Invalid {
-            text: Some(|t| format!("{t}=")),
-            ..inv("text form with base64 padding", 2, "malformed")
-        },
-        Invalid {
-            text: Some(|t| t.replace('-', "+").replace('_', "/") + "+/"),
-            ..inv("text form in the standard base64 alphabet", 3, "malformed")
-        },
-        Invalid {
-            text: Some(|t| {
-                // Vector 4 is 85 bytes, so its last character carries 4 unused
-                // bits: set one of them.
+            "open_failed",
+        ),
+        derived(
+            "one byte appended",
+            0,
+            bytes(0, &|b| b.push(0)),
+            "open_failed",
+        ),
+        derived(
+            "shorter than the 54-byte minimum",
+            2,
+            bytes(2, &|b| b.truncate(53)),
+            "malformed",
+        ),
+        derived("empty input", 0, bytes(0, &|b| b.clear()), "malformed"),
+        with_ctx(
+            "opened with another row id",
+            0,
+            Ctx::new("acme", "integrations", "refresh_token").row("43"),
+            "open_failed",
+        ),
+        with_ctx(
+            "opened as another column",
+            0,
+            Ctx::new("acme", "integrations", "api_secret").row("42"),
+            "open_failed",
+        ),
+        with_ctx(
+            "opened as another table",
+            0,
+            Ctx::new("acme", "audit", "refresh_token").row("42"),
+            "open_failed",
+        ),
+        with_ctx(
+            "opened as another tenant (same key version)",
+            0,
+            ctx_globex(),
+            "open_failed",
+        ),
+        with_ctx(
+            "opened with an extra pair missing",
+            3,
+            Ctx::new("acme", "integrations", "api_secret")
+                .row("8f14e45f-ceea-467f-a8d6-8f5b8b2c1f6a")
+                .extra("provider", "github"),
+            "open_failed",
+        ),
+        derived(
+            "text form without its prefix",
+            0,
+            text(0, &|t| t.trim_start_matches("fs:").to_string()),
+            "malformed",
+        ),
+        derived(
+            "text form with an upper-case prefix",
+            0,
+            text(0, &|t| t.replacen("fs:", "FS:", 1)),
+            "malformed",
+        ),
+        derived(
+            "text form with base64 padding",
+            2,
+            text(2, &|t| format!("{t}=")),
+            "malformed",
+        ),
+        derived(
+            "text form in the standard base64 alphabet",
+            3,
+            text(3, &|t| t.replace('-', "+").replace('_', "/") + "+/"),
+            "malformed",
+        ),
+        derived(
+            "text form with non-zero trailing bits",
+            3,
+            // Vector 4 is 85 bytes, so its last character carries 4 unused
+            // bits: set one of them.
+            text(3, &|t| {
                 let mut t = t.to_string();
                 let last = t.pop().unwrap();
-                let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
                 let i = alphabet.find(last).unwrap();
                 t.push(alphabet.as_bytes()[i | 1] as char);
                 t
             }),
-            ..inv("text form with non-zero trailing bits", 3, "malformed")
+            "malformed",
+        ),
+        // --- Added with the reader's normative step order.
+        with_ctx(
+            "a value that authenticates under two tenant keys (vector 10), opened as the \
+             second tenant: only the key commitment refuses it",
+            9,
+            ctx_globex(),
+            "open_failed",
+        ),
+        raw(
+            "two bytes: version 2 is reported although the input is shorter than a header",
+            &[0x02, 0x01],
+            "unsupported_version",
+        ),
+        raw("one byte 0xff", &[0xff], "unsupported_version"),
+        raw("one byte: version 1 and nothing else", &[0x01], "malformed"),
+        raw(
+            "two bytes: algorithm 3 is reported although the input is shorter than a header",
+            &[0x01, 0x03],
+            "unsupported_algorithm",
+        ),
+        raw(
+            "two bytes: a known version and algorithm, but truncated",
+            &[0x01, 0x01],
+            "malformed",
+        ),
+        raw(
+            "six bytes naming key version 0: truncated",
+            &[0x01, 0x01, 0x00, 0x00, 0x00, 0x00],
+            "malformed",
+        ),
+        derived(
+            "the text form given as binary: its first byte 0x66 ('f') is a reserved version",
+            0,
+            Input::Bytes(sealed[0].0.to_text().into_bytes()),
+            "unsupported_version",
+        ),
+        derived(
+            "text form whose body length is 1 more than a multiple of 4",
+            0,
+            text(0, &|t| format!("{t}A")),
+            "malformed",
+        ),
+        derived(
+            "text form with nothing after the prefix",
+            0,
+            Input::Text("fs:".into()),
+            "malformed",
+        ),
+        derived(
+            "text form with a line break inside",
+            0,
+            text(0, &|t| format!("{}\n{}", &t[..40], &t[40..])),
+            "malformed",
+        ),
+        derived(
+            "text form with a leading space",
+            0,
+            text(0, &|t| format!(" {t}")),
+            "malformed",
+        ),
+        derived(
+            "text form whose binary form names format version 2: the binary checks follow \
+             the text checks",
+            0,
+            Input::Text({
+                let mut b = sealed[0].0.as_bytes().to_vec();
+                b[0] = 0x02;
+                format!(
+                    "fs:{}",
+                    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
+                )
+            }),
+            "unsupported_version",
+        ),
+        // --- Key states, in the reader's order.
+        raw_ctx(
+            "a tenant the key store does not know",
+            Ctx::new("hooli", "integrations", "refresh_token").row("42"),
+            sealed[0].0.as_bytes(),
+            "unknown_tenant",
+        ),
+        under(
+            "a shredded tenant, under its destroyed version 1",
+            "umbrella",
+            1,
+            ctx_umbrella(),
+            "tenant_shredded",
+        ),
+        Invalid {
+            comment: "a shredded tenant, under a version it never had: shredded is reported first",
+            of: None,
+            ctx: ctx_umbrella(),
+            input: {
+                let mut b = sealed_under("umbrella", 1, &ctx_umbrella());
+                b[2..6].copy_from_slice(&7u32.to_be_bytes());
+                Input::Bytes(b)
+            },
+            expect: "tenant_shredded",
         },
+        Invalid {
+            comment: "a version above the tenant's highest (5 of 4)",
+            of: Some(8),
+            ctx: ctx_initech(),
+            input: bytes(8, &|b| b[2..6].copy_from_slice(&5u32.to_be_bytes())),
+            expect: "unknown_key_version",
+        },
+        under(
+            "version 1 is destroyed and below the minimum decryption version 4: destroyed \
+             is reported",
+            "initech",
+            1,
+            ctx_initech(),
+            "key_destroyed",
+        ),
+        under(
+            "version 2 is disabled and below the minimum decryption version 4: disabled is \
+             reported",
+            "initech",
+            2,
+            ctx_initech(),
+            "key_disabled",
+        ),
+        under(
+            "version 3 is active but below the minimum decryption version 4",
+            "initech",
+            3,
+            ctx_initech(),
+            "below_minimum_version",
+        ),
     ]
 }
 
-fn build() -> Value {
-    let cases = cases();
-    let mut sealed = Vec::new();
+fn raw_ctx(comment: &'static str, ctx: Ctx, bytes: &[u8], expect: &'static str) -> Invalid {
+    Invalid {
+        comment,
+        of: None,
+        ctx,
+        input: Input::Bytes(bytes.to_vec()),
+        expect,
+    }
+}
+
+/// Contexts that break a rule of FORMAT.md §"Context rules": a reader refuses
+/// each with `invalid_context` before it looks at the value (vector 1's), and a
+/// writer refuses to seal with it.
+fn invalid_contexts() -> Vec<(&'static str, Ctx)> {
+    let base = ctx_row_42;
+    let tenant = |t: &str| Ctx {
+        tenant: t.into(),
+        ..base()
+    };
+    let mut seventeen = base();
+    for i in 0..17 {
+        seventeen = seventeen.extra(format!("k{i:02}"), "v");
+    }
+    vec![
+        ("empty tenant id", tenant("")),
+        ("tenant id of 256 bytes", tenant(&"a".repeat(256))),
+        ("tenant id with a trailing space", tenant("acme ")),
+        ("tenant id with a leading space", tenant(" acme")),
+        (
+            "tenant id with a trailing U+3000 (White_Space)",
+            tenant("acme\u{3000}"),
+        ),
+        ("tenant id with a NUL (Cc)", tenant("ac\u{0}me")),
+        ("tenant id with a line feed (Cc)", tenant("ac\nme")),
+        (
+            "tenant id with an invisible U+200B ZERO WIDTH SPACE (Cf)",
+            tenant("acme\u{200B}"),
+        ),
+        (
+            "tenant id starting with U+FEFF (Cf, a byte order mark)",
+            tenant("\u{FEFF}acme"),
+        ),
+        (
+            "tenant id with U+202E RIGHT-TO-LEFT OVERRIDE (Cf)",
+            tenant("ac\u{202E}me"),
+        ),
+        (
+            "tenant id in NFD: the same name as the tenant with vector 8, decomposed",
+            tenant(ZURICH_NFD),
+        ),
+        (
+            "tenant id with the unassigned code point U+0378 (Cn)",
+            tenant("acme\u{378}"),
+        ),
+        (
+            "tenant id with the noncharacter U+FFFF (Cn)",
+            tenant("acme\u{FFFF}"),
+        ),
+        (
+            "empty table",
+            Ctx {
+                table: String::new(),
+                ..base()
+            },
+        ),
+        (
+            "table of 256 bytes",
+            Ctx {
+                table: "t".repeat(256),
+                ..base()
+            },
+        ),
+        (
+            "empty column",
+            Ctx {
+                column: String::new(),
+                ..base()
+            },
+        ),
+        (
+            "column of 256 bytes",
+            Ctx {
+                column: "c".repeat(256),
+                ..base()
+            },
+        ),
+        (
+            "empty row id (leave it out instead)",
+            Ctx {
+                row: Some(String::new()),
+                ..base()
+            },
+        ),
+        (
+            "row id of 1025 bytes",
+            Ctx {
+                row: Some("r".repeat(1025)),
+                ..base()
+            },
+        ),
+        ("empty extra key", base().extra("", "v")),
+        ("extra key of 256 bytes", base().extra("k".repeat(256), "v")),
+        (
+            "extra value of 1025 bytes",
+            base().extra("k", "v".repeat(1025)),
+        ),
+        (
+            "the same extra key twice",
+            base().extra("env", "a").extra("env", "b"),
+        ),
+        ("17 extra pairs", seventeen),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// The length limits, described rather than written out (64 MiB).
+
+const LARGE_FILL: u8 = 0x5a;
+
+fn large(sealed: &[(SealedValue, Ctx)]) -> Vec<Value> {
+    let (first, ctx) = &sealed[0];
+    let prefix = &first.as_bytes()[..38];
+    let padded = |len: usize| {
+        let mut b = prefix.to_vec();
+        b.resize(len, 0);
+        b
+    };
+    let max = OVERHEAD + MAX_PLAINTEXT_LEN;
+    let longest = SealedValue::from_bytes(padded(max)).unwrap();
+    assert!(matches!(
+        crate::keyring::open_record(
+            &deriver("acme", 1),
+            &longest,
+            ctx.build().unwrap().associated_data()
+        ),
+        Err(Error::OpenFailed)
+    ));
+    assert!(matches!(
+        SealedValue::from_bytes(padded(max + 1)),
+        Err(Error::Malformed { .. })
+    ));
+    let too_large = vec![LARGE_FILL; MAX_PLAINTEXT_LEN + 1];
+    assert!(matches!(
+        seal_record(
+            &deriver("acme", 1),
+            Algorithm::Aes256Gcm,
+            1,
+            b"",
+            &too_large
+        ),
+        Err(Error::PlaintextTooLarge { .. })
+    ));
+    vec![
+        json!({
+            "id": 301,
+            "comment": "exactly the longest binary value (54 + 64 MiB bytes): vector 1's header and \
+                        commitment, then zero bytes. It passes every length check, so a reader \
+                        reaches the cryptography and fails there",
+            "context": ctx.json(),
+            "sealed_prefix": hex::encode(prefix),
+            "zero_fill_to": max,
+            "expect": "open_failed",
+        }),
+        json!({
+            "id": 302,
+            "comment": "one byte longer than the longest binary value",
+            "context": ctx.json(),
+            "sealed_prefix": hex::encode(prefix),
+            "zero_fill_to": max + 1,
+            "expect": "malformed",
+        }),
+        json!({
+            "id": 303,
+            "comment": "a writer refuses a plaintext one byte over 64 MiB",
+            "tenant_key": { "tenant": "acme", "version": 1 },
+            "context": ctx.json(),
+            "algorithm": "AES-256-GCM",
+            "plaintext_fill": { "byte": hex::encode([LARGE_FILL]), "len": MAX_PLAINTEXT_LEN + 1 },
+            "expect": "plaintext_too_large",
+        }),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Wrapped keys (the local provider) and the audit chain.
+
+const ROOT_ID: &str = "vector-root-1";
+const ROOT_KEY: [u8; 32] = *b"fieldseal test vector: root key1";
+const AUDIT_KEY: [u8; 32] = *b"fieldseal test vector: audit key";
+
+fn wrap_ctx_json(ctx: &WrapContext<'_>) -> Value {
+    let purpose = if ctx.is_audit_key() {
+        "audit-key"
+    } else {
+        "tenant-key"
+    };
+    json!({ "purpose": purpose, "tenant": ctx.tenant(), "version": ctx.version() })
+}
+
+fn wrapped_keys() -> Value {
+    let root = RootKey::from_bytes(&mut ROOT_KEY.clone());
+    let key_of = |tenant: &str, version: u32| {
+        tenants()
+            .into_iter()
+            .filter(|t| t.tenant == tenant)
+            .flat_map(|t| t.keys)
+            .find(|k| k.version == version)
+            .unwrap()
+            .bytes
+    };
+    let entries: Vec<(&str, WrapContext<'_>, [u8; 32], [u8; 12])> = vec![
+        (
+            "acme's tenant key version 1",
+            WrapContext::tenant_key("acme", 1),
+            key_of("acme", 1),
+            *b"wrap nonce 1",
+        ),
+        (
+            "the audit-chain key (purpose audit-key, empty tenant, version 1)",
+            WrapContext::audit_key(1),
+            AUDIT_KEY,
+            *b"wrap nonce 2",
+        ),
+        (
+            "a non-ASCII tenant id: the length prefix counts UTF-8 bytes",
+            WrapContext::tenant_key(ZURICH, 1),
+            key_of(ZURICH, 1),
+            *b"wrap nonce 3",
+        ),
+    ];
     let mut valid = Vec::new();
-    for (id, case) in cases.iter().enumerate() {
-        let key = &KEYS[case.key];
-        let ctx = (case.ctx)();
-        let deriver = RecordKeyDeriver::new(&key.bytes);
-        let value = seal_with_salt(
-            &deriver,
-            case.algorithm,
-            key.version,
-            ctx.associated_data(),
-            case.plaintext,
-            &case.salt,
-        )
-        .unwrap();
-        let header: &[u8; 22] = value.as_bytes()[..22].try_into().unwrap();
-        let record_key = deriver.derive(header);
+    let mut wrapped_bytes = Vec::new();
+    for (i, (comment, ctx, key, nonce)) in entries.iter().enumerate() {
+        let tk = TenantKey::from_slice(key).unwrap();
+        let wrapped = wrap_with_nonce(&root, nonce, &tk, ctx).unwrap();
+        let fields: serde_json::Map<String, Value> = ctx
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         valid.push(json!({
-            "id": id + 1,
-            "comment": case.comment,
-            "tenant_key": { "tenant": key.tenant, "version": key.version },
-            "context": context_json(&ctx),
-            "algorithm": case.algorithm.to_string(),
-            "salt": hex::encode(case.salt),
-            "plaintext": hex::encode(case.plaintext),
-            "associated_data": hex::encode(ctx.associated_data()),
-            "record_key": hex::encode(record_key.key),
-            "nonce": hex::encode(record_key.nonce),
-            "commitment": hex::encode(record_key.commitment),
-            "sealed": hex::encode(value.as_bytes()),
-            "sealed_text": value.to_text(),
+            "id": 401 + i,
+            "comment": comment,
+            "root_key_id": ROOT_ID,
+            "wrap_context": wrap_ctx_json(ctx),
+            "wrap_aad": hex::encode(ctx.aad()),
+            "kms_encryption_context": fields,
+            "nonce": hex::encode(nonce),
+            "key": hex::encode(key),
+            "wrapped": hex::encode(&wrapped),
         }));
-        sealed.push((value, ctx));
+        wrapped_bytes.push(wrapped);
     }
-    let mut invalid_json = Vec::new();
-    for (i, inv) in invalid().iter().enumerate() {
-        let (value, ctx) = &sealed[inv.of];
-        let ctx = inv.ctx.map_or_else(|| ctx.clone(), |f| f());
-        let mut entry = json!({
-            "id": 101 + i,
-            "comment": inv.comment,
-            "derived_from": inv.of + 1,
-            "context": context_json(&ctx),
-            "expect": inv.expect,
-        });
-        if let Some(text) = inv.text {
-            entry["sealed_text"] = json!(text(&value.to_text()));
-        } else {
-            let mut bytes = value.as_bytes().to_vec();
-            if let Some(mutate) = inv.bytes {
-                mutate(&mut bytes);
-            }
-            entry["sealed"] = json!(hex::encode(bytes));
-        }
-        invalid_json.push(entry);
-    }
+    let acme = &wrapped_bytes[0];
+    let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = acme.clone();
+        f(&mut b);
+        b
+    };
+    let invalid_cases: Vec<(&str, &str, WrapContext<'_>, Vec<u8>, &str)> = vec![
+        (
+            "unwrapped as acme's version 2",
+            ROOT_ID,
+            WrapContext::tenant_key("acme", 2),
+            acme.clone(),
+            "unwrap_failed",
+        ),
+        (
+            "unwrapped as another tenant's version 1",
+            ROOT_ID,
+            WrapContext::tenant_key("globex", 1),
+            acme.clone(),
+            "unwrap_failed",
+        ),
+        (
+            "unwrapped as the audit key",
+            ROOT_ID,
+            WrapContext::audit_key(1),
+            acme.clone(),
+            "unwrap_failed",
+        ),
+        (
+            "the audit key's wrap (vector 402), unwrapped as acme's tenant key version 1",
+            ROOT_ID,
+            WrapContext::tenant_key("acme", 1),
+            wrapped_bytes[1].clone(),
+            "unwrap_failed",
+        ),
+        (
+            "leading byte 0x02: an unknown layout is refused, not guessed at",
+            ROOT_ID,
+            WrapContext::tenant_key("acme", 1),
+            edit(&|b| b[0] = 0x02),
+            "unwrap_failed",
+        ),
+        (
+            "truncated to 60 bytes",
+            ROOT_ID,
+            WrapContext::tenant_key("acme", 1),
+            edit(&|b| b.truncate(60)),
+            "unwrap_failed",
+        ),
+        (
+            "one byte appended (62 bytes)",
+            ROOT_ID,
+            WrapContext::tenant_key("acme", 1),
+            edit(&|b| b.push(0)),
+            "unwrap_failed",
+        ),
+        (
+            "one bit of the nonce flipped",
+            ROOT_ID,
+            WrapContext::tenant_key("acme", 1),
+            edit(&|b| b[1] ^= 0x01),
+            "unwrap_failed",
+        ),
+        (
+            "one bit of the tag flipped",
+            ROOT_ID,
+            WrapContext::tenant_key("acme", 1),
+            edit(&|b| b[60] ^= 0x80),
+            "unwrap_failed",
+        ),
+        (
+            "names a root key id the provider does not hold",
+            "vector-root-2",
+            WrapContext::tenant_key("acme", 1),
+            acme.clone(),
+            "root_key_not_configured",
+        ),
+    ];
+    let invalid: Vec<Value> = invalid_cases
+        .iter()
+        .enumerate()
+        .map(|(i, (comment, root_id, ctx, bytes, expect))| {
+            json!({
+                "id": 421 + i,
+                "comment": comment,
+                "root_key_id": root_id,
+                "wrap_context": wrap_ctx_json(ctx),
+                "wrapped": hex::encode(bytes),
+                "expect": expect,
+            })
+        })
+        .collect();
     json!({
-        "format": "fieldseal sealed value, format version 1 (docs/FORMAT.md)",
-        "note": "Keys and salts are fixed for reproducibility; never reuse them. \
-                 record_key, nonce and commitment are the HKDF-Expand output for each \
-                 value, for implementers checking their derivation step by step.",
-        "tenant_keys": KEYS.iter().map(|k| json!({
-            "tenant": k.tenant,
-            "version": k.version,
-            "key": hex::encode(k.bytes),
-        })).collect::<Vec<_>>(),
+        "root_keys": [{ "id": ROOT_ID, "key": hex::encode(ROOT_KEY) }],
         "valid": valid,
-        "invalid": invalid_json,
+        "invalid": invalid,
     })
 }
 
-fn context_json(ctx: &Context) -> Value {
-    let mut v = json!({
-        "tenant": ctx.tenant(),
-        "table": ctx.table(),
-        "column": ctx.column(),
-    });
-    if let Some(row) = ctx.row() {
-        v["row"] = json!(row);
+fn audit() -> Value {
+    let key = HmacKey::new(&AUDIT_KEY);
+    let day = 86_400;
+    let t0 = 1_767_225_600; // 2026-01-01T00:00:00Z
+    let events: [(&str, &str, u32, &str, &str); 5] = [
+        ("tenant.created", "acme", 1, "", ""),
+        ("tenant_key.rotated", "acme", 2, "alice@ops", ""),
+        ("tenant_key.destroyed", "acme", 1, "alice@ops", ""),
+        (
+            "key.rewrapped",
+            "acme",
+            2,
+            "",
+            "vector-root-1 -> vector-root-2",
+        ),
+        (
+            "tenant.shredded",
+            ZURICH,
+            0,
+            "dpo@example.com",
+            "erasure request 42",
+        ),
+    ];
+    let mut chain: Vec<AuditEntry> = Vec::new();
+    for (i, (event, tenant, version, actor, detail)) in events.iter().enumerate() {
+        let mut e = AuditEntry {
+            seq: i as u64 + 1,
+            at: Timestamp::from_unix_seconds(t0 + i as i64 * day),
+            event: (*event).into(),
+            tenant: (*tenant).into(),
+            version: *version,
+            actor: (*actor).into(),
+            detail: (*detail).into(),
+            mac: [0; AUDIT_MAC_LEN],
+        };
+        let prev = chain.last().map_or([0; AUDIT_MAC_LEN], |p| p.mac);
+        e.mac = entry_mac(&key, &e, &prev);
+        chain.push(e);
     }
-    let extras: serde_json::Map<String, Value> = ctx
-        .extras()
-        .map(|(k, v)| (k.to_string(), json!(v)))
+    // Entries 1 and 2 pruned: the prune entry records entry 2's MAC.
+    let mut pruned_entry = AuditEntry {
+        seq: 6,
+        at: Timestamp::from_unix_seconds(t0 + 5 * day),
+        event: "audit.pruned".into(),
+        tenant: String::new(),
+        version: 0,
+        actor: "retention-job".into(),
+        detail: pruned_detail(&chain[1]),
+        mac: [0; AUDIT_MAC_LEN],
+    };
+    pruned_entry.mac = entry_mac(&key, &pruned_entry, &chain[4].mac);
+    let pruned: Vec<AuditEntry> = chain[2..]
+        .iter()
+        .cloned()
+        .chain([pruned_entry.clone()])
         .collect();
-    if !extras.is_empty() {
-        v["extras"] = Value::Object(extras);
+
+    let edited = |f: &dyn Fn(&mut Vec<AuditEntry>)| {
+        let mut c = chain.clone();
+        f(&mut c);
+        c
+    };
+    let cases: Vec<(&str, Vec<AuditEntry>, Option<u64>)> = vec![
+        ("the chain as written", chain.clone(), None),
+        (
+            "entry 3's actor edited",
+            edited(&|c| c[2].actor = "mallory".into()),
+            Some(3),
+        ),
+        (
+            "entry 1's time edited",
+            edited(&|c| c[0].at = Timestamp::from_unix_seconds(t0 + 1)),
+            Some(1),
+        ),
+        (
+            "entry 5's tenant edited (the MAC covers UTF-8 bytes)",
+            edited(&|c| c[4].tenant = ZURICH_NFD.into()),
+            Some(5),
+        ),
+        (
+            "entry 2 deleted",
+            edited(&|c| {
+                c.remove(1);
+            }),
+            Some(2),
+        ),
+        (
+            "entries 2 and 3 swapped",
+            edited(&|c| c.swap(1, 2)),
+            Some(2),
+        ),
+        (
+            "a forged entry inserted after entry 2, later entries renumbered",
+            edited(&|c| {
+                let mut forged = c[1].clone();
+                forged.event = "tenant_key.enabled".into();
+                forged.mac = c[1].mac;
+                c.insert(2, forged);
+                for (i, e) in c.iter_mut().enumerate() {
+                    e.seq = i as u64 + 1;
+                }
+            }),
+            Some(3),
+        ),
+        (
+            "entry 1 deleted, with no audit.pruned entry to vouch for it",
+            edited(&|c| {
+                c.remove(0);
+            }),
+            Some(2),
+        ),
+        (
+            "entries 1 and 2 pruned: entry 6 (audit.pruned) anchors entry 3",
+            pruned.clone(),
+            None,
+        ),
+        (
+            "the pruned chain with its anchor MAC edited",
+            {
+                let mut c = pruned.clone();
+                let last = c.len() - 1;
+                let mut wrong = chain[1].clone();
+                wrong.mac[0] ^= 1;
+                c[last].detail = pruned_detail(&wrong);
+                c
+            },
+            Some(3),
+        ),
+        (
+            "the last entry deleted: a truncated tail still verifies; compare the head with \
+             a copy kept elsewhere",
+            edited(&|c| {
+                c.pop();
+            }),
+            None,
+        ),
+    ];
+    let entry_json = |e: &AuditEntry| {
+        json!({
+            "seq": e.seq,
+            "at": e.at.unix_seconds(),
+            "event": e.event,
+            "tenant": e.tenant,
+            "version": e.version,
+            "actor": e.actor,
+            "detail": e.detail,
+            "mac": hex::encode(e.mac),
+        })
+    };
+    let cases: Vec<Value> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (comment, entries, broken))| {
+            let mut v = json!({
+                "id": 501 + i,
+                "comment": comment,
+                "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
+            });
+            match broken {
+                None => {
+                    v["expect"] = json!("intact");
+                    v["head"] = json!(hex::encode(entries.last().unwrap().mac));
+                }
+                Some(seq) => {
+                    v["expect"] = json!("broken");
+                    v["first_broken_seq"] = json!(seq);
+                }
+            }
+            v
+        })
+        .collect();
+    json!({
+        "audit_key": hex::encode(AUDIT_KEY),
+        "audit_key_wrapped_by": 402,
+        "cases": cases,
+    })
+}
+
+// ---------------------------------------------------------------------------
+
+/// The valid vectors, and each one's value and context for deriving the
+/// invalid ones.
+fn valid() -> (Vec<Value>, Vec<(SealedValue, Ctx)>) {
+    let mut sealed = Vec::new();
+    let mut valid = Vec::new();
+    for (i, case) in cases().into_iter().enumerate() {
+        let value = seal_with_salt(
+            &deriver(case.tenant, case.version),
+            case.algorithm,
+            case.version,
+            case.ctx.build().unwrap().associated_data(),
+            &case.plaintext,
+            &case.salt,
+        )
+        .unwrap();
+        valid.push(valid_json(i + 1, &case, &value));
+        sealed.push((value, case.ctx));
     }
-    v
+    let (two_key, plaintext) = two_key_value();
+    let value = SealedValue::from_bytes(two_key).unwrap();
+    let case = Case {
+        comment: "a value that AES-GCM authenticates under acme's and globex's version-1 \
+                  keys alike (each with its own context); it opens for acme, whose \
+                  commitment it carries",
+        tenant: "acme",
+        version: 1,
+        algorithm: Algorithm::Aes256Gcm,
+        ctx: ctx_row_42(),
+        salt: value.as_bytes()[6..22].try_into().unwrap(),
+        plaintext,
+    };
+    valid.push(valid_json(valid.len() + 1, &case, &value));
+    sealed.push((value, case.ctx));
+    (valid, sealed)
+}
+
+fn build() -> Value {
+    let (valid, sealed) = valid();
+    let invalid_json: Vec<Value> = invalid(&sealed)
+        .into_iter()
+        .enumerate()
+        .map(|(i, inv)| {
+            let mut entry = json!({ "id": 101 + i, "comment": inv.comment });
+            if let Some(of) = inv.of {
+                entry["derived_from"] = json!(of + 1);
+            }
+            entry["context"] = inv.ctx.json();
+            match inv.input {
+                Input::Bytes(b) => entry["sealed"] = json!(hex::encode(b)),
+                Input::Text(t) => entry["sealed_text"] = json!(t),
+            }
+            entry["expect"] = json!(inv.expect);
+            entry
+        })
+        .collect();
+
+    let contexts: Vec<Value> = invalid_contexts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (comment, ctx))| {
+            assert!(
+                matches!(ctx.build(), Err(Error::InvalidContext { .. })),
+                "{comment}"
+            );
+            json!({
+                "id": 201 + i,
+                "comment": comment,
+                "context": ctx.json(),
+                "sealed": hex::encode(sealed[0].0.as_bytes()),
+                "expect": "invalid_context",
+            })
+        })
+        .collect();
+
+    json!({
+        "format": "fieldseal sealed value, format version 1 (docs/FORMAT.md)",
+        "note": "Keys, salts and nonces are fixed for reproducibility; never reuse them. \
+                 record_key, nonce and commitment are the HKDF-Expand output for each \
+                 value, for implementers checking their derivation step by step. Extras \
+                 are listed in the order a caller gives them, which is not always sorted. \
+                 Strings are UTF-8; this file writes every non-ASCII character as a JSON \
+                 \\u escape.",
+        "tenants": tenants_json(),
+        "valid": valid,
+        "invalid": invalid_json,
+        "invalid_contexts": contexts,
+        "large": large(&sealed),
+        "wrapped_keys": wrapped_keys(),
+        "audit_chain": audit(),
+    })
+}
+
+/// Writes every non-ASCII character as a `\u` escape (a surrogate pair above
+/// U+FFFF). Outside strings, JSON text is ASCII, so this touches strings only.
+fn escape_non_ascii(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 #[test]
 fn vectors_match_committed_file() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/v1.json");
-    let generated = serde_json::to_string_pretty(&build()).unwrap() + "\n";
+    let built = build();
+    let generated = escape_non_ascii(&serde_json::to_string_pretty(&built).unwrap()) + "\n";
     if std::env::var_os("FIELDSEAL_WRITE_VECTORS").is_some() {
         std::fs::write(&path, &generated).unwrap();
         return;
@@ -401,13 +1463,20 @@ fn vectors_match_committed_file() {
     let committed = std::fs::read_to_string(&path).expect("tests/vectors/v1.json is committed");
     assert!(
         committed == generated,
-        "the format changed: tests/vectors/v1.json no longer matches what this build seals"
+        "the vectors changed: tests/vectors/v1.json no longer matches what this build \
+         seals (regenerate with FIELDSEAL_WRITE_VECTORS=1 only for an intended change)"
+    );
+    assert!(committed.is_ascii());
+    let parsed: Value = serde_json::from_str(&committed).unwrap();
+    assert_eq!(
+        parsed, built,
+        "the escaped file reads back as the same JSON"
     );
 }
 
 #[test]
 fn every_valid_vector_parses_and_reencodes() {
-    for v in build()["valid"].as_array().unwrap() {
+    for v in valid().0 {
         let bytes = hex::decode(v["sealed"].as_str().unwrap()).unwrap();
         let text = v["sealed_text"].as_str().unwrap();
         let from_bytes = SealedValue::from_bytes(bytes.clone()).unwrap();

@@ -1,13 +1,18 @@
-//! Checks the published format vectors (`tests/vectors/v1.json`) through the
-//! public API: every valid vector opens to its plaintext, every invalid one fails
-//! with the error kind it names.
+//! Checks the published vectors (`tests/vectors/v1.json`) through the public
+//! API: every valid value opens to its plaintext, every invalid input fails
+//! with the error kind it names, the wrapped keys unwrap (or fail) under the
+//! local provider, and the audit-chain cases verify as stated.
+//!
+//! `tests/mutants.rs` runs the same vectors through an implementation of
+//! FORMAT.md written from the spec alone, and through faulty variants of it.
 
 mod common;
 
 use common::{PlainProvider, TamperStore, kind};
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    Context, KeyRecord, KeyState, SealedValue, Sealer, TenantRecord, Timestamp, WrappedKey,
+    AuditEntry, Context, Error, KeyProvider, KeyRecord, KeyState, KeyStore, LocalKeyProvider,
+    RootKey, SealedValue, Sealer, TenantRecord, Timestamp, WrapContext, WrappedKey,
 };
 use serde_json::Value;
 
@@ -20,87 +25,108 @@ fn load() -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn context(v: &Value) -> Context {
-    let mut b = Context::builder(
-        v["tenant"].as_str().unwrap(),
-        v["table"].as_str().unwrap(),
-        v["column"].as_str().unwrap(),
-    );
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap()
+}
+
+fn hex_of(v: &Value) -> Vec<u8> {
+    hex::decode(s(v)).unwrap()
+}
+
+/// Builds the context as a caller would: the extras in the listed order.
+fn context(v: &Value) -> Result<Context, Error> {
+    let mut b = Context::builder(s(&v["tenant"]), s(&v["table"]), s(&v["column"]));
     if let Some(row) = v["row"].as_str() {
         b = b.row(row);
     }
-    if let Some(extras) = v["extras"].as_object() {
-        for (k, val) in extras {
-            b = b.extra(k, val.as_str().unwrap());
-        }
+    for pair in v["extras"].as_array().into_iter().flatten() {
+        b = b.extra(s(&pair[0]), s(&pair[1]));
     }
-    b.build().unwrap()
+    b.build()
 }
 
-/// A sealer whose store holds exactly the vectors' tenant keys.
-async fn sealer(vectors: &Value) -> Sealer {
+/// A sealer whose key store holds exactly the vectors' tenants, in their
+/// states.
+fn sealer(vectors: &Value) -> Sealer {
     let store = TamperStore::default();
-    let mut records: Vec<TenantRecord> = Vec::new();
-    for k in vectors["tenant_keys"].as_array().unwrap() {
-        let tenant = k["tenant"].as_str().unwrap();
-        let key = KeyRecord {
-            version: k["version"].as_u64().unwrap() as u32,
-            state: KeyState::Active,
-            created_at: Timestamp::from_unix_seconds(0),
-            state_changed_at: Timestamp::from_unix_seconds(0),
-            wrapped: Some(WrappedKey::new(
-                "plain",
-                hex::decode(k["key"].as_str().unwrap()).unwrap(),
-            )),
-        };
-        match records.iter_mut().find(|r| r.tenant == tenant) {
-            Some(r) => r.keys.push(key),
-            None => records.push(TenantRecord {
-                tenant: tenant.to_string(),
-                shredded_at: None,
-                min_decryption_version: 0,
-                generation: 1,
-                keys: vec![key],
-            }),
-        }
+    let at = Timestamp::from_unix_seconds(1_767_225_600);
+    for t in vectors["tenants"].as_array().unwrap() {
+        let keys = t["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let state = KeyState::parse(s(&k["state"])).unwrap();
+                KeyRecord {
+                    version: k["version"].as_u64().unwrap() as u32,
+                    state,
+                    created_at: at,
+                    state_changed_at: at,
+                    wrapped: k["key"]
+                        .as_str()
+                        .filter(|_| state != KeyState::Destroyed)
+                        .map(|key| WrappedKey::new("plain", hex::decode(key).unwrap())),
+                }
+            })
+            .collect();
+        store.set_record(TenantRecord {
+            tenant: s(&t["tenant"]).to_string(),
+            shredded_at: t["shredded"].as_bool().unwrap().then_some(at),
+            min_decryption_version: t["min_decryption_version"].as_u64().unwrap() as u32,
+            generation: 1,
+            keys,
+        });
     }
-    for r in records {
-        store.set_record(r);
-    }
-    Sealer::builder(PlainProvider, store).build()
+    Sealer::builder(PlainProvider, store)
+        .create_tenants_on_first_use(false)
+        .build()
 }
 
-fn parse(v: &Value) -> Result<SealedValue, fieldseal::Error> {
+fn parse(v: &Value) -> Result<SealedValue, Error> {
     match (v["sealed"].as_str(), v["sealed_text"].as_str()) {
         (Some(hex_bytes), _) => SealedValue::from_bytes(hex::decode(hex_bytes).unwrap()),
         (None, Some(text)) => SealedValue::from_text(text),
-        _ => panic!("vector has no sealed value"),
+        _ => panic!("vector {} has no sealed value", v["id"]),
     }
+}
+
+/// What a reader reports for `v`: the context is built first, then the value
+/// parsed, then opened.
+async fn read(sealer: &Sealer, v: &Value) -> Result<Vec<u8>, Error> {
+    let ctx = context(&v["context"])?;
+    let sealed = parse(v)?;
+    let opened = sealer.open(&ctx, &sealed).await?;
+    Ok(opened.plaintext().expose_secret().to_vec())
 }
 
 #[tokio::test]
 async fn valid_vectors_open() {
     let vectors = load();
-    let sealer = sealer(&vectors).await;
+    let sealer = sealer(&vectors);
     let valid = vectors["valid"].as_array().unwrap();
-    assert!(valid.len() >= 5);
+    assert!(valid.len() >= 10);
     for v in valid {
-        let ctx = context(&v["context"]);
-        let plaintext = hex::decode(v["plaintext"].as_str().unwrap()).unwrap();
-        let from_bytes =
-            SealedValue::from_bytes(hex::decode(v["sealed"].as_str().unwrap()).unwrap()).unwrap();
-        let from_text = SealedValue::from_text(v["sealed_text"].as_str().unwrap()).unwrap();
-        assert_eq!(from_bytes, from_text, "vector {}", v["id"]);
-        let opened = sealer.open(&ctx, &from_bytes).await.unwrap();
+        let ctx = context(&v["context"]).unwrap();
         assert_eq!(
-            opened.plaintext().expose_secret(),
-            &plaintext[..],
+            ctx.associated_data(),
+            hex_of(&v["associated_data"]),
             "vector {}",
             v["id"]
         );
+        let from_bytes = SealedValue::from_bytes(hex_of(&v["sealed"])).unwrap();
+        let from_text = SealedValue::from_text(s(&v["sealed_text"])).unwrap();
+        assert_eq!(from_bytes, from_text, "vector {}", v["id"]);
+        assert_eq!(from_bytes.algorithm().to_string(), s(&v["algorithm"]));
         assert_eq!(
-            from_bytes.algorithm().to_string(),
-            v["algorithm"].as_str().unwrap()
+            from_bytes.key_version() as u64,
+            v["tenant_key"]["version"].as_u64().unwrap()
+        );
+        let opened = sealer.open(&ctx, &from_bytes).await.unwrap();
+        assert_eq!(
+            opened.plaintext().expose_secret(),
+            &hex_of(&v["plaintext"])[..],
+            "vector {}",
+            v["id"]
         );
     }
 }
@@ -108,22 +134,169 @@ async fn valid_vectors_open() {
 #[tokio::test]
 async fn invalid_vectors_fail_with_their_error() {
     let vectors = load();
-    let sealer = sealer(&vectors).await;
+    let sealer = sealer(&vectors);
     let invalid = vectors["invalid"].as_array().unwrap();
-    assert!(invalid.len() >= 20);
+    assert!(invalid.len() >= 45);
     for v in invalid {
-        let ctx = context(&v["context"]);
-        let result = match parse(v) {
-            Ok(sealed) => sealer.open(&ctx, &sealed).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        let err = result.expect_err(&format!("vector {} must not open", v["id"]));
+        let err = read(&sealer, v)
+            .await
+            .expect_err(&format!("vector {} must not open", v["id"]));
         assert_eq!(
             kind(&err),
-            v["expect"].as_str().unwrap(),
+            s(&v["expect"]),
             "vector {} ({}): got {err}",
             v["id"],
             v["comment"]
         );
+    }
+}
+
+#[tokio::test]
+async fn invalid_contexts_are_refused_before_the_value_is_read() {
+    let vectors = load();
+    let sealer = sealer(&vectors);
+    let cases = vectors["invalid_contexts"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    for v in cases {
+        let err = read(&sealer, v).await.unwrap_err();
+        assert_eq!(kind(&err), "invalid_context", "vector {}: {err}", v["id"]);
+        assert_eq!(s(&v["expect"]), "invalid_context");
+    }
+}
+
+#[tokio::test]
+async fn length_limits() {
+    let vectors = load();
+    let sealer = sealer(&vectors);
+    for v in vectors["large"].as_array().unwrap() {
+        let ctx = context(&v["context"]).unwrap();
+        let result = if let Some(prefix) = v["sealed_prefix"].as_str() {
+            let mut bytes = hex::decode(prefix).unwrap();
+            bytes.resize(v["zero_fill_to"].as_u64().unwrap() as usize, 0);
+            match SealedValue::from_bytes(bytes) {
+                Ok(sealed) => sealer.open(&ctx, &sealed).await.map(|_| ()),
+                Err(e) => Err(e),
+            }
+        } else {
+            let fill = &v["plaintext_fill"];
+            let plaintext = vec![hex_of(&fill["byte"])[0]; fill["len"].as_u64().unwrap() as usize];
+            sealer.seal(&ctx, &plaintext).await.map(|_| ())
+        };
+        let err = result.expect_err(&format!("vector {}", v["id"]));
+        assert_eq!(kind(&err), s(&v["expect"]), "vector {}: {err}", v["id"]);
+    }
+}
+
+fn wrap_context<'a>(v: &'a Value) -> WrapContext<'a> {
+    let version = v["version"].as_u64().unwrap() as u32;
+    match s(&v["purpose"]) {
+        "tenant-key" => WrapContext::tenant_key(s(&v["tenant"]), version),
+        "audit-key" => WrapContext::audit_key(version),
+        other => panic!("unknown purpose {other}"),
+    }
+}
+
+fn vector_provider(vectors: &Value) -> LocalKeyProvider {
+    let root = &vectors["wrapped_keys"]["root_keys"][0];
+    let mut key: [u8; 32] = hex_of(&root["key"]).try_into().unwrap();
+    LocalKeyProvider::new(s(&root["id"]), RootKey::from_bytes(&mut key)).unwrap()
+}
+
+#[tokio::test]
+async fn wrapped_key_vectors() {
+    let vectors = load();
+    let provider = vector_provider(&vectors);
+    let wrapped = &vectors["wrapped_keys"];
+    for v in wrapped["valid"].as_array().unwrap() {
+        let ctx = wrap_context(&v["wrap_context"]);
+        assert_eq!(ctx.aad(), hex_of(&v["wrap_aad"]), "vector {}", v["id"]);
+        for (name, value) in ctx.fields() {
+            assert_eq!(v["kms_encryption_context"][name], value.as_str());
+        }
+        let w = WrappedKey::new(s(&v["root_key_id"]), hex_of(&v["wrapped"]));
+        let key = provider.unwrap(&w, &ctx).await.unwrap();
+        assert_eq!(
+            &key.expose_secret()[..],
+            hex_of(&v["key"]),
+            "vector {}",
+            v["id"]
+        );
+    }
+    for v in wrapped["invalid"].as_array().unwrap() {
+        let ctx = wrap_context(&v["wrap_context"]);
+        let w = WrappedKey::new(s(&v["root_key_id"]), hex_of(&v["wrapped"]));
+        let err = provider.unwrap(&w, &ctx).await.unwrap_err();
+        assert_eq!(kind(&err), s(&v["expect"]), "vector {}: {err}", v["id"]);
+    }
+}
+
+#[tokio::test]
+async fn audit_chain_vectors() {
+    let vectors = load();
+    let audit = &vectors["audit_chain"];
+    let wrapped_by = audit["audit_key_wrapped_by"].as_u64().unwrap();
+    let audit_wrap = vectors["wrapped_keys"]["valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"].as_u64() == Some(wrapped_by))
+        .unwrap();
+    assert_eq!(audit_wrap["key"], audit["audit_key"]);
+    for case in audit["cases"].as_array().unwrap() {
+        let entries: Vec<AuditEntry> = case["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| AuditEntry {
+                seq: e["seq"].as_u64().unwrap(),
+                at: Timestamp::from_unix_seconds(e["at"].as_i64().unwrap()),
+                event: s(&e["event"]).into(),
+                tenant: s(&e["tenant"]).into(),
+                version: e["version"].as_u64().unwrap() as u32,
+                actor: s(&e["actor"]).into(),
+                detail: s(&e["detail"]).into(),
+                mac: hex_of(&e["mac"]).try_into().unwrap(),
+            })
+            .collect();
+        // The store holds the vector's wrapped audit key and reads back the
+        // case's entries as its whole log.
+        let store = TamperStore::default();
+        let inserted = store
+            .inner
+            .insert_audit_key(WrappedKey::new(
+                s(&audit_wrap["root_key_id"]),
+                hex_of(&audit_wrap["wrapped"]),
+            ))
+            .await
+            .unwrap();
+        assert!(inserted);
+        store.edit_audit(move |log| *log = entries.clone());
+        let sealer = Sealer::builder(vector_provider(&vectors), store).build();
+        let report = sealer.admin().verify_audit().await.unwrap();
+        match s(&case["expect"]) {
+            "intact" => {
+                assert!(
+                    report.is_intact(),
+                    "case {}: {:?}",
+                    case["id"],
+                    report.broken
+                );
+                assert_eq!(report.head, s(&case["head"]), "case {}", case["id"]);
+            }
+            "broken" => {
+                let broken = report
+                    .broken
+                    .unwrap_or_else(|| panic!("case {} must break", case["id"]));
+                assert_eq!(
+                    broken.seq,
+                    case["first_broken_seq"].as_u64().unwrap(),
+                    "case {} ({}): {}",
+                    case["id"],
+                    case["comment"],
+                    broken.reason
+                );
+            }
+            other => panic!("unknown expectation {other}"),
+        }
     }
 }

@@ -122,7 +122,7 @@ fn expand_matches_generic_hkdf() {
 // commitment stored in a fieldseal value rejects the second key.
 
 /// Multiplication in GF(2^128) with GCM's bit order (NIST SP 800-38D, 6.3).
-fn gf_mul(x: u128, y: u128) -> u128 {
+pub(crate) fn gf_mul(x: u128, y: u128) -> u128 {
     const R: u128 = 0xE1 << 120;
     let mut z = 0;
     let mut v = y;
@@ -135,7 +135,7 @@ fn gf_mul(x: u128, y: u128) -> u128 {
     z
 }
 
-fn gf_pow(mut x: u128, mut e: u128) -> u128 {
+pub(crate) fn gf_pow(mut x: u128, mut e: u128) -> u128 {
     let mut acc = 1u128 << 127; // the field's 1 in GCM bit order
     while e > 0 {
         if e & 1 == 1 {
@@ -147,7 +147,7 @@ fn gf_pow(mut x: u128, mut e: u128) -> u128 {
     acc
 }
 
-fn gf_inv(x: u128) -> u128 {
+pub(crate) fn gf_inv(x: u128) -> u128 {
     gf_pow(x, u128::MAX - 1) // x^(2^128 - 2)
 }
 
@@ -157,7 +157,7 @@ fn block(bytes: &[u8]) -> u128 {
     u128::from_be_bytes(b)
 }
 
-fn ghash(h: u128, aad: &[u8], ct: &[u8]) -> u128 {
+pub(crate) fn ghash(h: u128, aad: &[u8], ct: &[u8]) -> u128 {
     let mut x = 0;
     for chunk in aad.chunks(16).chain(ct.chunks(16)) {
         x = gf_mul(x ^ block(chunk), h);
@@ -168,7 +168,7 @@ fn ghash(h: u128, aad: &[u8], ct: &[u8]) -> u128 {
 
 /// H = AES_K(0^128), and AES_K(J0), which is the tag of an empty message with
 /// empty associated data.
-fn gcm_constants(key: &[u8; 32], nonce: &[u8; 12]) -> (u128, u128) {
+pub(crate) fn gcm_constants(key: &[u8; 32], nonce: &[u8; 12]) -> (u128, u128) {
     use aes_gcm::aes::Aes256;
     use aes_gcm::aes::cipher::{BlockCipherEncrypt, KeyInit};
     let mut h = Default::default();

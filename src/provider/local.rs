@@ -107,6 +107,35 @@ fn check_id(id: &str) -> Result<()> {
     }
 }
 
+/// The local wrapped form (FORMAT.md §"Wrapped keys"):
+/// `0x01 || nonce || AES-256-GCM(root, nonce, wrap_AD, key) || tag`. Only the
+/// test-vector generator chooses the nonce.
+pub(crate) fn wrap_with_nonce(
+    root: &RootKey,
+    nonce: &[u8; NONCE_LEN],
+    key: &TenantKey,
+    ctx: &WrapContext<'_>,
+) -> Result<Vec<u8>> {
+    let mut body = zeroize::Zeroizing::new(*key.expose_secret());
+    let tag = crypto::aead_seal(
+        Algorithm::Aes256Gcm,
+        root.expose(),
+        nonce,
+        &ctx.aad(),
+        body.as_mut_slice(),
+    )
+    .map_err(|()| Error::Provider {
+        message: "AES-256-GCM refused to wrap a 32-byte key".into(),
+        source: None,
+    })?;
+    let mut out = Vec::with_capacity(WRAPPED_LEN);
+    out.push(WRAP_V1);
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(body.as_slice());
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
 impl fmt::Debug for LocalKeyProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalKeyProvider")
@@ -138,24 +167,8 @@ impl KeyProvider for LocalKeyProvider {
             })?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let mut body = zeroize::Zeroizing::new(*key.expose_secret());
-        let tag = crypto::aead_seal(
-            Algorithm::Aes256Gcm,
-            root.expose(),
-            &nonce,
-            &ctx.aad(),
-            body.as_mut_slice(),
-        )
-        .map_err(|()| Error::Provider {
-            message: "AES-256-GCM refused to wrap a 32-byte key".into(),
-            source: None,
-        })?;
-        let mut out = Vec::with_capacity(WRAPPED_LEN);
-        out.push(WRAP_V1);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(body.as_slice());
-        out.extend_from_slice(&tag);
-        Ok(WrappedKey::new(self.current.clone(), out))
+        let bytes = wrap_with_nonce(root, &nonce, key, ctx)?;
+        Ok(WrappedKey::new(self.current.clone(), bytes))
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey> {

@@ -15,6 +15,8 @@ use crate::secret::TenantKey;
 mod local;
 
 pub use local::LocalKeyProvider;
+#[cfg(test)]
+pub(crate) use local::wrap_with_nonce;
 
 /// What a wrapped key is: a tenant key (its tenant and version) or the key store's
 /// audit key.
@@ -46,7 +48,10 @@ impl Purpose {
 
 impl<'a> WrapContext<'a> {
     /// The context of tenant key `version` of `tenant`.
-    pub(crate) fn tenant_key(tenant: &'a str, version: u32) -> Self {
+    ///
+    /// fieldseal builds these itself; the constructor is public so that tests
+    /// of a [`KeyProvider`] (and the published vectors) can name a context.
+    pub fn tenant_key(tenant: &'a str, version: u32) -> Self {
         Self {
             purpose: Purpose::TenantKey,
             tenant,
@@ -54,8 +59,9 @@ impl<'a> WrapContext<'a> {
         }
     }
 
-    /// The context of version `version` of the key store's audit-chain key.
-    pub(crate) fn audit_key(version: u32) -> Self {
+    /// The context of version `version` of the key store's audit-chain key
+    /// (fieldseal uses version 1; FORMAT.md §"The audit chain").
+    pub fn audit_key(version: u32) -> Self {
         Self {
             purpose: Purpose::AuditKey,
             tenant: "",

@@ -126,19 +126,7 @@ impl KeyProvider for PlainProvider {
 
 /// A short name for an error variant, as used in `tests/vectors/v1.json`.
 pub fn kind(error: &Error) -> &'static str {
-    match error {
-        Error::OpenFailed => "open_failed",
-        Error::Malformed { .. } => "malformed",
-        Error::UnsupportedVersion { .. } => "unsupported_version",
-        Error::UnsupportedAlgorithm { .. } => "unsupported_algorithm",
-        Error::UnknownKeyVersion { .. } => "unknown_key_version",
-        Error::UnknownTenant { .. } => "unknown_tenant",
-        Error::KeyDestroyed { .. } => "key_destroyed",
-        Error::KeyDisabled { .. } => "key_disabled",
-        Error::TenantShredded { .. } => "tenant_shredded",
-        Error::BelowMinimumVersion { .. } => "below_minimum_version",
-        _ => "other",
-    }
+    error.kind()
 }
 
 use std::collections::HashMap;
