@@ -265,6 +265,7 @@ impl Keyring {
         ctx: &Context,
         plaintext: &[u8],
     ) -> Result<SealedValue> {
+        check_plaintext_len(plaintext)?;
         self.check_tenant(ctx)?;
         let (version, deriver) = self.primary()?;
         seal_record(
@@ -290,6 +291,17 @@ impl Keyring {
     }
 }
 
+/// FORMAT.md §"Sealing" step 2, which comes before the key lookup.
+pub(crate) fn check_plaintext_len(plaintext: &[u8]) -> Result<()> {
+    if plaintext.len() > MAX_PLAINTEXT_LEN {
+        return Err(Error::PlaintextTooLarge {
+            len: plaintext.len(),
+            max: MAX_PLAINTEXT_LEN,
+        });
+    }
+    Ok(())
+}
+
 /// Seals one value (FORMAT.md §"Sealing").
 pub(crate) fn seal_record(
     deriver: &RecordKeyDeriver,
@@ -298,12 +310,7 @@ pub(crate) fn seal_record(
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<SealedValue> {
-    if plaintext.len() > MAX_PLAINTEXT_LEN {
-        return Err(Error::PlaintextTooLarge {
-            len: plaintext.len(),
-            max: MAX_PLAINTEXT_LEN,
-        });
-    }
+    check_plaintext_len(plaintext)?;
     let mut salt = [0u8; SALT_LEN];
     rand::rng().fill_bytes(&mut salt);
     seal_with_salt(deriver, algorithm, key_version, aad, plaintext, &salt)

@@ -243,6 +243,7 @@ impl Sealer {
     /// [`Error::UnknownTenant`] if the tenant has no keys and may not be
     /// created; provider and store errors while loading keys.
     pub async fn seal(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
+        crate::keyring::check_plaintext_len(plaintext)?;
         let keyring = self
             .keyring(ctx.tenant(), self.inner.create_tenants)
             .await?;

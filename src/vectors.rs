@@ -990,6 +990,16 @@ fn large(sealed: &[(SealedValue, Ctx)]) -> Vec<Value> {
             "plaintext_fill": { "byte": hex::encode([LARGE_FILL]), "len": MAX_PLAINTEXT_LEN + 1 },
             "expect": "plaintext_too_large",
         }),
+        json!({
+            "id": 304,
+            "comment": "the same for a tenant the key store does not know: the length is \
+                        checked before the key lookup",
+            "tenant_key": { "tenant": "hooli", "version": 1 },
+            "context": Ctx::new("hooli", "integrations", "refresh_token").row("42").json(),
+            "algorithm": "AES-256-GCM",
+            "plaintext_fill": { "byte": hex::encode([LARGE_FILL]), "len": MAX_PLAINTEXT_LEN + 1 },
+            "expect": "plaintext_too_large",
+        }),
     ]
 }
 

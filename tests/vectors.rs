@@ -171,8 +171,9 @@ async fn length_limits() {
     for v in vectors["large"].as_array().unwrap() {
         let ctx = context(&v["context"]).unwrap();
         let result = if let Some(prefix) = v["sealed_prefix"].as_str() {
-            let mut bytes = hex::decode(prefix).unwrap();
-            bytes.resize(v["zero_fill_to"].as_u64().unwrap() as usize, 0);
+            let prefix = hex::decode(prefix).unwrap();
+            let mut bytes = vec![0; v["zero_fill_to"].as_u64().unwrap() as usize];
+            bytes[..prefix.len()].copy_from_slice(&prefix);
             match SealedValue::from_bytes(bytes) {
                 Ok(sealed) => sealer.open(&ctx, &sealed).await.map(|_| ()),
                 Err(e) => Err(e),
