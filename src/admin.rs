@@ -132,6 +132,34 @@ impl KeyAdmin {
             })
     }
 
+    /// Every tenant that has a key (shredded tenants have none), in order.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn tenants(&self) -> Result<Vec<String>> {
+        let store = &self.sealer.inner.store;
+        let mut tenants: Vec<String> = Vec::new();
+        let mut after: Option<(String, u32)> = None;
+        loop {
+            let page = store
+                .list_wrapped_keys(after.as_ref().map(|(t, v)| (t.as_str(), *v)), PAGE)
+                .await?;
+            let full = page.len() >= PAGE;
+            for stored in &page {
+                if tenants.last() != Some(&stored.tenant) {
+                    tenants.push(stored.tenant.clone());
+                }
+            }
+            match page.last() {
+                Some(last) if full => after = Some((last.tenant.clone(), last.key.version)),
+                _ => break,
+            }
+        }
+        tenants.dedup();
+        Ok(tenants)
+    }
+
     /// The tenant's record, refusing shredded tenants.
     async fn live(&self, tenant: &str) -> Result<TenantRecord> {
         let record = self.describe(tenant).await?;

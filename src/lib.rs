@@ -23,6 +23,8 @@ mod context;
 mod crypto;
 mod error;
 mod format;
+#[cfg(feature = "_sql")]
+mod jobs;
 mod keyring;
 mod provider;
 mod sealer;
@@ -48,7 +50,7 @@ pub use crate::{
     // The handles.
     sealer::{Sealer, SealerBuilder, TenantSealer},
     // Secrets.
-    secret::{Opened, RootKey, TenantKey},
+    secret::{Migrating, Opened, RootKey, TenantKey},
     // Key stores.
     store::{
         InsertOutcome, KeyRecord, KeyState, KeyStatus, KeyStore, MemoryKeyStore, NewKeyVersion,
@@ -61,6 +63,12 @@ pub use crate::{
 #[cfg(feature = "_sql")]
 pub use crate::{
     column::SealedText,
+    // Jobs over the application's sealed columns: the rotation runner's engine.
+    jobs::{
+        ColumnForm, ColumnSpec, ColumnUsage, Counts, JobOptions, JobReport, KeyType, Plan,
+        Progress, RetireReport, RowFailure, SealedColumns, TableReport, TableSpec,
+        TenantRetirement,
+    },
     store::{SqlDatabase, SqlKeyStore},
 };
 

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::{Algorithm, SealedValue};
 use crate::keyring::{Keyring, Revocation, VersionEntry, VersionStatus};
 use crate::provider::{KeyProvider, WrapContext, WrappedKey};
-use crate::secret::{Opened, TenantKey};
+use crate::secret::{Migrating, Opened, TenantKey};
 use crate::store::{InsertOutcome, KeyState, KeyStore, NewKeyVersion, TenantRecord};
 use crate::time::Timestamp;
 
@@ -234,6 +234,22 @@ impl Sealer {
         })
     }
 
+    /// As [`Sealer::tenant`], but never creates the tenant's first key.
+    pub(crate) async fn existing_tenant(&self, tenant: &str) -> Result<TenantSealer> {
+        check_tenant_id(tenant)?;
+        let keyring = self.keyring(tenant, false).await?;
+        if let Some(at) = keyring.shredded_at {
+            return Err(Error::TenantShredded {
+                tenant: tenant.to_string(),
+                shredded_at: at,
+            });
+        }
+        Ok(TenantSealer {
+            keyring,
+            algorithm: self.inner.algorithm,
+        })
+    }
+
     /// Seals `plaintext` for the tenant, table, column and row named by `ctx`,
     /// under the tenant's primary key.
     ///
@@ -287,6 +303,30 @@ impl Sealer {
     pub async fn reseal(&self, ctx: &Context, sealed: &SealedValue) -> Result<Option<SealedValue>> {
         let keyring = self.fresh_keyring_for(ctx.tenant(), sealed).await?;
         keyring.reseal(self.inner.algorithm, ctx, sealed)
+    }
+
+    /// Reads a value of a TEXT column that is being migrated to fieldseal in
+    /// place (`migrate` of the rotation runner): a value that starts with
+    /// `fs:` is a sealed value and must open with `ctx`; any other value is
+    /// plaintext from before the migration, returned as such.
+    ///
+    /// # Security
+    ///
+    /// Plaintext is unauthenticated: while this read path is in use, whoever
+    /// can write the column can plant a value. Switch back to [`Sealer::open`]
+    /// as soon as the migration is complete (`plan` reports no plaintext
+    /// left). A value that starts with `fs:` but does not open is an error,
+    /// never plaintext, so a sealed value cannot be downgraded by tampering.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sealer::open`], for values starting with `fs:`.
+    pub async fn open_migrating(&self, ctx: &Context, stored: &str) -> Result<Migrating> {
+        if !stored.starts_with(crate::format::TEXT_PREFIX) {
+            return Ok(Migrating::Legacy(secrecy::SecretString::from(stored)));
+        }
+        let sealed = SealedValue::from_text(stored)?;
+        self.open(ctx, &sealed).await.map(Migrating::Sealed)
     }
 
     /// The tenant's keys, reloaded once if `sealed` names a version newer than

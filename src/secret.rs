@@ -320,3 +320,42 @@ impl fmt::Debug for Opened {
             .finish()
     }
 }
+
+/// A value read from a TEXT column while it is migrated to fieldseal in place
+/// (see [`Sealer::open_migrating`](crate::Sealer::open_migrating)): either a
+/// sealed value, opened, or plaintext written before the migration.
+///
+/// # Security
+///
+/// `Debug` prints which it is, never the plaintext.
+#[non_exhaustive]
+pub enum Migrating {
+    /// A sealed value (starting with `fs:`), opened.
+    Sealed(Opened),
+    /// Plaintext from before the migration.
+    Legacy(SecretString),
+}
+
+impl Migrating {
+    /// `true` for plaintext that is not sealed yet.
+    pub fn is_legacy(&self) -> bool {
+        matches!(self, Self::Legacy(_))
+    }
+
+    /// The plaintext, whichever it was.
+    pub fn plaintext(&self) -> &[u8] {
+        match self {
+            Self::Sealed(opened) => opened.plaintext().expose_secret(),
+            Self::Legacy(text) => text.expose_secret().as_bytes(),
+        }
+    }
+}
+
+impl fmt::Debug for Migrating {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sealed(opened) => f.debug_tuple("Sealed").field(opened).finish(),
+            Self::Legacy(_) => f.write_str("Legacy([REDACTED])"),
+        }
+    }
+}

@@ -16,7 +16,7 @@ use crate::time::Timestamp;
 
 mod memory;
 #[cfg(feature = "_sql")]
-mod sql;
+pub(crate) mod sql;
 
 pub use memory::MemoryKeyStore;
 #[cfg(feature = "_sql")]

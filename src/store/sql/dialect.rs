@@ -74,6 +74,26 @@ impl sealed::Backend for sqlx::Sqlite {
 #[cfg(feature = "sqlite")]
 impl SqlDatabase for sqlx::Sqlite {}
 
+/// Replaces each `?` with `$1`, `$2`, … for PostgreSQL. (The statements
+/// given to it have no `?` inside string literals.)
+pub(crate) fn placeholders(dialect: Dialect, sql: &str) -> String {
+    if dialect != Dialect::Postgres {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn code(err: &sqlx::Error) -> Option<Cow<'_, str>> {
     match err {
         sqlx::Error::Database(db) => db.code(),

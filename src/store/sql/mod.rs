@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::provider::WrappedKey;
 use crate::time::Timestamp;
 
-mod dialect;
+pub(crate) mod dialect;
 mod statements;
 
 pub use dialect::SqlDatabase;
@@ -178,7 +178,7 @@ macro_rules! retry {
     }};
 }
 
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     // 2, 4, 8, … ms, capped, with jitter so that colliding processes spread out.
     let base = 1u64 << attempt.min(7);
     let jitter = u64::from(rand::random::<u8>()) % base.max(1);

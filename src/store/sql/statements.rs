@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::dialect::Dialect;
+use super::dialect::{Dialect, placeholders};
 
 /// Every statement the store runs, with table names filled in and placeholders
 /// in the dialect's form.
@@ -189,26 +189,6 @@ impl Statements {
     pub(crate) fn migration(&self) -> impl Iterator<Item = &Arc<str>> {
         self.migration.iter()
     }
-}
-
-/// `?` placeholders become `$1`, `$2`, … on PostgreSQL. The statements above
-/// contain no `?` other than placeholders.
-fn placeholders(dialect: Dialect, sql: &str) -> String {
-    if dialect != Dialect::Postgres {
-        return sql.to_string();
-    }
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn migration(dialect: Dialect, schema: Option<&str>, tables: &[&String; 6]) -> Vec<Arc<str>> {

@@ -1,0 +1,1568 @@
+//! Jobs over the application's sealed columns: plan, re-seal, migrate
+//! plaintext, verify and retire, on PostgreSQL, MySQL/MariaDB and SQLite.
+//!
+//! This is the engine under `examples/rotate.rs`: see [`SealedColumns`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret as _;
+use sha2::Digest as _;
+
+use crate::error::{Error, Result};
+use crate::format::SealedValue;
+use crate::sealer::{Sealer, TenantSealer};
+use crate::store::{KeyState, SqlDatabase};
+use crate::time::Timestamp;
+
+pub(crate) mod db;
+mod lease;
+mod spec;
+mod table;
+
+use db::{Db, Kind, Val};
+use lease::{BatchCounts, Job, JobTables, Lease, db_error};
+use table::{Header, Key, Stored, Table, parse_header_prefix, parse_stored};
+
+pub use spec::{ColumnForm, ColumnSpec, KeyType, TableSpec};
+
+/// The most rows one batch may hold (each becomes three bound parameters of
+/// one statement).
+const MAX_BATCH: usize = 10_000;
+/// How many row failures a report keeps (the counts are always complete).
+const MAX_FAILURES: usize = 1_000;
+
+/// Progress of a job, for a progress bar or log lines. Every method has an
+/// empty default.
+pub trait Progress: Send + Sync {
+    /// Work on `table` starts; it has about `rows` rows to look at.
+    fn start(&self, table: &str, rows: u64) {
+        let _ = (table, rows);
+    }
+    /// `rows` more rows of `table` were looked at (by this process).
+    fn advance(&self, table: &str, rows: u64) {
+        let _ = (table, rows);
+    }
+    /// Work on `table` is over (for this process).
+    fn finish(&self, table: &str) {
+        let _ = table;
+    }
+}
+
+/// Options of a job. Start from [`JobOptions::default`] and change fields.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct JobOptions {
+    /// Only this tenant's rows (default: every tenant).
+    pub tenant: Option<String>,
+    /// Rows read and written per transaction (default 500, at most 10,000).
+    pub batch: usize,
+    /// Concurrent workers in this process (default 2). Other processes may
+    /// run more on the same job.
+    pub workers: usize,
+    /// Rows per second this process may look at, over all its workers
+    /// (default: unlimited).
+    pub max_rows_per_sec: Option<u64>,
+    /// Count and check what would change; write nothing.
+    pub dry_run: bool,
+    /// How long a claimed range stays with a worker without progress before
+    /// another worker may take it over (default 30 seconds). Each committed
+    /// batch renews it, so keep it well above the time of one batch.
+    pub lease: Duration,
+    /// Rows per leased range (default 20 batches).
+    pub range_rows: Option<u64>,
+    /// For `verify`: open a random sample of this many rows per table instead
+    /// of every row.
+    pub sample: Option<u64>,
+    /// For `retire`: the youngest primary key version whose older versions
+    /// may be destroyed — the cache time to live of every process that seals
+    /// (default 5 minutes, the sealer's default). Until then, a process may
+    /// still seal under the previous version.
+    pub min_primary_age: Duration,
+    /// Progress reports.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self {
+            tenant: None,
+            batch: 500,
+            workers: 2,
+            max_rows_per_sec: None,
+            dry_run: false,
+            lease: Duration::from_secs(30),
+            range_rows: None,
+            sample: None,
+            min_primary_age: Duration::from_secs(300),
+            progress: None,
+        }
+    }
+}
+
+impl fmt::Debug for JobOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobOptions")
+            .field("tenant", &self.tenant)
+            .field("batch", &self.batch)
+            .field("workers", &self.workers)
+            .field("max_rows_per_sec", &self.max_rows_per_sec)
+            .field("dry_run", &self.dry_run)
+            .field("lease", &self.lease)
+            .field("range_rows", &self.range_rows)
+            .field("sample", &self.sample)
+            .field("min_primary_age", &self.min_primary_age)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobOptions {
+    fn check(&self) -> Result<()> {
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            return Err(Error::config(format!(
+                "batch: {} rows; use 1 to {MAX_BATCH}",
+                self.batch
+            )));
+        }
+        if self.workers == 0 {
+            return Err(Error::config("workers: at least 1"));
+        }
+        if self.max_rows_per_sec == Some(0) {
+            return Err(Error::config("max_rows_per_sec: at least 1"));
+        }
+        if let Some(t) = &self.tenant {
+            crate::context::check_tenant(t)?;
+        }
+        Ok(())
+    }
+
+    fn range_rows(&self) -> u64 {
+        self.range_rows
+            .unwrap_or_else(|| u64::try_from(self.batch).unwrap_or(500).saturating_mul(20))
+            .max(1)
+    }
+}
+
+/// A row whose value could not be processed, with the reason. Never holds a
+/// secret: ids, names and the error's message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RowFailure {
+    /// The table.
+    pub table: String,
+    /// The sealed column.
+    pub column: String,
+    /// The row's primary key.
+    pub key: String,
+    /// The error kind ([`Error::kind`]).
+    pub kind: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Counts of one job over one table. For a job run, these are the totals of
+/// every worker of every process (read from the job tables).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counts {
+    /// Values looked at (one per sealed column per row; NULLs included).
+    pub scanned: u64,
+    /// Values written (in a dry run: that would be written).
+    pub written: u64,
+    /// Values that needed nothing.
+    pub current: u64,
+    /// Values the application changed between this job's read and its write:
+    /// left as the application wrote them (swept again if still stale).
+    pub changed: u64,
+    /// Values that failed (see the failures).
+    pub failed: u64,
+    /// NULL values.
+    pub nulls: u64,
+    /// Plaintext values in a text column (not sealed yet: `migrate` seals them).
+    pub legacy: u64,
+}
+
+impl Counts {
+    fn add(&mut self, b: &BatchCounts) {
+        self.scanned += b.scanned;
+        self.written += b.written;
+        self.current += b.current;
+        self.changed += b.changed;
+        self.failed += b.failed;
+        self.nulls += b.nulls;
+        self.legacy += b.legacy;
+    }
+}
+
+/// What a job did to one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TableReport {
+    /// The table.
+    pub table: String,
+    /// The job's id in the job table (`reseal:<table>:<tenant or *>`), and
+    /// its run number; `None` for dry runs and read-only jobs.
+    pub job: Option<(String, u64)>,
+    /// Whether the job run is recorded complete.
+    pub complete: bool,
+    /// The counts.
+    pub counts: Counts,
+    /// Failures by error kind, as seen by this process.
+    pub failures_by_kind: BTreeMap<&'static str, u64>,
+    /// The first failures this process saw (at most 1,000).
+    pub failures: Vec<RowFailure>,
+}
+
+/// What a job did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobReport {
+    /// Whether nothing was written (a dry run).
+    pub dry_run: bool,
+    /// One report per configured table.
+    pub tables: Vec<TableReport>,
+}
+
+impl JobReport {
+    /// The counts over every table.
+    pub fn totals(&self) -> Counts {
+        let mut c = Counts::default();
+        for t in &self.tables {
+            let b = &t.counts;
+            c.scanned += b.scanned;
+            c.written += b.written;
+            c.current += b.current;
+            c.changed += b.changed;
+            c.failed += b.failed;
+            c.nulls += b.nulls;
+            c.legacy += b.legacy;
+        }
+        c
+    }
+
+    /// Failures over every table, by kind, as seen by this process.
+    pub fn failures_by_kind(&self) -> BTreeMap<&'static str, u64> {
+        let mut out = BTreeMap::new();
+        for t in &self.tables {
+            for (k, n) in &t.failures_by_kind {
+                *out.entry(*k).or_insert(0) += n;
+            }
+        }
+        out
+    }
+}
+
+/// What one column holds for one tenant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ColumnUsage {
+    /// Values per tenant key version.
+    pub by_version: BTreeMap<u32, u64>,
+    /// The tenant's primary version (0 if the key store does not know the
+    /// tenant).
+    pub primary: u32,
+    /// Values under another version than the primary: what `reseal` writes.
+    pub not_primary: u64,
+    /// Plaintext values not sealed yet (text without the `fs:` prefix, or a
+    /// NULL sealed column whose migration source holds a value).
+    pub legacy: u64,
+    /// NULL values.
+    pub nulls: u64,
+    /// Values that are not sealed values at all.
+    pub malformed: u64,
+}
+
+/// The state of the configured tables, from `plan`. Nothing is written.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Plan {
+    /// Per table, column and tenant.
+    pub columns: BTreeMap<(String, String), BTreeMap<String, ColumnUsage>>,
+    /// Rows per table.
+    pub rows: BTreeMap<String, u64>,
+    /// The estimated time of `reseal` with one worker, from a timed sample
+    /// (read, re-seal, and a write in a transaction that is rolled back).
+    pub estimated_reseal: Duration,
+    /// The estimated time of `migrate` with one worker.
+    pub estimated_migrate: Duration,
+}
+
+impl Plan {
+    /// Values `reseal` would write, over every table, column and tenant.
+    pub fn not_primary(&self) -> u64 {
+        self.columns
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(|u| u.not_primary)
+            .sum()
+    }
+
+    /// Plaintext values `migrate` would seal.
+    pub fn legacy(&self) -> u64 {
+        self.columns
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(|u| u.legacy)
+            .sum()
+    }
+}
+
+/// What `retire` did for one tenant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TenantRetirement {
+    /// Versions destroyed (in a dry run: that would be).
+    pub destroyed: Vec<u32>,
+    /// Versions kept because rows still use them: per version, the counts per
+    /// `table.column`.
+    pub in_use: BTreeMap<u32, BTreeMap<String, u64>>,
+    /// Set when nothing was destroyed because the primary is younger than
+    /// [`JobOptions::min_primary_age`]: its age.
+    pub primary_too_young: Option<Duration>,
+    /// Values under versions that can no longer open (destroyed, or unknown
+    /// to the key store): per version, the counts per `table.column`.
+    pub unreadable: BTreeMap<u32, BTreeMap<String, u64>>,
+}
+
+/// What `retire` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetireReport {
+    /// Whether nothing was destroyed (a dry run).
+    pub dry_run: bool,
+    /// Per tenant with older versions.
+    pub tenants: BTreeMap<String, TenantRetirement>,
+}
+
+/// The application's sealed columns, and the jobs that maintain them: the
+/// engine of the rotation runner (`examples/rotate.rs`), for services that run
+/// the same jobs in a background worker of their own.
+///
+/// - **No lost writes.** Every row write is a compare-and-swap on the value
+///   that was read: a row the application changed in between is left as the
+///   application wrote it, counted as `changed`, and swept again (up to three
+///   passes per range) in case it is still stale.
+/// - **Any number of workers, processes and machines.** A job's work is split
+///   into ranges of the table's primary key, recorded in the job tables of the
+///   same database. Workers claim ranges with expiring leases (`FOR UPDATE SKIP
+///   LOCKED` on PostgreSQL and MySQL 8 / MariaDB 10.6+; SQLite has one writer
+///   at a time), and each batch's row writes commit in one transaction with the
+///   range's progress, fenced by the lease: a worker that lost its lease writes
+///   nothing more.
+/// - **Resumable.** A killed worker's range is taken over when its lease
+///   expires; running the job again joins the unfinished run. A finished run
+///   is followed by a new one, which finds nothing left to do.
+///
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # async fn example(pool: sqlx::PgPool, sealer: fieldseal::Sealer) -> Result<(), fieldseal::Error> {
+/// use fieldseal::{ColumnForm, ColumnSpec, JobOptions, KeyType, SealedColumns, TableSpec};
+///
+/// let columns = SealedColumns::new(
+///     pool,
+///     sealer,
+///     vec![TableSpec::new("integrations", "id", KeyType::Integer)
+///         .tenant_column("tenant_id")
+///         .column(ColumnSpec::new("refresh_token", ColumnForm::Binary))],
+/// )?;
+/// columns.check().await?; // tables, columns and keys exist as configured
+/// let report = columns.verify(&JobOptions::default()).await?; // recipes match
+/// assert_eq!(report.totals().failed, 0);
+/// let report = columns.reseal(&JobOptions::default()).await?;
+/// # let _ = report; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SealedColumns {
+    db: Db,
+    sealer: Sealer,
+    tables: Vec<Arc<Table>>,
+    job_tables: JobTables,
+}
+
+impl fmt::Debug for SealedColumns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedColumns")
+            .field("database", &self.db.name())
+            .field(
+                "tables",
+                &self
+                    .tables
+                    .iter()
+                    .map(|t| t.spec.table())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JobKind {
+    Reseal,
+    Migrate,
+}
+
+impl JobKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Reseal => "reseal",
+            Self::Migrate => "migrate",
+        }
+    }
+}
+
+impl SealedColumns {
+    /// The sealed columns of `tables`, in the database of `pool`, sealed and
+    /// opened through `sealer`. Job progress is kept in tables
+    /// `fieldseal_jobs` and `fieldseal_job_ranges`, created when a job first
+    /// runs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if a specification is invalid, naming it as
+    /// `tables[i].columns[j].field`.
+    pub fn new<DB: SqlDatabase>(
+        pool: sqlx::Pool<DB>,
+        sealer: Sealer,
+        tables: Vec<TableSpec>,
+    ) -> Result<Self> {
+        let db = Db::from_pool(pool)?;
+        spec::validate(&tables, db.dialect())?;
+        let dialect = db.dialect();
+        Ok(Self {
+            job_tables: JobTables::new(dialect, "fieldseal_", None),
+            tables: tables
+                .into_iter()
+                .map(|t| Arc::new(Table::new(t, dialect)))
+                .collect(),
+            db,
+            sealer,
+        })
+    }
+
+    /// Names the job tables `<prefix>jobs` and `<prefix>job_ranges` (in
+    /// `schema`, on PostgreSQL), for example to keep them beside the key
+    /// store's tables.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] unless the prefix (1 to 32) and schema (1 to 63) are
+    /// lower-case ASCII letters, digits and `_`, starting with a letter.
+    pub fn with_job_tables(mut self, prefix: &str, schema: Option<&str>) -> Result<Self> {
+        let ok = |s: &str, max: usize| {
+            !s.is_empty()
+                && s.len() <= max
+                && s.starts_with(|c: char| c.is_ascii_lowercase())
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !ok(prefix, 32) || schema.is_some_and(|s| !ok(s, 63)) {
+            return Err(Error::config(
+                "job table prefix and schema: use lower-case ASCII letters, digits and `_`, \
+                 starting with a letter",
+            ));
+        }
+        self.job_tables = JobTables::new(self.db.dialect(), prefix, schema);
+        Ok(self)
+    }
+
+    /// Checks that every configured table, column and key exists as
+    /// configured, and that each key is its table's whole primary key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the table and what is wrong (a missing table
+    /// or column, a composite or different primary key);
+    /// [`Error::Store`] if the database cannot be reached.
+    pub async fn check(&self) -> Result<()> {
+        for (i, t) in self.tables.iter().enumerate() {
+            if let Err(e) = self.db.fetch(&t.probe_sql(), &[], t.kinds()).await {
+                return Err(match &e {
+                    sqlx::Error::Database(d) => Error::config(format!(
+                        "tables[{i}]: table `{}` or one of its configured columns does not \
+                         exist or cannot be read ({} says: {})",
+                        t.spec.table(),
+                        self.db.name(),
+                        d.message()
+                    )),
+                    _ => db_error(&self.db, "reading the configured tables", e),
+                });
+            }
+            let pk = self.primary_key(t).await?;
+            let table = t.spec.table();
+            match pk.as_slice() {
+                [only] if *only == t.spec.key => {}
+                [] => {
+                    return Err(Error::config(format!(
+                        "tables[{i}].key: table `{table}` has no primary key; the jobs need a \
+                         single-column primary key to split and address rows"
+                    )));
+                }
+                [only] => {
+                    return Err(Error::config(format!(
+                        "tables[{i}].key: `{}` is not the primary key of `{table}`; its \
+                         primary key is `{only}`",
+                        t.spec.key
+                    )));
+                }
+                many => {
+                    return Err(Error::config(format!(
+                        "tables[{i}].key: `{table}` has a composite primary key ({}); only \
+                         single-column keys are supported (add a unique single-column key, \
+                         such as a UUID, and make it the primary key)",
+                        many.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn primary_key(&self, t: &Table) -> Result<Vec<String>> {
+        use crate::store::sql::dialect::Dialect;
+        let table = t.spec.table();
+        let (schema, name) = match table.split_once('.') {
+            Some((s, n)) => (Some(s), n),
+            None => (None, table),
+        };
+        let (sql, binds) = match self.db.dialect() {
+            Dialect::Postgres => (
+                "SELECT CAST(a.attname AS TEXT) FROM pg_index i \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE i.indisprimary AND i.indrelid = CAST(? AS regclass) ORDER BY a.attnum"
+                    .to_string(),
+                vec![Val::Text(db::quote(Dialect::Postgres, table))],
+            ),
+            Dialect::MySql => (
+                "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE CONSTRAINT_NAME = 'PRIMARY' AND TABLE_NAME = ? \
+                 AND TABLE_SCHEMA = COALESCE(?, DATABASE()) ORDER BY ORDINAL_POSITION"
+                    .to_string(),
+                vec![
+                    Val::Text(name.into()),
+                    schema.map_or(Val::Null, |s| Val::Text(s.into())),
+                ],
+            ),
+            Dialect::Sqlite => (
+                "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk".to_string(),
+                vec![Val::Text(name.into())],
+            ),
+        };
+        let rows = self
+            .db
+            .fetch(&sql, &binds, &[Kind::Text])
+            .await
+            .map_err(|e| db_error(&self.db, "reading the table's primary key", e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .filter_map(|v| v.as_text().map(str::to_string))
+            .collect())
+    }
+
+    /// Re-seals every value that is not under its tenant's primary key
+    /// version. Values under the primary are recognised by their header and
+    /// not decrypted. A value that does not open (a wrong context recipe, a
+    /// destroyed key) is reported and left as it was.
+    ///
+    /// Resumable, idempotent and safe with any number of workers in any number
+    /// of processes: see [`SealedColumns`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for invalid options; store, provider and key errors
+    /// that stop the job (a failed value does not stop it: it is counted and
+    /// reported). Work committed before an error stays done.
+    pub async fn reseal(&self, options: &JobOptions) -> Result<JobReport> {
+        self.run(JobKind::Reseal, options).await
+    }
+
+    /// Adopts fieldseal on columns that hold plaintext: seals each configured
+    /// migration source into its sealed column (expand and contract), or, for
+    /// text columns configured for it, the values without the `fs:` prefix in
+    /// place. Tenants that have no key yet get one (if the sealer allows
+    /// creation on first use).
+    ///
+    /// Every write is a compare-and-swap on the plaintext that was read (and,
+    /// for a source column, on the sealed column still being NULL), so an
+    /// application that writes meanwhile always wins.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] for an in-place migration of a column that holds
+    /// values starting with `fs:` that are not sealed values (nothing is
+    /// written); otherwise as [`SealedColumns::reseal`].
+    pub async fn migrate(&self, options: &JobOptions) -> Result<JobReport> {
+        for t in &self.tables {
+            for (j, c) in t.spec.columns.iter().enumerate() {
+                if c.migrate != Some(spec::Migration::InPlace) {
+                    continue;
+                }
+                let usage = self.column_usage(t, j, options.tenant.as_deref()).await?;
+                let malformed: u64 = usage.values().map(|u| u.malformed).sum();
+                if malformed > 0 {
+                    return Err(Error::refused(format!(
+                        "{}.{}: {malformed} values start with `fs:` but are not sealed \
+                         values, so an in-place migration cannot tell them from sealed ones; \
+                         migrate into a new column with `migrate_from` instead",
+                        t.spec.table(),
+                        c.column()
+                    )));
+                }
+            }
+        }
+        self.run(JobKind::Migrate, options).await
+    }
+
+    async fn run(&self, kind: JobKind, options: &JobOptions) -> Result<JobReport> {
+        options.check()?;
+        let mut report = JobReport {
+            dry_run: options.dry_run,
+            tables: Vec::new(),
+        };
+        for t in &self.tables {
+            if kind == JobKind::Migrate && t.spec.columns.iter().all(|c| c.migrate.is_none()) {
+                continue;
+            }
+            report.tables.push(self.run_table(t, kind, options).await?);
+        }
+        Ok(report)
+    }
+
+    async fn run_table(
+        &self,
+        t: &Arc<Table>,
+        kind: JobKind,
+        options: &JobOptions,
+    ) -> Result<TableReport> {
+        let tenant = options.tenant.as_deref();
+        let total = self.count(t, tenant).await?;
+        if let Some(p) = &options.progress {
+            p.start(t.spec.table(), total);
+        }
+        let shared = Arc::new(Shared {
+            failures: Mutex::default(),
+            local: Mutex::default(),
+            limiter: options.max_rows_per_sec.map(Limiter::new),
+            sealers: Mutex::default(),
+        });
+        let table = t.spec.table().to_string();
+        if options.dry_run {
+            // One sweep, no job, no writes.
+            let w = self.worker(t, kind, options, &shared, None);
+            let mut cursor = None;
+            loop {
+                let (rows, last) = w.fetch(cursor.as_ref(), None).await?;
+                let finished = rows.len() < options.batch;
+                let (_, counts) = w.process(&rows).await?;
+                shared.add(&counts);
+                if let Some(p) = &options.progress {
+                    p.advance(&table, rows.len() as u64);
+                }
+                cursor = last.or(cursor);
+                if finished {
+                    break;
+                }
+            }
+            if let Some(p) = &options.progress {
+                p.finish(&table);
+            }
+            return Ok(shared.report(&table, None, true));
+        }
+
+        self.job_tables.migrate(&self.db).await?;
+        let bounds = lease::boundaries(&self.db, t, tenant, options.range_rows()).await?;
+        let id = format!("{}:{}:{}", kind.name(), table, tenant.unwrap_or("*"));
+        let fingerprint = hex(&sha2::Sha256::digest(format!("{kind:?}|{:?}", t.spec)))
+            .get(..32)
+            .unwrap_or_default()
+            .to_string();
+        let owner = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let job = Job::new(
+            &self.job_tables,
+            id.clone(),
+            options.lease,
+            owner,
+            t.spec.key_type,
+        )
+        .start(&self.db, &fingerprint, &bounds)
+        .await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..options.workers {
+            let mut w = self.worker(t, kind, options, &shared, Some(job.clone()));
+            tasks.spawn(async move { w.run().await });
+        }
+        let mut first_error = None;
+        while let Some(done) = tasks.join_next().await {
+            let result = done.unwrap_or_else(|e| {
+                Err(Error::Store {
+                    message: format!("a job worker stopped unexpectedly: {e}"),
+                    source: None,
+                })
+            });
+            if let Err(e) = result {
+                // Stop the other workers: what they committed stays done.
+                tasks.abort_all();
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(p) = &options.progress {
+            p.finish(&table);
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let complete = job.try_complete(&self.db).await?;
+        let totals = job.totals(&self.db).await?;
+        let mut report = shared.report(
+            &table,
+            Some((id, u64::try_from(job.run).unwrap_or(0))),
+            complete,
+        );
+        report.counts = Counts {
+            scanned: totals.scanned,
+            written: totals.written,
+            current: totals.current,
+            changed: totals.changed,
+            failed: totals.failed,
+            nulls: totals.nulls,
+            legacy: totals.legacy,
+        };
+        Ok(report)
+    }
+
+    fn worker(
+        &self,
+        t: &Arc<Table>,
+        kind: JobKind,
+        options: &JobOptions,
+        shared: &Arc<Shared>,
+        job: Option<Job>,
+    ) -> Worker {
+        Worker {
+            db: self.db.clone(),
+            sealer: self.sealer.clone(),
+            table: Arc::clone(t),
+            kind,
+            options: options.clone(),
+            shared: Arc::clone(shared),
+            job,
+        }
+    }
+
+    async fn count(&self, t: &Table, tenant: Option<&str>) -> Result<u64> {
+        let (sql, binds) = t.count_sql(tenant);
+        let rows = self
+            .db
+            .fetch(&sql, &binds, &[Kind::Int])
+            .await
+            .map_err(|e| db_error(&self.db, "counting rows", e))?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(Val::as_int)
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0))
+    }
+
+    /// Opens every sealed value (or, with [`JobOptions::sample`], a random
+    /// sample of rows per table) and reports those that do not open, with the
+    /// reason. Writes nothing. Run it before the first `reseal` to prove the
+    /// context recipes right: a wrong recipe shows as `open_failed` on every
+    /// row.
+    ///
+    /// # Errors
+    ///
+    /// Store, provider and key errors that stop the check; a value that does
+    /// not open is reported, not an error.
+    pub async fn verify(&self, options: &JobOptions) -> Result<JobReport> {
+        options.check()?;
+        let mut report = JobReport {
+            dry_run: true,
+            tables: Vec::new(),
+        };
+        let tenant = options.tenant.as_deref();
+        for t in &self.tables {
+            let table = t.spec.table().to_string();
+            let shared = Arc::new(Shared {
+                failures: Mutex::default(),
+                local: Mutex::default(),
+                limiter: options.max_rows_per_sec.map(Limiter::new),
+                sealers: Mutex::default(),
+            });
+            let w = self.worker(t, JobKind::Reseal, options, &shared, None);
+            if let Some(p) = &options.progress {
+                p.start(
+                    &table,
+                    options.sample.unwrap_or(self.count(t, tenant).await?),
+                );
+            }
+            let mut cursor = None;
+            loop {
+                let (rows, last) = match options.sample {
+                    Some(n) => {
+                        let (sql, binds) = t.sample_sql(tenant, n);
+                        let rows = self
+                            .db
+                            .fetch(&sql, &binds, t.kinds())
+                            .await
+                            .map_err(|e| db_error(&self.db, "sampling rows", e))?;
+                        (rows, None)
+                    }
+                    None => w.fetch(cursor.as_ref(), None).await?,
+                };
+                let finished = options.sample.is_some() || rows.len() < options.batch;
+                let counts = w.verify_rows(&rows).await?;
+                shared.add(&counts);
+                if let Some(p) = &options.progress {
+                    p.advance(&table, rows.len() as u64);
+                }
+                cursor = last.or(cursor);
+                if finished {
+                    break;
+                }
+            }
+            if let Some(p) = &options.progress {
+                p.finish(&table);
+            }
+            report.tables.push(shared.report(&table, None, true));
+        }
+        Ok(report)
+    }
+
+    /// Per tenant, what column `j` of `t` holds, from the values' headers
+    /// (nothing is decrypted).
+    async fn column_usage(
+        &self,
+        t: &Table,
+        j: usize,
+        tenant: Option<&str>,
+    ) -> Result<BTreeMap<String, ColumnUsage>> {
+        let Some(c) = t.spec.columns.get(j) else {
+            return Ok(BTreeMap::new());
+        };
+        let (sql, binds) = t.header_counts_sql(j, tenant);
+        let rows = self
+            .db
+            .fetch(&sql, &binds, &[Kind::Text, Kind::Bytes, Kind::Int])
+            .await
+            .map_err(|e| db_error(&self.db, "counting values by key version", e))?;
+        let mut out: BTreeMap<String, ColumnUsage> = BTreeMap::new();
+        let tenant_of = |v: &Val| {
+            v.as_text()
+                .or(t.fixed_tenant())
+                .unwrap_or_default()
+                .to_string()
+        };
+        for row in rows {
+            let [tenant, prefix, n] = row.as_slice() else {
+                continue;
+            };
+            let n = n.as_int().and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+            let u = out.entry(tenant_of(tenant)).or_default();
+            match prefix {
+                Val::Null => u.nulls += n,
+                Val::Bytes(p) => match parse_header_prefix(c.form, p) {
+                    Header::Sealed(v) => *u.by_version.entry(v).or_insert(0) += n,
+                    Header::Legacy => u.legacy += n,
+                    Header::Malformed => u.malformed += n,
+                },
+                _ => u.malformed += n,
+            }
+        }
+        if let Some((sql, binds)) = t.pending_source_sql(j, tenant) {
+            let rows = self
+                .db
+                .fetch(&sql, &binds, &[Kind::Text, Kind::Int])
+                .await
+                .map_err(|e| db_error(&self.db, "counting plaintext to migrate", e))?;
+            for row in rows {
+                let [tenant, n] = row.as_slice() else {
+                    continue;
+                };
+                let n = n.as_int().and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+                let u = out.entry(tenant_of(tenant)).or_default();
+                u.legacy += n;
+                u.nulls = u.nulls.saturating_sub(n);
+            }
+        }
+        for (tenant, u) in &mut out {
+            if tenant.is_empty() {
+                continue;
+            }
+            u.primary = match self.sealer.admin().describe(tenant).await {
+                Ok(record) if record.shredded_at.is_none() => record.latest_version(),
+                Ok(_) | Err(Error::UnknownTenant { .. } | Error::InvalidContext { .. }) => 0,
+                Err(e) => return Err(e),
+            };
+            u.not_primary = u
+                .by_version
+                .iter()
+                .filter(|(v, _)| **v != u.primary)
+                .map(|(_, n)| n)
+                .sum();
+        }
+        Ok(out)
+    }
+
+    /// Per table, column and tenant: values per key version, values not under
+    /// the primary, plaintext still to migrate, NULLs; and an estimate of how
+    /// long `reseal` and `migrate` take, from a timed sample. Reads only: the
+    /// sample's writes run in a transaction that is rolled back.
+    ///
+    /// # Errors
+    ///
+    /// Store and key errors.
+    pub async fn plan(&self, options: &JobOptions) -> Result<Plan> {
+        options.check()?;
+        let tenant = options.tenant.as_deref();
+        let mut plan = Plan::default();
+        let mut estimate = (0.0f64, 0.0f64);
+        for t in &self.tables {
+            let table = t.spec.table().to_string();
+            let rows = self.count(t, tenant).await?;
+            plan.rows.insert(table.clone(), rows);
+            let mut stale = 0;
+            let mut legacy = 0;
+            for (j, c) in t.spec.columns.iter().enumerate() {
+                let usage = self.column_usage(t, j, tenant).await?;
+                stale += usage.values().map(|u| u.not_primary).sum::<u64>();
+                legacy += usage.values().map(|u| u.legacy).sum::<u64>();
+                plan.columns
+                    .insert((table.clone(), c.column().to_string()), usage);
+            }
+            let (per_row, per_value) = self.sample_costs(t, options).await?;
+            #[allow(clippy::cast_precision_loss)]
+            {
+                estimate.0 += per_row * rows as f64 + per_value * stale as f64;
+                estimate.1 += per_row * rows as f64 + per_value * legacy as f64;
+            }
+        }
+        plan.estimated_reseal = Duration::from_secs_f64(estimate.0.max(0.0));
+        plan.estimated_migrate = Duration::from_secs_f64(estimate.1.max(0.0));
+        Ok(plan)
+    }
+
+    /// Seconds per row read, and per value opened, sealed and written, from
+    /// one batch of `t` (its writes rolled back).
+    async fn sample_costs(&self, t: &Arc<Table>, options: &JobOptions) -> Result<(f64, f64)> {
+        let shared = Arc::new(Shared {
+            failures: Mutex::default(),
+            local: Mutex::default(),
+            limiter: None,
+            sealers: Mutex::default(),
+        });
+        let mut sample = options.clone();
+        sample.batch = options.batch.min(500);
+        let w = self.worker(t, JobKind::Reseal, &sample, &shared, None);
+        let started = Instant::now();
+        let (rows, _) = w.fetch(None, None).await?;
+        let read = started.elapsed().as_secs_f64();
+        if rows.is_empty() {
+            return Ok((0.0, 0.0));
+        }
+        let started = Instant::now();
+        let mut updates: Vec<Vec<(Key, Val, Val)>> = vec![Vec::new(); t.spec.columns.len()];
+        for row in &rows {
+            let Some(key) = t.row_key(row) else { continue };
+            for (j, c) in t.spec.columns.iter().enumerate() {
+                let Stored::Sealed(value) = parse_stored(c.form, t.sealed(row, j)) else {
+                    continue;
+                };
+                let Ok(sealer) = w.tenant_sealer(t.tenant(row), false).await else {
+                    continue;
+                };
+                let Ok(ctx) = t.context(row, j) else { continue };
+                // Re-seal costs an open and a seal whatever the version.
+                let Ok(opened) = sealer.open(&ctx, &value) else {
+                    continue;
+                };
+                let Ok(new) = sealer.seal(&ctx, opened.plaintext().expose_secret()) else {
+                    continue;
+                };
+                if let Some(u) = updates.get_mut(j) {
+                    u.push((key.clone(), c.encode(&value), c.encode(&new)));
+                }
+            }
+        }
+        let values: usize = updates.iter().map(Vec::len).sum();
+        if values > 0 {
+            let mut tx = self
+                .db
+                .begin()
+                .await
+                .map_err(|e| db_error(&self.db, "timing a sample write", e))?;
+            for (j, u) in updates.iter().enumerate() {
+                w.cas(&mut tx, j, u, false).await?;
+            }
+            tx.rollback()
+                .await
+                .map_err(|e| db_error(&self.db, "rolling back the sample write", e))?;
+        }
+        let per_value = if values == 0 {
+            0.0
+        } else {
+            #[allow(clippy::cast_precision_loss)]
+            {
+                started.elapsed().as_secs_f64() / values as f64
+            }
+        };
+        #[allow(clippy::cast_precision_loss)]
+        Ok((read / rows.len() as f64, per_value))
+    }
+
+    /// Per tenant and key version, how many values of every configured
+    /// column use it (`table.column` → count), from the values' headers.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn versions_in_use(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<BTreeMap<String, BTreeMap<u32, BTreeMap<String, u64>>>> {
+        let mut out: BTreeMap<String, BTreeMap<u32, BTreeMap<String, u64>>> = BTreeMap::new();
+        for t in &self.tables {
+            for (j, c) in t.spec.columns.iter().enumerate() {
+                let place = format!("{}.{}", t.spec.table(), c.column());
+                for (tenant, usage) in self.column_usage(t, j, tenant).await? {
+                    for (version, n) in usage.by_version {
+                        *out.entry(tenant.clone())
+                            .or_default()
+                            .entry(version)
+                            .or_default()
+                            .entry(place.clone())
+                            .or_insert(0) += n;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destroys the key versions that no value of any configured column uses
+    /// (older than the primary, not already destroyed), for every tenant or
+    /// [`JobOptions::tenant`]. Refuses, per tenant, while its primary is
+    /// younger than [`JobOptions::min_primary_age`]; otherwise keeps every
+    /// version still in use and names its counts per `table.column`.
+    ///
+    /// # Security
+    ///
+    /// Only the configured tables are counted: a version used by a table that
+    /// is not configured is destroyed all the same, and its values become
+    /// unreadable. Configure every table that holds sealed values.
+    ///
+    /// # Errors
+    ///
+    /// Store and provider errors; versions destroyed before an error stay
+    /// destroyed.
+    pub async fn retire(&self, options: &JobOptions) -> Result<RetireReport> {
+        options.check()?;
+        let usage = self.versions_in_use(options.tenant.as_deref()).await?;
+        let admin = self.sealer.admin().actor("fieldseal retire");
+        let tenants = match &options.tenant {
+            Some(t) => vec![t.clone()],
+            None => admin.tenants().await?,
+        };
+        let mut report = RetireReport {
+            dry_run: options.dry_run,
+            tenants: BTreeMap::new(),
+        };
+        let min_age = i64::try_from(options.min_primary_age.as_secs()).unwrap_or(i64::MAX);
+        for tenant in tenants {
+            let record = match admin.describe(&tenant).await {
+                Ok(r) if r.shredded_at.is_none() => r,
+                Ok(_) | Err(Error::UnknownTenant { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let primary = record.latest_version();
+            let used = usage.get(&tenant);
+            let mut r = TenantRetirement::default();
+            for (version, places) in used.into_iter().flatten() {
+                let readable = record
+                    .keys
+                    .iter()
+                    .any(|k| k.version == *version && k.state != KeyState::Destroyed);
+                if !readable {
+                    r.unreadable.insert(*version, places.clone());
+                }
+            }
+            let older: Vec<u32> = record
+                .keys
+                .iter()
+                .filter(|k| k.version < primary && k.state != KeyState::Destroyed)
+                .map(|k| k.version)
+                .collect();
+            if older.is_empty() && r.unreadable.is_empty() {
+                continue;
+            }
+            let created = record
+                .keys
+                .iter()
+                .find(|k| k.version == primary)
+                .map_or(0, |k| k.created_at.unix_seconds());
+            let age = Timestamp::now().unix_seconds().saturating_sub(created);
+            for version in older {
+                match used.and_then(|u| u.get(&version)) {
+                    Some(places) if places.values().any(|n| *n > 0) => {
+                        r.in_use.insert(version, places.clone());
+                    }
+                    _ if age < min_age => {
+                        r.primary_too_young =
+                            Some(Duration::from_secs(u64::try_from(age.max(0)).unwrap_or(0)));
+                    }
+                    _ => {
+                        if !options.dry_run {
+                            admin.destroy_version(&tenant, version).await?;
+                        }
+                        r.destroyed.push(version);
+                    }
+                }
+            }
+            report.tenants.insert(tenant, r);
+        }
+        Ok(report)
+    }
+}
+
+/// State shared by the workers of one table in this process.
+struct Shared {
+    failures: Mutex<(Vec<RowFailure>, BTreeMap<&'static str, u64>)>,
+    local: Mutex<Counts>,
+    limiter: Option<Limiter>,
+    sealers: Mutex<HashMap<String, TenantSealer>>,
+}
+
+impl Shared {
+    fn add(&self, counts: &BatchCounts) {
+        lock(&self.local).add(counts);
+    }
+
+    fn fail(&self, table: &str, column: &str, key: Option<&Key>, error: &Error) {
+        let mut f = lock(&self.failures);
+        *f.1.entry(error.kind()).or_insert(0) += 1;
+        if f.0.len() < MAX_FAILURES {
+            f.0.push(RowFailure {
+                table: table.to_string(),
+                column: column.to_string(),
+                key: key.map(Key::to_text).unwrap_or_default(),
+                kind: error.kind(),
+                message: error.to_string(),
+            });
+        }
+    }
+
+    fn report(&self, table: &str, job: Option<(String, u64)>, complete: bool) -> TableReport {
+        let (failures, by_kind) = lock(&self.failures).clone();
+        TableReport {
+            table: table.to_string(),
+            job,
+            complete,
+            counts: *lock(&self.local),
+            failures_by_kind: by_kind,
+            failures,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Spreads `rows` over time to stay under a rate, across all workers.
+struct Limiter {
+    per_row: Duration,
+    next: tokio::sync::Mutex<Instant>,
+}
+
+impl Limiter {
+    fn new(rate: u64) -> Self {
+        Self {
+            per_row: Duration::from_secs_f64(1.0 / rate.max(1) as f64),
+            next: tokio::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn take(&self, rows: usize) {
+        let wait = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + self.per_row * u32::try_from(rows).unwrap_or(u32::MAX);
+            start.saturating_duration_since(now)
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One worker on one table.
+struct Worker {
+    db: Db,
+    sealer: Sealer,
+    table: Arc<Table>,
+    kind: JobKind,
+    options: JobOptions,
+    shared: Arc<Shared>,
+    job: Option<Job>,
+}
+
+/// One value to write: the row's key, the value the write expects to find,
+/// and the new value.
+type Update = (Key, Val, Val);
+
+impl Worker {
+    /// Claims ranges until the run is complete.
+    async fn run(&mut self) -> Result<()> {
+        let Some(job) = self.job.clone() else {
+            return Ok(());
+        };
+        let poll =
+            (self.options.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            match job.claim(&self.db).await? {
+                Some(lease) => self.work(&job, lease).await?,
+                None => {
+                    if job.try_complete(&self.db).await? {
+                        return Ok(());
+                    }
+                    // Ranges leased by other workers: wait for them to finish,
+                    // or for a dead worker's lease to expire.
+                    tokio::time::sleep(poll).await;
+                }
+            }
+        }
+    }
+
+    /// Works through one leased range, batch by batch.
+    async fn work(&mut self, job: &Job, mut lease: Lease) -> Result<()> {
+        let table = self.table.spec.table().to_string();
+        let mut attempt = 0;
+        loop {
+            let (rows, last) = self
+                .fetch(lease.cursor.as_ref(), lease.upper.as_ref())
+                .await?;
+            let finished = rows.len() < self.options.batch;
+            let (updates, counts) = self.process(&rows).await?;
+            let outcome = self
+                .write_batch(job, &mut lease, &updates, counts, last, finished)
+                .await;
+            let (done, counts) = match outcome {
+                Ok(Some(written)) => written,
+                // The lease was taken over: another worker has the range.
+                Ok(None) => {
+                    tracing::info!(job = %job.id, range = lease.idx, "lease taken over by another worker");
+                    return Ok(());
+                }
+                // A deadlock or serialization failure: nothing of the batch
+                // was committed; read it again and retry.
+                Err(e) if lease::should_retry(&e) && attempt < 12 => {
+                    attempt += 1;
+                    lease::backoff(attempt).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            attempt = 0;
+            self.shared.add(&counts);
+            if let Some(p) = &self.options.progress {
+                p.advance(&table, rows.len() as u64);
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One batch's transaction: the fence, the compare-and-swaps, the range's
+    /// progress. `None` if the lease was lost (nothing written); otherwise
+    /// whether the range is done, and the batch's final counts.
+    async fn write_batch(
+        &self,
+        job: &Job,
+        lease: &mut Lease,
+        updates: &[Vec<Update>],
+        mut counts: BatchCounts,
+        last: Option<Key>,
+        finished: bool,
+    ) -> Result<Option<(bool, BatchCounts)>> {
+        let mut tx = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| db_error(&self.db, "writing a batch", e))?;
+        if !job.fence(&self.db, &mut tx, lease).await? {
+            tx.rollback()
+                .await
+                .map_err(|e| db_error(&self.db, "writing a batch", e))?;
+            return Ok(None);
+        }
+        for (j, u) in updates.iter().enumerate() {
+            let from_source = self.kind == JobKind::Migrate
+                && matches!(
+                    self.table
+                        .spec
+                        .columns
+                        .get(j)
+                        .and_then(|c| c.migrate.as_ref()),
+                    Some(spec::Migration::From(_))
+                );
+            let written = self.cas(&mut tx, j, u, from_source).await?;
+            counts.written += written;
+            counts.changed += u.len() as u64 - written;
+        }
+        let cursor = last.or_else(|| lease.cursor.clone());
+        // `record` moves the lease's cursor: only once the commit is through.
+        let mut next = lease.clone();
+        let done = job
+            .record(
+                &self.db,
+                &mut tx,
+                &mut next,
+                cursor.as_ref(),
+                counts,
+                finished,
+            )
+            .await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error(&self.db, "committing a batch", e))?;
+        *lease = next;
+        Ok(Some((done, counts)))
+    }
+
+    /// The next batch after `after`, up to `upto`, and the last key in it.
+    async fn fetch(
+        &self,
+        after: Option<&Key>,
+        upto: Option<&Key>,
+    ) -> Result<(Vec<Vec<Val>>, Option<Key>)> {
+        let (sql, binds) = self.table.batch_sql(
+            after,
+            upto,
+            self.options.tenant.as_deref(),
+            self.options.batch,
+        );
+        let rows = self
+            .db
+            .fetch(&sql, &binds, self.table.kinds())
+            .await
+            .map_err(|e| db_error(&self.db, "reading a batch", e))?;
+        if let Some(limiter) = &self.shared.limiter {
+            limiter.take(rows.len()).await;
+        }
+        let last = rows.last().and_then(|r| self.table.row_key(r));
+        Ok((rows, last))
+    }
+
+    /// The tenant's handle, from this table's shared cache. `create`: give a
+    /// tenant with no keys its first key (migrations only).
+    async fn tenant_sealer(&self, tenant: Option<&str>, create: bool) -> Result<TenantSealer> {
+        let tenant =
+            tenant.ok_or_else(|| Error::invalid_context("the row's tenant column is NULL"))?;
+        if let Some(s) = lock(&self.shared.sealers).get(tenant) {
+            return Ok(s.clone());
+        }
+        let s = if create {
+            self.sealer.tenant(tenant).await?
+        } else {
+            self.sealer.existing_tenant(tenant).await?
+        };
+        lock(&self.shared.sealers).insert(tenant.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// Decides, for every value of `rows`, what to write. A failure that is
+    /// about one value is counted and reported; one that is about the whole
+    /// job (the key provider or store fails, a wrong root key) stops it.
+    async fn process(&self, rows: &[Vec<Val>]) -> Result<(Vec<Vec<Update>>, BatchCounts)> {
+        let t = &self.table;
+        let mut updates: Vec<Vec<Update>> = vec![Vec::new(); t.spec.columns.len()];
+        let mut counts = BatchCounts::default();
+        for row in rows {
+            let key = t.row_key(row);
+            for (j, c) in t.spec.columns.iter().enumerate() {
+                if self.kind == JobKind::Migrate && c.migrate.is_none() {
+                    continue;
+                }
+                counts.scanned += 1;
+                match self.decide(row, j).await {
+                    Ok(Decision::Nothing) => counts.current += 1,
+                    Ok(Decision::Null) => counts.nulls += 1,
+                    Ok(Decision::Legacy) => counts.legacy += 1,
+                    Ok(Decision::Write(expected, new)) => match (&key, updates.get_mut(j)) {
+                        (Some(key), Some(u)) if self.options.dry_run => {
+                            let _ = (key, u, expected, new);
+                            counts.written += 1;
+                        }
+                        (Some(key), Some(u)) => u.push((key.clone(), expected, new)),
+                        _ => counts.failed += 1,
+                    },
+                    Err(e) if is_fatal(&e) => return Err(e),
+                    Err(e) => {
+                        counts.failed += 1;
+                        self.shared
+                            .fail(t.spec.table(), c.column(), key.as_ref(), &e);
+                    }
+                }
+            }
+        }
+        Ok((updates, counts))
+    }
+
+    async fn decide(&self, row: &[Val], j: usize) -> Result<Decision> {
+        let t = &self.table;
+        let c = t
+            .spec
+            .columns
+            .get(j)
+            .ok_or_else(|| Error::config("no such column"))?;
+        let stored = parse_stored(c.form, t.sealed(row, j));
+        match (self.kind, stored, &c.migrate) {
+            (_, Stored::Malformed(e), _) => Err(e),
+            (JobKind::Reseal, Stored::Null, _) => Ok(Decision::Null),
+            (JobKind::Reseal, Stored::Legacy(_), _) => Ok(Decision::Legacy),
+            (JobKind::Reseal, Stored::Sealed(value), _) => {
+                let sealer = self.tenant_sealer(t.tenant(row), false).await?;
+                if value.key_version() == sealer.primary_version() {
+                    return Ok(Decision::Nothing);
+                }
+                let ctx = t.context(row, j)?;
+                match sealer.reseal(&ctx, &value)? {
+                    Some(new) => Ok(Decision::Write(c.encode(&value), c.encode(&new))),
+                    None => Ok(Decision::Nothing),
+                }
+            }
+            (JobKind::Migrate, Stored::Sealed(_), _) => Ok(Decision::Nothing),
+            (JobKind::Migrate, Stored::Legacy(text), Some(spec::Migration::InPlace)) => {
+                let sealer = self.tenant_sealer(t.tenant(row), true).await?;
+                let ctx = t.context(row, j)?;
+                let new = sealer.seal(&ctx, text.as_bytes())?;
+                Ok(Decision::Write(Val::Text(text), c.encode(&new)))
+            }
+            (JobKind::Migrate, Stored::Null, Some(spec::Migration::From(_))) => {
+                match t.migration_source(row, j) {
+                    Some(Val::Text(plain)) => {
+                        let sealer = self.tenant_sealer(t.tenant(row), true).await?;
+                        let ctx = t.context(row, j)?;
+                        let new = sealer.seal(&ctx, plain.as_bytes())?;
+                        Ok(Decision::Write(Val::Text(plain.clone()), c.encode(&new)))
+                    }
+                    _ => Ok(Decision::Null),
+                }
+            }
+            (JobKind::Migrate, Stored::Legacy(_), _) => Ok(Decision::Legacy),
+            (JobKind::Migrate, Stored::Null, _) => Ok(Decision::Null),
+        }
+    }
+
+    /// Opens every value of `rows`, counting and reporting those that fail.
+    async fn verify_rows(&self, rows: &[Vec<Val>]) -> Result<BatchCounts> {
+        let t = &self.table;
+        let mut counts = BatchCounts::default();
+        for row in rows {
+            let key = t.row_key(row);
+            for (j, c) in t.spec.columns.iter().enumerate() {
+                counts.scanned += 1;
+                let result = match parse_stored(c.form, t.sealed(row, j)) {
+                    Stored::Null => {
+                        counts.nulls += 1;
+                        continue;
+                    }
+                    Stored::Legacy(_) => {
+                        counts.legacy += 1;
+                        continue;
+                    }
+                    Stored::Malformed(e) => Err(e),
+                    Stored::Sealed(value) => self.open(row, j, &value).await,
+                };
+                match result {
+                    Ok(true) => counts.current += 1,
+                    Ok(false) => counts.written += 1,
+                    Err(e) if is_fatal(&e) => return Err(e),
+                    Err(e) => {
+                        counts.failed += 1;
+                        self.shared
+                            .fail(t.spec.table(), c.column(), key.as_ref(), &e);
+                    }
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Opens one value; `true` if it is under the primary version.
+    async fn open(&self, row: &[Val], j: usize, value: &SealedValue) -> Result<bool> {
+        let t = &self.table;
+        let sealer = self.tenant_sealer(t.tenant(row), false).await?;
+        let ctx = t.context(row, j)?;
+        let opened = match sealer.open(&ctx, value) {
+            // A version newer than this snapshot: another process rotated.
+            Err(Error::UnknownKeyVersion { .. }) => self.sealer.open(&ctx, value).await?,
+            other => other?,
+        };
+        Ok(!opened.is_stale())
+    }
+
+    /// Writes `updates` of column `j` with one compare-and-swap statement per
+    /// chunk; returns how many rows were written.
+    async fn cas(
+        &self,
+        tx: &mut db::Tx,
+        j: usize,
+        updates: &[Update],
+        from_source: bool,
+    ) -> Result<u64> {
+        let mut written = 0;
+        for chunk in updates.chunks(MAX_BATCH) {
+            if chunk.is_empty() {
+                continue;
+            }
+            let (sql, returning) = self.table.cas_sql(j, chunk.len(), from_source);
+            let binds: Vec<Val> = chunk
+                .iter()
+                .flat_map(|(k, expected, new)| [k.to_val(), expected.clone(), new.clone()])
+                .collect();
+            written += if returning {
+                tx.fetch(&sql, &binds, &[self.table.key_kind()])
+                    .await
+                    .map_err(|e| db_error(&self.db, "writing re-sealed values", e))?
+                    .len() as u64
+            } else {
+                tx.execute(&sql, &binds)
+                    .await
+                    .map_err(|e| db_error(&self.db, "writing re-sealed values", e))?
+            };
+        }
+        Ok(written)
+    }
+}
+
+/// Whether an error is about the job rather than one value: the key
+/// provider or store failed, or the root key is wrong. Writing on would only
+/// repeat it for every row.
+fn is_fatal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::UnwrapFailed { .. }
+            | Error::RootKeyNotConfigured { .. }
+            | Error::Provider { .. }
+            | Error::Store { .. }
+            | Error::Schema { .. }
+    )
+}
+
+enum Decision {
+    Nothing,
+    Null,
+    Legacy,
+    /// Write the new value where the expected one still is.
+    Write(Val, Val),
+}

@@ -1,0 +1,566 @@
+//! The SQL for one configured table, and turning its rows into contexts and
+//! sealed values.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::format::SealedValue;
+use crate::store::sql::dialect::Dialect;
+
+use super::db::{Kind, Val, as_text, quote};
+use super::spec::{
+    ColumnForm, ColumnSpec, ExtraSource, KeyType, Migration, RowSource, TableSpec, TenantSource,
+};
+
+/// A key value of a table (the primary key), as read and bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Key {
+    Int(i64),
+    Text(String),
+}
+
+impl Key {
+    pub(crate) fn to_val(&self) -> Val {
+        match self {
+            Self::Int(v) => Val::Int(*v),
+            Self::Text(v) => Val::Text(v.clone()),
+        }
+    }
+
+    /// The key as stored in the job tables and as the row id of contexts.
+    pub(crate) fn to_text(&self) -> String {
+        match self {
+            Self::Int(v) => v.to_string(),
+            Self::Text(v) => v.clone(),
+        }
+    }
+
+    pub(crate) fn from_text(key_type: KeyType, text: &str) -> Option<Self> {
+        match key_type {
+            KeyType::Integer => text.parse().ok().map(Self::Int),
+            KeyType::Text | KeyType::Uuid => Some(Self::Text(text.to_string())),
+        }
+    }
+
+    fn from_val(val: &Val) -> Option<Self> {
+        match val {
+            Val::Int(v) => Some(Self::Int(*v)),
+            Val::Text(v) => Some(Self::Text(v.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// One configured table, with its statements prepared.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub(crate) spec: TableSpec,
+    pub(crate) dialect: Dialect,
+    /// The quoted table name.
+    pub(crate) name: String,
+    key: String,
+    tenant_col: Option<String>,
+    /// Other columns the recipes read (row ids, extras, migration sources),
+    /// quoted, in select order.
+    aux: Vec<String>,
+    /// The SELECT list, and how to read it.
+    select: String,
+    kinds: Vec<Kind>,
+}
+
+/// Where each column's value is in a fetched row.
+const KEY_AT: usize = 0;
+const TENANT_AT: usize = 1;
+
+impl Table {
+    pub(crate) fn new(spec: TableSpec, dialect: Dialect) -> Self {
+        let q = |n: &str| quote(dialect, n);
+        let name = q(&spec.table);
+        let key = q(&spec.key);
+        let tenant_col = match &spec.tenant {
+            Some(TenantSource::Column(c)) => Some(q(c)),
+            _ => None,
+        };
+        let mut aux: Vec<String> = Vec::new();
+        let mut add = |c: &str| {
+            let c = q(c);
+            if !aux.contains(&c) {
+                aux.push(c);
+            }
+        };
+        for c in &spec.columns {
+            if let RowSource::Column(r) = &c.row {
+                add(r);
+            }
+            for (_, source) in &c.extras {
+                if let ExtraSource::Column(col) = source {
+                    add(col);
+                }
+            }
+            if let Some(Migration::From(source)) = &c.migrate {
+                add(source);
+            }
+        }
+        let mut select = vec![match spec.key_type {
+            KeyType::Integer | KeyType::Text => key.clone(),
+            KeyType::Uuid => as_text(dialect, &key),
+        }];
+        let mut kinds = vec![match spec.key_type {
+            KeyType::Integer => Kind::Int,
+            KeyType::Text | KeyType::Uuid => Kind::Text,
+        }];
+        select.push(match &tenant_col {
+            Some(c) => as_text(dialect, c),
+            None => "NULL".into(),
+        });
+        kinds.push(Kind::Text);
+        for a in &aux {
+            select.push(as_text(dialect, a));
+            kinds.push(Kind::Text);
+        }
+        for c in &spec.columns {
+            select.push(q(&c.column));
+            kinds.push(match c.form {
+                ColumnForm::Binary => Kind::Bytes,
+                ColumnForm::Text => Kind::Text,
+            });
+        }
+        Self {
+            select: select.join(", "),
+            kinds,
+            name,
+            key,
+            tenant_col,
+            aux,
+            dialect,
+            spec,
+        }
+    }
+
+    pub(crate) fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+
+    /// The placeholder for a key value (PostgreSQL's uuid needs a cast).
+    fn key_param(&self) -> &'static str {
+        match self.spec.key_type {
+            KeyType::Uuid => "CAST(? AS uuid)",
+            KeyType::Integer | KeyType::Text => "?",
+        }
+    }
+
+    /// The key as the job tables and contexts see it, from a fetched row.
+    pub(crate) fn row_key(&self, row: &[Val]) -> Option<Key> {
+        row.get(KEY_AT).and_then(Key::from_val)
+    }
+
+    /// `WHERE` conditions for a key range `(after, upto]` and a tenant filter,
+    /// with their binds.
+    fn conditions(
+        &self,
+        after: Option<&Key>,
+        upto: Option<&Key>,
+        tenant: Option<&str>,
+    ) -> (String, Vec<Val>) {
+        let mut conds = Vec::new();
+        let mut binds = Vec::new();
+        if let Some(after) = after {
+            conds.push(format!("{} > {}", self.key, self.key_param()));
+            binds.push(after.to_val());
+        }
+        if let Some(upto) = upto {
+            conds.push(format!("{} <= {}", self.key, self.key_param()));
+            binds.push(upto.to_val());
+        }
+        if let Some(tenant) = tenant {
+            match &self.tenant_col {
+                Some(c) => {
+                    conds.push(format!("{c} = ?"));
+                    binds.push(Val::Text(tenant.to_string()));
+                }
+                None if self.fixed_tenant() == Some(tenant) => {}
+                None => conds.push("1 = 0".into()),
+            }
+        }
+        let sql = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        (sql, binds)
+    }
+
+    /// The next `limit` rows after `after`, up to and including `upto`.
+    pub(crate) fn batch_sql(
+        &self,
+        after: Option<&Key>,
+        upto: Option<&Key>,
+        tenant: Option<&str>,
+        limit: usize,
+    ) -> (String, Vec<Val>) {
+        let (cond, binds) = self.conditions(after, upto, tenant);
+        (
+            format!(
+                "SELECT {} FROM {}{cond} ORDER BY {} LIMIT {limit}",
+                self.select, self.name, self.key
+            ),
+            binds,
+        )
+    }
+
+    /// `limit` rows chosen at random.
+    pub(crate) fn sample_sql(&self, tenant: Option<&str>, limit: u64) -> (String, Vec<Val>) {
+        let (cond, binds) = self.conditions(None, None, tenant);
+        let random = match self.dialect {
+            Dialect::MySql => "RAND()",
+            Dialect::Postgres | Dialect::Sqlite => "random()",
+        };
+        (
+            format!(
+                "SELECT {} FROM {}{cond} ORDER BY {random} LIMIT {limit}",
+                self.select, self.name
+            ),
+            binds,
+        )
+    }
+
+    /// The key `n` rows after `after` (the next range boundary), if there is one.
+    pub(crate) fn boundary_sql(
+        &self,
+        after: Option<&Key>,
+        tenant: Option<&str>,
+        n: u64,
+    ) -> (String, Vec<Val>) {
+        let (cond, binds) = self.conditions(after, None, tenant);
+        let key = match self.spec.key_type {
+            KeyType::Uuid => as_text(self.dialect, &self.key),
+            KeyType::Integer | KeyType::Text => self.key.clone(),
+        };
+        (
+            format!(
+                "SELECT {key} FROM {}{cond} ORDER BY {} LIMIT 1 OFFSET {}",
+                self.name,
+                self.key,
+                n.saturating_sub(1)
+            ),
+            binds,
+        )
+    }
+
+    pub(crate) fn key_kind(&self) -> Kind {
+        self.kinds.first().copied().unwrap_or(Kind::Text)
+    }
+
+    pub(crate) fn count_sql(&self, tenant: Option<&str>) -> (String, Vec<Val>) {
+        let (cond, binds) = self.conditions(None, None, tenant);
+        (format!("SELECT COUNT(*) FROM {}{cond}", self.name), binds)
+    }
+
+    /// Reads nothing, but fails if a configured table or column does not exist.
+    pub(crate) fn probe_sql(&self) -> String {
+        format!("SELECT {} FROM {} WHERE 1 = 0", self.select, self.name)
+    }
+
+    pub(crate) fn fixed_tenant(&self) -> Option<&str> {
+        match &self.spec.tenant {
+            Some(TenantSource::Fixed(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The row's tenant id, from its column or the fixed one.
+    pub(crate) fn tenant<'a>(&'a self, row: &'a [Val]) -> Option<&'a str> {
+        match &self.spec.tenant {
+            Some(TenantSource::Fixed(t)) => Some(t),
+            _ => row.get(TENANT_AT).and_then(Val::as_text),
+        }
+    }
+
+    fn aux_value<'a>(&self, row: &'a [Val], column: &str) -> Option<&'a Val> {
+        let quoted = quote(self.dialect, column);
+        let i = self.aux.iter().position(|a| *a == quoted)?;
+        row.get(TENANT_AT + 1 + i)
+    }
+
+    /// The stored value of sealed column `j`.
+    pub(crate) fn sealed<'a>(&self, row: &'a [Val], j: usize) -> Option<&'a Val> {
+        row.get(TENANT_AT + 1 + self.aux.len() + j)
+    }
+
+    /// The plaintext source of column `j`'s expand/contract migration.
+    pub(crate) fn migration_source<'a>(&self, row: &'a [Val], j: usize) -> Option<&'a Val> {
+        match &self.spec.columns.get(j)?.migrate {
+            Some(Migration::From(source)) => self.aux_value(row, source),
+            _ => None,
+        }
+    }
+
+    /// The context column `j`'s value in `row` was sealed with.
+    pub(crate) fn context(&self, row: &[Val], j: usize) -> Result<Context> {
+        let c = self
+            .spec
+            .columns
+            .get(j)
+            .ok_or_else(|| Error::config("no such column"))?;
+        let tenant = self
+            .tenant(row)
+            .ok_or_else(|| Error::invalid_context("the row's tenant column is NULL"))?;
+        let mut b = Context::builder(tenant, self.spec.label_for(c), c.label());
+        match &c.row {
+            RowSource::Key => {
+                let key = self
+                    .row_key(row)
+                    .ok_or_else(|| Error::invalid_context("the row's key is NULL"))?;
+                b = b.row(key.to_text());
+            }
+            RowSource::Column(col) => match self.aux_value(row, col) {
+                Some(Val::Text(v)) => b = b.row(v),
+                _ => {
+                    return Err(Error::invalid_context(format!(
+                        "the row id column `{col}` is NULL"
+                    )));
+                }
+            },
+            RowSource::None => {}
+        }
+        for (k, source) in &c.extras {
+            let value = match source {
+                ExtraSource::Value(v) => v.as_str(),
+                ExtraSource::Column(col) => match self.aux_value(row, col) {
+                    Some(Val::Text(v)) => v.as_str(),
+                    _ => {
+                        return Err(Error::invalid_context(format!(
+                            "the extra `{k}` comes from column `{col}`, which is NULL"
+                        )));
+                    }
+                },
+            };
+            b = b.extra(k.clone(), value);
+        }
+        b.build()
+    }
+
+    /// The compare-and-swap that writes new values of column `j`:
+    /// `(key, expected, new)` triples, one statement for all of them. A row is
+    /// written only if its column still holds `expected` (or, for a migration
+    /// from a source column, if the column is still NULL and the source still
+    /// holds `expected`). On PostgreSQL and SQLite the statement returns the
+    /// keys it wrote.
+    pub(crate) fn cas_sql(&self, j: usize, n: usize, from_source: bool) -> (String, bool) {
+        let Some(c) = self.spec.columns.get(j) else {
+            return (String::new(), false);
+        };
+        let col = quote(self.dialect, &c.column);
+        let source = match (&c.migrate, from_source) {
+            (Some(Migration::From(s)), true) => Some(quote(self.dialect, s)),
+            _ => None,
+        };
+        let key_cmp = |lhs: &str, rhs: &str| match self.spec.key_type {
+            KeyType::Uuid => format!("{lhs} = CAST({rhs} AS uuid)"),
+            _ => format!("{lhs} = {rhs}"),
+        };
+        // SQLite's RETURNING names the target table's columns unqualified.
+        let returning_key = |t: &str| {
+            let key = match self.dialect {
+                Dialect::Sqlite => self.key.clone(),
+                _ => format!("{t}.{}", self.key),
+            };
+            match self.spec.key_type {
+                KeyType::Uuid => as_text(self.dialect, &key),
+                _ => key,
+            }
+        };
+        match self.dialect {
+            Dialect::Postgres | Dialect::Sqlite => {
+                let rows = vec!["(?, ?, ?)"; n].join(", ");
+                let (vk, vo, vn, alias) = if self.dialect == Dialect::Postgres {
+                    ("v.k", "v.o", "v.n", "v(k, o, n)")
+                } else {
+                    ("v.column1", "v.column2", "v.column3", "v")
+                };
+                let guard = match &source {
+                    Some(s) => format!("t.{col} IS NULL AND t.{s} = {vo}"),
+                    None => format!("t.{col} = {vo}"),
+                };
+                (
+                    format!(
+                        "UPDATE {} AS t SET {col} = {vn} FROM (VALUES {rows}) AS {alias} \
+                         WHERE {} AND {guard} RETURNING {}",
+                        self.name,
+                        key_cmp(&format!("t.{}", self.key), vk),
+                        returning_key("t"),
+                    ),
+                    true,
+                )
+            }
+            Dialect::MySql => {
+                let first = "SELECT ? AS k, ? AS o, ? AS n";
+                let mut rows = vec![first.to_string()];
+                rows.extend(std::iter::repeat_n(
+                    "SELECT ?, ?, ?".to_string(),
+                    n.saturating_sub(1),
+                ));
+                let guard = match &source {
+                    Some(s) => {
+                        format!("t.{col} IS NULL AND CAST(t.{s} AS BINARY) = CAST(v.o AS BINARY)")
+                    }
+                    None => format!("CAST(t.{col} AS BINARY) = CAST(v.o AS BINARY)"),
+                };
+                (
+                    format!(
+                        "UPDATE {} AS t JOIN ({}) AS v ON t.{} = v.k AND {guard} SET t.{col} = v.n",
+                        self.name,
+                        rows.join(" UNION ALL "),
+                        self.key
+                    ),
+                    false,
+                )
+            }
+        }
+    }
+
+    /// Per tenant, the first bytes of every value of column `j` (enough to
+    /// read its format version, algorithm and key version), with counts.
+    pub(crate) fn header_counts_sql(&self, j: usize, tenant: Option<&str>) -> (String, Vec<Val>) {
+        let Some(c) = self.spec.columns.get(j) else {
+            return (String::new(), Vec::new());
+        };
+        let col = quote(self.dialect, &c.column);
+        let prefix = match (self.dialect, c.form) {
+            (Dialect::Postgres, ColumnForm::Binary) => format!("substring({col} from 1 for 6)"),
+            (Dialect::Postgres, ColumnForm::Text) => {
+                format!("convert_to(substring({col} from 1 for 11), 'UTF8')")
+            }
+            (Dialect::MySql, ColumnForm::Binary) => format!("SUBSTRING({col}, 1, 6)"),
+            (Dialect::MySql, ColumnForm::Text) => {
+                format!("CAST(SUBSTRING({col}, 1, 11) AS BINARY)")
+            }
+            (Dialect::Sqlite, ColumnForm::Binary) => format!("CAST(substr({col}, 1, 6) AS BLOB)"),
+            (Dialect::Sqlite, ColumnForm::Text) => format!("CAST(substr({col}, 1, 11) AS BLOB)"),
+        };
+        let tenant_expr = match &self.tenant_col {
+            Some(t) => as_text(self.dialect, t),
+            None => "NULL".into(),
+        };
+        let (cond, binds) = self.conditions(None, None, tenant);
+        (
+            format!(
+                "SELECT {tenant_expr}, {prefix}, COUNT(*) FROM {}{cond} GROUP BY {tenant_expr}, {prefix}",
+                self.name
+            ),
+            binds,
+        )
+    }
+
+    /// Per tenant, rows of column `j` that are NULL while its migration
+    /// source holds plaintext.
+    pub(crate) fn pending_source_sql(
+        &self,
+        j: usize,
+        tenant: Option<&str>,
+    ) -> Option<(String, Vec<Val>)> {
+        let c = self.spec.columns.get(j)?;
+        let Some(Migration::From(source)) = &c.migrate else {
+            return None;
+        };
+        let col = quote(self.dialect, &c.column);
+        let source = quote(self.dialect, source);
+        let tenant_expr = match &self.tenant_col {
+            Some(t) => as_text(self.dialect, t),
+            None => "NULL".into(),
+        };
+        let (cond, binds) = self.conditions(None, None, tenant);
+        let extra = format!("{col} IS NULL AND {source} IS NOT NULL");
+        let cond = if cond.is_empty() {
+            format!(" WHERE {extra}")
+        } else {
+            format!("{cond} AND {extra}")
+        };
+        Some((
+            format!(
+                "SELECT {tenant_expr}, COUNT(*) FROM {}{cond} GROUP BY {tenant_expr}",
+                self.name
+            ),
+            binds,
+        ))
+    }
+}
+
+/// What a stored value's first bytes say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Header {
+    /// A sealed value under this key version.
+    Sealed(u32),
+    /// Text that is not a sealed value: plaintext from before fieldseal.
+    Legacy,
+    /// Bytes that are not a sealed value.
+    Malformed,
+}
+
+/// Reads the prefix [`Table::header_counts_sql`] returns.
+pub(crate) fn parse_header_prefix(form: ColumnForm, prefix: &[u8]) -> Header {
+    let bytes = match form {
+        ColumnForm::Binary => prefix.to_vec(),
+        ColumnForm::Text => {
+            let Some(body) = prefix.strip_prefix(b"fs:") else {
+                return Header::Legacy;
+            };
+            match base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, body) {
+                Ok(b) => b,
+                Err(_) => return Header::Malformed,
+            }
+        }
+    };
+    match bytes.as_slice() {
+        [0x01, 0x01 | 0x02, a, b, c, d] => {
+            let v = u32::from_be_bytes([*a, *b, *c, *d]);
+            if v == 0 {
+                Header::Malformed
+            } else {
+                Header::Sealed(v)
+            }
+        }
+        _ => Header::Malformed,
+    }
+}
+
+/// A stored value of a sealed column, parsed.
+pub(crate) enum Stored {
+    Null,
+    Sealed(SealedValue),
+    /// Text without the `fs:` prefix (plaintext, in a column being migrated
+    /// in place).
+    Legacy(String),
+    Malformed(Error),
+}
+
+pub(crate) fn parse_stored(form: ColumnForm, val: Option<&Val>) -> Stored {
+    match (form, val) {
+        (_, None | Some(Val::Null)) => Stored::Null,
+        (ColumnForm::Binary, Some(Val::Bytes(b))) => match SealedValue::from_bytes(b.as_slice()) {
+            Ok(v) => Stored::Sealed(v),
+            Err(e) => Stored::Malformed(e),
+        },
+        (ColumnForm::Text, Some(Val::Text(t))) => {
+            if !t.starts_with(crate::format::TEXT_PREFIX) {
+                return Stored::Legacy(t.clone());
+            }
+            match SealedValue::from_text(t) {
+                Ok(v) => Stored::Sealed(v),
+                Err(e) => Stored::Malformed(e),
+            }
+        }
+        _ => Stored::Malformed(Error::malformed(
+            "the column holds a value of an unexpected type",
+        )),
+    }
+}
+
+impl ColumnSpec {
+    /// The stored form of a sealed value for this column.
+    pub(crate) fn encode(&self, value: &SealedValue) -> Val {
+        match self.form {
+            ColumnForm::Binary => Val::Bytes(value.as_bytes().to_vec()),
+            ColumnForm::Text => Val::Text(value.to_text()),
+        }
+    }
+}
