@@ -200,10 +200,16 @@ impl KeyAdmin {
     ///
     /// # Errors
     ///
-    /// [`Error::UnknownTenant`]; [`Error::TenantShredded`]; provider and store
-    /// errors. Nothing is changed on error.
+    /// [`Error::UnknownTenant`]; [`Error::TenantShredded`];
+    /// [`Error::UnwrapFailed`] if the provider cannot unwrap the tenant's
+    /// current keys (a wrong root key); provider and store errors. Nothing is
+    /// changed on error.
     pub async fn rotate(&self, tenant: &str) -> Result<Rotation> {
         let record = self.live(tenant).await?;
+        // Unwrap the tenant's current keys first (usually from the cache): a
+        // provider configured with the wrong root key must fail here, not
+        // create a new primary that the other processes cannot unwrap.
+        self.sealer.keyring(tenant, false).await?;
         let previous = record.latest_version();
         let next = previous.checked_add(1).ok_or_else(|| {
             Error::refused(format!(

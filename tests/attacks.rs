@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use common::{TamperStore, ctx, local_provider, sealer};
 use fieldseal::{Context, Error, KeyStore, MemoryKeyStore, OVERHEAD, SealedValue, Sealer};
+use secrecy::ExposeSecret;
 
 async fn sealed_token() -> (Sealer, Context, SealedValue) {
     let sealer = sealer();
@@ -229,6 +230,22 @@ async fn a_wrong_root_key_is_a_clear_error() {
     let wrong = Sealer::builder(same_id_other_key, store.clone()).build();
     let err = wrong.open(&ctx, &sealed).await.unwrap_err();
     assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
+    // Rotating with the wrong root key is refused before anything is written:
+    // a new primary wrapped under it would be unreadable everywhere else.
+    let err = wrong.admin().rotate("acme").await.unwrap_err();
+    assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
+    assert_eq!(
+        sealer
+            .admin()
+            .describe("acme")
+            .await
+            .unwrap()
+            .latest_version(),
+        1,
+        "a refused rotation wrote a version"
+    );
+    let opened = sealer.open(&ctx, &sealed).await.unwrap();
+    assert_eq!(opened.plaintext().expose_secret(), b"x");
 
     let other_id =
         fieldseal::LocalKeyProvider::new("another-root", fieldseal::RootKey::generate().unwrap())
