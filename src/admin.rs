@@ -5,10 +5,11 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::audit::{AuditAppend, AuditEntry, AuditEvent, AuditReport, Verifier, pruned_detail};
+use crate::context::{check_existing_tenant, check_tenant};
 use crate::crypto::HmacKey;
 use crate::error::{Error, Result};
 use crate::provider::WrapContext;
-use crate::sealer::{Sealer, check_tenant_id};
+use crate::sealer::Sealer;
 use crate::store::{InsertOutcome, KeyState, TenantRecord};
 use crate::time::Timestamp;
 
@@ -116,11 +117,20 @@ impl KeyAdmin {
 
     /// The tenant's stored state: every key version, its status and times.
     ///
+    /// This and the other operations on an existing tenant check only the
+    /// rules every stored tenant id has met (not empty, at most 255 bytes, no
+    /// control character, no surrounding whitespace), so a tenant created
+    /// before the Unicode rules of FORMAT.md §"Context rules" can still be
+    /// described, rotated and shredded.
+    ///
     /// # Errors
     ///
+    /// [`Error::InvalidContext`] for an id that breaks those rules;
     /// [`Error::UnknownTenant`]; store errors.
     pub async fn describe(&self, tenant: &str) -> Result<TenantRecord> {
-        check_tenant_id(tenant)?;
+        // Only the rules every stored tenant id met: an id from before the
+        // Unicode rules can still be described, rotated and shredded.
+        check_existing_tenant(tenant)?;
         self.sealer
             .inner
             .store
@@ -463,6 +473,7 @@ impl KeyAdmin {
     /// [`Error::Refused`] if the tenant is not shredded;
     /// [`Error::UnknownTenant`]; provider and store errors.
     pub async fn recreate_tenant(&self, tenant: &str) -> Result<u32> {
+        check_tenant(tenant)?;
         let record = self.describe(tenant).await?;
         if record.shredded_at.is_none() {
             return Err(Error::refused(format!(
@@ -715,5 +726,46 @@ impl fmt::Debug for KeyAdmin {
         f.debug_struct("KeyAdmin")
             .field("actor", &self.actor)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Error, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer};
+
+    /// A tenant whose id met the rules of its day but not today's Unicode rules
+    /// (here an invisible U+200B) can still be administered and erased, while
+    /// nothing new is sealed or opened under it.
+    #[tokio::test]
+    async fn a_tenant_from_before_the_unicode_rules_can_be_administered() {
+        let provider = LocalKeyProvider::new("root", RootKey::generate().unwrap()).unwrap();
+        let sealer = Sealer::builder(provider, MemoryKeyStore::new()).build();
+        let old = "acme\u{200B}corp";
+        // As an earlier release would have created it: the key ring loader
+        // itself does not judge the id.
+        sealer.keyring(old, true).await.unwrap();
+
+        let err = sealer.tenant(old).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidContext { .. }), "{err}");
+        assert!(err.to_string().contains("U+200B"), "{err}");
+
+        let admin = sealer.admin();
+        assert_eq!(admin.describe(old).await.unwrap().latest_version(), 1);
+        assert_eq!(admin.tenants().await.unwrap(), vec![old.to_string()]);
+        assert_eq!(admin.rotate(old).await.unwrap().primary, 2);
+        admin.shred_tenant(old).await.unwrap();
+        assert!(admin.tenants().await.unwrap().is_empty());
+        // A shredded old-style tenant is not given a new key under that id.
+        let err = admin.recreate_tenant(old).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidContext { .. }), "{err}");
+
+        // Ids that no tenant could ever have are still refused everywhere.
+        for bad in ["", " acme", "ac\u{7}me"] {
+            let err = admin.describe(bad).await.unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidContext { .. }),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

@@ -235,11 +235,19 @@ fn parse_pruned_detail(detail: &str) -> Option<(u64, [u8; AUDIT_MAC_LEN])> {
     ) else {
         return None;
     };
-    let seq = seq.parse().ok()?;
-    let mut out = [0u8; AUDIT_MAC_LEN];
-    if mac.len() != 2 * AUDIT_MAC_LEN {
+    // Exactly the form `pruned_detail` writes: `0` or a decimal number without
+    // a sign or leading zeros, and 64 lowercase hexadecimal digits. `parse`
+    // alone would also take `+2` and `02`, and `from_str_radix` uppercase.
+    let canonical_seq = seq == "0"
+        || (seq.bytes().all(|b| b.is_ascii_digit()) && !seq.starts_with('0') && !seq.is_empty());
+    if !canonical_seq
+        || mac.len() != 2 * AUDIT_MAC_LEN
+        || !mac.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return None;
     }
+    let seq = seq.parse().ok()?;
+    let mut out = [0u8; AUDIT_MAC_LEN];
     for (byte, pair) in out.iter_mut().zip(mac.as_bytes().chunks_exact(2)) {
         let pair = std::str::from_utf8(pair).ok()?;
         *byte = u8::from_str_radix(pair, 16).ok()?;
@@ -414,6 +422,22 @@ mod tests {
             Some((17, [0xab; 32]))
         );
         assert_eq!(parse_pruned_detail("through 1 anchor zz"), None);
+        let mac = "ab".repeat(32);
+        for bad in [
+            format!("through +17 anchor {mac}"),
+            format!("through 017 anchor {mac}"),
+            format!("through  17 anchor {mac}"),
+            format!("through 17 anchor {}", mac.to_uppercase()),
+            format!("through 17 anchor {mac}0"),
+            format!("through 17 anchor {mac} "),
+            format!("through 18446744073709551616 anchor {mac}"),
+        ] {
+            assert_eq!(parse_pruned_detail(&bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_pruned_detail(&format!("through 0 anchor {mac}")),
+            Some((0, [0xab; 32]))
+        );
         assert_eq!(parse_pruned_detail(""), None);
     }
 }

@@ -237,7 +237,7 @@ impl ContextBuilder {
 pub(crate) fn check_tenant(tenant: &str) -> Result<()> {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
-    check_name("tenant id", tenant)?;
+    check_existing_tenant(tenant)?;
     for c in tenant.chars() {
         let why = match c.general_category() {
             GeneralCategory::Control => "a control character (Unicode category Cc)",
@@ -256,15 +256,32 @@ pub(crate) fn check_tenant(tenant: &str) -> Result<()> {
             u32::from(c)
         )));
     }
-    if tenant.trim() != tenant {
-        return Err(Error::invalid_context(
-            "tenant id starts or ends with whitespace",
-        ));
-    }
     if !unicode_normalization::is_nfc(tenant) {
         return Err(Error::invalid_context(
             "tenant id is not in Unicode normalization form C (NFC): normalize it to NFC \
              before use, since the same name in another form would be another tenant",
+        ));
+    }
+    Ok(())
+}
+
+/// The rules a tenant id had to meet before the Unicode rules above were
+/// added: not empty, at most 255 bytes, no control character and no leading
+/// or trailing whitespace. Administration of a tenant that already exists
+/// (describe, rotate, disable, destroy, shred) checks only these, so a store
+/// that holds an id from before the Unicode rules can still be listed and
+/// erased; sealing and opening apply [`check_tenant`].
+pub(crate) fn check_existing_tenant(tenant: &str) -> Result<()> {
+    check_name("tenant id", tenant)?;
+    if let Some(c) = tenant.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid_context(format!(
+            "tenant id contains U+{:04X}, a control character (Unicode category Cc)",
+            u32::from(c)
+        )));
+    }
+    if tenant.trim() != tenant {
+        return Err(Error::invalid_context(
+            "tenant id starts or ends with whitespace",
         ));
     }
     Ok(())

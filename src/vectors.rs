@@ -653,7 +653,7 @@ fn invalid(sealed: &[(SealedValue, Ctx)]) -> Vec<Invalid> {
             "malformed",
         ),
         derived(
-            "text form with base64 padding",
+            "text form with a stray `=` appended (its body becomes 1 more than a multiple of 4)",
             2,
             text(2, &|t| format!("{t}=")),
             "malformed",
@@ -806,6 +806,39 @@ fn invalid(sealed: &[(SealedValue, Ctx)]) -> Vec<Invalid> {
             3,
             ctx_initech(),
             "below_minimum_version",
+        ),
+        // --- Text forms that a lenient base64 decoder would accept.
+        derived(
+            "text form with correct base64 padding `==` (vector 4 is 85 bytes, so its body \
+             is 2 more than a multiple of 4)",
+            3,
+            text(3, &|t| {
+                assert_eq!((t.len() - 3) % 4, 2);
+                format!("{t}==")
+            }),
+            "malformed",
+        ),
+        derived(
+            "text form with correct base64 padding `=` (vector 10's body is 3 more than a \
+             multiple of 4)",
+            9,
+            text(9, &|t| {
+                assert_eq!((t.len() - 3) % 4, 3);
+                format!("{t}=")
+            }),
+            "malformed",
+        ),
+        derived(
+            "text form with a trailing line feed",
+            0,
+            text(0, &|t| format!("{t}\n")),
+            "malformed",
+        ),
+        derived(
+            "text form with a trailing space",
+            0,
+            text(0, &|t| format!("{t} ")),
+            "malformed",
         ),
     ]
 }
@@ -1308,6 +1341,33 @@ fn audit() -> Value {
             }),
             None,
         ),
+        (
+            "the anchor written with uppercase hexadecimal (entry 6's MAC recomputed over \
+             it): not an anchor, so entries 1 and 2 are missing",
+            {
+                let mut c = pruned.clone();
+                let last = c.len() - 1;
+                c[last].detail = pruned_detail(&chain[1]).to_uppercase().replacen(
+                    "THROUGH 2 ANCHOR",
+                    "through 2 anchor",
+                    1,
+                );
+                c[last].mac = entry_mac(&key, &c[last], &chain[4].mac);
+                c
+            },
+            Some(3),
+        ),
+        (
+            "the anchor's entry number written as `02` (entry 6's MAC recomputed over it)",
+            {
+                let mut c = pruned.clone();
+                let last = c.len() - 1;
+                c[last].detail = pruned_detail(&chain[1]).replacen("through 2", "through 02", 1);
+                c[last].mac = entry_mac(&key, &c[last], &chain[4].mac);
+                c
+            },
+            Some(3),
+        ),
     ];
     let entry_json = |e: &AuditEntry| {
         json!({
@@ -1408,7 +1468,7 @@ fn build() -> Value {
         })
         .collect();
 
-    let contexts: Vec<Value> = invalid_contexts()
+    let mut contexts: Vec<Value> = invalid_contexts()
         .into_iter()
         .enumerate()
         .map(|(i, (comment, ctx))| {
@@ -1425,6 +1485,28 @@ fn build() -> Value {
             })
         })
         .collect();
+    // Step 1 comes before every check of the value: an invalid context with a
+    // malformed value, or with one naming an unsupported version, is reported
+    // as the invalid context.
+    let empty_table = Ctx {
+        table: String::new(),
+        ..ctx_row_42()
+    };
+    for (comment, value) in [
+        ("empty table, with an empty value", String::new()),
+        (
+            "empty table, with a value naming format version 2",
+            "0201".to_string(),
+        ),
+    ] {
+        contexts.push(json!({
+            "id": 201 + contexts.len(),
+            "comment": comment,
+            "context": empty_table.json(),
+            "sealed": value,
+            "expect": "invalid_context",
+        }));
+    }
 
     json!({
         "format": "fieldseal sealed value, format version 1 (docs/FORMAT.md)",
