@@ -189,9 +189,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     pool.close().await;
+
+    // The rotation runner's configuration for this database (kept if it exists).
+    let config_path = dir.join("fieldseal.toml");
+    if !config_path.exists() {
+        std::fs::write(&config_path, RUNNER_CONFIG)?;
+    }
     println!(
         "\nDone. Run it again to reuse the key and rows; delete {} to start over.",
         dir.display()
     );
+    println!(
+        "Rotation: cargo run --example rotate -- --config {} plan",
+        config_path.display()
+    );
     Ok(())
 }
+
+/// `fieldseal.toml` for the rotation runner (`examples/rotate`): where the
+/// database and the root key are, and the recipe the code above uses to build
+/// each value's context. Relative paths are relative to this file.
+const RUNNER_CONFIG: &str = r#"# The rotation runner's configuration for the quickstart's database.
+# cargo run --example rotate -- --config <this file> <command>
+
+[database]
+url = "sqlite://app.db"
+
+[root_key]
+id = "quickstart-root"
+file = "root.key"
+
+[[tables]]
+table = "integrations"
+key = "id"
+key_type = "integer"
+tenant_column = "tenant"
+# The application builds Context::builder(tenant, "integrations", column).row(id):
+# the default recipe (the SQL names, and the primary key as the row id).
+columns = [
+    { column = "refresh_token", form = "binary" },
+    { column = "api_secret", form = "binary" },
+]
+"#;

@@ -490,6 +490,24 @@ impl SealedColumns {
                     _ => db_error(&self.db, "reading the configured tables", e),
                 });
             }
+            for (j, c) in t.spec.columns.iter().enumerate() {
+                let (what, column) = match &c.migrate {
+                    Some(spec::Migration::From(source)) => ("migrate_from", source.as_str()),
+                    Some(spec::Migration::InPlace) => ("migrate_in_place", c.column()),
+                    None => continue,
+                };
+                if let Some(ty) = self.column_type(t, column).await?
+                    && !is_text_type(&ty)
+                {
+                    return Err(Error::config(format!(
+                        "tables[{i}].columns[{j}].{what}: column `{column}` of `{}` is {ty}; \
+                         migration reads plaintext from a text column (CHAR, VARCHAR or \
+                         TEXT), so that what is sealed is exactly what the application \
+                         stored",
+                        t.spec.table()
+                    )));
+                }
+            }
             let pk = self.primary_key(t).await?;
             let table = t.spec.table();
             match pk.as_slice() {
@@ -518,6 +536,47 @@ impl SealedColumns {
             }
         }
         Ok(())
+    }
+
+    /// The declared type of `column` (`None` on SQLite, whose columns take
+    /// any value and whose `CAST(x AS TEXT)` keeps a BLOB's bytes).
+    async fn column_type(&self, t: &Table, column: &str) -> Result<Option<String>> {
+        use crate::store::sql::dialect::Dialect;
+        let table = t.spec.table();
+        let (schema, name) = match table.split_once('.') {
+            Some((s, n)) => (Some(s), n),
+            None => (None, table),
+        };
+        let (sql, binds) = match self.db.dialect() {
+            Dialect::Postgres => (
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+                 WHERE attrelid = CAST(? AS regclass) AND attname = ? AND NOT attisdropped",
+                vec![
+                    Val::Text(db::quote(Dialect::Postgres, table)),
+                    Val::Text(column.into()),
+                ],
+            ),
+            Dialect::MySql => (
+                "SELECT CAST(DATA_TYPE AS CHAR) FROM information_schema.COLUMNS \
+                 WHERE TABLE_NAME = ? AND TABLE_SCHEMA = COALESCE(?, DATABASE()) \
+                 AND COLUMN_NAME = ?",
+                vec![
+                    Val::Text(name.into()),
+                    schema.map_or(Val::Null, |s| Val::Text(s.into())),
+                    Val::Text(column.into()),
+                ],
+            ),
+            Dialect::Sqlite => return Ok(None),
+        };
+        let rows = self
+            .db
+            .fetch(sql, &binds, &[Kind::Text])
+            .await
+            .map_err(|e| db_error(&self.db, "reading a column's type", e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .find_map(|v| v.as_text().map(str::to_ascii_lowercase)))
     }
 
     async fn primary_key(&self, t: &Table) -> Result<Vec<String>> {
@@ -1565,4 +1624,20 @@ enum Decision {
     Legacy,
     /// Write the new value where the expected one still is.
     Write(Val, Val),
+}
+
+/// Whether a PostgreSQL or MySQL column type holds text.
+fn is_text_type(ty: &str) -> bool {
+    [
+        "text",
+        "character",
+        "char",
+        "varchar",
+        "tinytext",
+        "mediumtext",
+        "longtext",
+        "citext",
+    ]
+    .iter()
+    .any(|t| ty == *t || ty.starts_with(&format!("{t}(")) || ty.starts_with(&format!("{t} ")))
 }

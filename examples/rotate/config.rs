@@ -1,0 +1,386 @@
+//! `fieldseal.toml`: the database, the root key, and the application's sealed
+//! columns. Parsed with serde; a mistake is reported with the path of the key
+//! that is wrong (`tables[1].columns[0].form: unknown variant ...`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fieldseal::{ColumnForm, ColumnSpec, KeyType, LocalKeyProvider, RootKey, TableSpec};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) database: Database,
+    pub(crate) root_key: RootKeyConfig,
+    #[serde(default)]
+    pub(crate) key_store: KeyStoreConfig,
+    #[serde(default)]
+    pub(crate) sealer: SealerConfig,
+    #[serde(default)]
+    pub(crate) jobs: JobsConfig,
+    #[serde(default)]
+    pub(crate) tables: Vec<Table>,
+    /// The directory relative paths are resolved against (the config file's).
+    #[serde(skip)]
+    pub(crate) base: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Database {
+    /// The URL (`postgres://…`, `mysql://…`, `sqlite://…`). Prefer `url_env`
+    /// for URLs with a password.
+    pub(crate) url: Option<String>,
+    /// The environment variable that holds the URL (default `DATABASE_URL`).
+    pub(crate) url_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RootKeyConfig {
+    pub(crate) id: String,
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) env: Option<String>,
+    #[serde(default)]
+    pub(crate) previous: Vec<PreviousRootKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PreviousRootKey {
+    pub(crate) id: String,
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyStoreConfig {
+    pub(crate) table_prefix: Option<String>,
+    pub(crate) schema: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SealerConfig {
+    /// The cache time to live of the application's sealers (default 5m):
+    /// `retire` destroys nothing until the primary is this old.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub(crate) cache_ttl: Option<Duration>,
+    /// `aes-256-gcm` (default) or `chacha20-poly1305`.
+    pub(crate) algorithm: Option<Algorithm>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Algorithm {
+    Aes256Gcm,
+    Chacha20Poly1305,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JobsConfig {
+    pub(crate) table_prefix: Option<String>,
+    pub(crate) schema: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub(crate) lease: Option<Duration>,
+    pub(crate) batch: Option<usize>,
+    pub(crate) workers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Table {
+    pub(crate) table: String,
+    pub(crate) key: KeyColumn,
+    pub(crate) key_type: KeyTypeConfig,
+    pub(crate) tenant_column: Option<String>,
+    pub(crate) tenant: Option<String>,
+    pub(crate) columns: Vec<Column>,
+}
+
+/// A key column, or a list of them (refused with a clear message).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum KeyColumn {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KeyTypeConfig {
+    Integer,
+    Text,
+    Uuid,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Column {
+    pub(crate) column: String,
+    pub(crate) form: Form,
+    pub(crate) table_label: Option<String>,
+    pub(crate) column_label: Option<String>,
+    /// The row id's column (default: the primary key), or `false` for none.
+    pub(crate) row: Option<RowConfig>,
+    #[serde(default)]
+    pub(crate) extras: Vec<Extra>,
+    pub(crate) migrate_from: Option<String>,
+    #[serde(default)]
+    pub(crate) migrate_in_place: bool,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Form {
+    Binary,
+    Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RowConfig {
+    Column(String),
+    Flag(bool),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Extra {
+    pub(crate) key: String,
+    pub(crate) value: Option<String>,
+    pub(crate) column: Option<String>,
+}
+
+/// `"90d"`, `"5m"`, `"30s"` through humantime.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| {
+            humantime::parse_duration(&t).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{e} (write a duration such as \"30s\", \"5m\" or \"90d\")"
+                ))
+            })
+        })
+        .transpose()
+    }
+}
+
+/// A configuration problem: what is wrong, and where.
+#[derive(Debug)]
+pub(crate) struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+impl Config {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(format!(
+                "cannot read the configuration {}: {e} (pass it with --config, or set \
+                 FIELDSEAL_CONFIG)",
+                path.display()
+            ))
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        config.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(config)
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| {
+            let inner = e.to_string();
+            let lines: Vec<&str> = inner.lines().filter(|l| !l.trim().is_empty()).collect();
+            err(format!(
+                "{} ({})",
+                lines.last().copied().unwrap_or_default(),
+                lines.first().copied().unwrap_or_default()
+            ))
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // toml's message is "TOML parse error at line L, column C", the
+            // source excerpt, then what is wrong: keep the first and the last.
+            let lines: Vec<&str> = inner.lines().filter(|l| !l.trim().is_empty()).collect();
+            let at = lines
+                .first()
+                .and_then(|l| l.strip_prefix("TOML parse error at "))
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default();
+            let what = lines.last().copied().unwrap_or_default();
+            err(format!("{path}: {what}{at}"))
+        })
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// The database URL, from the file or the environment; relative SQLite
+    /// paths are resolved against the configuration's directory.
+    pub(crate) fn database_url(&self) -> Result<String, ConfigError> {
+        let url = match (&self.database.url, &self.database.url_env) {
+            (Some(_), Some(_)) => {
+                return Err(err("database: give `url` or `url_env`, not both"));
+            }
+            (Some(url), None) => url.clone(),
+            (None, var) => {
+                let var = var.as_deref().unwrap_or("DATABASE_URL");
+                std::env::var(var).map_err(|_| {
+                    err(format!(
+                        "database: no `url` in the configuration and ${var} is not set"
+                    ))
+                })?
+            }
+        };
+        if let Some(rest) = url.strip_prefix("sqlite://")
+            && !rest.starts_with('/')
+            && !rest.starts_with(':')
+        {
+            return Ok(format!("sqlite://{}", self.base.join(rest).display()));
+        }
+        Ok(url)
+    }
+
+    pub(crate) fn provider(&self) -> Result<LocalKeyProvider, Box<dyn std::error::Error>> {
+        let load = |what: &str, file: &Option<PathBuf>, env: &Option<String>| match (file, env) {
+            (Some(file), None) => RootKey::from_file(self.resolve(file)).map_err(Into::into),
+            (None, Some(var)) => RootKey::from_env(var).map_err(Into::into),
+            _ => Err::<RootKey, Box<dyn std::error::Error>>(Box::new(err(format!(
+                "{what}: give the root key's `file` or `env` (one of them)"
+            )))),
+        };
+        let r = &self.root_key;
+        let mut provider = LocalKeyProvider::new(&r.id, load("root_key", &r.file, &r.env)?)?;
+        for (i, p) in r.previous.iter().enumerate() {
+            let key = load(&format!("root_key.previous[{i}]"), &p.file, &p.env)?;
+            provider = provider.with_previous(&p.id, key)?;
+        }
+        Ok(provider)
+    }
+
+    pub(crate) fn algorithm(&self) -> fieldseal::Algorithm {
+        match self.sealer.algorithm {
+            Some(Algorithm::Chacha20Poly1305) => fieldseal::Algorithm::ChaCha20Poly1305,
+            _ => fieldseal::Algorithm::Aes256Gcm,
+        }
+    }
+
+    /// The table specifications.
+    pub(crate) fn tables(&self) -> Result<Vec<TableSpec>, ConfigError> {
+        if self.tables.is_empty() {
+            return Err(err(
+                "tables: no table is configured (add a [[tables]] section)",
+            ));
+        }
+        self.tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.spec(i))
+            .collect()
+    }
+}
+
+impl Table {
+    fn spec(&self, i: usize) -> Result<TableSpec, ConfigError> {
+        let path = format!("tables[{i}]");
+        let key = match &self.key {
+            KeyColumn::One(k) => k.clone(),
+            KeyColumn::Many(keys) => {
+                return Err(err(format!(
+                    "{path}.key: composite primary keys ({}) are not supported: the jobs \
+                     address rows by one key column (add a single-column unique key, such as \
+                     a UUID, and make it the primary key)",
+                    keys.join(", ")
+                )));
+            }
+        };
+        let key_type = match self.key_type {
+            KeyTypeConfig::Integer => KeyType::Integer,
+            KeyTypeConfig::Text => KeyType::Text,
+            KeyTypeConfig::Uuid => KeyType::Uuid,
+        };
+        let mut spec = TableSpec::new(&self.table, key, key_type);
+        spec = match (&self.tenant_column, &self.tenant) {
+            (Some(c), None) => spec.tenant_column(c),
+            (None, Some(t)) => spec.fixed_tenant(t),
+            _ => {
+                return Err(err(format!(
+                    "{path}: give `tenant_column` (each row's tenant is in that column) or \
+                     `tenant` (one tenant for the whole table), one of them"
+                )));
+            }
+        };
+        for (j, c) in self.columns.iter().enumerate() {
+            spec = spec.column(c.spec(&format!("{path}.columns[{j}]"))?);
+        }
+        Ok(spec)
+    }
+}
+
+impl Column {
+    fn spec(&self, path: &str) -> Result<ColumnSpec, ConfigError> {
+        let form = match self.form {
+            Form::Binary => ColumnForm::Binary,
+            Form::Text => ColumnForm::Text,
+        };
+        let mut c = ColumnSpec::new(&self.column, form);
+        if let Some(l) = &self.table_label {
+            c = c.table_label(l);
+        }
+        if let Some(l) = &self.column_label {
+            c = c.column_label(l);
+        }
+        match &self.row {
+            None | Some(RowConfig::Flag(true)) => {}
+            Some(RowConfig::Flag(false)) => c = c.without_row(),
+            Some(RowConfig::Column(col)) => c = c.row_from_column(col),
+        }
+        for (k, e) in self.extras.iter().enumerate() {
+            c = match (&e.value, &e.column) {
+                (Some(v), None) => c.extra_value(&e.key, v),
+                (None, Some(col)) => c.extra_from_column(&e.key, col),
+                _ => {
+                    return Err(err(format!(
+                        "{path}.extras[{k}]: give the extra's `value` or its `column`, one of them"
+                    )));
+                }
+            };
+        }
+        match (&self.migrate_from, self.migrate_in_place) {
+            (Some(_), true) => {
+                return Err(err(format!(
+                    "{path}: `migrate_from` and `migrate_in_place` exclude each other"
+                )));
+            }
+            (Some(source), false) => c = c.migrate_from(source),
+            (None, true) => c = c.migrate_in_place(),
+            (None, false) => {}
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,855 @@
+//! `rotate`: the rotation runner. A command-line front end over
+//! [`fieldseal::SealedColumns`] and [`fieldseal::KeyAdmin`] for the sealed
+//! columns described in a `fieldseal.toml`, on PostgreSQL, MySQL/MariaDB or
+//! SQLite.
+//!
+//! ```sh
+//! cargo run --example rotate -- --config fieldseal.toml check
+//! cargo run --example rotate -- verify                 # the recipes match the application
+//! cargo run --example rotate -- rotate --all --older-than 90d
+//! cargo run --example rotate -- reseal --workers 4
+//! cargo run --example rotate -- retire
+//! ```
+//!
+//! PostgreSQL and MySQL need their features:
+//! `cargo run --features postgres,mysql --example rotate -- …`.
+//!
+//! Exit codes, so that `rotate`, `reseal` and `retire` can run unattended:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | done: something was changed, or (for `check`, `plan`, `verify`) all is well |
+//! | 1 | failed: a value did not open, a job left rows undone, the database or the key provider failed |
+//! | 2 | the command line or the configuration is wrong; nothing was written |
+//! | 3 | nothing to do: every value already under its primary, no tenant due, no version to destroy |
+//!
+//! `docs/OPERATIONS.md` has the runbooks; the configuration's keys are
+//! described in `Config` (see `config.rs`) and in the quickstart's
+//! `fieldseal.toml`.
+
+mod config;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use fieldseal::{
+    Error, JobOptions, KeyStore, Plan, RetireReport, SealedColumns, Sealer, SqlDatabase,
+    SqlKeyStore, Timestamp,
+};
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::output::Bars;
+
+/// Exit code: done.
+const DONE: u8 = 0;
+/// Exit code: failed.
+const FAILED: u8 = 1;
+/// Exit code: bad command line or configuration.
+const USAGE: u8 = 2;
+/// Exit code: nothing to do.
+const NOTHING: u8 = 3;
+
+/// Rotate tenant keys, re-seal, migrate, verify and retire the sealed columns
+/// of a database.
+#[derive(Debug, Parser)]
+#[command(name = "rotate", version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "FIELDSEAL_CONFIG",
+        default_value = "fieldseal.toml"
+    )]
+    config: PathBuf,
+    /// Print a machine-readable report on stdout at the end.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// More log lines on stderr (`-v` info, `-vv` debug). `RUST_LOG` overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check that the configured tables, columns and key columns exist.
+    Check,
+    /// Create a new primary key version for tenants.
+    Rotate {
+        /// A tenant to rotate (repeat for several).
+        #[arg(long = "tenant", required_unless_present = "all")]
+        tenants: Vec<String>,
+        /// Every tenant (with `--older-than`: every tenant whose primary is
+        /// older than that).
+        #[arg(long, conflicts_with = "tenants")]
+        all: bool,
+        /// Only tenants whose primary version is older than this (`90d`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        /// Report what would be rotated; create nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Count values per tenant, column and key version, and estimate the
+    /// jobs' durations. Writes nothing.
+    Plan {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Re-seal every value that is not under its tenant's primary version.
+    Reseal(JobArgs),
+    /// Seal plaintext: from each column's `migrate_from` source column, or in
+    /// place for columns with `migrate_in_place`. Creates the key store's
+    /// tables and each tenant's first key if missing (also in a dry run,
+    /// which writes no row).
+    Migrate(JobArgs),
+    /// Open every value (or a sample) and list the rows that do not open.
+    Verify {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Open a random sample of this many rows per table.
+        #[arg(long)]
+        sample: Option<u64>,
+    },
+    /// Destroy the key versions no configured row uses any more.
+    Retire {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Destroy nothing until the primary is this old: the cache time to
+        /// live of every process that seals (default: `sealer.cache_ttl` from
+        /// the configuration, else 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_primary_age: Option<Duration>,
+        /// Report what would be destroyed; destroy nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-wrap every tenant key (and the audit key) under the current root
+    /// key, until all are.
+    RewrapRoot,
+    /// Erase a tenant: destroy every key version, so its values never open.
+    Shred {
+        /// The tenant to erase.
+        #[arg(long)]
+        tenant: String,
+        /// Confirm: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Options of the jobs that go over rows.
+#[derive(Debug, Args)]
+struct JobArgs {
+    /// Only this tenant's rows.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Rows per transaction (default: `jobs.batch`, else 500).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Workers in this process (default: `jobs.workers`, else 2).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Rows per second this process may look at.
+    #[arg(long)]
+    max_rows_per_sec: Option<u64>,
+    /// How long a range stays claimed without progress (default: `jobs.lease`,
+    /// else 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease: Option<Duration>,
+    /// Count and check; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Why the runner stops early.
+enum Failure {
+    /// The configuration or the command line (exit 2).
+    Usage(String),
+    /// Anything else (exit 1).
+    Failed(String),
+}
+
+/// The error and its causes (a database's own message, for one).
+fn chain(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Config { .. } => Failure::Usage(chain(&e)),
+            _ if e.kind() == "schema" => Failure::Failed(format!(
+                "{} (the runner's `migrate` command creates the key store's tables, with the \
+                 tenants' first keys)",
+                chain(&e)
+            )),
+            _ => Failure::Failed(chain(&e)),
+        }
+    }
+}
+
+impl From<config::ConfigError> for Failure {
+    fn from(e: config::ConfigError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+type Outcome = Result<u8, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(FAILED);
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(USAGE)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn run(cli: &Cli) -> Outcome {
+    let config = Config::load(&cli.config)?;
+    let url = config.database_url()?;
+    let shown = redact(&url);
+    match url.split_once(':').map(|(scheme, _)| scheme) {
+        #[cfg(feature = "postgres")]
+        Some("postgres" | "postgresql") => {
+            probe::<sqlx::PgConnection>(&url, &shown).await?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(pool_size(cli, &config))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(&url)
+                .await
+                .map_err(|e| unreachable_db(&shown, &e))?;
+            let mut store = prefixed(SqlKeyStore::new(pool.clone()), &config)?;
+            if let Some(schema) = &config.key_store.schema {
+                store = store.with_schema(schema)?;
+            }
+            if is_migrate(cli) {
+                store.migrate().await?;
+            }
+            let sealer = sealer(cli, &config, store)?;
+            run_on(cli, &config, pool, sealer).await
+        }
+        #[cfg(feature = "mysql")]
+        Some("mysql" | "mariadb") => {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            probe::<sqlx::MySqlConnection>(&url, &shown).await?;
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(pool_size(cli, &config))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(&url)
+                .await
+                .map_err(|e| unreachable_db(&shown, &e))?;
+            let store = prefixed(SqlKeyStore::new(pool.clone()), &config)?;
+            no_schema(&config)?;
+            if is_migrate(cli) {
+                store.migrate().await?;
+            }
+            let sealer = sealer(cli, &config, store)?;
+            run_on(cli, &config, pool, sealer).await
+        }
+        #[cfg(feature = "sqlite")]
+        Some("sqlite") => {
+            // Never create the database: a runner pointed at a wrong path
+            // must fail, not report an empty database.
+            let options: sqlx::sqlite::SqliteConnectOptions = url
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .map_err(|e| Failure::Usage(format!("database url {shown}: {e}")))?
+                .create_if_missing(false)
+                .busy_timeout(Duration::from_secs(30));
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(pool_size(cli, &config))
+                .connect_with(options)
+                .await
+                .map_err(|e| unreachable_db(&shown, &e))?;
+            let store = prefixed(SqlKeyStore::new(pool.clone()), &config)?;
+            no_schema(&config)?;
+            if is_migrate(cli) {
+                store.migrate().await?;
+            }
+            let sealer = sealer(cli, &config, store)?;
+            run_on(cli, &config, pool, sealer).await
+        }
+        _ => Err(Failure::Usage(format!(
+            "database url {shown}: use postgres://, mysql:// or sqlite:// (PostgreSQL and \
+             MySQL need this example built with --features postgres or --features mysql)"
+        ))),
+    }
+}
+
+fn pool_size(cli: &Cli, config: &Config) -> u32 {
+    let workers = match &cli.command {
+        Command::Reseal(j) | Command::Migrate(j) | Command::Verify { job: j, .. } => j.workers,
+        _ => None,
+    }
+    .or(config.jobs.workers)
+    .unwrap_or(2);
+    u32::try_from(workers).unwrap_or(u32::MAX).saturating_add(2)
+}
+
+/// One connection first: a pool that cannot connect reports only that it
+/// timed out, while a connection says why (refused, unknown host, password).
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
+async fn probe<C: sqlx::Connection>(url: &str, shown: &str) -> Result<(), Failure> {
+    let connect = C::connect(url);
+    match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(unreachable_db(shown, &e)),
+        Err(_) => Err(Failure::Failed(format!(
+            "cannot connect to the database {shown}: no answer within 10 seconds"
+        ))),
+    }
+}
+
+fn unreachable_db(shown: &str, e: &sqlx::Error) -> Failure {
+    Failure::Failed(format!("cannot connect to the database {shown}: {e}"))
+}
+
+/// The URL without its password (and without query parameters, which may
+/// hold one).
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            if parsed.query().is_some() {
+                parsed.set_query(Some("…"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(the configured URL, which does not parse as a URL)".to_string(),
+    }
+}
+
+fn is_migrate(cli: &Cli) -> bool {
+    matches!(cli.command, Command::Migrate(_))
+}
+
+fn prefixed<DB: SqlDatabase>(
+    store: SqlKeyStore<DB>,
+    config: &Config,
+) -> Result<SqlKeyStore<DB>, Failure> {
+    match &config.key_store.table_prefix {
+        Some(prefix) => store
+            .with_table_prefix(prefix)
+            .map_err(|e| Failure::Usage(format!("key_store.table_prefix: {e}"))),
+        None => Ok(store),
+    }
+}
+
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
+fn no_schema(config: &Config) -> Result<(), Failure> {
+    if config.key_store.schema.is_some() || config.jobs.schema.is_some() {
+        return Err(Failure::Usage(
+            "key_store.schema and jobs.schema: only PostgreSQL has schemas; remove them"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn cache_ttl(config: &Config) -> Duration {
+    config.sealer.cache_ttl.unwrap_or(Duration::from_secs(300))
+}
+
+fn sealer(cli: &Cli, config: &Config, store: impl KeyStore + 'static) -> Result<Sealer, Failure> {
+    let provider = config
+        .provider()
+        .map_err(|e| Failure::Usage(format!("root_key: {e}")))?;
+    Ok(Sealer::builder(provider, store)
+        .algorithm(config.algorithm())
+        .cache_ttl(cache_ttl(config))
+        // Only `migrate` gives a tenant its first key: every other command
+        // works on tenants that already have one.
+        .create_tenants_on_first_use(is_migrate(cli))
+        .build())
+}
+
+async fn run_on<DB: SqlDatabase>(
+    cli: &Cli,
+    config: &Config,
+    pool: sqlx::Pool<DB>,
+    sealer: Sealer,
+) -> Outcome {
+    let cache_ttl = cache_ttl(config);
+    match &cli.command {
+        Command::Rotate {
+            tenants,
+            all,
+            older_than,
+            dry_run,
+        } => return rotate(cli, &sealer, tenants, *all, *older_than, *dry_run).await,
+        Command::RewrapRoot => return rewrap_root(cli, &sealer, &config.root_key.id).await,
+        Command::Shred { tenant, yes } => return shred(cli, &sealer, tenant, *yes).await,
+        _ => {}
+    }
+
+    let mut columns = SealedColumns::new(pool, sealer, config.tables()?)?;
+    if config.jobs.table_prefix.is_some() || config.jobs.schema.is_some() {
+        let prefix = config.jobs.table_prefix.as_deref().unwrap_or("fieldseal_");
+        columns = columns.with_job_tables(prefix, config.jobs.schema.as_deref())?;
+    }
+    columns.check().await?;
+    let progress: Arc<dyn fieldseal::Progress> = Arc::new(Bars::new(cli.quiet));
+
+    match &cli.command {
+        Command::Check => {
+            emit(cli, json!({ "command": "check", "ok": true }), || {
+                println!("the configured tables, columns and keys exist");
+            });
+            Ok(DONE)
+        }
+        Command::Plan { tenant } => {
+            let mut options = JobOptions::default();
+            options.tenant = tenant.clone();
+            let plan = columns.plan(&options).await?;
+            emit(cli, plan_json(&plan), || output_plan(&plan));
+            Ok(DONE)
+        }
+        Command::Reseal(args) => {
+            let report = columns
+                .reseal(&job_options(config, args, &progress))
+                .await?;
+            finish_job(cli, "reseal", "re-sealed", &report)
+        }
+        Command::Migrate(args) => {
+            let report = columns
+                .migrate(&job_options(config, args, &progress))
+                .await?;
+            finish_job(cli, "migrate", "sealed", &report)
+        }
+        Command::Verify { job, sample } => {
+            let mut options = job_options(config, job, &progress);
+            options.sample = *sample;
+            let report = columns.verify(&options).await?;
+            let failed = report.totals().failed;
+            emit(
+                cli,
+                json!({ "command": "verify", "report": output::job_json(&report) }),
+                || output::print_verify(&report),
+            );
+            Ok(if failed == 0 { DONE } else { FAILED })
+        }
+        Command::Retire {
+            tenant,
+            min_primary_age,
+            dry_run,
+        } => {
+            let mut options = JobOptions::default();
+            options.tenant = tenant.clone();
+            options.dry_run = *dry_run;
+            options.min_primary_age = min_primary_age.unwrap_or(cache_ttl);
+            let report = columns.retire(&options).await?;
+            emit(cli, retire_json(&report), || output_retire(&report));
+            let unreadable = report.tenants.values().any(|t| !t.unreadable.is_empty());
+            let destroyed = report.tenants.values().any(|t| !t.destroyed.is_empty());
+            Ok(if unreadable {
+                FAILED
+            } else if destroyed {
+                DONE
+            } else {
+                NOTHING
+            })
+        }
+        Command::Rotate { .. } | Command::RewrapRoot | Command::Shred { .. } => Ok(DONE),
+    }
+}
+
+fn job_options(
+    config: &Config,
+    args: &JobArgs,
+    progress: &Arc<dyn fieldseal::Progress>,
+) -> JobOptions {
+    let mut options = JobOptions::default();
+    options.tenant = args.tenant.clone();
+    options.batch = args.batch.or(config.jobs.batch).unwrap_or(options.batch);
+    options.workers = args
+        .workers
+        .or(config.jobs.workers)
+        .unwrap_or(options.workers);
+    options.max_rows_per_sec = args.max_rows_per_sec;
+    options.dry_run = args.dry_run;
+    options.lease = args.lease.or(config.jobs.lease).unwrap_or(options.lease);
+    options.progress = Some(Arc::clone(progress));
+    options
+}
+
+/// Prints `value` as JSON with `--json`, else runs `lines`.
+fn emit(cli: &Cli, value: Value, lines: impl FnOnce()) {
+    if cli.json {
+        println!("{value:#}");
+    } else {
+        lines();
+    }
+}
+
+fn finish_job(cli: &Cli, command: &str, verb: &str, report: &fieldseal::JobReport) -> Outcome {
+    emit(
+        cli,
+        json!({ "command": command, "report": output::job_json(report) }),
+        || output::print_job(verb, report),
+    );
+    let totals = report.totals();
+    let complete = report.tables.iter().all(|t| t.complete || report.dry_run);
+    Ok(if totals.failed > 0 || !complete {
+        FAILED
+    } else if totals.written == 0 {
+        NOTHING
+    } else {
+        DONE
+    })
+}
+
+async fn rotate(
+    cli: &Cli,
+    sealer: &Sealer,
+    named: &[String],
+    all: bool,
+    older_than: Option<Duration>,
+    dry_run: bool,
+) -> Outcome {
+    let admin = sealer.admin().actor("rotate (command line)");
+    let tenants = if all {
+        admin.tenants().await?
+    } else {
+        named.to_vec()
+    };
+    let now = Timestamp::now().unix_seconds();
+    let mut rows = Vec::new();
+    let mut rotated = 0usize;
+    for tenant in &tenants {
+        let record = admin.describe(tenant).await?;
+        let primary = record.latest_version();
+        let created = record
+            .keys
+            .iter()
+            .find(|k| k.version == primary)
+            .map(|k| k.created_at);
+        let age = created.map_or(0, |c| now.saturating_sub(c.unix_seconds()).max(0));
+        let age = Duration::from_secs(u64::try_from(age).unwrap_or(0));
+        if let Some(limit) = older_than
+            && age < limit
+        {
+            rows.push(json!({
+                "tenant": tenant, "primary": primary, "primary_age_secs": age.as_secs(),
+                "rotated": false,
+            }));
+            continue;
+        }
+        if dry_run {
+            rows.push(json!({
+                "tenant": tenant, "primary": primary, "primary_age_secs": age.as_secs(),
+                "rotated": false, "would_rotate": true,
+            }));
+            rotated += 1;
+            continue;
+        }
+        let rotation = admin.rotate(tenant).await?;
+        rotated += 1;
+        rows.push(json!({
+            "tenant": tenant, "previous": rotation.previous, "primary": rotation.primary,
+            "primary_age_secs": age.as_secs(), "rotated": true, "created": rotation.created,
+        }));
+    }
+    emit(
+        cli,
+        json!({ "command": "rotate", "dry_run": dry_run, "tenants": rows }),
+        || {
+            for r in &rows {
+                let tenant = r["tenant"].as_str().unwrap_or_default();
+                let age = humantime::format_duration(Duration::from_secs(
+                    r["primary_age_secs"].as_u64().unwrap_or(0),
+                ));
+                if r["rotated"] == true {
+                    println!(
+                        "{tenant}: rotated, primary version {} -> {} (the old primary was {age} old)",
+                        r["previous"], r["primary"]
+                    );
+                } else if r["would_rotate"] == true {
+                    println!(
+                        "{tenant}: would rotate primary version {} ({age} old) (dry run)",
+                        r["primary"]
+                    );
+                } else {
+                    println!(
+                        "{tenant}: primary version {} is {age} old, not due",
+                        r["primary"]
+                    );
+                }
+            }
+            if rows.is_empty() {
+                println!("no tenant has keys");
+            }
+        },
+    );
+    Ok(if rotated == 0 { NOTHING } else { DONE })
+}
+
+async fn rewrap_root(cli: &Cli, sealer: &Sealer, target: &str) -> Outcome {
+    let admin = sealer.admin().actor("rotate rewrap-root (command line)");
+    let mut total_rewrapped = 0;
+    let mut passes = Vec::new();
+    // A pass skips keys that change under it (a concurrent rotation); a few
+    // passes finish them, and a pass that makes no progress stops the loop.
+    for pass in 1..=5 {
+        let report = admin.rewrap_all(target).await?;
+        total_rewrapped += report.rewrapped;
+        if !cli.quiet {
+            eprintln!(
+                "pass {pass}: {} keys examined, {} re-wrapped under {target}, {} already under \
+                 it, {} skipped",
+                report.examined, report.rewrapped, report.already_current, report.skipped
+            );
+        }
+        let complete = report.is_complete();
+        let progress = report.rewrapped > 0 || report.audit_key_rewrapped;
+        passes.push(json!({
+            "examined": report.examined,
+            "rewrapped": report.rewrapped,
+            "already_current": report.already_current,
+            "skipped": report.skipped,
+            "audit_key_rewrapped": report.audit_key_rewrapped,
+            "audit_key_skipped": report.audit_key_skipped,
+            "complete": complete,
+        }));
+        if complete || !progress {
+            emit(
+                cli,
+                json!({ "command": "rewrap-root", "target": target, "passes": passes }),
+                || {
+                    if complete {
+                        println!(
+                            "every tenant key and the audit key are under root key {target} \
+                             ({total_rewrapped} re-wrapped now)"
+                        );
+                    } else {
+                        println!(
+                            "{} keys could not be re-wrapped under {target}: they are under a \
+                             root key this configuration does not have (add it under \
+                             [[root_key.previous]]) and run again",
+                            report.skipped
+                        );
+                    }
+                },
+            );
+            return Ok(if !complete {
+                FAILED
+            } else if total_rewrapped == 0 && !report.audit_key_rewrapped {
+                NOTHING
+            } else {
+                DONE
+            });
+        }
+    }
+    Err(Failure::Failed(format!(
+        "keys kept changing during five re-wrap passes; run rewrap-root again \
+         ({total_rewrapped} re-wrapped so far)"
+    )))
+}
+
+async fn shred(cli: &Cli, sealer: &Sealer, tenant: &str, yes: bool) -> Outcome {
+    if !yes {
+        return Err(Failure::Usage(format!(
+            "shred destroys every key of tenant `{tenant}`, so none of its values can be opened \
+             again, ever; pass --yes to confirm"
+        )));
+    }
+    let at = sealer
+        .admin()
+        .actor("rotate shred (command line)")
+        .shred_tenant(tenant)
+        .await?;
+    emit(
+        cli,
+        json!({ "command": "shred", "tenant": tenant, "shredded_at": at.to_string() }),
+        || println!("tenant {tenant}: every key version destroyed at {at}"),
+    );
+    Ok(DONE)
+}
+
+fn plan_json(plan: &Plan) -> Value {
+    let mut columns = Vec::new();
+    for ((table, column), tenants) in &plan.columns {
+        for (tenant, u) in tenants {
+            columns.push(json!({
+                "table": table,
+                "column": column,
+                "tenant": tenant,
+                "primary": u.primary,
+                "by_version": u.by_version.iter().map(|(v, n)| (v.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "not_primary": u.not_primary,
+                "plaintext": u.legacy,
+                "nulls": u.nulls,
+                "malformed": u.malformed,
+            }));
+        }
+    }
+    json!({
+        "command": "plan",
+        "rows": plan.rows,
+        "columns": columns,
+        "not_primary": plan.not_primary(),
+        "plaintext": plan.legacy(),
+        "estimated_reseal_secs": plan.estimated_reseal.as_secs_f64(),
+        "estimated_migrate_secs": plan.estimated_migrate.as_secs_f64(),
+    })
+}
+
+fn output_plan(plan: &Plan) {
+    for (table, rows) in &plan.rows {
+        println!("{table}: {rows} rows");
+    }
+    println!(
+        "{:<24} {:<20} {:<16} {:>8} {:>22} {:>11} {:>10} {:>8} {:>9}",
+        "table",
+        "column",
+        "tenant",
+        "primary",
+        "values per version",
+        "not primary",
+        "plaintext",
+        "NULL",
+        "malformed"
+    );
+    for ((table, column), tenants) in &plan.columns {
+        for (tenant, u) in tenants {
+            let versions = u
+                .by_version
+                .iter()
+                .map(|(v, n)| format!("v{v}:{n}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            println!(
+                "{table:<24} {column:<20} {tenant:<16} {:>8} {versions:>22} {:>11} {:>10} {:>8} {:>9}",
+                u.primary, u.not_primary, u.legacy, u.nulls, u.malformed
+            );
+        }
+    }
+    println!(
+        "reseal would write {} values (about {} with one worker); migrate would seal {} \
+         (about {})",
+        plan.not_primary(),
+        humantime::format_duration(round(plan.estimated_reseal)),
+        plan.legacy(),
+        humantime::format_duration(round(plan.estimated_migrate)),
+    );
+}
+
+/// To the millisecond, for printing.
+fn round(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn retire_json(report: &RetireReport) -> Value {
+    json!({
+        "command": "retire",
+        "dry_run": report.dry_run,
+        "tenants": report.tenants.iter().map(|(tenant, t)| (tenant.clone(), json!({
+            "destroyed": t.destroyed,
+            "in_use": t.in_use.iter().map(|(v, c)| (v.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
+            "primary_too_young_secs": t.primary_too_young.map(|d| d.as_secs()),
+            "unreadable": t.unreadable.iter().map(|(v, c)| (v.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
+        }))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn output_retire(report: &RetireReport) {
+    let would = if report.dry_run {
+        "would destroy"
+    } else {
+        "destroyed"
+    };
+    if report.tenants.is_empty() {
+        println!("no tenant has a version older than its primary");
+    }
+    for (tenant, t) in &report.tenants {
+        if let Some(age) = t.primary_too_young {
+            println!(
+                "{tenant}: nothing destroyed: the primary is {} old, younger than the cache \
+                 time to live (processes may still seal under the previous version)",
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            );
+        }
+        for v in &t.destroyed {
+            println!("{tenant}: {would} key version {v}");
+        }
+        for (v, uses) in &t.in_use {
+            let uses = uses
+                .iter()
+                .map(|(col, n)| format!("{n} in {col}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!("{tenant}: kept key version {v}: values still use it ({uses}); run reseal");
+        }
+        for (v, uses) in &t.unreadable {
+            let uses = uses
+                .iter()
+                .map(|(col, n)| format!("{n} in {col}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!(
+                "{tenant}: values under key version {v} can no longer open ({uses}): the \
+                 version is destroyed or unknown to the key store"
+            );
+        }
+    }
+}

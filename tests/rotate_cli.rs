@@ -1,0 +1,664 @@
+//! The rotation runner (`examples/rotate`) as an operator runs it: a
+//! `fieldseal.toml`, a database, and exit codes.
+//!
+//! - the unattended schedule (`rotate`, `reseal`, `retire`) on SQLite, with
+//!   its "done", "nothing to do" and "failed" exit codes and `--json`;
+//! - bad input, each refused with a message, a non-zero exit, and nothing
+//!   written;
+//! - `kill -9` of the runner at random moments of a `reseal` on PostgreSQL,
+//!   rerun after each, then to completion (`FIELDSEAL_KILL_ROWS` rows, 50,000
+//!   by default).
+
+#[path = "common/db.rs"]
+mod db;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use fieldseal::secrecy::ExposeSecret;
+use fieldseal::{Context, LocalKeyProvider, RootKey, SealedValue, Sealer, SqlKeyStore};
+use sha2::{Digest, Sha256};
+use sqlx::{Row, SqlitePool};
+
+/// Exit codes of the runner.
+const DONE: i32 = 0;
+const FAILED: i32 = 1;
+const USAGE: i32 = 2;
+const NOTHING: i32 = 3;
+
+const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+
+/// The runner's executable, built once per test process with this test's
+/// features (so the build reuses this test's artifacts).
+fn runner() -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let mut features = Vec::new();
+        if cfg!(feature = "default") {
+            features.push("default");
+        }
+        if cfg!(feature = "serde") {
+            features.push("serde");
+        }
+        features.extend(["postgres", "mysql", "sqlite"]);
+        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                "rotate",
+                "--no-default-features",
+            ])
+            .args(["--features", &features.join(",")])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cannot run cargo to build the rotate example");
+        assert!(status.success(), "building the rotate example failed");
+    });
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/rotate
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir
+        .join("examples")
+        .join(format!("rotate{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(config: &Path, args: &[&str]) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(runner())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("FIELDSEAL_CONFIG")
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    eprintln!(
+        "$ rotate {}\n  exit {}\n{}{}",
+        args.join(" "),
+        run.code,
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+fn plaintext(id: i64, column: &str) -> Vec<u8> {
+    format!("{column}-of-row-{id}-{}", "x".repeat((id % 97) as usize)).into_bytes()
+}
+
+fn tenant_of(id: i64) -> &'static str {
+    TENANTS[(id % 3) as usize]
+}
+
+fn ctx(id: i64, column: &str) -> Context {
+    Context::builder(tenant_of(id), "integrations", column)
+        .row(id)
+        .build()
+        .unwrap()
+}
+
+const CONFIG: &str = r#"
+[database]
+url = "sqlite://app.db"
+
+[root_key]
+id = "cli-root"
+file = "root.key"
+
+[[tables]]
+table = "integrations"
+key = "id"
+key_type = "integer"
+tenant_column = "tenant"
+columns = [
+    { column = "refresh_token", form = "binary" },
+    { column = "api_secret", form = "text" },
+]
+"#;
+
+/// A SQLite application database with `rows` sealed rows, its root key file
+/// and its `fieldseal.toml`.
+struct App {
+    dir: tempfile::TempDir,
+    pool: SqlitePool,
+    sealer: Sealer,
+}
+
+impl App {
+    async fn new(rows: i64) -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let key = RootKey::create_file(dir.path().join("root.key")).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+        let pool = SqlitePool::connect(&url).await.unwrap();
+        let store = SqlKeyStore::new(pool.clone());
+        store.migrate().await.unwrap();
+        sqlx::query(
+            "CREATE TABLE integrations (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, \
+             refresh_token BLOB, api_secret TEXT)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let sealer = Sealer::builder(LocalKeyProvider::new("cli-root", key).unwrap(), store)
+            .cache_ttl(Duration::from_millis(1))
+            .build();
+        for id in 0..rows {
+            let token = sealer
+                .seal(&ctx(id, "refresh_token"), &plaintext(id, "refresh_token"))
+                .await
+                .unwrap();
+            let secret = sealer
+                .seal(&ctx(id, "api_secret"), &plaintext(id, "api_secret"))
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO integrations VALUES (?, ?, ?, ?)")
+                .bind(id)
+                .bind(tenant_of(id))
+                .bind(token.as_bytes())
+                .bind(if id % 10 == 0 {
+                    None
+                } else {
+                    Some(secret.to_text())
+                })
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        let app = App { dir, pool, sealer };
+        app.write_config(CONFIG);
+        app
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("fieldseal.toml")
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        run(&self.config(), args)
+    }
+
+    /// Every stored row and key-store row, to prove a refused command wrote
+    /// nothing.
+    async fn snapshot(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT id, tenant, hex(refresh_token), api_secret FROM integrations ORDER BY id",
+            "SELECT tenant, version, state, hex(wrapped) FROM fieldseal_keys ORDER BY tenant, version",
+        ] {
+            for row in sqlx::query(sql).fetch_all(&self.pool).await.unwrap() {
+                let cells: Vec<String> = (0..row.len())
+                    .map(|i| {
+                        row.try_get::<Option<String>, _>(i)
+                            .map(|v| v.unwrap_or_default())
+                            .or_else(|_| row.try_get::<i64, _>(i).map(|v| v.to_string()))
+                            .unwrap()
+                    })
+                    .collect();
+                out.push(cells.join("|"));
+            }
+        }
+        out
+    }
+
+    /// Opens every row with the application's own contexts; returns the key
+    /// versions found.
+    async fn check_all_open(&self) -> std::collections::BTreeSet<u32> {
+        let mut versions = std::collections::BTreeSet::new();
+        let rows: Vec<(i64, Vec<u8>, Option<String>)> =
+            sqlx::query_as("SELECT id, refresh_token, api_secret FROM integrations ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+        for (id, token, secret) in rows {
+            let token = SealedValue::from_bytes(token).unwrap();
+            versions.insert(token.key_version());
+            let opened = self
+                .sealer
+                .open(&ctx(id, "refresh_token"), &token)
+                .await
+                .unwrap();
+            assert_eq!(
+                opened.plaintext().expose_secret(),
+                plaintext(id, "refresh_token").as_slice()
+            );
+            if let Some(secret) = secret {
+                let secret = SealedValue::from_text(&secret).unwrap();
+                versions.insert(secret.key_version());
+                let opened = self
+                    .sealer
+                    .open(&ctx(id, "api_secret"), &secret)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    opened.plaintext().expose_secret(),
+                    plaintext(id, "api_secret").as_slice()
+                );
+            }
+        }
+        versions
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unattended_schedule_tells_done_nothing_to_do_and_failed_apart() {
+    let app = App::new(120).await;
+
+    let r = app.run(&["check"]);
+    assert_eq!(r.code, DONE, "{}", r.stderr);
+    let r = app.run(&["verify"]);
+    assert_eq!(r.code, DONE);
+    assert!(
+        r.stdout
+            .contains("240 values, 228 opened, 0 failed, 12 NULL"),
+        "{}",
+        r.stdout
+    );
+
+    // The cron line: rotate what is due, re-seal, retire.
+    let r = app.run(&["rotate", "--all", "--older-than", "90d"]);
+    assert_eq!(r.code, NOTHING, "nothing is 90 days old");
+    let r = app.run(&["reseal"]);
+    assert_eq!(r.code, NOTHING, "every value is under its primary");
+    let r = app.run(&["retire", "--min-primary-age", "0s"]);
+    assert_eq!(r.code, NOTHING, "no version to destroy");
+
+    let r = app.run(&["rotate", "--all", "--dry-run"]);
+    assert_eq!(r.code, DONE);
+    assert!(r.stdout.contains("acme: would rotate primary version 1"));
+    let r = app.run(&["--json", "rotate", "--all"]);
+    assert_eq!(r.code, DONE);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["tenants"].as_array().unwrap().len(), 3);
+    assert!(
+        report["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["rotated"] == true && t["primary"] == 2)
+    );
+
+    let r = app.run(&["--json", "plan"]);
+    assert_eq!(r.code, DONE);
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(plan["not_primary"], 228);
+
+    // Retiring before re-sealing keeps version 1: rows use it.
+    let r = app.run(&["retire", "--min-primary-age", "0s"]);
+    assert_eq!(r.code, NOTHING);
+    assert!(r.stdout.contains("kept key version 1"), "{}", r.stdout);
+
+    let r = app.run(&["--json", "reseal", "--workers", "3", "--batch", "7"]);
+    assert_eq!(r.code, DONE, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let table = &report["report"]["tables"][0];
+    assert_eq!(table["written"], 228);
+    assert_eq!(table["complete"], true);
+    assert_eq!(app.check_all_open().await, [2].into());
+
+    let r = app.run(&["reseal"]);
+    assert_eq!(r.code, NOTHING);
+    // The primary is younger than the default cache time to live.
+    let r = app.run(&["retire"]);
+    assert_eq!(r.code, NOTHING);
+    assert!(r.stdout.contains("younger than the cache time to live"));
+    let r = app.run(&["retire", "--min-primary-age", "0s"]);
+    assert_eq!(r.code, DONE);
+    assert!(r.stdout.contains("acme: destroyed key version 1"));
+    let r = app.run(&["retire", "--min-primary-age", "0s"]);
+    assert_eq!(r.code, NOTHING);
+    let r = app.run(&["verify", "--sample", "20"]);
+    assert_eq!(r.code, DONE);
+
+    // The runner never prints a secret.
+    for id in 0..120 {
+        for column in ["refresh_token", "api_secret"] {
+            let p = String::from_utf8(plaintext(id, column)).unwrap();
+            assert!(!r.stdout.contains(&p) && !r.stderr.contains(&p));
+        }
+    }
+
+    // Erasing a tenant: refused without --yes, then every acme row fails to
+    // open, and verify says so with the row ids.
+    let r = app.run(&["shred", "--tenant", "acme"]);
+    assert_eq!(r.code, USAGE);
+    assert!(r.stderr.contains("--yes"));
+    let r = app.run(&["shred", "--tenant", "acme", "--yes"]);
+    assert_eq!(r.code, DONE);
+    let r = app.run(&["verify"]);
+    assert_eq!(r.code, FAILED);
+    assert!(
+        r.stdout
+            .contains("integrations.refresh_token key 3: tenant_shredded"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_with_a_message_and_nothing_written() {
+    let app = App::new(30).await;
+    // Give reseal something to do, so that "nothing written" means something.
+    for t in TENANTS {
+        app.sealer.admin().rotate(t).await.unwrap();
+    }
+    let before = app.snapshot().await;
+    let unchanged = |what: &str, after: Vec<String>| {
+        assert_eq!(before, after, "{what} wrote something");
+    };
+
+    // A malformed configuration names the key and the fix.
+    app.write_config(&CONFIG.replace(r#"form = "text""#, r#"form = "txt""#));
+    let r = app.run(&["reseal"]);
+    assert_eq!(r.code, USAGE);
+    assert!(
+        r.stderr.contains("tables[0].columns[1].form"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("binary") && r.stderr.contains("text"),
+        "{}",
+        r.stderr
+    );
+    unchanged("a malformed config", app.snapshot().await);
+
+    app.write_config(&CONFIG.replace("key = \"id\"", "key = [\"tenant\", \"id\"]"));
+    let r = app.run(&["reseal"]);
+    assert_eq!(r.code, USAGE);
+    assert!(
+        r.stderr.contains("tables[0].key: composite primary keys"),
+        "{}",
+        r.stderr
+    );
+
+    app.write_config(&CONFIG.replace("[database]", "[databse]"));
+    let r = app.run(&["check"]);
+    assert_eq!(r.code, USAGE);
+    assert!(r.stderr.contains("databse"), "{}", r.stderr);
+
+    // An unknown table, an unknown column.
+    app.write_config(&CONFIG.replace("table = \"integrations\"", "table = \"integratons\""));
+    let r = app.run(&["reseal"]);
+    assert_ne!(r.code, DONE);
+    assert!(r.stderr.contains("integratons"), "{}", r.stderr);
+    unchanged("an unknown table", app.snapshot().await);
+
+    app.write_config(&CONFIG.replace("\"api_secret\"", "\"api_secrets\""));
+    let r = app.run(&["reseal"]);
+    assert_ne!(r.code, DONE);
+    assert!(r.stderr.contains("api_secrets"), "{}", r.stderr);
+    unchanged("an unknown column", app.snapshot().await);
+
+    // An unreachable database, whose password never appears.
+    app.write_config(&CONFIG.replace(
+        "sqlite://app.db",
+        "postgres://app:hunter2-secret@127.0.0.1:1/app",
+    ));
+    let r = app.run(&["reseal"]);
+    assert_eq!(r.code, FAILED);
+    assert!(
+        r.stderr.contains("cannot connect to the database"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("hunter2") && !r.stdout.contains("hunter2"));
+    assert!(r.stderr.contains("app:***@127.0.0.1:1"), "{}", r.stderr);
+
+    // A database file that does not exist is not created.
+    app.write_config(&CONFIG.replace("sqlite://app.db", "sqlite://missing.db"));
+    let r = app.run(&["check"]);
+    assert_eq!(r.code, FAILED);
+    assert!(!app.dir.path().join("missing.db").exists());
+
+    // A wrong root key (same id, other key): nothing opens, nothing is
+    // written, no version is created.
+    RootKey::create_file(app.dir.path().join("other.key")).unwrap();
+    app.write_config(&CONFIG.replace("file = \"root.key\"", "file = \"other.key\""));
+    let r = app.run(&["reseal"]);
+    assert_eq!(r.code, FAILED);
+    assert!(
+        r.stdout.contains("unwrap_failed") || r.stderr.contains("unwrap"),
+        "{}",
+        r.stdout
+    );
+    let r = app.run(&["rotate", "--all"]);
+    assert_eq!(r.code, FAILED);
+    unchanged("a wrong root key", app.snapshot().await);
+
+    // A context recipe that is not the application's: verify names the rows,
+    // reseal refuses to write what it could not open.
+    app.write_config(&CONFIG.replace(
+        "{ column = \"refresh_token\", form = \"binary\" }",
+        "{ column = \"refresh_token\", form = \"binary\", table_label = \"integration\" }",
+    ));
+    let r = app.run(&["verify"]);
+    assert_eq!(r.code, FAILED);
+    assert!(r.stdout.contains("30 failed"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("integrations.refresh_token key 0: open_failed"),
+        "{}",
+        r.stdout
+    );
+    let r = app.run(&["reseal"]);
+    assert_eq!(r.code, FAILED);
+    let after = app.snapshot().await;
+    // api_secret (whose recipe is right) was re-sealed; refresh_token was not.
+    let tokens = |rows: &[String]| -> Vec<String> {
+        rows.iter()
+            .filter(|r| r.matches('|').count() == 3 && !r.contains("cli-root"))
+            .map(|r| r.split('|').nth(2).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        tokens(&before),
+        tokens(&after),
+        "a value that did not open was written"
+    );
+
+    // Usage errors.
+    app.write_config(CONFIG);
+    let r = app.run(&["rotate"]);
+    assert_eq!(r.code, USAGE, "rotate needs --tenant or --all");
+    let r = app.run(&["reseal", "--batch", "0"]);
+    assert_eq!(r.code, USAGE);
+    let r = run(&app.dir.path().join("nowhere.toml"), &["check"]);
+    assert_eq!(r.code, USAGE);
+    assert!(r.stderr.contains("nowhere.toml"));
+}
+
+/// `kill -9` of the runner at random moments of a `reseal` on PostgreSQL,
+/// rerun after each, then to completion.
+#[tokio::test(flavor = "multi_thread")]
+async fn reseal_survives_kill_9_on_postgres() {
+    db::with_postgres(|pool, store| async move {
+        let rows: i64 = std::env::var("FIELDSEAL_KILL_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50_000);
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = RootKey::create_file(dir.path().join("root.key")).unwrap();
+        let sealer = Sealer::builder(LocalKeyProvider::new("cli-root", key).unwrap(), store)
+            .cache_ttl(Duration::from_millis(1))
+            .build();
+        sqlx::query(
+            "CREATE TABLE integrations (id BIGINT PRIMARY KEY, tenant TEXT NOT NULL, \
+             refresh_token BYTEA NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let mut digests = Vec::with_capacity(rows as usize);
+        let mut handles = Vec::new();
+        for t in TENANTS {
+            handles.push(sealer.tenant(t).await.unwrap());
+        }
+        for chunk in (0..rows).collect::<Vec<_>>().chunks(1000) {
+            let (mut ids, mut tenants, mut values) = (Vec::new(), Vec::new(), Vec::new());
+            for &id in chunk {
+                let p = plaintext(id, "refresh_token");
+                digests.push(Sha256::digest(&p));
+                let sealed = handles[(id % 3) as usize]
+                    .seal(&ctx(id, "refresh_token"), &p)
+                    .unwrap();
+                ids.push(id);
+                tenants.push(tenant_of(id).to_string());
+                values.push(sealed.as_bytes().to_vec());
+            }
+            sqlx::query(
+                "INSERT INTO integrations SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bytea[])",
+            )
+            .bind(&ids)
+            .bind(&tenants)
+            .bind(&values)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        for t in TENANTS {
+            sealer.admin().rotate(t).await.unwrap();
+        }
+        let url = std::env::var(db::POSTGRES_URL).unwrap();
+        let config = dir.path().join("fieldseal.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[database]
+url = "{url}"
+
+[root_key]
+id = "cli-root"
+file = "root.key"
+
+[key_store]
+schema = "{schema}"
+
+[jobs]
+schema = "{schema}"
+lease = "2s"
+
+[[tables]]
+table = "{schema}.integrations"
+key = "id"
+key_type = "integer"
+tenant_column = "tenant"
+columns = [{{ column = "refresh_token", form = "binary" }}]
+"#
+            ),
+        )
+        .unwrap();
+        let under_primary = || async {
+            // Bytes 2..6 of a sealed value are its key version.
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM integrations WHERE substring(refresh_token from 3 for 4) = \
+                 '\\x00000002'::bytea",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        };
+
+        // Kill at random moments; each rerun resumes.
+        let mut kills = 0;
+        let mut attempts = 0;
+        let mut last = under_primary().await;
+        let mut delay_ms: u64 = 1000;
+        while kills < 5 {
+            attempts += 1;
+            assert!(attempts < 40, "the runner kept finishing before it could be killed");
+            let mut child = Command::new(runner())
+                .args(["--config"])
+                .arg(&config)
+                .args(["--quiet", "reseal", "--workers", "2", "--batch", "250"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let wait = Duration::from_millis(delay_ms / 2 + rand::random::<u64>() % delay_ms);
+            let started = Instant::now();
+            tokio::time::sleep(wait).await;
+            if child.try_wait().unwrap().is_some() {
+                // It finished first: nothing was killed; try earlier. If the
+                // whole job finished, start it over from a fresh rotation.
+                delay_ms = (delay_ms / 2).max(20);
+                if under_primary().await == rows {
+                    panic!("the job completed within {:?} before five kills", started.elapsed());
+                }
+                continue;
+            }
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            kills += 1;
+            let now = under_primary().await;
+            assert!(now >= last, "rows went back to the old version");
+            eprintln!("kill {kills} after {wait:?}: {now} of {rows} rows under the primary");
+            last = now;
+        }
+
+        // Then to completion (it waits for the killed workers' leases).
+        let r = run(&config, &["--json", "--quiet", "reseal", "--workers", "2"]);
+        assert!(r.code == DONE || r.code == NOTHING, "{}", r.stderr);
+        let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(report["report"]["tables"][0]["complete"], true);
+        assert_eq!(report["report"]["tables"][0]["failed"], 0);
+
+        assert_eq!(under_primary().await, rows, "rows left under the old version");
+        let state: String = sqlx::query_scalar(
+            "SELECT state FROM fieldseal_jobs WHERE id LIKE 'reseal:%' ORDER BY run DESC LIMIT 1",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(state, "complete");
+        // Every row opens, and its plaintext's SHA-256 is the original's.
+        let mut stream: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, refresh_token FROM integrations ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(stream.len() as i64, rows);
+        for (id, value) in stream.drain(..) {
+            let sealed = SealedValue::from_bytes(value).unwrap();
+            assert_eq!(sealed.key_version(), 2);
+            let opened = sealer
+                .open(&ctx(id, "refresh_token"), &sealed)
+                .await
+                .unwrap_or_else(|e| panic!("row {id} does not open: {e}"));
+            assert_eq!(
+                Sha256::digest(opened.plaintext().expose_secret()),
+                digests[id as usize],
+                "row {id}"
+            );
+        }
+    })
+    .await;
+}
