@@ -216,9 +216,12 @@ impl Sealer {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidContext`] for an empty or over-long tenant id;
-    /// [`Error::UnknownTenant`] if the tenant has no keys and may not be
-    /// created; [`Error::TenantShredded`]; provider and store errors.
+    /// [`Error::InvalidContext`] for a tenant id that breaks the tenant id
+    /// rules (empty, over 255 bytes, not in NFC, a control, invisible format
+    /// or unassigned code point, surrounding whitespace: FORMAT.md
+    /// §"Context rules"); [`Error::UnknownTenant`] if the tenant has no keys
+    /// and may not be created; [`Error::TenantShredded`]; provider and store
+    /// errors.
     pub async fn tenant(&self, tenant: &str) -> Result<TenantSealer> {
         check_tenant_id(tenant)?;
         let keyring = self.keyring(tenant, self.inner.create_tenants).await?;

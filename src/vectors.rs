@@ -235,7 +235,8 @@ fn ctx_unicode_extras() -> Ctx {
 }
 
 fn ctx_longest() -> Ctx {
-    // Every part at its longest, 16 extras, and an empty extra value.
+    // Every part but the tenant id at its longest, 16 extras, and an empty
+    // extra value.
     let mut c = Ctx::new("acme", &"t".repeat(255), &"c".repeat(255)).row("r".repeat(1024));
     c = c.extra("k".repeat(255), "v".repeat(1024));
     c = c.extra("empty", "");
@@ -334,8 +335,9 @@ fn cases() -> Vec<Case> {
             b"whsec_example-webhook-secret",
         ),
         case(
-            "every context part at its longest: table, column and an extra key of 255 \
-             bytes, row id and an extra value of 1024 bytes, 16 extras, one empty value",
+            "every context part but the tenant id at its longest: table, column and an \
+             extra key of 255 bytes, row id and an extra value of 1024 bytes, 16 extras, one \
+             empty value",
             "acme",
             1,
             ChaCha,
