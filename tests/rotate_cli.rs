@@ -99,8 +99,16 @@ fn run(config: &Path, args: &[&str]) -> Run {
         run.stdout,
         run.stderr
     );
+    let mut log = OUTPUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    log.push_str(&run.stdout);
+    log.push_str(&run.stderr);
     run
 }
+
+/// Everything every run of this test process printed.
+static OUTPUT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 
 fn plaintext(id: i64, column: &str) -> Vec<u8> {
     format!("{column}-of-row-{id}-{}", "x".repeat((id % 97) as usize)).into_bytes()
@@ -201,13 +209,16 @@ impl App {
         run(&self.config(), args)
     }
 
-    /// Every stored row and key-store row, to prove a refused command wrote
-    /// nothing.
+    /// Every application row and key-store row (each prefixed with its
+    /// table), to prove a refused command wrote nothing to either. (The job
+    /// tables do record a refused job's run.)
     async fn snapshot(&self) -> Vec<String> {
         let mut out = Vec::new();
         for sql in [
-            "SELECT id, tenant, hex(refresh_token), api_secret FROM integrations ORDER BY id",
-            "SELECT tenant, version, state, hex(wrapped) FROM fieldseal_keys ORDER BY tenant, version",
+            "SELECT 'integrations', id, tenant, hex(refresh_token), api_secret FROM integrations \
+             ORDER BY id",
+            "SELECT 'keys', tenant, version, state, hex(wrapped) FROM fieldseal_keys \
+             ORDER BY tenant, version",
         ] {
             for row in sqlx::query(sql).fetch_all(&self.pool).await.unwrap() {
                 let cells: Vec<String> = (0..row.len())
@@ -289,7 +300,9 @@ async fn an_unattended_schedule_tells_done_nothing_to_do_and_failed_apart() {
     let r = app.run(&["rotate", "--all", "--dry-run"]);
     assert_eq!(r.code, DONE);
     assert!(r.stdout.contains("acme: would rotate primary version 1"));
-    let r = app.run(&["--json", "rotate", "--all"]);
+    // Every primary is now over a second old: due under --older-than 1s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = app.run(&["--json", "rotate", "--all", "--older-than", "1s"]);
     assert_eq!(r.code, DONE);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(report["tenants"].as_array().unwrap().len(), 3);
@@ -333,11 +346,13 @@ async fn an_unattended_schedule_tells_done_nothing_to_do_and_failed_apart() {
     let r = app.run(&["verify", "--sample", "20"]);
     assert_eq!(r.code, DONE);
 
-    // The runner never prints a secret.
+    // No run printed a secret (nor a prefix of one).
+    let printed = OUTPUT.lock().unwrap().clone();
+    assert!(printed.contains("acme"), "the log is collected");
     for id in 0..120 {
         for column in ["refresh_token", "api_secret"] {
             let p = String::from_utf8(plaintext(id, column)).unwrap();
-            assert!(!r.stdout.contains(&p) && !r.stderr.contains(&p));
+            assert!(!printed.contains(&p[..p.len().min(20)]), "{p} was printed");
         }
     }
 
@@ -403,15 +418,30 @@ async fn bad_input_is_refused_with_a_message_and_nothing_written() {
     // An unknown table, an unknown column.
     app.write_config(&CONFIG.replace("table = \"integrations\"", "table = \"integratons\""));
     let r = app.run(&["reseal"]);
-    assert_ne!(r.code, DONE);
+    assert_eq!(r.code, USAGE);
     assert!(r.stderr.contains("integratons"), "{}", r.stderr);
     unchanged("an unknown table", app.snapshot().await);
 
     app.write_config(&CONFIG.replace("\"api_secret\"", "\"api_secrets\""));
     let r = app.run(&["reseal"]);
-    assert_ne!(r.code, DONE);
+    assert_eq!(r.code, USAGE);
     assert!(r.stderr.contains("api_secrets"), "{}", r.stderr);
     unchanged("an unknown column", app.snapshot().await);
+
+    // Migration reads plaintext from text columns only: a BLOB source is
+    // refused before anything is created.
+    app.write_config(&CONFIG.replace(
+        "{ column = \"api_secret\", form = \"text\" }",
+        "{ column = \"api_secret\", form = \"text\", migrate_from = \"refresh_token\" }",
+    ));
+    let r = app.run(&["migrate"]);
+    assert_eq!(r.code, USAGE);
+    assert!(
+        r.stderr.contains("tables[0].columns[1].migrate_from"),
+        "{}",
+        r.stderr
+    );
+    unchanged("a migration from a binary column", app.snapshot().await);
 
     // An unreachable database, whose password never appears.
     app.write_config(&CONFIG.replace(
@@ -468,16 +498,26 @@ async fn bad_input_is_refused_with_a_message_and_nothing_written() {
     assert_eq!(r.code, FAILED);
     let after = app.snapshot().await;
     // api_secret (whose recipe is right) was re-sealed; refresh_token was not.
-    let tokens = |rows: &[String]| -> Vec<String> {
+    let cells = |rows: &[String], n: usize| -> Vec<String> {
         rows.iter()
-            .filter(|r| r.matches('|').count() == 3 && !r.contains("cli-root"))
-            .map(|r| r.split('|').nth(2).unwrap().to_string())
+            .filter(|r| r.starts_with("integrations|"))
+            .map(|r| r.split('|').nth(n).unwrap().to_string())
             .collect()
     };
+    assert_eq!(cells(&before, 3).len(), 30);
     assert_eq!(
-        tokens(&before),
-        tokens(&after),
+        cells(&before, 3),
+        cells(&after, 3),
         "a value that did not open was written"
+    );
+    let resealed = cells(&before, 4)
+        .iter()
+        .zip(cells(&after, 4))
+        .filter(|(b, a)| !b.is_empty() && **b != *a)
+        .count();
+    assert_eq!(
+        resealed, 27,
+        "api_secret values (3 of 30 are NULL) were re-sealed"
     );
 
     // Usage errors.
@@ -591,7 +631,9 @@ columns = [{{ column = "refresh_token", form = "binary" }}]
         let mut kills = 0;
         let mut attempts = 0;
         let mut last = under_primary().await;
-        let mut delay_ms: u64 = 1000;
+        assert_eq!(last, 0);
+        let mut mid_job = 0;
+        let mut delay_ms: u64 = 500;
         while kills < 5 {
             attempts += 1;
             assert!(attempts < 40, "the runner kept finishing before it could be killed");
@@ -606,30 +648,52 @@ columns = [{{ column = "refresh_token", form = "binary" }}]
             let wait = Duration::from_millis(delay_ms / 2 + rand::random::<u64>() % delay_ms);
             let started = Instant::now();
             tokio::time::sleep(wait).await;
-            if child.try_wait().unwrap().is_some() {
-                // It finished first: nothing was killed; try earlier. If the
-                // whole job finished, start it over from a fresh rotation.
+            if let Some(status) = child.try_wait().unwrap() {
+                // It ended before the kill: it must not have failed, and must
+                // not have finished the job (the test needs five kills).
+                assert!(
+                    status.success() || status.code() == Some(NOTHING),
+                    "the runner failed: {status}"
+                );
+                assert!(
+                    under_primary().await < rows,
+                    "the job completed within {:?} before five kills",
+                    started.elapsed()
+                );
                 delay_ms = (delay_ms / 2).max(20);
-                if under_primary().await == rows {
-                    panic!("the job completed within {:?} before five kills", started.elapsed());
-                }
                 continue;
             }
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
+            child.kill().unwrap(); // SIGKILL on Unix
+            let status = child.wait().unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::ExitStatusExt as _;
+                if status.signal() != Some(9) {
+                    // It exited between try_wait and kill: not a kill.
+                    assert!(status.success(), "the runner failed: {status}");
+                    continue;
+                }
+            }
             kills += 1;
             let now = under_primary().await;
-            assert!(now >= last, "rows went back to the old version");
+            if 0 < now && now < rows {
+                mid_job += 1;
+            }
             eprintln!("kill {kills} after {wait:?}: {now} of {rows} rows under the primary");
             last = now;
         }
+        assert!(last < rows, "the job finished before the last kill");
+        assert!(mid_job >= 3, "only {mid_job} kills landed while rows were being re-sealed");
 
         // Then to completion (it waits for the killed workers' leases).
         let r = run(&config, &["--json", "--quiet", "reseal", "--workers", "2"]);
-        assert!(r.code == DONE || r.code == NOTHING, "{}", r.stderr);
+        assert_eq!(r.code, DONE, "{}", r.stderr);
         let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-        assert_eq!(report["report"]["tables"][0]["complete"], true);
-        assert_eq!(report["report"]["tables"][0]["failed"], 0);
+        let table = &report["report"]["tables"][0];
+        assert_eq!(table["complete"], true);
+        assert_eq!(table["failed"], 0);
+        // It resumed the killed run rather than starting another.
+        assert_eq!(table["job"]["run"], 1, "{table}");
 
         assert_eq!(under_primary().await, rows, "rows left under the old version");
         let state: String = sqlx::query_scalar(

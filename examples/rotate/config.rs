@@ -257,11 +257,18 @@ impl Config {
                 })?
             }
         };
-        if let Some(rest) = url.strip_prefix("sqlite://")
-            && !rest.starts_with('/')
-            && !rest.starts_with(':')
-        {
-            return Ok(format!("sqlite://{}", self.base.join(rest).display()));
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
+            if rest.starts_with(":memory:") || rest.contains("mode=memory") {
+                return Err(err(
+                    "database.url: an in-memory SQLite database is empty for the runner; \
+                     give the application's database file",
+                ));
+            }
+            if !rest.starts_with('/') {
+                return Ok(format!("sqlite://{}", self.base.join(rest).display()));
+            }
+            return Ok(format!("sqlite://{rest}"));
         }
         Ok(url)
     }
@@ -271,14 +278,19 @@ impl Config {
             (Some(file), None) => RootKey::from_file(self.resolve(file)).map_err(Into::into),
             (None, Some(var)) => RootKey::from_env(var).map_err(Into::into),
             _ => Err::<RootKey, Box<dyn std::error::Error>>(Box::new(err(format!(
-                "{what}: give the root key's `file` or `env` (one of them)"
+                "give the root key's `file` or `env` (one of them), in {what}"
             )))),
         };
         let r = &self.root_key;
-        let mut provider = LocalKeyProvider::new(&r.id, load("root_key", &r.file, &r.env)?)?;
+        let key = load("root_key", &r.file, &r.env).map_err(|e| err(format!("root_key: {e}")))?;
+        let mut provider =
+            LocalKeyProvider::new(&r.id, key).map_err(|e| err(format!("root_key.id: {e}")))?;
         for (i, p) in r.previous.iter().enumerate() {
-            let key = load(&format!("root_key.previous[{i}]"), &p.file, &p.env)?;
-            provider = provider.with_previous(&p.id, key)?;
+            let what = format!("root_key.previous[{i}]");
+            let key = load(&what, &p.file, &p.env).map_err(|e| err(format!("{what}: {e}")))?;
+            provider = provider
+                .with_previous(&p.id, key)
+                .map_err(|e| err(format!("{what}.id: {e}")))?;
         }
         Ok(provider)
     }

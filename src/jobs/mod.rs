@@ -497,7 +497,7 @@ impl SealedColumns {
                     None => continue,
                 };
                 if let Some(ty) = self.column_type(t, column).await?
-                    && !is_text_type(&ty)
+                    && !is_text_type(self.db.dialect(), &ty)
                 {
                     return Err(Error::config(format!(
                         "tables[{i}].columns[{j}].{what}: column `{column}` of `{}` is {ty}; \
@@ -538,8 +538,7 @@ impl SealedColumns {
         Ok(())
     }
 
-    /// The declared type of `column` (`None` on SQLite, whose columns take
-    /// any value and whose `CAST(x AS TEXT)` keeps a BLOB's bytes).
+    /// The declared type of `column`, lower-cased (`None` if not found).
     async fn column_type(&self, t: &Table, column: &str) -> Result<Option<String>> {
         use crate::store::sql::dialect::Dialect;
         let table = t.spec.table();
@@ -566,7 +565,10 @@ impl SealedColumns {
                     Val::Text(column.into()),
                 ],
             ),
-            Dialect::Sqlite => return Ok(None),
+            Dialect::Sqlite => (
+                "SELECT type FROM pragma_table_info(?) WHERE name = ?",
+                vec![Val::Text(name.into()), Val::Text(column.into())],
+            ),
         };
         let rows = self
             .db
@@ -1283,8 +1285,10 @@ impl Worker {
         let Some(job) = self.job.clone() else {
             return Ok(());
         };
+        // Short enough that an idle worker does not hold up the end of a run
+        // for long; one indexed read per idle worker per poll.
         let poll =
-            (self.options.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            (self.options.lease / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
         loop {
             match job.claim(&self.db).await? {
                 Some(lease) => self.work(&job, lease).await?,
@@ -1626,8 +1630,12 @@ enum Decision {
     Write(Val, Val),
 }
 
-/// Whether a PostgreSQL or MySQL column type holds text.
-fn is_text_type(ty: &str) -> bool {
+/// Whether a column of declared type `ty` holds text.
+fn is_text_type(dialect: crate::store::sql::dialect::Dialect, ty: &str) -> bool {
+    if dialect == crate::store::sql::dialect::Dialect::Sqlite {
+        // SQLite's type affinity rules: TEXT affinity.
+        return ["char", "clob", "text"].iter().any(|t| ty.contains(t));
+    }
     [
         "text",
         "character",
