@@ -185,9 +185,9 @@ enum Failure {
 }
 
 /// The error and its causes (a database's own message, for one).
-fn chain(e: &Error) -> String {
+fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {
@@ -421,15 +421,9 @@ fn cache_ttl(config: &Config) -> Duration {
 }
 
 fn sealer(cli: &Cli, config: &Config, store: impl KeyStore + 'static) -> Result<Sealer, Failure> {
-    let provider = config.provider().map_err(|e| {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(cause) = source {
-            text.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        Failure::Usage(text)
-    })?;
+    let provider = config
+        .provider()
+        .map_err(|e| Failure::Usage(chain(e.as_ref())))?;
     Ok(Sealer::builder(provider, store)
         .algorithm(config.algorithm())
         .cache_ttl(cache_ttl(config))
