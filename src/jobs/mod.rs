@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -708,6 +709,7 @@ impl SealedColumns {
             local: Mutex::default(),
             limiter: options.max_rows_per_sec.map(Limiter::new),
             sealers: Mutex::default(),
+            stop: AtomicBool::new(false),
         });
         let table = t.spec.table().to_string();
         if options.dry_run {
@@ -764,8 +766,9 @@ impl SealedColumns {
                 })
             });
             if let Err(e) = result {
-                // Stop the other workers: what they committed stays done.
-                tasks.abort_all();
+                // Stop the other workers at their next batch boundary: what
+                // they committed stays done.
+                shared.stop.store(true, Ordering::Relaxed);
                 first_error.get_or_insert(e);
             }
         }
@@ -852,6 +855,7 @@ impl SealedColumns {
                 local: Mutex::default(),
                 limiter: options.max_rows_per_sec.map(Limiter::new),
                 sealers: Mutex::default(),
+                stop: AtomicBool::new(false),
             });
             let w = self.worker(t, JobKind::Reseal, options, &shared, None);
             if let Some(p) = &options.progress {
@@ -1014,6 +1018,7 @@ impl SealedColumns {
             local: Mutex::default(),
             limiter: None,
             sealers: Mutex::default(),
+            stop: AtomicBool::new(false),
         });
         let mut sample = options.clone();
         sample.batch = options.batch.min(500);
@@ -1194,6 +1199,10 @@ struct Shared {
     local: Mutex<Counts>,
     limiter: Option<Limiter>,
     sealers: Mutex<HashMap<String, TenantSealer>>,
+    /// Set when one worker failed: the others stop at their next batch
+    /// boundary. (Aborting a task in the middle of a query can leave its
+    /// connection out of step with the server.)
+    stop: AtomicBool,
 }
 
 impl Shared {
@@ -1290,6 +1299,9 @@ impl Worker {
         let poll =
             (self.options.lease / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
         loop {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             match job.claim(&self.db).await? {
                 Some(lease) => self.work(&job, lease).await?,
                 None => {
@@ -1309,6 +1321,9 @@ impl Worker {
         let table = self.table.spec.table().to_string();
         let mut attempt = 0;
         loop {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             let (rows, last) = self
                 .fetch(lease.cursor.as_ref(), lease.upper.as_ref())
                 .await?;
