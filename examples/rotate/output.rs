@@ -164,15 +164,7 @@ pub(crate) fn print_job(verb: &str, report: &JobReport) {
              application meanwhile, {} failed, {} NULL, {} plaintext{job}",
             t.table, c.scanned, c.written, c.current, c.changed, c.failed, c.nulls, c.legacy
         );
-        for f in t.failures.iter().take(50) {
-            println!(
-                "  {}.{} key {}: {} ({})",
-                t.table, f.column, f.key, f.kind, f.message
-            );
-        }
-        if t.failures.len() > 50 {
-            println!("  … and {} more", c.failed.saturating_sub(50));
-        }
+        print_failures(t);
     }
 }
 
@@ -185,14 +177,22 @@ pub(crate) fn print_verify(report: &JobReport) {
             "{}: {} values, {opened} opened, {} failed, {} NULL, {} plaintext",
             t.table, c.scanned, c.failed, c.nulls, c.legacy
         );
-        for f in t.failures.iter().take(50) {
-            println!(
-                "  {}.{} key {}: {} ({})",
-                t.table, f.column, f.key, f.kind, f.message
-            );
-        }
-        if t.failures.len() > 50 {
-            println!("  … and {} more", c.failed.saturating_sub(50));
-        }
+        print_failures(t);
+    }
+}
+
+/// The first 50 rows that failed, with their key and reason (never a value).
+fn print_failures(t: &fieldseal::TableReport) {
+    for f in t.failures.iter().take(50) {
+        println!(
+            "  {}.{} key {}: {} ({})",
+            t.table, f.column, f.key, f.kind, f.message
+        );
+    }
+    if t.counts.failed > 50 {
+        println!(
+            "  … and {} more (--json lists up to 1,000)",
+            t.counts.failed - 50
+        );
     }
 }

@@ -543,10 +543,7 @@ impl SealedColumns {
     async fn column_type(&self, t: &Table, column: &str) -> Result<Option<String>> {
         use crate::store::sql::dialect::Dialect;
         let table = t.spec.table();
-        let (schema, name) = match table.split_once('.') {
-            Some((s, n)) => (Some(s), n),
-            None => (None, table),
-        };
+        let (schema, name) = split_schema(table);
         let (sql, binds) = match self.db.dialect() {
             Dialect::Postgres => (
                 "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
@@ -585,10 +582,7 @@ impl SealedColumns {
     async fn primary_key(&self, t: &Table) -> Result<Vec<String>> {
         use crate::store::sql::dialect::Dialect;
         let table = t.spec.table();
-        let (schema, name) = match table.split_once('.') {
-            Some((s, n)) => (Some(s), n),
-            None => (None, table),
-        };
+        let (schema, name) = split_schema(table);
         let (sql, binds) = match self.db.dialect() {
             Dialect::Postgres => (
                 "SELECT CAST(a.attname AS TEXT) FROM pg_index i \
@@ -1663,4 +1657,12 @@ fn is_text_type(dialect: crate::store::sql::dialect::Dialect, ty: &str) -> bool 
     ]
     .iter()
     .any(|t| ty == *t || ty.starts_with(&format!("{t}(")) || ty.starts_with(&format!("{t} ")))
+}
+
+/// `schema.table` as `(Some(schema), table)`; a bare name as `(None, name)`.
+fn split_schema(table: &str) -> (Option<&str>, &str) {
+    match table.split_once('.') {
+        Some((schema, name)) => (Some(schema), name),
+        None => (None, table),
+    }
 }
