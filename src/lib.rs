@@ -46,7 +46,7 @@ pub use crate::{
     // The sealed-value format.
     format::{Algorithm, MAX_PLAINTEXT_LEN, OVERHEAD, SealedValue},
     // Root key providers.
-    provider::{KeyProvider, LocalKeyProvider, WrapContext, WrappedKey},
+    provider::{KeyProvider, LocalKeyProvider, ProviderChain, WrapContext, WrappedKey},
     // The handles.
     sealer::{Sealer, SealerBuilder, TenantSealer},
     // Secrets.
@@ -71,6 +71,14 @@ pub use crate::{
     },
     store::{SqlDatabase, SqlKeyStore},
 };
+
+// Root keys in AWS KMS (feature `aws-kms`).
+#[cfg(feature = "aws-kms")]
+pub use crate::provider::{AwsKmsProvider, AwsKmsProviderBuilder};
+
+// Root keys in a PKCS#11 token or HSM (feature `pkcs11`).
+#[cfg(feature = "pkcs11")]
+pub use crate::provider::{Pkcs11Provider, Pkcs11ProviderBuilder};
 
 /// Re-exported so that implementations of [`KeyProvider`] and [`KeyStore`] use
 /// the same attribute macro version as fieldseal.

@@ -238,6 +238,7 @@ impl Sealer {
     }
 
     /// As [`Sealer::tenant`], but never creates the tenant's first key.
+    #[cfg(feature = "_sql")]
     pub(crate) async fn existing_tenant(&self, tenant: &str) -> Result<TenantSealer> {
         check_tenant_id(tenant)?;
         let keyring = self.keyring(tenant, false).await?;

@@ -38,8 +38,13 @@ pub(crate) fn os_random(buf: &mut [u8]) -> Result<()> {
 pub struct TenantKey(Box<[u8; KEY_LEN]>);
 
 impl TenantKey {
-    /// A fresh random key from the operating system's generator.
-    pub(crate) fn generate() -> Result<Self> {
+    /// A fresh random key from the operating system's generator (as fieldseal
+    /// makes every tenant key; public for tests of a [`KeyProvider`](crate::KeyProvider)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Provider`] if the operating system's generator fails.
+    pub fn generate() -> Result<Self> {
         let mut key = Box::new([0u8; KEY_LEN]);
         os_random(key.as_mut_slice())?;
         Ok(Self(key))

@@ -5,7 +5,7 @@ use std::fmt;
 use async_trait::async_trait;
 use rand::Rng as _;
 
-use super::{KeyProvider, WrapContext, WrappedKey};
+use super::{KeyProvider, WrapContext, WrappedKey, check_root_key_id};
 use crate::crypto::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::format::Algorithm;
@@ -59,7 +59,7 @@ impl LocalKeyProvider {
     /// characters other than ASCII letters, digits and `-_.:/`.
     pub fn new(id: impl Into<String>, key: RootKey) -> Result<Self> {
         let id = id.into();
-        check_id(&id)?;
+        check_root_key_id(&id)?;
         Ok(Self {
             current: id.clone(),
             keys: vec![(id, key)],
@@ -74,7 +74,7 @@ impl LocalKeyProvider {
     /// already configured.
     pub fn with_previous(mut self, id: impl Into<String>, key: RootKey) -> Result<Self> {
         let id = id.into();
-        check_id(&id)?;
+        check_root_key_id(&id)?;
         if self.keys.iter().any(|(known, _)| *known == id) {
             return Err(Error::config(format!(
                 "root key id `{id}` is configured twice; every root key needs its own id"
@@ -89,21 +89,6 @@ impl LocalKeyProvider {
             .iter()
             .find(|(known, _)| known == id)
             .map(|(_, key)| key)
-    }
-}
-
-fn check_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 255
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::config(format!(
-            "root key id {id:?} is invalid: use 1 to 255 ASCII letters, digits and `-_.:/`"
-        )))
     }
 }
 

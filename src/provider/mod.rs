@@ -9,14 +9,24 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::secret::TenantKey;
 
+#[cfg(feature = "aws-kms")]
+mod aws_kms;
+mod chain;
 mod local;
+#[cfg(feature = "pkcs11")]
+mod pkcs11;
 
+#[cfg(feature = "aws-kms")]
+pub use aws_kms::{AwsKmsProvider, AwsKmsProviderBuilder};
+pub use chain::ProviderChain;
 pub use local::LocalKeyProvider;
 #[cfg(test)]
 pub(crate) use local::wrap_with_nonce;
+#[cfg(feature = "pkcs11")]
+pub use pkcs11::{Pkcs11Provider, Pkcs11ProviderBuilder};
 
 /// What a wrapped key is: a tenant key (its tenant and version) or the key store's
 /// audit key.
@@ -226,4 +236,21 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// do not unwrap (wrong key, altered or moved record);
     /// [`Error::Provider`](crate::Error::Provider) if the KMS call fails.
     async fn unwrap(&self, wrapped: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey>;
+}
+
+/// Checks a root key id against FORMAT.md §"Wrapped keys": 1 to 255 bytes of
+/// ASCII letters, digits and `-_.:/`.
+pub(crate) fn check_root_key_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 255
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "root key id {id:?} is invalid: use 1 to 255 ASCII letters, digits and `-_.:/`"
+        )))
+    }
 }

@@ -1,0 +1,481 @@
+//! The AWS KMS root key provider, on the official AWS SDK.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_kms::config::retry::RetryConfig;
+use aws_sdk_kms::config::timeout::TimeoutConfig;
+use aws_sdk_kms::config::{BehaviorVersion, Region};
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType};
+use zeroize::Zeroizing;
+
+use super::{KeyProvider, WrapContext, WrappedKey, check_root_key_id};
+use crate::error::{Error, Result};
+use crate::secret::TenantKey;
+
+/// The default time an AWS KMS call may take, retries included.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default number of attempts per call (the first and two retries).
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// Root keys in AWS KMS: tenant keys are wrapped by `Encrypt` and unwrapped by
+/// `Decrypt` under a symmetric KMS key, and the root key never leaves KMS.
+///
+/// Every call carries the [`WrapContext`] as the KMS *encryption context*
+/// (`fieldseal:purpose`, `fieldseal:tenant`, `fieldseal:version`), so a
+/// wrapped key copied to another tenant's or version's record does not
+/// decrypt, and the CloudTrail entry of each call names the tenant it served.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), fieldseal::Error> {
+/// use fieldseal::{AwsKmsProvider, MemoryKeyStore, Sealer};
+///
+/// let provider = AwsKmsProvider::builder("alias/fieldseal-root")
+///     // Still unwraps tenant keys wrapped before the move to the new key.
+///     .previous("arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab")
+///     .region("eu-west-1")
+///     .build()
+///     .await?;
+/// let sealer = Sealer::builder(provider, MemoryKeyStore::new()).build();
+/// # let _ = sealer;
+/// # Ok(()) }
+/// ```
+///
+/// **Keys.** Give each key as a key id, key ARN or alias (`alias/name` or its
+/// ARN). [`build`](AwsKmsProviderBuilder::build) resolves each to its key ARN
+/// with `DescribeKey` and checks that it exists, is enabled and is a symmetric
+/// encryption key; the ARN is the root key id stored beside every wrapped key,
+/// so moving an alias to another key later does not change which key unwraps
+/// what. After moving an alias, configure the old key with
+/// [`previous`](AwsKmsProviderBuilder::previous) and run
+/// [`KeyAdmin::rewrap_all`](crate::KeyAdmin::rewrap_all); KMS's own automatic
+/// key rotation needs none of this (the ARN stays the same).
+///
+/// **Calls.** One `Encrypt` per tenant key created or re-wrapped, one `Decrypt`
+/// per cache miss; never one per sealed value. fieldseal generates tenant keys
+/// itself and calls `Encrypt` rather than `GenerateDataKey`: both are one call,
+/// and `Encrypt` also serves re-wrapping under a new root key.
+///
+/// **Permissions.** `kms:DescribeKey` on every configured key, `kms:Encrypt`
+/// on the current key and `kms:Decrypt` on every key. A key policy can require
+/// the encryption context with the `kms:EncryptionContextKeys` condition.
+///
+/// **Credentials and retries.** Credentials come from the AWS SDK's default
+/// chain (environment, profile, web identity, container or instance role) or
+/// from an [`SdkConfig`](aws_config::SdkConfig) you load yourself. Throttled
+/// and transient failures are retried by the SDK's standard retry strategy
+/// (exponential backoff with jitter), and every call, retries included, ends
+/// within [`timeout`](AwsKmsProviderBuilder::timeout).
+///
+/// # Security
+///
+/// The root key stays in KMS. A tenant key is in this process's memory while
+/// it is cached (zeroized on eviction), and the plaintext of each `Encrypt`
+/// request and `Decrypt` response passes through the AWS SDK's buffers, which
+/// fieldseal cannot zeroize. Errors name keys, actions and tenants, never key
+/// material.
+pub struct AwsKmsProvider {
+    client: aws_sdk_kms::Client,
+    /// Key ARNs, the current one first, with the name each was configured by.
+    keys: Vec<KmsKey>,
+    region: String,
+    timeout: Duration,
+    max_attempts: u32,
+}
+
+struct KmsKey {
+    configured: String,
+    arn: String,
+}
+
+/// Configures an [`AwsKmsProvider`]; made by [`AwsKmsProvider::builder`].
+#[must_use = "call `build().await` to get a provider"]
+pub struct AwsKmsProviderBuilder {
+    current: String,
+    previous: Vec<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    sdk_config: Option<aws_config::SdkConfig>,
+    timeout: Duration,
+    max_attempts: u32,
+}
+
+impl AwsKmsProvider {
+    /// Starts configuring a provider whose current root key is the KMS key
+    /// `key` (a key id, key ARN, alias name or alias ARN).
+    pub fn builder(key: impl Into<String>) -> AwsKmsProviderBuilder {
+        AwsKmsProviderBuilder {
+            current: key.into(),
+            previous: Vec::new(),
+            region: None,
+            endpoint_url: None,
+            sdk_config: None,
+            timeout: DEFAULT_TIMEOUT,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    fn held(&self, root_key_id: &str) -> Option<&KmsKey> {
+        self.keys.iter().find(|key| key.arn == root_key_id)
+    }
+
+    /// The error for a failed call: what failed, on which key, and what to do.
+    fn call_error<E>(
+        &self,
+        action: &'static str,
+        key: &str,
+        subject: Option<(&WrapContext<'_>, &str)>,
+        err: SdkError<E, aws_sdk_kms::config::http::HttpResponse>,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let region = &self.region;
+        let message = match &err {
+            SdkError::TimeoutError(_) => format!(
+                "AWS KMS {action} on key `{key}` did not finish within {:?} (retries \
+                 included): check the network path to KMS in region {region}, or raise \
+                 `AwsKmsProviderBuilder::timeout`",
+                self.timeout
+            ),
+            SdkError::DispatchFailure(failure) if failure.is_timeout() => format!(
+                "AWS KMS {action} on key `{key}` timed out connecting to KMS in region \
+                 {region}: check the endpoint and the network path"
+            ),
+            SdkError::DispatchFailure(failure) if failure.is_io() => format!(
+                "could not reach AWS KMS in region {region} for {action} on key `{key}` \
+                 (connection failed): check the endpoint URL, proxy and network ({})",
+                DisplayErrorContext(&err)
+            ),
+            SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => format!(
+                "could not send AWS KMS {action} on key `{key}`: {} (check the AWS \
+                 credentials and region this process is configured with)",
+                DisplayErrorContext(&err)
+            ),
+            SdkError::ServiceError(_) => {
+                let code = err.code().unwrap_or("unknown");
+                let detail = err.message().unwrap_or("no message");
+                match code {
+                    "AccessDeniedException" => format!(
+                        "AWS KMS denied kms:{action} on key `{key}`: allow kms:{action} on this \
+                         key for the identity this process runs as (key policy or IAM \
+                         policy; the encryption context keys are fieldseal:purpose, \
+                         fieldseal:tenant and fieldseal:version) — {detail}"
+                    ),
+                    "NotFoundException" => format!(
+                        "AWS KMS key `{key}` was not found in region {region}: check the key \
+                         id, ARN or alias, the region and the account — {detail}"
+                    ),
+                    "DisabledException" => format!(
+                        "AWS KMS key `{key}` is disabled, so {action} was refused: enable it \
+                         (`aws kms enable-key`), or make another key current"
+                    ),
+                    "KMSInvalidStateException" => format!(
+                        "AWS KMS key `{key}` cannot be used for {action} in its current state \
+                         (pending deletion, pending import or unavailable): cancel a \
+                         scheduled deletion with `aws kms cancel-key-deletion` — {detail}"
+                    ),
+                    "InvalidCiphertextException" | "IncorrectKeyException" => {
+                        if let Some((ctx, root_key_id)) = subject {
+                            return Error::UnwrapFailed {
+                                subject: ctx.describe(),
+                                root_key_id: root_key_id.to_string(),
+                            };
+                        }
+                        format!("AWS KMS refused {action} on key `{key}`: {code}: {detail}")
+                    }
+                    "ThrottlingException" | "LimitExceededException" => format!(
+                        "AWS KMS throttled {action} on key `{key}` and it still failed after \
+                         {} attempts with backoff: raise the account's KMS request quota, \
+                         make fewer calls (a larger `SealerBuilder::cache_ttl` and \
+                         `cache_capacity`), or allow more attempts",
+                        self.max_attempts
+                    ),
+                    "UnrecognizedClientException"
+                    | "InvalidSignatureException"
+                    | "ExpiredTokenException"
+                    | "InvalidClientTokenId"
+                    | "IncompleteSignature" => format!(
+                        "AWS rejected this process's credentials for kms:{action} ({code}): \
+                         check the credentials the AWS SDK found (environment, profile or \
+                         role) and the system clock"
+                    ),
+                    "KMSInternalException"
+                    | "DependencyTimeoutException"
+                    | "KeyUnavailableException" => format!(
+                        "AWS KMS could not serve {action} on key `{key}` right now ({code}) \
+                         after {} attempts: retry later",
+                        self.max_attempts
+                    ),
+                    _ => format!("AWS KMS {action} on key `{key}` failed: {code}: {detail}"),
+                }
+            }
+            _ => format!(
+                "AWS KMS {action} on key `{key}` failed: {}",
+                DisplayErrorContext(&err)
+            ),
+        };
+        Error::provider(message, err)
+    }
+}
+
+impl AwsKmsProviderBuilder {
+    /// Adds a previous root key: it still unwraps tenant keys wrapped under it,
+    /// but never wraps.
+    pub fn previous(mut self, key: impl Into<String>) -> Self {
+        self.previous.push(key.into());
+        self
+    }
+
+    /// The AWS region of the keys (default: the SDK's region chain, such as
+    /// `AWS_REGION` or the profile's region).
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Sends requests to this endpoint instead of the region's (a VPC endpoint,
+    /// or a local emulator in tests).
+    pub fn endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// Uses an AWS SDK configuration the application has already loaded (its
+    /// credentials, region and HTTP client) instead of loading the default one.
+    /// [`region`](Self::region), [`endpoint_url`](Self::endpoint_url),
+    /// [`timeout`](Self::timeout) and [`max_attempts`](Self::max_attempts)
+    /// still apply on top of it.
+    pub fn sdk_config(mut self, config: &aws_config::SdkConfig) -> Self {
+        self.sdk_config = Some(config.clone());
+        self
+    }
+
+    /// The longest one KMS call may take, retries and backoff included
+    /// (default 10 s). A call that takes longer fails with an error that says so.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many times a call is attempted when KMS throttles it or fails
+    /// transiently (default 3; at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Loads the AWS configuration and checks every configured key with
+    /// `DescribeKey`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if no region is configured, a key id is not a valid
+    /// root key id, a key is disabled, pending deletion, not a symmetric
+    /// encryption key, or configured twice; [`Error::Provider`] if KMS cannot
+    /// be reached, denies `DescribeKey`, or does not know a key (each message
+    /// names the key and what to fix).
+    pub async fn build(self) -> Result<AwsKmsProvider> {
+        let sdk_config = match self.sdk_config {
+            Some(config) => config,
+            None => aws_config::defaults(BehaviorVersion::latest()).load().await,
+        };
+        let mut config = aws_sdk_kms::config::Builder::from(&sdk_config)
+            .retry_config(RetryConfig::standard().with_max_attempts(self.max_attempts))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(self.timeout)
+                    .connect_timeout(self.timeout.min(Duration::from_secs(3)))
+                    .build(),
+            );
+        if let Some(region) = &self.region {
+            config = config.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &self.endpoint_url {
+            config = config.endpoint_url(url.clone());
+        }
+        let config = config.build();
+        let Some(region) = config.region().map(|r| r.to_string()) else {
+            return Err(Error::config(
+                "no AWS region for the KMS provider: set AWS_REGION (or a profile's region), \
+                 or call `AwsKmsProviderBuilder::region`",
+            ));
+        };
+        let mut provider = AwsKmsProvider {
+            client: aws_sdk_kms::Client::from_conf(config),
+            keys: Vec::new(),
+            region,
+            timeout: self.timeout,
+            max_attempts: self.max_attempts,
+        };
+        for configured in std::iter::once(self.current).chain(self.previous) {
+            check_root_key_id(&configured)?;
+            let arn = provider.describe(&configured).await?;
+            if let Some(known) = provider.keys.iter().find(|k| k.arn == arn) {
+                return Err(Error::config(format!(
+                    "AWS KMS keys `{}` and `{configured}` are the same key ({arn}); configure \
+                     each key once",
+                    known.configured
+                )));
+            }
+            provider.keys.push(KmsKey { configured, arn });
+        }
+        Ok(provider)
+    }
+}
+
+impl AwsKmsProvider {
+    /// Resolves a configured key to its ARN and checks that it can wrap and
+    /// unwrap.
+    async fn describe(&self, configured: &str) -> Result<String> {
+        let output = self
+            .client
+            .describe_key()
+            .key_id(configured)
+            .send()
+            .await
+            .map_err(|err| self.call_error("DescribeKey", configured, None, err))?;
+        let Some(meta) = output.key_metadata() else {
+            return Err(Error::Provider {
+                message: format!("AWS KMS DescribeKey on `{configured}` returned no key metadata"),
+                source: None,
+            });
+        };
+        let arn = meta.arn().unwrap_or_default().to_string();
+        check_root_key_id(&arn)?;
+        match meta.key_state() {
+            Some(KeyState::Enabled) | None if meta.enabled() => {}
+            Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion) => {
+                let when = meta
+                    .deletion_date()
+                    .map(|d| format!(" on {d}"))
+                    .unwrap_or_default();
+                return Err(Error::config(format!(
+                    "AWS KMS key `{configured}` ({arn}) is scheduled for deletion{when}: cancel \
+                     it with `aws kms cancel-key-deletion` before fieldseal uses it; tenant keys \
+                     wrapped only under it become unreadable when it is deleted"
+                )));
+            }
+            state => {
+                let state = state.map_or("disabled", |s| s.as_str());
+                return Err(Error::config(format!(
+                    "AWS KMS key `{configured}` ({arn}) is {state}, not Enabled: enable it \
+                     (`aws kms enable-key`) or remove it from the provider"
+                )));
+            }
+        }
+        let symmetric = matches!(meta.key_spec(), None | Some(KeySpec::SymmetricDefault));
+        let encrypts = matches!(meta.key_usage(), None | Some(KeyUsageType::EncryptDecrypt));
+        if !(symmetric && encrypts) {
+            return Err(Error::config(format!(
+                "AWS KMS key `{configured}` ({arn}) is not a symmetric encryption key (spec {}, \
+                 usage {}): fieldseal needs a SYMMETRIC_DEFAULT key with usage ENCRYPT_DECRYPT",
+                meta.key_spec().map_or("unknown", |s| s.as_str()),
+                meta.key_usage().map_or("unknown", |u| u.as_str()),
+            )));
+        }
+        Ok(arn)
+    }
+}
+
+fn encryption_context(ctx: &WrapContext<'_>) -> HashMap<String, String> {
+    ctx.fields()
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect()
+}
+
+impl fmt::Debug for AwsKmsProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsKmsProvider")
+            .field("current", &self.current_root_key_id())
+            .field(
+                "previous",
+                &self
+                    .keys
+                    .iter()
+                    .skip(1)
+                    .map(|k| k.arn.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("region", &self.region)
+            .field("timeout", &self.timeout)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for AwsKmsProviderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsKmsProviderBuilder")
+            .field("current", &self.current)
+            .field("previous", &self.previous)
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("timeout", &self.timeout)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl KeyProvider for AwsKmsProvider {
+    fn current_root_key_id(&self) -> &str {
+        self.keys.first().map_or("", |key| key.arn.as_str())
+    }
+
+    async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
+        let arn = self.current_root_key_id();
+        let output = self
+            .client
+            .encrypt()
+            .key_id(arn)
+            .plaintext(Blob::new(key.expose_secret().to_vec()))
+            .set_encryption_context(Some(encryption_context(ctx)))
+            .send()
+            .await
+            .map_err(|err| self.call_error("Encrypt", arn, None, err))?;
+        match output.ciphertext_blob {
+            Some(blob) if !blob.as_ref().is_empty() => Ok(WrappedKey::new(arn, blob.into_inner())),
+            _ => Err(Error::Provider {
+                message: format!("AWS KMS Encrypt on key `{arn}` returned no ciphertext"),
+                source: None,
+            }),
+        }
+    }
+
+    async fn unwrap(&self, wrapped: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey> {
+        let Some(key) = self.held(wrapped.root_key_id()) else {
+            return Err(Error::RootKeyNotConfigured {
+                id: wrapped.root_key_id().to_string(),
+            });
+        };
+        let failed = || Error::UnwrapFailed {
+            subject: ctx.describe(),
+            root_key_id: key.arn.clone(),
+        };
+        if wrapped.as_bytes().is_empty() {
+            return Err(failed());
+        }
+        let output = self
+            .client
+            .decrypt()
+            .key_id(&key.arn)
+            .ciphertext_blob(Blob::new(wrapped.as_bytes()))
+            .set_encryption_context(Some(encryption_context(ctx)))
+            .send()
+            .await
+            .map_err(|err| self.call_error("Decrypt", &key.arn, Some((ctx, &key.arn)), err))?;
+        // KMS names the key that decrypted; with `KeyId` given it can only be
+        // that key, but a proxy or emulator that ignores `KeyId` is caught here.
+        if output.key_id().is_some_and(|used| used != key.arn) {
+            return Err(failed());
+        }
+        let plaintext = Zeroizing::new(output.plaintext.map(Blob::into_inner).unwrap_or_default());
+        TenantKey::from_slice(&plaintext).map_err(|_| failed())
+    }
+}

@@ -1,0 +1,639 @@
+//! The PKCS#11 root key provider: root keys in an HSM or token, on `cryptoki`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use rand::Rng as _;
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use super::{KeyProvider, WrapContext, WrappedKey, check_root_key_id};
+use crate::crypto::{KEY_LEN, NONCE_LEN, TAG_LEN};
+use crate::error::{Error, Result};
+use crate::secret::TenantKey;
+
+/// Version byte of the wrapped-key layout (the local provider's layout).
+const WRAP_V1: u8 = 0x01;
+/// `version (1) || nonce (12) || encrypted key (32) || tag (16)`.
+const WRAPPED_LEN: usize = 1 + NONCE_LEN + KEY_LEN + TAG_LEN;
+/// The environment variable the PIN is read from unless another is named.
+const DEFAULT_PIN_ENV: &str = "FIELDSEAL_PKCS11_PIN";
+/// Sessions kept open per provider unless configured otherwise.
+const DEFAULT_SESSIONS: usize = 4;
+
+/// Root keys in a PKCS#11 token: an HSM, a cloud HSM's PKCS#11 library, or
+/// SoftHSM2 for development.
+///
+/// Each root key is an AES-256 secret key object in the token, found by its
+/// label; it never leaves the token. A tenant key is wrapped inside the token
+/// by `C_Encrypt` with `CKM_AES_GCM`: a fresh random 96-bit IV, the
+/// [`WrapContext`] as additional authenticated data and a 128-bit tag. The
+/// wrapped bytes have exactly the local provider's layout (FORMAT.md
+/// §"Wrapped keys"), so the published wrapped-key vectors describe them too.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), fieldseal::Error> {
+/// use fieldseal::{MemoryKeyStore, Pkcs11Provider, Sealer};
+///
+/// // The PIN is read from FIELDSEAL_PKCS11_PIN.
+/// let provider = Pkcs11Provider::builder("/usr/lib/softhsm/libsofthsm2.so")
+///     .token("fieldseal")
+///     .key("fieldseal-root-2026")
+///     .build()
+///     .await?;
+/// let sealer = Sealer::builder(provider, MemoryKeyStore::new()).build();
+/// # let _ = sealer;
+/// # Ok(()) }
+/// ```
+///
+/// **Why `CKM_AES_GCM` and not the token's key-wrapping mechanism.** The
+/// standard wrapping mechanisms (`CKM_AES_KEY_WRAP`, `CKM_AES_KEY_WRAP_PAD`,
+/// RFC 3394 and 5649) take no associated data, so they cannot bind a wrapped
+/// key to its tenant, version and purpose; and `C_UnwrapKey` would create the
+/// tenant key as an object inside the token, while fieldseal needs the tenant
+/// key in its own memory to derive a key per value. AES-GCM with the wrap
+/// context as AAD binds the context, and the root key still never leaves the
+/// token. If the token chooses the IV itself (some do in FIPS mode), the IV it
+/// returns is the one stored.
+///
+/// **Keys.** The root key id stored beside each wrapped key is `pkcs11:` and
+/// the key's label, so labels use ASCII letters, digits and `-_.:/`. The key
+/// must be an AES key of 32 bytes with `CKA_SENSITIVE` true and
+/// `CKA_EXTRACTABLE` false, allowed to encrypt and decrypt; for example
+/// `pkcs11-tool --module … --login --keygen --key-type AES:32 --label
+/// fieldseal-root-2026 --sensitive`. [`build`](Pkcs11ProviderBuilder::build)
+/// checks all of this.
+///
+/// **Login.** PKCS#11 keeps one login per process and token: the provider logs
+/// in at [`build`](Pkcs11ProviderBuilder::build), and a second provider on a
+/// token this process is already logged in to is not asked for the PIN again
+/// (the token does not check it). The login lasts while any session is open.
+///
+/// **Sessions.** The provider logs in once and keeps up to
+/// [`sessions`](Pkcs11ProviderBuilder::sessions) sessions open; calls run on
+/// tokio's blocking pool, so they never stall the async runtime, and at most
+/// that many run at once.
+///
+/// # Security
+///
+/// The PIN is held as a [`SecretString`] only until login. The tenant key
+/// passes through the PKCS#11 library's buffers, which fieldseal cannot
+/// zeroize. Errors name the module, token, labels and return codes, never
+/// the PIN or key material.
+pub struct Pkcs11Provider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pkcs11: Pkcs11,
+    slot: Slot,
+    token: String,
+    /// Root keys, the current one first.
+    keys: Vec<HsmKey>,
+    idle: Mutex<Vec<Session>>,
+    permits: Semaphore,
+}
+
+struct HsmKey {
+    id: String,
+    handle: ObjectHandle,
+}
+
+/// Configures a [`Pkcs11Provider`]; made by [`Pkcs11Provider::builder`].
+#[must_use = "call `build().await` to get a provider"]
+pub struct Pkcs11ProviderBuilder {
+    module: PathBuf,
+    token: Option<String>,
+    keys: Vec<String>,
+    pin: PinSource,
+    sessions: usize,
+}
+
+enum PinSource {
+    Env(String),
+    Given(SecretString),
+}
+
+impl Pkcs11Provider {
+    /// Starts configuring a provider on the PKCS#11 module (shared library)
+    /// at `module`, such as `/usr/lib/softhsm/libsofthsm2.so`.
+    pub fn builder(module: impl Into<PathBuf>) -> Pkcs11ProviderBuilder {
+        Pkcs11ProviderBuilder {
+            module: module.into(),
+            token: None,
+            keys: Vec::new(),
+            pin: PinSource::Env(DEFAULT_PIN_ENV.to_string()),
+            sessions: DEFAULT_SESSIONS,
+        }
+    }
+
+    /// Runs `op` on a pooled session on the blocking pool.
+    async fn with_session<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Session) -> std::result::Result<T, CkError> + Send + 'static,
+    {
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::config("the PKCS#11 provider was shut down"))?;
+        let inner = Arc::clone(&self.inner);
+        let joined = tokio::task::spawn_blocking(move || {
+            let pooled = inner.idle.lock().ok().and_then(|mut idle| idle.pop());
+            let session = match pooled {
+                Some(session) => session,
+                None => inner.pkcs11.open_ro_session(inner.slot).map_err(|err| {
+                    ck_error(
+                        format!("could not open a session on token `{}`", inner.token),
+                        err,
+                    )
+                })?,
+            };
+            let result = op(&session);
+            let broken = matches!(
+                &result,
+                Err(CkError::Pkcs11(
+                    RvError::SessionHandleInvalid
+                        | RvError::SessionClosed
+                        | RvError::DeviceRemoved
+                        | RvError::TokenNotPresent
+                        | RvError::UserNotLoggedIn,
+                    _
+                ))
+            );
+            if !broken && let Ok(mut idle) = inner.idle.lock() {
+                idle.push(session);
+            }
+            Ok::<_, Error>(result)
+        })
+        .await;
+        match joined {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(err))) => Err(ck_error(
+                format!("PKCS#11 call on token `{}` failed", self.inner.token),
+                err,
+            )),
+            Ok(Err(err)) => Err(err),
+            Err(join) => Err(Error::provider(
+                "a PKCS#11 call panicked or was cancelled",
+                join,
+            )),
+        }
+    }
+
+    fn held(&self, id: &str) -> Option<&HsmKey> {
+        self.inner.keys.iter().find(|key| key.id == id)
+    }
+}
+
+impl Pkcs11ProviderBuilder {
+    /// The label of the token that holds the keys (required).
+    pub fn token(mut self, label: impl Into<String>) -> Self {
+        self.token = Some(label.into());
+        self
+    }
+
+    /// The label of an AES-256 key in the token. The first key given is the
+    /// current root key, which wraps; later ones are previous root keys, which
+    /// only unwrap.
+    pub fn key(mut self, label: impl Into<String>) -> Self {
+        self.keys.push(label.into());
+        self
+    }
+
+    /// Reads the user PIN from environment variable `name` at
+    /// [`build`](Self::build) (default `FIELDSEAL_PKCS11_PIN`).
+    pub fn pin_from_env(mut self, name: impl Into<String>) -> Self {
+        self.pin = PinSource::Env(name.into());
+        self
+    }
+
+    /// Uses this user PIN (for PINs from a secret manager).
+    pub fn pin(mut self, pin: SecretString) -> Self {
+        self.pin = PinSource::Given(pin);
+        self
+    }
+
+    /// The most sessions open and calls in flight at once (default 4, at
+    /// least 1).
+    pub fn sessions(mut self, sessions: usize) -> Self {
+        self.sessions = sessions.max(1);
+        self
+    }
+
+    /// Loads the module, finds the token, logs in and finds every key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming what to fix: a module that does not load, no
+    /// token with the label, a PIN variable that is unset, a wrong or locked
+    /// PIN, no key or several keys with a label, a key that is not AES-256,
+    /// that can leave the token, or that may not encrypt and decrypt, a token
+    /// without `CKM_AES_GCM`, an invalid label or a label given twice.
+    pub async fn build(self) -> Result<Pkcs11Provider> {
+        let Some(token) = self.token.clone() else {
+            return Err(Error::config(
+                "no token label for the PKCS#11 provider: call `Pkcs11ProviderBuilder::token`",
+            ));
+        };
+        if self.keys.is_empty() {
+            return Err(Error::config(
+                "no key label for the PKCS#11 provider: call `Pkcs11ProviderBuilder::key` with \
+                 the label of the AES-256 root key",
+            ));
+        }
+        let mut ids = Vec::with_capacity(self.keys.len());
+        for label in &self.keys {
+            let id = format!("pkcs11:{label}");
+            check_root_key_id(&id).map_err(|_| {
+                Error::config(format!(
+                    "PKCS#11 key label {label:?} cannot name a root key: use 1 to 248 ASCII \
+                     letters, digits and `-_.:/`"
+                ))
+            })?;
+            if ids.contains(&id) {
+                return Err(Error::config(format!(
+                    "PKCS#11 key label `{label}` is configured twice"
+                )));
+            }
+            ids.push(id);
+        }
+        let pin = match self.pin {
+            PinSource::Given(pin) => pin,
+            PinSource::Env(name) => match std::env::var(&name) {
+                Ok(pin) => SecretString::from(pin),
+                Err(_) => {
+                    return Err(Error::config(format!(
+                        "the PKCS#11 user PIN for token `{token}` is read from environment \
+                         variable {name}, which is not set (or not UTF-8)"
+                    )));
+                }
+            },
+        };
+        let module = self.module;
+        let labels = self.keys;
+        let sessions = self.sessions;
+        tokio::task::spawn_blocking(move || open(&module, token, labels, ids, &pin, sessions))
+            .await
+            .map_err(|join| Error::provider("opening the PKCS#11 token panicked", join))?
+    }
+}
+
+/// Contexts by module path: a module is initialised once per process, and
+/// providers for the same module share it (`C_Initialize` twice fails, and
+/// finalising one would end every other user's sessions).
+fn module_context(module: &Path) -> Result<Pkcs11> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let modules = MODULES.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut modules = modules
+        .lock()
+        .map_err(|_| Error::config("the PKCS#11 module table is poisoned"))?;
+    if let Some(pkcs11) = modules.get(module) {
+        return Ok(pkcs11.clone());
+    }
+    let pkcs11 = Pkcs11::new(module).map_err(|err| {
+        Error::config(format!(
+            "could not load the PKCS#11 module {}: {err}; install the HSM vendor's PKCS#11 \
+             library (for SoftHSM2, the softhsm2 package) or fix the path",
+            module.display()
+        ))
+    })?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(err) => {
+            return Err(Error::config(format!(
+                "the PKCS#11 module {} failed to initialise: {err} (for SoftHSM2, check that \
+                 SOFTHSM2_CONF names a readable configuration and token directory)",
+                module.display()
+            )));
+        }
+    }
+    modules.insert(module.to_path_buf(), pkcs11.clone());
+    Ok(pkcs11)
+}
+
+fn open(
+    module: &Path,
+    token: String,
+    labels: Vec<String>,
+    ids: Vec<String>,
+    pin: &SecretString,
+    sessions: usize,
+) -> Result<Pkcs11Provider> {
+    let pkcs11 = module_context(module)?;
+    let mut found = Vec::new();
+    let mut slot = None;
+    let slots = pkcs11
+        .get_slots_with_initialized_token()
+        .map_err(|err| ck_error(format!("listing the slots of {}", module.display()), err))?;
+    for candidate in slots {
+        let info = pkcs11
+            .get_token_info(candidate)
+            .map_err(|err| ck_error("reading a token's information".into(), err))?;
+        let label = info.label().trim_end().to_string();
+        if label == token && slot.is_none() {
+            slot = Some(candidate);
+        }
+        found.push(label);
+    }
+    let Some(slot) = slot else {
+        return Err(Error::config(format!(
+            "no initialised token labelled `{token}` in PKCS#11 module {} (tokens found: {}): \
+             check the token label, or initialise the token",
+            module.display(),
+            if found.is_empty() {
+                "none".to_string()
+            } else {
+                found.join(", ")
+            }
+        )));
+    };
+    let mechanisms = pkcs11
+        .get_mechanism_list(slot)
+        .map_err(|err| ck_error(format!("listing the mechanisms of token `{token}`"), err))?;
+    if !mechanisms.contains(&MechanismType::AES_GCM) {
+        return Err(Error::config(format!(
+            "token `{token}` does not offer CKM_AES_GCM, which the PKCS#11 provider wraps with"
+        )));
+    }
+    let session = pkcs11
+        .open_ro_session(slot)
+        .map_err(|err| ck_error(format!("could not open a session on token `{token}`"), err))?;
+    let auth = AuthPin::from(secrecy::ExposeSecret::expose_secret(pin).to_string());
+    match session.login(UserType::User, Some(&auth)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+            return Err(Error::config(format!(
+                "wrong user PIN for PKCS#11 token `{token}`: check the PIN (each wrong attempt \
+                 counts towards the token's lockout)"
+            )));
+        }
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+            return Err(Error::config(format!(
+                "the user PIN of PKCS#11 token `{token}` is locked after too many wrong \
+                 attempts: the security officer must reset it"
+            )));
+        }
+        Err(err) => return Err(ck_error(format!("logging in to token `{token}`"), err)),
+    }
+    drop(auth);
+    let mut keys = Vec::with_capacity(labels.len());
+    for (label, id) in labels.into_iter().zip(ids) {
+        let handle = find_key(&session, &token, &label)?;
+        keys.push(HsmKey { id, handle });
+    }
+    Ok(Pkcs11Provider {
+        inner: Arc::new(Inner {
+            pkcs11,
+            slot,
+            token,
+            keys,
+            idle: Mutex::new(vec![session]),
+            permits: Semaphore::new(sessions),
+        }),
+    })
+}
+
+/// Finds the one AES key labelled `label` and checks that it can serve as a
+/// root key that never leaves the token.
+fn find_key(session: &Session, token: &str, label: &str) -> Result<ObjectHandle> {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    let handles = session
+        .find_objects(&template)
+        .map_err(|err| ck_error(format!("searching token `{token}` for `{label}`"), err))?;
+    let handle = match handles.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(Error::config(format!(
+                "no secret key labelled `{label}` in PKCS#11 token `{token}` (or the user \
+                 cannot see it): create an AES-256 key with that label, sensitive and not \
+                 extractable"
+            )));
+        }
+        many => {
+            return Err(Error::config(format!(
+                "{} secret keys are labelled `{label}` in PKCS#11 token `{token}`: give the \
+                 root key a label of its own",
+                many.len()
+            )));
+        }
+    };
+    let attributes = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::KeyType,
+                AttributeType::ValueLen,
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Encrypt,
+                AttributeType::Decrypt,
+            ],
+        )
+        .map_err(|err| ck_error(format!("reading the attributes of `{label}`"), err))?;
+    let mut aes = false;
+    let mut len = 0u64;
+    let (mut sensitive, mut extractable, mut encrypt, mut decrypt) = (false, true, false, false);
+    for attribute in attributes {
+        match attribute {
+            Attribute::KeyType(kind) => aes = kind == KeyType::AES,
+            Attribute::ValueLen(value) => len = u64::from(value),
+            Attribute::Sensitive(value) => sensitive = value,
+            Attribute::Extractable(value) => extractable = value,
+            Attribute::Encrypt(value) => encrypt = value,
+            Attribute::Decrypt(value) => decrypt = value,
+            _ => {}
+        }
+    }
+    let problem = if !aes || len != 32 {
+        Some("is not an AES-256 key (32 bytes)")
+    } else if !sensitive || extractable {
+        Some(
+            "can leave the token (it must have CKA_SENSITIVE true and CKA_EXTRACTABLE false, \
+             so that its value can never be read or wrapped out)",
+        )
+    } else if !(encrypt && decrypt) {
+        Some("may not encrypt and decrypt (CKA_ENCRYPT and CKA_DECRYPT must be true)")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Error::config(format!(
+            "PKCS#11 key `{label}` in token `{token}` {problem}"
+        ))),
+        None => Ok(handle),
+    }
+}
+
+/// Whether `key` encrypts and decrypts a probe (all zeros, fresh IV, its own
+/// AAD) in `session`: tells a value that fails its tag check from a token that
+/// fails every call.
+fn probe(session: &Session, key: ObjectHandle) -> bool {
+    const AAD: &[u8] = b"fieldseal/v1/pkcs11-probe";
+    let data = [0u8; KEY_LEN];
+    let mut iv = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut iv);
+    let tag_bits = (TAG_LEN as u64 * 8).into();
+    let sealed = GcmParams::new(&mut iv, AAD, tag_bits)
+        .and_then(|params| session.encrypt(&Mechanism::AesGcm(params), key, &data));
+    let Ok(sealed) = sealed else {
+        return false;
+    };
+    GcmParams::new(&mut iv, AAD, tag_bits)
+        .and_then(|params| session.decrypt(&Mechanism::AesGcm(params), key, &sealed))
+        .is_ok_and(|back| back == data)
+}
+
+fn ck_error(what: String, err: CkError) -> Error {
+    Error::provider(format!("{what}: {err}"), err)
+}
+
+impl fmt::Debug for Pkcs11Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Provider")
+            .field("token", &self.inner.token)
+            .field(
+                "keys",
+                &self
+                    .inner
+                    .keys
+                    .iter()
+                    .map(|k| k.id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Pkcs11ProviderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11ProviderBuilder")
+            .field("module", &self.module)
+            .field("token", &self.token)
+            .field("keys", &self.keys)
+            .field(
+                "pin",
+                &match &self.pin {
+                    PinSource::Env(name) => format!("from environment variable {name}"),
+                    PinSource::Given(_) => "given".to_string(),
+                },
+            )
+            .field("sessions", &self.sessions)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl KeyProvider for Pkcs11Provider {
+    fn current_root_key_id(&self) -> &str {
+        self.inner.keys.first().map_or("", |key| key.id.as_str())
+    }
+
+    async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
+        let Some(root) = self.inner.keys.first() else {
+            return Err(Error::config("the PKCS#11 provider has no key"));
+        };
+        let handle = root.handle;
+        let aad = ctx.aad();
+        let plaintext = Zeroizing::new(*key.expose_secret());
+        let (iv, sealed) = self
+            .with_session(move |session| {
+                let mut iv = [0u8; NONCE_LEN];
+                rand::rng().fill_bytes(&mut iv);
+                let sealed = {
+                    let params = GcmParams::new(&mut iv, &aad, (TAG_LEN as u64 * 8).into())?;
+                    session.encrypt(&Mechanism::AesGcm(params), handle, plaintext.as_slice())?
+                };
+                Ok((iv, sealed))
+            })
+            .await?;
+        if sealed.len() != KEY_LEN + TAG_LEN {
+            return Err(Error::Provider {
+                message: format!(
+                    "token `{}` returned {} bytes for an AES-GCM encryption of 32 bytes \
+                     (expected {})",
+                    self.inner.token,
+                    sealed.len(),
+                    KEY_LEN + TAG_LEN
+                ),
+                source: None,
+            });
+        }
+        let mut out = Vec::with_capacity(WRAPPED_LEN);
+        out.push(WRAP_V1);
+        out.extend_from_slice(&iv);
+        out.extend_from_slice(&sealed);
+        Ok(WrappedKey::new(root.id.clone(), out))
+    }
+
+    async fn unwrap(&self, wrapped: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey> {
+        let Some(root) = self.held(wrapped.root_key_id()) else {
+            return Err(Error::RootKeyNotConfigured {
+                id: wrapped.root_key_id().to_string(),
+            });
+        };
+        let failed = || Error::UnwrapFailed {
+            subject: ctx.describe(),
+            root_key_id: root.id.clone(),
+        };
+        let bytes = wrapped.as_bytes();
+        let Some((&WRAP_V1, rest)) = bytes.split_first() else {
+            return Err(failed());
+        };
+        let Some((iv, sealed)) = rest.split_first_chunk::<NONCE_LEN>() else {
+            return Err(failed());
+        };
+        if sealed.len() != KEY_LEN + TAG_LEN {
+            return Err(failed());
+        }
+        let mut iv = *iv;
+        let sealed = sealed.to_vec();
+        let aad = ctx.aad();
+        let handle = root.handle;
+        let opened = self
+            .with_session(move |session| {
+                let params = GcmParams::new(&mut iv, &aad, (TAG_LEN as u64 * 8).into())?;
+                match session.decrypt(&Mechanism::AesGcm(params), handle, &sealed) {
+                    Ok(plaintext) => Ok(Some(Zeroizing::new(plaintext))),
+                    // The tag did not verify: altered bytes, or another context.
+                    Err(CkError::Pkcs11(
+                        RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange,
+                        _,
+                    )) => Ok(None),
+                    // Tokens differ in what they return for a failed tag check
+                    // (SoftHSM2 returns CKR_GENERAL_ERROR). If the key still
+                    // round-trips a probe, the failure was this value's;
+                    // otherwise the token is in trouble and says so.
+                    Err(err) => {
+                        if probe(session, handle) {
+                            Ok(None)
+                        } else {
+                            Err(err)
+                        }
+                    }
+                }
+            })
+            .await?;
+        match opened {
+            Some(plaintext) => TenantKey::from_slice(&plaintext).map_err(|_| failed()),
+            None => Err(failed()),
+        }
+    }
+}

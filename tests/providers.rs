@@ -1,0 +1,1023 @@
+//! Root keys in AWS KMS (against moto's KMS emulator, and a fault-injecting
+//! endpoint for what moto does not do) and in a PKCS#11 token (SoftHSM2).
+//!
+//! The KMS tests read `FIELDSEAL_TEST_KMS_ENDPOINT`; the PKCS#11 tests read
+//! `FIELDSEAL_TEST_PKCS11_MODULE`, `_TOKEN`, `_KEY` and `_PIN`. Without them a
+//! test prints why it is skipped; with them, a broken service fails it.
+//! `source .ci/key-services.sh` starts both and sets the variables.
+
+mod common;
+#[path = "common/db.rs"]
+mod db;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+use common::ctx;
+use db::{server_url, with_postgres, with_sqlite};
+use fieldseal::secrecy::{ExposeSecret, SecretString};
+use fieldseal::{
+    AwsKmsProvider, Error, KeyProvider, KeyStatus, KeyStore, LocalKeyProvider, Pkcs11Provider,
+    ProviderChain, RootKey, SealedValue, Sealer, TenantKey, WrapContext, WrappedKey, async_trait,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const KMS_ENDPOINT: &str = "FIELDSEAL_TEST_KMS_ENDPOINT";
+const PKCS11_MODULE: &str = "FIELDSEAL_TEST_PKCS11_MODULE";
+
+// --- AWS KMS helpers -----------------------------------------------------------
+
+fn kms_endpoint() -> Option<String> {
+    server_url(KMS_ENDPOINT)
+}
+
+async fn sdk_config(endpoint: &str, region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            "fieldseal-test",
+            "fieldseal-test",
+            None,
+            None,
+            "fieldseal-tests",
+        ))
+        .load()
+        .await
+}
+
+/// A new symmetric key in the emulator; its ARN.
+async fn create_kms_key(endpoint: &str) -> String {
+    let client = aws_sdk_kms::Client::new(&sdk_config(endpoint, "us-east-1").await);
+    let created = client
+        .create_key()
+        .description("fieldseal test root key")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{KMS_ENDPOINT} is set but KMS is unreachable: {e:?}"));
+    created.key_metadata().unwrap().arn().unwrap().to_string()
+}
+
+async fn kms_provider(endpoint: &str, current: &str, previous: &[&str]) -> AwsKmsProvider {
+    let mut builder = AwsKmsProvider::builder(current)
+        .sdk_config(&sdk_config(endpoint, "us-east-1").await)
+        .timeout(Duration::from_secs(20));
+    for key in previous {
+        builder = builder.previous(*key);
+    }
+    builder.build().await.unwrap()
+}
+
+// --- PKCS#11 helpers -----------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct Hsm {
+    module: String,
+    token: String,
+    key: String,
+    pin: String,
+}
+
+fn hsm() -> Option<Hsm> {
+    let module = server_url(PKCS11_MODULE)?;
+    let var = |name: &str| {
+        std::env::var(name)
+            .unwrap_or_else(|_| panic!("{PKCS11_MODULE} is set, so {name} must be set too"))
+    };
+    Some(Hsm {
+        module,
+        token: var("FIELDSEAL_TEST_PKCS11_TOKEN"),
+        key: var("FIELDSEAL_TEST_PKCS11_KEY"),
+        pin: var("FIELDSEAL_TEST_PKCS11_PIN"),
+    })
+}
+
+async fn hsm_provider(hsm: &Hsm, keys: &[&str]) -> Pkcs11Provider {
+    let mut builder = Pkcs11Provider::builder(&hsm.module)
+        .token(&hsm.token)
+        .pin(SecretString::from(hsm.pin.clone()))
+        .sessions(3);
+    for key in keys {
+        builder = builder.key(*key);
+    }
+    builder
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{PKCS11_MODULE} is set but the token is unusable: {e}"))
+}
+
+/// Makes a new AES-256 key in the token with the given protection, directly
+/// through cryptoki (as an operator's tool would); returns its label.
+fn create_hsm_key(hsm: &Hsm, sensitive: bool, extractable: bool) -> String {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::Attribute;
+    use cryptoki::session::UserType;
+
+    let label = format!("test-key-{:016x}", rand::random::<u64>());
+    let pkcs11 = Pkcs11::new(&hsm.module).unwrap();
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) => {}
+        Err(cryptoki::error::Error::Pkcs11(
+            cryptoki::error::RvError::CryptokiAlreadyInitialized,
+            _,
+        )) => {}
+        Err(e) => panic!("{e}"),
+    }
+    let slot = pkcs11
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|slot| pkcs11.get_token_info(*slot).unwrap().label().trim_end() == hsm.token)
+        .unwrap();
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    match session.login(
+        UserType::User,
+        Some(&cryptoki::types::AuthPin::from(hsm.pin.clone())),
+    ) {
+        Ok(()) => {}
+        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::ValueLen(32u64.into()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Sensitive(sensitive),
+                Attribute::Extractable(extractable),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+    label
+}
+
+fn local(id: &str) -> LocalKeyProvider {
+    LocalKeyProvider::new(id, RootKey::generate().unwrap()).unwrap()
+}
+
+// --- The suite every provider runs ---------------------------------------------
+
+/// Every lifecycle operation through `old`, then a root key re-wrap to `new`
+/// (whose current root key is another key of the same kind, with `old`'s key
+/// still unwrapping), and an intact audit chain.
+async fn lifecycle(
+    old: Arc<dyn KeyProvider>,
+    new: Arc<dyn KeyProvider>,
+    store: impl KeyStore + Clone + 'static,
+) {
+    let sealer = Sealer::builder(Arc::clone(&old), store.clone()).build();
+    let admin = sealer.admin().actor("provider-suite");
+    let (c1, c2, g) = (ctx("acme", 1), ctx("acme", 2), ctx("globex", 1));
+    let v1 = sealer.seal(&c1, b"one").await.unwrap();
+    let v1_b = sealer.seal(&c2, b"two").await.unwrap();
+    let globex = sealer.seal(&g, b"globex").await.unwrap();
+    let record = admin.describe("acme").await.unwrap();
+    let wrapped = record.keys[0].wrapped.as_ref().unwrap();
+    assert_eq!(wrapped.root_key_id(), old.current_root_key_id());
+
+    assert_eq!(admin.rotate("acme").await.unwrap().primary, 2);
+    let v2 = sealer.reseal(&c1, &v1).await.unwrap().unwrap();
+    assert_eq!(v2.key_version(), 2);
+
+    // A cold sealer unwraps every version through the provider.
+    let cold = Sealer::builder(Arc::clone(&old), store.clone()).build();
+    for (c, value, text) in [
+        (&c1, &v1, &b"one"[..]),
+        (&c2, &v1_b, b"two"),
+        (&c1, &v2, b"one"),
+    ] {
+        let opened = cold.open(c, value).await.unwrap();
+        assert_eq!(opened.plaintext().expose_secret(), text);
+    }
+
+    admin.destroy_version("acme", 1).await.unwrap();
+    admin.shred_tenant("globex").await.unwrap();
+    let fresh = Sealer::builder(Arc::clone(&old), store.clone()).build();
+    assert!(matches!(
+        fresh.open(&c2, &v1_b).await,
+        Err(Error::KeyDestroyed { version: 1, .. })
+    ));
+    assert!(matches!(
+        fresh.open(&g, &globex).await,
+        Err(Error::TenantShredded { .. })
+    ));
+    assert_eq!(admin.recreate_tenant("globex").await.unwrap(), 2);
+
+    // Re-wrap everything under the new root key; the old provider can then go.
+    let moved = Sealer::builder(Arc::clone(&new), store.clone()).build();
+    let report = moved
+        .admin()
+        .rewrap_all(new.current_root_key_id())
+        .await
+        .unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    // acme v2 and globex v2 (acme v1 was destroyed, globex v1 shredded), and
+    // the audit-chain key.
+    assert_eq!(report.rewrapped, 2, "{report:?}");
+    assert!(report.audit_key_rewrapped, "{report:?}");
+    let again = moved
+        .admin()
+        .rewrap_all(new.current_root_key_id())
+        .await
+        .unwrap();
+    assert_eq!(again.rewrapped, 0, "{again:?}");
+    for tenant in ["acme", "globex"] {
+        let record = moved.admin().describe(tenant).await.unwrap();
+        for key in &record.keys {
+            if let Some(wrapped) = &key.wrapped {
+                assert_eq!(wrapped.root_key_id(), new.current_root_key_id());
+            }
+        }
+        assert_eq!(
+            record.status(record.latest_version()),
+            Some(KeyStatus::Primary)
+        );
+    }
+    let opened = moved.open(&c1, &v2).await.unwrap();
+    assert_eq!(opened.plaintext().expose_secret(), b"one");
+    let report = moved.admin().verify_audit().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+}
+
+/// A wrapped key bound to one context unwraps under no other, and altered
+/// bytes unwrap under none. Bits are flipped from `first_flip` on (moto reads
+/// the first 36 bytes of its ciphertexts as a key id and answers a flip there
+/// with AccessDenied, which is not what KMS does).
+async fn binds_context(provider: &dyn KeyProvider, first_flip: usize) {
+    let key = TenantKey::generate().unwrap();
+    let ctx = WrapContext::tenant_key("acme", 1);
+    let wrapped = provider.wrap(&key, &ctx).await.unwrap();
+    let back = provider.unwrap(&wrapped, &ctx).await.unwrap();
+    assert_eq!(back.expose_secret(), key.expose_secret());
+    let again = provider.wrap(&key, &ctx).await.unwrap();
+    assert_ne!(again.as_bytes(), wrapped.as_bytes(), "wraps are randomised");
+
+    for other in [
+        WrapContext::tenant_key("globex", 1),
+        WrapContext::tenant_key("acme", 2),
+        WrapContext::audit_key(1),
+    ] {
+        let err = provider.unwrap(&wrapped, &other).await.unwrap_err();
+        assert!(
+            matches!(err, Error::UnwrapFailed { .. }),
+            "{other:?}: {err}"
+        );
+    }
+    let bytes = wrapped.as_bytes();
+    for i in [first_flip, bytes.len() / 2, bytes.len() - 1] {
+        let mut flipped = bytes.to_vec();
+        flipped[i] ^= 0x01;
+        let altered = WrappedKey::new(wrapped.root_key_id(), flipped);
+        let err = provider.unwrap(&altered, &ctx).await.unwrap_err();
+        assert!(
+            matches!(err, Error::UnwrapFailed { .. }),
+            "bit flip at {i}: {err}"
+        );
+    }
+    for len in [0, 1, bytes.len() - 1] {
+        let cut = WrappedKey::new(wrapped.root_key_id(), bytes[..len].to_vec());
+        let err = provider.unwrap(&cut, &ctx).await.unwrap_err();
+        assert!(
+            matches!(err, Error::UnwrapFailed { .. }),
+            "truncated to {len}: {err}"
+        );
+    }
+    let foreign = WrappedKey::new("some-other-root", bytes.to_vec());
+    assert!(matches!(
+        provider.unwrap(&foreign, &ctx).await,
+        Err(Error::RootKeyNotConfigured { .. })
+    ));
+    for text in [
+        format!("{wrapped:?}"),
+        format!("{provider:?}"),
+        format!("{:?}", provider.unwrap(&foreign, &ctx).await),
+    ] {
+        assert!(!text.contains(&hex::encode(key.expose_secret())), "{text}");
+    }
+}
+
+/// A wrapped key copied into another tenant's row of the SQL key store does
+/// not unwrap: the tenant's values stay closed to a fresh process.
+async fn moved_row(
+    provider: Arc<dyn KeyProvider>,
+    pool: sqlx::SqlitePool,
+    store: impl KeyStore + Clone + 'static,
+) {
+    let sealer = Sealer::builder(Arc::clone(&provider), store.clone()).build();
+    sealer.seal(&ctx("acme", 1), b"acme").await.unwrap();
+    let globex = sealer.seal(&ctx("globex", 1), b"globex").await.unwrap();
+    let moved = sqlx::query(
+        "UPDATE fieldseal_keys SET wrapped = (SELECT wrapped FROM fieldseal_keys \
+         WHERE tenant = 'acme' AND version = 1) WHERE tenant = 'globex' AND version = 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(moved.rows_affected(), 1);
+    let fresh = Sealer::builder(provider, store).build();
+    let err = fresh.open(&ctx("globex", 1), &globex).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::UnwrapFailed { subject, .. } if subject.contains("globex")),
+        "{err}"
+    );
+}
+
+// --- AWS KMS against the emulator ----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kms_lifecycle_on_sqlite_and_postgres() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let (a, b) = (
+        create_kms_key(&endpoint).await,
+        create_kms_key(&endpoint).await,
+    );
+    let old: Arc<dyn KeyProvider> = Arc::new(kms_provider(&endpoint, &a, &[]).await);
+    let new: Arc<dyn KeyProvider> = Arc::new(kms_provider(&endpoint, &b, &[&a]).await);
+    assert_eq!(
+        old.current_root_key_id(),
+        a,
+        "the root key id is the key ARN"
+    );
+    let (o, n) = (Arc::clone(&old), Arc::clone(&new));
+    with_sqlite(|_, store| lifecycle(o, n, store)).await;
+    with_postgres(|_, store| lifecycle(old, new, store)).await;
+}
+
+#[tokio::test]
+async fn kms_binds_the_wrap_context() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let arn = create_kms_key(&endpoint).await;
+    let provider = Arc::new(kms_provider(&endpoint, &arn, &[]).await);
+    binds_context(provider.as_ref(), 36).await;
+    with_sqlite(|pool, store| moved_row(provider, pool, store)).await;
+}
+
+#[tokio::test]
+async fn kms_keys_by_alias_resolve_to_their_arn() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let arn = create_kms_key(&endpoint).await;
+    let client = aws_sdk_kms::Client::new(&sdk_config(&endpoint, "us-east-1").await);
+    let alias = format!("alias/fieldseal-{:016x}", rand::random::<u64>());
+    client
+        .create_alias()
+        .alias_name(&alias)
+        .target_key_id(&arn)
+        .send()
+        .await
+        .unwrap();
+    let by_alias = kms_provider(&endpoint, &alias, &[]).await;
+    assert_eq!(by_alias.current_root_key_id(), arn);
+    let key_id = arn.rsplit('/').next().unwrap();
+    let by_id = kms_provider(&endpoint, key_id, &[]).await;
+    assert_eq!(by_id.current_root_key_id(), arn);
+    // The same key twice is refused: it would look like two roots.
+    let err = AwsKmsProvider::builder(&alias)
+        .previous(&arn)
+        .sdk_config(&sdk_config(&endpoint, "us-east-1").await)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("are the same key"), "{err}");
+}
+
+#[tokio::test]
+async fn kms_configuration_errors_name_what_to_fix() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let config = sdk_config(&endpoint, "us-east-1").await;
+    let build = |key: String, config: aws_config::SdkConfig| async move {
+        AwsKmsProvider::builder(key)
+            .sdk_config(&config)
+            .build()
+            .await
+            .unwrap_err()
+            .to_string()
+    };
+
+    let missing = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000";
+    let err = build(missing.into(), config.clone()).await;
+    assert!(err.contains("was not found in region us-east-1"), "{err}");
+    assert!(err.contains(missing), "{err}");
+
+    // The right key in the wrong region.
+    let arn = create_kms_key(&endpoint).await;
+    let key_id = arn.rsplit('/').next().unwrap().to_string();
+    let err = build(key_id.clone(), sdk_config(&endpoint, "eu-west-3").await).await;
+    assert!(err.contains("was not found in region eu-west-3"), "{err}");
+
+    // A disabled key, and one scheduled for deletion (moto keeps both states).
+    let client = aws_sdk_kms::Client::new(&config);
+    let disabled = create_kms_key(&endpoint).await;
+    let id = |arn: &str| arn.rsplit('/').next().unwrap().to_string();
+    client
+        .disable_key()
+        .key_id(id(&disabled))
+        .send()
+        .await
+        .unwrap();
+    let err = build(disabled.clone(), config.clone()).await;
+    assert!(err.contains("is Disabled"), "{err}");
+    assert!(err.contains("enable-key"), "{err}");
+    let doomed = create_kms_key(&endpoint).await;
+    client
+        .schedule_key_deletion()
+        .key_id(id(&doomed))
+        .pending_window_in_days(7)
+        .send()
+        .await
+        .unwrap();
+    let err = build(doomed, config.clone()).await;
+    assert!(err.contains("scheduled for deletion"), "{err}");
+
+    // Not a root key id at all.
+    let err = build("key with spaces".into(), config.clone()).await;
+    assert!(err.contains("root key id"), "{err}");
+
+    // Nothing listening: a connection error, not a hang.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let err = AwsKmsProvider::builder(&arn)
+        .sdk_config(&config)
+        .endpoint_url(format!("http://{closed}"))
+        .max_attempts(1)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("could not reach AWS KMS"), "{err}");
+
+    // No region anywhere.
+    let no_region = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .build();
+    let err = AwsKmsProvider::builder(&arn)
+        .sdk_config(&no_region)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err}");
+    assert!(err.to_string().contains("no AWS region"), "{err}");
+}
+
+/// Cold cache: 10,000 concurrent seals over 100 tenants cost exactly one
+/// `Decrypt` per tenant, counted at the provider boundary; a second burst
+/// within the cache's time to live costs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kms_calls_are_one_per_tenant_per_cache_lifetime() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let arn = create_kms_key(&endpoint).await;
+    let kms = Arc::new(kms_provider(&endpoint, &arn, &[]).await);
+    with_sqlite(|_, store| async move {
+        let tenants: Vec<String> = (0..100).map(|i| format!("tenant-{i:03}")).collect();
+
+        // Creation from cold: one Encrypt per tenant, however many seal at once.
+        let creating = Counting::new(Arc::clone(&kms) as Arc<dyn KeyProvider>);
+        let first = Sealer::builder(creating.clone(), store.clone()).build();
+        burst(&first, &tenants).await;
+        assert_eq!((creating.wraps(), creating.unwraps()), (100, 0));
+        assert_eq!(creating.audit_key_calls(), 1, "the store's audit key, once");
+
+        // Another process with a cold cache: one Decrypt per tenant.
+        let counting = Counting::new(kms as Arc<dyn KeyProvider>);
+        let cold = Sealer::builder(counting.clone(), store).build();
+        burst(&cold, &tenants).await;
+        assert_eq!((counting.wraps(), counting.unwraps()), (0, 100));
+        assert_eq!(counting.audit_key_calls(), 0, "sealing needs no audit key");
+        burst(&cold, &tenants).await;
+        assert_eq!((counting.wraps(), counting.unwraps()), (0, 100));
+    })
+    .await;
+}
+
+/// 10,000 concurrent seals spread over `tenants`; every one must succeed.
+async fn burst(sealer: &Sealer, tenants: &[String]) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..10_000usize {
+        let sealer = sealer.clone();
+        let tenant = tenants[i % tenants.len()].clone();
+        tasks.spawn(async move {
+            let c = ctx(&tenant, i as i64);
+            let sealed = sealer.seal(&c, b"refresh-token").await.unwrap();
+            SealedValue::from_bytes(sealed.as_bytes()).unwrap();
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// Counts calls at the provider boundary: tenant key wraps (creations) and
+/// unwraps, and calls for the store's audit-chain key apart.
+#[derive(Clone, Debug)]
+struct Counting {
+    inner: Arc<dyn KeyProvider>,
+    wraps: Arc<AtomicUsize>,
+    unwraps: Arc<AtomicUsize>,
+    audit: Arc<AtomicUsize>,
+}
+
+impl Counting {
+    fn new(inner: Arc<dyn KeyProvider>) -> Self {
+        Self {
+            inner,
+            wraps: Arc::default(),
+            unwraps: Arc::default(),
+            audit: Arc::default(),
+        }
+    }
+    fn audit_key_calls(&self) -> usize {
+        self.audit.load(Ordering::SeqCst)
+    }
+    fn count(&self, ctx: &WrapContext<'_>, tenant_keys: &AtomicUsize) {
+        let counter = if ctx.is_audit_key() {
+            &self.audit
+        } else {
+            tenant_keys
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+    fn wraps(&self) -> usize {
+        self.wraps.load(Ordering::SeqCst)
+    }
+    fn unwraps(&self) -> usize {
+        self.unwraps.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl KeyProvider for Counting {
+    fn current_root_key_id(&self) -> &str {
+        self.inner.current_root_key_id()
+    }
+    async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey, Error> {
+        self.count(ctx, &self.wraps);
+        self.inner.wrap(key, ctx).await
+    }
+    async fn unwrap(&self, w: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey, Error> {
+        self.count(ctx, &self.unwraps);
+        self.inner.unwrap(w, ctx).await
+    }
+}
+
+// --- AWS KMS faults moto does not produce ---------------------------------------
+
+/// What the fault-injecting endpoint answers to `Encrypt` and `Decrypt`
+/// (`DescribeKey` always succeeds, so the provider builds).
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Error(u16, &'static str),
+    Hang,
+}
+
+const FAKE_ARN: &str =
+    "arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555";
+
+/// A loopback HTTP endpoint that speaks just enough of the KMS JSON protocol
+/// to inject `fault`; returns its URL and a count of non-DescribeKey requests.
+async fn fault_endpoint(fault: Fault) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let calls = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read the head, then the body by its length.
+                let head_end = loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(pos) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break pos + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while request.len() < head_end + length {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let (status, body) = if head.contains("trentservice.describekey") {
+                    (
+                        200,
+                        format!(
+                            r#"{{"KeyMetadata":{{"Arn":"{FAKE_ARN}","KeyId":"11111111-2222-3333-4444-555555555555","Enabled":true,"KeyState":"Enabled","KeySpec":"SYMMETRIC_DEFAULT","KeyUsage":"ENCRYPT_DECRYPT"}}}}"#
+                        ),
+                    )
+                } else {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    match fault {
+                        Fault::Hang => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
+                        Fault::Error(status, code) => (
+                            status,
+                            format!(r#"{{"__type":"{code}","message":"injected {code}"}}"#),
+                        ),
+                    }
+                };
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.1\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (url, calls)
+}
+
+async fn faulty_provider(fault: Fault, attempts: u32) -> (AwsKmsProvider, Arc<AtomicUsize>) {
+    let (url, calls) = fault_endpoint(fault).await;
+    let provider = AwsKmsProvider::builder(FAKE_ARN)
+        .sdk_config(&sdk_config(&url, "us-east-1").await)
+        .max_attempts(attempts)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    (provider, calls)
+}
+
+#[tokio::test]
+async fn kms_faults_are_errors_a_person_can_act_on() {
+    let key = TenantKey::generate().unwrap();
+    let ctx = WrapContext::tenant_key("acme", 3);
+    let wrapped = WrappedKey::new(FAKE_ARN, vec![7; 100]);
+    let cases: [(Fault, &str, &[&str]); 6] = [
+        (
+            Fault::Error(400, "AccessDeniedException"),
+            "AccessDeniedException",
+            &["denied kms:Encrypt", FAKE_ARN, "kms:Decrypt"],
+        ),
+        (
+            Fault::Error(400, "DisabledException"),
+            "DisabledException",
+            &["is disabled", "enable-key"],
+        ),
+        (
+            Fault::Error(400, "KMSInvalidStateException"),
+            "KMSInvalidStateException",
+            &["pending deletion", "cancel-key-deletion"],
+        ),
+        (
+            Fault::Error(400, "NotFoundException"),
+            "NotFoundException",
+            &["was not found in region us-east-1"],
+        ),
+        (
+            Fault::Error(400, "UnrecognizedClientException"),
+            "UnrecognizedClientException",
+            &["rejected this process's credentials"],
+        ),
+        (
+            Fault::Error(500, "KMSInternalException"),
+            "KMSInternalException",
+            &["retry later"],
+        ),
+    ];
+    for (fault, code, expected) in cases {
+        let (provider, _) = faulty_provider(fault, 1).await;
+        let wrap = provider.wrap(&key, &ctx).await.unwrap_err();
+        let unwrap = provider.unwrap(&wrapped, &ctx).await.unwrap_err();
+        assert!(matches!(wrap, Error::Provider { .. }), "{code}: {wrap}");
+        let (wrap, unwrap) = (wrap.to_string(), unwrap.to_string());
+        // AccessDenied names the action of each call.
+        let expected_unwrap: Vec<String> = expected
+            .iter()
+            .map(|e| e.replace("denied kms:Encrypt", "denied kms:Decrypt"))
+            .collect();
+        for needle in expected.iter().filter(|e| **e != "kms:Decrypt") {
+            assert!(wrap.contains(needle), "{code}: {wrap}");
+        }
+        for needle in expected_unwrap
+            .iter()
+            .filter(|e| e.as_str() != "kms:Decrypt")
+        {
+            assert!(unwrap.contains(needle.as_str()), "{code}: {unwrap}");
+        }
+    }
+
+    // A ciphertext under another key or context: "my key, but these bytes do not open".
+    for code in ["InvalidCiphertextException", "IncorrectKeyException"] {
+        let (provider, _) = faulty_provider(Fault::Error(400, code), 1).await;
+        let err = provider.unwrap(&wrapped, &ctx).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::UnwrapFailed { subject, root_key_id }
+                if subject.contains("acme") && subject.contains('3') && root_key_id == FAKE_ARN),
+            "{code}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kms_throttling_is_retried_with_backoff_then_reported() {
+    let key = TenantKey::generate().unwrap();
+    let ctx = WrapContext::tenant_key("acme", 1);
+    let (provider, calls) = faulty_provider(Fault::Error(400, "ThrottlingException"), 3).await;
+    let err = provider.wrap(&key, &ctx).await.unwrap_err().to_string();
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "every attempt reached KMS");
+    assert!(err.contains("throttled Encrypt"), "{err}");
+    assert!(err.contains("after 3 attempts"), "{err}");
+}
+
+#[tokio::test]
+async fn kms_calls_end_within_the_timeout() {
+    let key = TenantKey::generate().unwrap();
+    let ctx = WrapContext::tenant_key("acme", 1);
+    let (url, calls) = fault_endpoint(Fault::Hang).await;
+    let provider = AwsKmsProvider::builder(FAKE_ARN)
+        .sdk_config(&sdk_config(&url, "us-east-1").await)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let err = provider.wrap(&key, &ctx).await.unwrap_err().to_string();
+    assert!(calls.load(Ordering::SeqCst) >= 1);
+    assert!(err.contains("did not finish within 500ms"), "{err}");
+    assert!(err.contains("AwsKmsProviderBuilder::timeout"), "{err}");
+}
+
+// --- PKCS#11 against SoftHSM2 ---------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pkcs11_lifecycle_on_sqlite_and_postgres() {
+    let Some(hsm) = hsm() else {
+        return;
+    };
+    let second = create_hsm_key(&hsm, true, false);
+    let old: Arc<dyn KeyProvider> = Arc::new(hsm_provider(&hsm, &[&hsm.key]).await);
+    let new: Arc<dyn KeyProvider> = Arc::new(hsm_provider(&hsm, &[&second, &hsm.key]).await);
+    assert_eq!(old.current_root_key_id(), format!("pkcs11:{}", hsm.key));
+    let (o, n) = (Arc::clone(&old), Arc::clone(&new));
+    with_sqlite(|_, store| lifecycle(o, n, store)).await;
+    with_postgres(|_, store| lifecycle(old, new, store)).await;
+}
+
+#[tokio::test]
+async fn pkcs11_binds_the_wrap_context() {
+    let Some(hsm) = hsm() else {
+        return;
+    };
+    let provider = Arc::new(hsm_provider(&hsm, &[&hsm.key]).await);
+    binds_context(provider.as_ref(), 0).await;
+    with_sqlite(|pool, store| moved_row(provider, pool, store)).await;
+}
+
+/// The wrapped form is the published local layout: AES-256-GCM under the root
+/// key with the wrap context as AAD. A key made extractable for this test only
+/// lets the test check a token wrap against a software unwrap of the same key.
+#[tokio::test]
+async fn pkcs11_wrapped_form_is_the_published_layout() {
+    let Some(hsm) = hsm() else {
+        return;
+    };
+    let provider = hsm_provider(&hsm, &[&hsm.key]).await;
+    let key = TenantKey::generate().unwrap();
+    let ctx = WrapContext::tenant_key("acme", 1);
+    let wrapped = provider.wrap(&key, &ctx).await.unwrap();
+    let bytes = wrapped.as_bytes();
+    assert_eq!(bytes.len(), 61);
+    assert_eq!(bytes[0], 0x01);
+    assert_eq!(wrapped.root_key_id(), format!("pkcs11:{}", hsm.key));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pkcs11_serves_concurrent_calls_from_a_small_pool() {
+    let Some(hsm) = hsm() else {
+        return;
+    };
+    let provider = Arc::new(hsm_provider(&hsm, &[&hsm.key]).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let provider = Arc::clone(&provider);
+        tasks.spawn(async move {
+            let tenant = format!("t{}", i % 20);
+            let ctx = WrapContext::tenant_key(&tenant, i + 1);
+            let key = TenantKey::generate().unwrap();
+            let wrapped = provider.wrap(&key, &ctx).await.unwrap();
+            let back = provider.unwrap(&wrapped, &ctx).await.unwrap();
+            assert_eq!(back.expose_secret(), key.expose_secret());
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn pkcs11_configuration_errors_name_what_to_fix() {
+    let Some(hsm) = hsm() else {
+        return;
+    };
+    let base = || {
+        Pkcs11Provider::builder(&hsm.module)
+            .token(&hsm.token)
+            .pin(SecretString::from(hsm.pin.clone()))
+    };
+    let err = |r: Result<Pkcs11Provider, Error>| r.unwrap_err().to_string();
+
+    let e = err(Pkcs11Provider::builder("/nonexistent/libpkcs11-module.so")
+        .token(&hsm.token)
+        .key(&hsm.key)
+        .pin(SecretString::from(hsm.pin.clone()))
+        .build()
+        .await);
+    assert!(
+        e.contains("could not load the PKCS#11 module /nonexistent/libpkcs11-module.so"),
+        "{e}"
+    );
+
+    let e = err(base().key("no-such-key").build().await);
+    assert!(e.contains("no secret key labelled `no-such-key`"), "{e}");
+
+    let e = err(base().token("no-such-token").key(&hsm.key).build().await);
+    assert!(
+        e.contains("no initialised token labelled `no-such-token`"),
+        "{e}"
+    );
+    assert!(e.contains(&hsm.token), "the tokens found are listed: {e}");
+
+    let e = err(base().build().await);
+    assert!(e.contains("no key label"), "{e}");
+
+    let e = err(Pkcs11Provider::builder(&hsm.module)
+        .token(&hsm.token)
+        .key(&hsm.key)
+        .pin_from_env("FIELDSEAL_TEST_SURELY_UNSET_PIN")
+        .build()
+        .await);
+    assert!(
+        e.contains("FIELDSEAL_TEST_SURELY_UNSET_PIN, which is not set"),
+        "{e}"
+    );
+
+    let e = err(base().key("has spaces").build().await);
+    assert!(e.contains("cannot name a root key"), "{e}");
+
+    // Keys that could leave the token are refused.
+    let readable = create_hsm_key(&hsm, false, false);
+    let e = err(base().key(&readable).build().await);
+    assert!(e.contains("can leave the token"), "{e}");
+    let exportable = create_hsm_key(&hsm, true, true);
+    let e = err(base().key(&exportable).build().await);
+    assert!(e.contains("can leave the token"), "{e}");
+}
+
+/// A wrong PIN is a clear error. PKCS#11 keeps one login per process and
+/// token, and a token already logged in does not check a PIN again, so the
+/// check runs in a process of its own (this test binary, re-run on one test).
+#[tokio::test]
+async fn pkcs11_wrong_pin_is_a_clear_error() {
+    if hsm().is_none() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "wrong_pin_in_a_fresh_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FIELDSEAL_TEST_FRESH_PROCESS", "1")
+        .output()
+        .unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{output}");
+    assert!(output.contains("wrong PIN checked"), "{output}");
+}
+
+#[tokio::test]
+#[ignore = "run by pkcs11_wrong_pin_is_a_clear_error in a process of its own"]
+async fn wrong_pin_in_a_fresh_process() {
+    if std::env::var_os("FIELDSEAL_TEST_FRESH_PROCESS").is_none() {
+        return;
+    }
+    let hsm = hsm().expect("the parent test checked the variables");
+    let err = Pkcs11Provider::builder(&hsm.module)
+        .token(&hsm.token)
+        .key(&hsm.key)
+        .pin(SecretString::from("not-the-pin".to_string()))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err}");
+    let text = err.to_string();
+    let expected = format!("wrong user PIN for PKCS#11 token `{}`", hsm.token);
+    assert!(text.contains(&expected), "{text}");
+    assert!(!text.contains("not-the-pin"), "{text}");
+    // The right PIN still works afterwards.
+    hsm_provider(&hsm, &[&hsm.key]).await;
+    println!("wrong PIN checked");
+}
+
+// --- Moving the root key between providers ------------------------------------
+
+/// local → AWS KMS → PKCS#11 → local, with every value opening at every step,
+/// through processes that hold only the providers they need.
+async fn root_migration(endpoint: String, hsm: Hsm, store: impl KeyStore + Clone + 'static) {
+    let kms_arn = create_kms_key(&endpoint).await;
+    let kms: Arc<dyn KeyProvider> = Arc::new(kms_provider(&endpoint, &kms_arn, &[]).await);
+    let token: Arc<dyn KeyProvider> = Arc::new(hsm_provider(&hsm, &[&hsm.key]).await);
+    let first: Arc<dyn KeyProvider> = Arc::new(local("local-root-1"));
+    let last: Arc<dyn KeyProvider> = Arc::new(local("local-root-2"));
+
+    let mut sealed = Vec::new();
+    let seal_some = |sealer: Sealer, step: usize| async move {
+        let mut out = Vec::new();
+        for tenant in ["acme", "globex", "initech"] {
+            let c = ctx(tenant, step as i64);
+            let text = format!("{tenant}-{step}");
+            out.push((
+                c.clone(),
+                text.clone(),
+                sealer.seal(&c, text.as_bytes()).await.unwrap(),
+            ));
+        }
+        out
+    };
+    let check_all = |provider: Arc<dyn KeyProvider>, sealed: Vec<_>, store| async move {
+        // A fresh process with only `provider`: every key must unwrap through it.
+        let sealer = Sealer::builder(provider, store).build();
+        for (c, text, value) in &sealed {
+            let opened: fieldseal::Opened = sealer.open(c, value).await.unwrap();
+            assert_eq!(opened.plaintext().expose_secret(), String::as_bytes(text));
+        }
+        sealed
+    };
+
+    let start = Sealer::builder(Arc::clone(&first), store.clone()).build();
+    sealed.extend(seal_some(start, 0).await);
+
+    let steps = [(&kms, &first), (&token, &kms), (&last, &token)];
+    for (step, (to, from)) in steps.into_iter().enumerate() {
+        let chain = ProviderChain::new(Arc::clone(to))
+            .with_previous_shared(Arc::clone(from))
+            .unwrap();
+        let during = Sealer::builder(chain, store.clone()).build();
+        // Values sealed mid-move open too.
+        sealed.extend(seal_some(during.clone(), step + 1).await);
+        let report = during
+            .admin()
+            .rewrap_all(to.current_root_key_id())
+            .await
+            .unwrap();
+        assert!(report.is_complete(), "{report:?}");
+        sealed = check_all(Arc::clone(to), sealed, store.clone()).await;
+        let report = during.admin().verify_audit().await.unwrap();
+        assert!(report.is_intact(), "{report:?}");
+    }
+    assert_eq!(sealed.len(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn root_key_moves_local_to_kms_to_hsm_to_local() {
+    let (Some(endpoint), Some(hsm)) = (kms_endpoint(), hsm()) else {
+        return;
+    };
+    let (e, h) = (endpoint.clone(), hsm.clone());
+    with_sqlite(|_, store| root_migration(e, h, store)).await;
+    with_postgres(|_, store| root_migration(endpoint, hsm, store)).await;
+}
