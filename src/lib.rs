@@ -19,6 +19,8 @@ mod audit;
 mod cache;
 #[cfg(feature = "_sql")]
 mod column;
+#[cfg(feature = "testing")]
+mod conformance;
 mod context;
 mod crypto;
 mod error;
@@ -71,6 +73,10 @@ pub use crate::{
     },
     store::{SqlDatabase, SqlKeyStore},
 };
+
+// The conformance kit for providers and stores (feature `testing`).
+#[cfg(feature = "testing")]
+pub use crate::conformance::{check_key_provider, check_key_store};
 
 // Root keys in AWS KMS (feature `aws-kms`).
 #[cfg(feature = "aws-kms")]

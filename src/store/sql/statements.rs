@@ -166,11 +166,10 @@ impl Statements {
             select_audit_key: sql(format!(
                 "SELECT root_key_id, wrapped FROM {audit_key} WHERE id = 1"
             )),
-            insert_audit_key: sql(insert_if_absent(
-                &audit_key,
-                "id, root_key_id, wrapped",
-                "1, ?, ?",
-                "id",
+            // A plain INSERT: the caller must learn whether its key won (a
+            // unique violation says another process stored one first).
+            insert_audit_key: sql(format!(
+                "INSERT INTO {audit_key} (id, root_key_id, wrapped) VALUES (1, ?, ?)"
             )),
             update_audit_key: sql(format!(
                 "UPDATE {audit_key} SET root_key_id = ?, wrapped = ? \
