@@ -25,7 +25,7 @@ stop_key_services() {
 
 key_services_install() {
     if ! command -v moto_server >/dev/null 2>&1; then
-        python3 -m pip install --quiet 'moto[server]'
+        python3 -m pip install --quiet 'moto[server]==5.2.1'
     fi
     local missing=()
     command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)

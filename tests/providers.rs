@@ -108,22 +108,16 @@ async fn hsm_provider(hsm: &Hsm, keys: &[&str]) -> Pkcs11Provider {
         .unwrap_or_else(|e| panic!("{PKCS11_MODULE} is set but the token is unusable: {e}"))
 }
 
-/// Makes a new AES-256 key in the token with the given protection, directly
-/// through cryptoki (as an operator's tool would); returns its label.
-fn create_hsm_key(hsm: &Hsm, sensitive: bool, extractable: bool) -> String {
+/// A logged-in read-write session on the test token, opened directly through
+/// cryptoki (as an operator's tool would).
+fn hsm_session(hsm: &Hsm) -> cryptoki::session::Session {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-    use cryptoki::mechanism::Mechanism;
-    use cryptoki::object::Attribute;
+    use cryptoki::error::{Error as CkError, RvError};
     use cryptoki::session::UserType;
 
-    let label = format!("test-key-{:016x}", rand::random::<u64>());
     let pkcs11 = Pkcs11::new(&hsm.module).unwrap();
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) => {}
-        Err(cryptoki::error::Error::Pkcs11(
-            cryptoki::error::RvError::CryptokiAlreadyInitialized,
-            _,
-        )) => {}
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => panic!("{e}"),
     }
     let slot = pkcs11
@@ -133,15 +127,22 @@ fn create_hsm_key(hsm: &Hsm, sensitive: bool, extractable: bool) -> String {
         .find(|slot| pkcs11.get_token_info(*slot).unwrap().label().trim_end() == hsm.token)
         .unwrap();
     let session = pkcs11.open_rw_session(slot).unwrap();
-    match session.login(
-        UserType::User,
-        Some(&cryptoki::types::AuthPin::from(hsm.pin.clone())),
-    ) {
-        Ok(()) => {}
-        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+    let pin = cryptoki::types::AuthPin::from(hsm.pin.clone());
+    match session.login(UserType::User, Some(&pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
         Err(e) => panic!("{e}"),
     }
     session
+}
+
+/// Makes a new AES-256 key in the token with the given protection; returns
+/// its label.
+fn create_hsm_key(hsm: &Hsm, sensitive: bool, extractable: bool) -> String {
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::Attribute;
+
+    let label = format!("test-key-{:016x}", rand::random::<u64>());
+    hsm_session(hsm)
         .generate_key(
             &Mechanism::AesKeyGen,
             &[
@@ -155,6 +156,29 @@ fn create_hsm_key(hsm: &Hsm, sensitive: bool, extractable: bool) -> String {
                 Attribute::Decrypt(true),
             ],
         )
+        .unwrap();
+    label
+}
+
+/// Imports a known AES-256 value into the token (sensitive and not
+/// extractable from now on, but it was once in the clear); returns its label.
+fn import_hsm_key(hsm: &Hsm) -> String {
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+
+    let label = format!("imported-key-{:016x}", rand::random::<u64>());
+    hsm_session(hsm)
+        .create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Value(vec![0x42; 32]),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+        ])
         .unwrap();
     label
 }
@@ -272,7 +296,7 @@ async fn binds_context(provider: &dyn KeyProvider, first_flip: usize) {
         );
     }
     let bytes = wrapped.as_bytes();
-    for i in [first_flip, bytes.len() / 2, bytes.len() - 1] {
+    for i in [first_flip, first_flip + 1, bytes.len() / 2, bytes.len() - 1] {
         let mut flipped = bytes.to_vec();
         flipped[i] ^= 0x01;
         let altered = WrappedKey::new(wrapped.root_key_id(), flipped);
@@ -587,6 +611,8 @@ impl KeyProvider for Counting {
 enum Fault {
     Error(u16, &'static str),
     Hang,
+    /// A raw body with status 200.
+    Body(&'static str),
 }
 
 const FAKE_ARN: &str =
@@ -649,6 +675,7 @@ async fn fault_endpoint(fault: Fault) -> (String, Arc<AtomicUsize>) {
                             status,
                             format!(r#"{{"__type":"{code}","message":"injected {code}"}}"#),
                         ),
+                        Fault::Body(body) => (200, body.to_string()),
                     }
                 };
                 let response = format!(
@@ -747,6 +774,45 @@ async fn kms_faults_are_errors_a_person_can_act_on() {
     }
 }
 
+/// A Decrypt reply that fails to parse holds the key in its body: the error
+/// keeps the cause, never the raw response, so no form of the key reaches
+/// `Debug`. The same holds for every injected fault.
+#[tokio::test]
+async fn kms_errors_never_carry_the_response_body() {
+    // base64 of 32 bytes of "MARKER-KEY-…", inside a body with a bad field type.
+    const KEY: &[u8; 32] = b"MARKER-KEY-0123456789abcdefghijk";
+    const BODY: &str =
+        r#"{"KeyId": 12, "Plaintext": "TUFSS0VSLUtFWS0wMTIzNDU2Nzg5YWJjZGVmZ2hpams="}"#;
+    let ctx = WrapContext::tenant_key("acme", 1);
+    let wrapped = WrappedKey::new(FAKE_ARN, vec![7; 100]);
+    let (provider, _) = faulty_provider(Fault::Body(BODY), 1).await;
+    let err = provider.unwrap(&wrapped, &ctx).await.unwrap_err();
+    assert!(matches!(err, Error::Provider { .. }), "{err}");
+    // The SDK could not read the reply (the path that used to keep it whole).
+    assert!(err.to_string().contains("Decrypt on key"), "{err}");
+    assert!(
+        !err.to_string().contains("answered for another key"),
+        "{err}"
+    );
+    let mut shown = format!("{err:?} {err}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        shown.push_str(&format!(" {cause:?} {cause}"));
+        source = cause.source();
+    }
+    for form in [
+        "TUFSS0VSLUtFWS0wMTIzNDU2Nzg5YWJjZGVmZ2hpams".to_string(),
+        String::from_utf8_lossy(KEY).into_owned(),
+        hex::encode(KEY),
+        format!("{:?}", &KEY[..]),
+    ] {
+        assert!(
+            !shown.contains(&form),
+            "the key shows in the error: {shown}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn kms_throttling_is_retried_with_backoff_then_reported() {
     let key = TenantKey::generate().unwrap();
@@ -801,22 +867,51 @@ async fn pkcs11_binds_the_wrap_context() {
     with_sqlite(|pool, store| moved_row(provider, pool, store)).await;
 }
 
-/// The wrapped form is the published local layout: AES-256-GCM under the root
-/// key with the wrap context as AAD. A key made extractable for this test only
-/// lets the test check a token wrap against a software unwrap of the same key.
+/// The wrapped form is the published layout (FORMAT.md §"Wrapped keys"):
+/// `0x01 || IV || AES-256-GCM(key, IV, wrap_AD) || tag`. Checked both ways
+/// against independent `C_Decrypt`/`C_Encrypt` calls that follow the spec,
+/// since the root key itself can never be read.
 #[tokio::test]
 async fn pkcs11_wrapped_form_is_the_published_layout() {
+    use cryptoki::mechanism::{Mechanism, aead::GcmParams};
+    use cryptoki::object::Attribute;
+
     let Some(hsm) = hsm() else {
         return;
     };
     let provider = hsm_provider(&hsm, &[&hsm.key]).await;
+    let session = hsm_session(&hsm);
+    let root = session
+        .find_objects(&[Attribute::Label(hsm.key.as_bytes().to_vec())])
+        .unwrap()[0];
+    let ctx = WrapContext::tenant_key("acme", 7);
+    let aad = ctx.aad();
+
+    // The provider's wrap, opened by hand.
     let key = TenantKey::generate().unwrap();
-    let ctx = WrapContext::tenant_key("acme", 1);
     let wrapped = provider.wrap(&key, &ctx).await.unwrap();
     let bytes = wrapped.as_bytes();
-    assert_eq!(bytes.len(), 61);
-    assert_eq!(bytes[0], 0x01);
+    assert_eq!((bytes.len(), bytes[0]), (61, 0x01));
     assert_eq!(wrapped.root_key_id(), format!("pkcs11:{}", hsm.key));
+    let mut iv: [u8; 12] = bytes[1..13].try_into().unwrap();
+    let params = GcmParams::new(&mut iv, &aad, 128u64.into()).unwrap();
+    let opened = session
+        .decrypt(&Mechanism::AesGcm(params), root, &bytes[13..])
+        .unwrap();
+    assert_eq!(opened, key.expose_secret());
+
+    // A wrap made by hand, opened by the provider.
+    let mut iv = *b"by-hand-iv-1";
+    let params = GcmParams::new(&mut iv, &aad, 128u64.into()).unwrap();
+    let sealed = session
+        .encrypt(&Mechanism::AesGcm(params), root, key.expose_secret())
+        .unwrap();
+    let mut by_hand = vec![0x01];
+    by_hand.extend_from_slice(b"by-hand-iv-1");
+    by_hand.extend_from_slice(&sealed);
+    let by_hand = WrappedKey::new(wrapped.root_key_id(), by_hand);
+    let back = provider.unwrap(&by_hand, &ctx).await.unwrap();
+    assert_eq!(back.expose_secret(), key.expose_secret());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -899,6 +994,10 @@ async fn pkcs11_configuration_errors_name_what_to_fix() {
     let exportable = create_hsm_key(&hsm, true, true);
     let e = err(base().key(&exportable).build().await);
     assert!(e.contains("can leave the token"), "{e}");
+    // Imported in the clear once: sensitive now, but not always.
+    let imported = import_hsm_key(&hsm);
+    let e = err(base().key(&imported).build().await);
+    assert!(e.contains("was once readable or extractable"), "{e}");
 }
 
 /// A wrong PIN is a clear error. PKCS#11 keeps one login per process and

@@ -211,9 +211,16 @@ async fn wrapped_key_vectors() {
     for v in wrapped["valid"].as_array().unwrap() {
         let ctx = wrap_context(&v["wrap_context"]);
         assert_eq!(ctx.aad(), hex_of(&v["wrap_aad"]), "vector {}", v["id"]);
-        for (name, value) in ctx.fields() {
+        let fields = ctx.fields();
+        for (name, value) in &fields {
             assert_eq!(v["kms_encryption_context"][name], value.as_str());
         }
+        assert_eq!(
+            v["kms_encryption_context"].as_object().unwrap().len(),
+            fields.len(),
+            "vector {}: the encryption context has exactly these pairs",
+            v["id"]
+        );
         let w = WrappedKey::new(s(&v["root_key_id"]), hex_of(&v["wrapped"]));
         let key = provider.unwrap(&w, &ctx).await.unwrap();
         assert_eq!(

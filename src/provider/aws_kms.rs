@@ -156,6 +156,10 @@ impl AwsKmsProvider {
                  credentials and region this process is configured with)",
                 DisplayErrorContext(&err)
             ),
+            SdkError::ServiceError(_) if err.code().is_none() => format!(
+                "AWS KMS {action} on key `{key}` failed: the reply could not be read as a KMS \
+                 reply (check that the endpoint is AWS KMS)"
+            ),
             SdkError::ServiceError(_) => {
                 let code = err.code().unwrap_or("unknown");
                 let detail = err.message().unwrap_or("no message");
@@ -219,7 +223,15 @@ impl AwsKmsProvider {
                 DisplayErrorContext(&err)
             ),
         };
-        Error::provider(message, err)
+        // Keep only the cause, never the raw HTTP response: a response that
+        // failed to parse may be a Decrypt reply whose body holds the key.
+        match err.into_source() {
+            Ok(source) => Error::provider(message, source),
+            Err(_) => Error::Provider {
+                message,
+                source: None,
+            },
+        }
     }
 }
 
@@ -284,7 +296,11 @@ impl AwsKmsProviderBuilder {
             Some(config) => config,
             None => aws_config::defaults(BehaviorVersion::latest()).load().await,
         };
-        let mut config = aws_sdk_kms::config::Builder::from(&sdk_config)
+        let mut config = aws_sdk_kms::config::Builder::from(&sdk_config);
+        if sdk_config.behavior_version().is_none() {
+            config = config.behavior_version(BehaviorVersion::latest());
+        }
+        let mut config = config
             .retry_config(RetryConfig::standard().with_max_attempts(self.max_attempts))
             .timeout_config(
                 TimeoutConfig::builder()
@@ -359,6 +375,17 @@ impl AwsKmsProvider {
                      it with `aws kms cancel-key-deletion` before fieldseal uses it; tenant keys \
                      wrapped only under it become unreadable when it is deleted"
                 )));
+            }
+            Some(state @ (KeyState::Unavailable | KeyState::Updating | KeyState::Creating)) => {
+                return Err(Error::Provider {
+                    message: format!(
+                        "AWS KMS key `{configured}` ({arn}) is {} right now (a custom key \
+                         store that is disconnected, or a key being created or updated): \
+                         reconnect the key store or retry later",
+                        state.as_str()
+                    ),
+                    source: None,
+                });
             }
             state => {
                 let state = state.map_or("disabled", |s| s.as_str());
@@ -471,11 +498,21 @@ impl KeyProvider for AwsKmsProvider {
             .await
             .map_err(|err| self.call_error("Decrypt", &key.arn, Some((ctx, &key.arn)), err))?;
         // KMS names the key that decrypted; with `KeyId` given it can only be
-        // that key, but a proxy or emulator that ignores `KeyId` is caught here.
+        // that key, and the plaintext is 32 bytes. Anything else is a
+        // misbehaving endpoint (a proxy or emulator), not an altered record.
+        let misbehaved = |what: &str| Error::Provider {
+            message: format!("AWS KMS Decrypt on key `{}` {what}", key.arn),
+            source: None,
+        };
         if output.key_id().is_some_and(|used| used != key.arn) {
-            return Err(failed());
+            return Err(misbehaved("answered for another key"));
         }
         let plaintext = Zeroizing::new(output.plaintext.map(Blob::into_inner).unwrap_or_default());
-        TenantKey::from_slice(&plaintext).map_err(|_| failed())
+        TenantKey::from_slice(&plaintext).map_err(|_| {
+            misbehaved(&format!(
+                "returned {} bytes, not a 32-byte key",
+                plaintext.len()
+            ))
+        })
     }
 }

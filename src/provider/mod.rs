@@ -115,13 +115,19 @@ impl<'a> WrapContext<'a> {
         out
     }
 
-    /// The same binding as string pairs, for KMS encryption contexts.
-    pub fn fields(&self) -> [(&'static str, String); 3] {
-        [
-            ("fieldseal:purpose", format!("{}/v1", self.purpose.label())),
-            ("fieldseal:tenant", self.tenant.to_string()),
-            ("fieldseal:version", self.version.to_string()),
-        ]
+    /// The same binding as string pairs, for KMS encryption contexts
+    /// (FORMAT.md §"Wrapped keys"): `fieldseal:purpose`, then, for a tenant key,
+    /// `fieldseal:tenant`, then `fieldseal:version`. The audit-chain key has no
+    /// tenant pair: KMS encryption context values must not be empty, and the
+    /// purpose already tells the two apart.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(3);
+        out.push(("fieldseal:purpose", format!("{}/v1", self.purpose.label())));
+        if self.purpose == Purpose::TenantKey {
+            out.push(("fieldseal:tenant", self.tenant.to_string()));
+        }
+        out.push(("fieldseal:version", self.version.to_string()));
+        out
     }
 
     /// A human description for error messages: "tenant `acme` key version 3".

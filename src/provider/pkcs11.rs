@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -14,15 +15,15 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use rand::Rng as _;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
+use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::{KeyProvider, WrapContext, WrappedKey, check_root_key_id};
 use crate::crypto::{KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{Error, Result};
-use crate::secret::TenantKey;
+use crate::secret::{TenantKey, os_random};
 
 /// Version byte of the wrapped-key layout (the local provider's layout).
 const WRAP_V1: u8 = 0x01;
@@ -32,6 +33,10 @@ const WRAPPED_LEN: usize = 1 + NONCE_LEN + KEY_LEN + TAG_LEN;
 const DEFAULT_PIN_ENV: &str = "FIELDSEAL_PKCS11_PIN";
 /// Sessions kept open per provider unless configured otherwise.
 const DEFAULT_SESSIONS: usize = 4;
+/// The most sessions a provider may be configured with.
+const MAX_SESSIONS: usize = 1024;
+/// How long a call may wait for a session and run, unless configured otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Root keys in a PKCS#11 token: an HSM, a cloud HSM's PKCS#11 library, or
 /// SoftHSM2 for development.
@@ -65,8 +70,10 @@ const DEFAULT_SESSIONS: usize = 4;
 /// tenant key as an object inside the token, while fieldseal needs the tenant
 /// key in its own memory to derive a key per value. AES-GCM with the wrap
 /// context as AAD binds the context, and the root key still never leaves the
-/// token. If the token chooses the IV itself (some do in FIPS mode), the IV it
-/// returns is the one stored.
+/// token. The IV is chosen by the provider; every new wrap is decrypted once
+/// in the token and compared with the key before it is returned, so a token
+/// that silently chooses its own IV (some do in FIPS mode) fails loudly
+/// instead of storing a wrap that can never be unwrapped.
 ///
 /// **Keys.** The root key id stored beside each wrapped key is `pkcs11:` and
 /// the key's label, so labels use ASCII letters, digits and `-_.:/`. The key
@@ -76,22 +83,30 @@ const DEFAULT_SESSIONS: usize = 4;
 /// fieldseal-root-2026 --sensitive`. [`build`](Pkcs11ProviderBuilder::build)
 /// checks all of this.
 ///
-/// **Login.** PKCS#11 keeps one login per process and token: the provider logs
-/// in at [`build`](Pkcs11ProviderBuilder::build), and a second provider on a
-/// token this process is already logged in to is not asked for the PIN again
-/// (the token does not check it). The login lasts while any session is open.
+/// **Login.** PKCS#11 keeps one login per process and token. The provider logs
+/// in at [`build`](Pkcs11ProviderBuilder::build), and again on a new session if
+/// the token logged the process out (after a failover, say). A token this
+/// process is already logged in to does not check a PIN again, so a second
+/// provider built with a wrong PIN is not detected while the first is logged
+/// in. A token whose PIN has one try left is refused before trying, so a
+/// restart loop with a wrong PIN cannot lock it.
 ///
-/// **Sessions.** The provider logs in once and keeps up to
-/// [`sessions`](Pkcs11ProviderBuilder::sessions) sessions open; calls run on
-/// tokio's blocking pool, so they never stall the async runtime, and at most
-/// that many run at once.
+/// **Sessions.** Up to [`sessions`](Pkcs11ProviderBuilder::sessions) sessions
+/// are open and at most that many calls run at once, on tokio's blocking pool
+/// (they never stall the async runtime). A call that cannot get a session and
+/// finish within [`timeout`](Pkcs11ProviderBuilder::timeout) fails with an
+/// error that says so; the token call itself cannot be interrupted and keeps
+/// its session until it returns.
 ///
 /// # Security
 ///
-/// The PIN is held as a [`SecretString`] only until login. The tenant key
+/// The PIN is kept as a [`SecretString`] (zeroized on drop) for logging in
+/// again; read from an environment variable, it also stays in the process
+/// environment, which child processes inherit: prefer
+/// [`pin`](Pkcs11ProviderBuilder::pin) from a secret manager. The tenant key
 /// passes through the PKCS#11 library's buffers, which fieldseal cannot
-/// zeroize. Errors name the module, token, labels and return codes, never
-/// the PIN or key material.
+/// zeroize. Errors name the module, token, labels and return codes, never the
+/// PIN or key material.
 pub struct Pkcs11Provider {
     inner: Arc<Inner>,
 }
@@ -100,10 +115,13 @@ struct Inner {
     pkcs11: Pkcs11,
     slot: Slot,
     token: String,
+    pin: SecretString,
     /// Root keys, the current one first.
     keys: Vec<HsmKey>,
     idle: Mutex<Vec<Session>>,
-    permits: Semaphore,
+    sessions: usize,
+    permits: Arc<Semaphore>,
+    timeout: Duration,
 }
 
 struct HsmKey {
@@ -119,6 +137,7 @@ pub struct Pkcs11ProviderBuilder {
     keys: Vec<String>,
     pin: PinSource,
     sessions: usize,
+    timeout: Duration,
 }
 
 enum PinSource {
@@ -136,67 +155,121 @@ impl Pkcs11Provider {
             keys: Vec::new(),
             pin: PinSource::Env(DEFAULT_PIN_ENV.to_string()),
             sessions: DEFAULT_SESSIONS,
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 
-    /// Runs `op` on a pooled session on the blocking pool.
+    /// Runs `op` on a pooled session on the blocking pool, within the
+    /// provider's timeout. The permit travels with the blocking task, so a
+    /// caller that gives up never lets more calls run than configured.
     async fn with_session<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Session) -> std::result::Result<T, CkError> + Send + 'static,
     {
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::config("the PKCS#11 provider was shut down"))?;
         let inner = Arc::clone(&self.inner);
-        let joined = tokio::task::spawn_blocking(move || {
-            let pooled = inner.idle.lock().ok().and_then(|mut idle| idle.pop());
-            let session = match pooled {
-                Some(session) => session,
-                None => inner.pkcs11.open_ro_session(inner.slot).map_err(|err| {
-                    ck_error(
-                        format!("could not open a session on token `{}`", inner.token),
-                        err,
-                    )
-                })?,
-            };
-            let result = op(&session);
-            let broken = matches!(
-                &result,
-                Err(CkError::Pkcs11(
-                    RvError::SessionHandleInvalid
-                        | RvError::SessionClosed
-                        | RvError::DeviceRemoved
-                        | RvError::TokenNotPresent
-                        | RvError::UserNotLoggedIn,
-                    _
-                ))
-            );
-            if !broken && let Ok(mut idle) = inner.idle.lock() {
-                idle.push(session);
+        let timeout = inner.timeout;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::config("the PKCS#11 provider must be called from within a tokio runtime")
+        })?;
+        let call = async move {
+            let permit = Arc::clone(&inner.permits)
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::config("the PKCS#11 provider was shut down"))?;
+            let task = Arc::clone(&inner);
+            let joined = runtime
+                .spawn_blocking(move || {
+                    let _permit = permit;
+                    task.run(op)
+                })
+                .await;
+            match joined {
+                Ok(result) => result,
+                Err(join) => Err(Error::provider("a PKCS#11 call panicked", join)),
             }
-            Ok::<_, Error>(result)
-        })
-        .await;
-        match joined {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(err))) => Err(ck_error(
-                format!("PKCS#11 call on token `{}` failed", self.inner.token),
-                err,
-            )),
-            Ok(Err(err)) => Err(err),
-            Err(join) => Err(Error::provider(
-                "a PKCS#11 call panicked or was cancelled",
-                join,
-            )),
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Provider {
+                message: format!(
+                    "a PKCS#11 call on token `{}` did not get a session and finish within \
+                     {timeout:?}: check the token's health and load, or raise \
+                     `Pkcs11ProviderBuilder::timeout` or `sessions`",
+                    self.inner.token
+                ),
+                source: None,
+            }),
         }
     }
 
     fn held(&self, id: &str) -> Option<&HsmKey> {
         self.inner.keys.iter().find(|key| key.id == id)
+    }
+}
+
+impl Inner {
+    /// Runs `op` on an idle session, or a new one (logged in again if the
+    /// token logged the process out); returns the session to the pool unless
+    /// it broke.
+    fn run<T>(&self, op: impl FnOnce(&Session) -> std::result::Result<T, CkError>) -> Result<T> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let session = match pooled {
+            Some(session) => session,
+            None => {
+                let session = self.pkcs11.open_ro_session(self.slot).map_err(|err| {
+                    ck_error(
+                        format!("could not open a session on token `{}`", self.token),
+                        err,
+                    )
+                })?;
+                login(&session, &self.token, &self.pin)?;
+                session
+            }
+        };
+        let result = op(&session);
+        let broken = matches!(
+            &result,
+            Err(CkError::Pkcs11(
+                RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::DeviceRemoved
+                    | RvError::DeviceError
+                    | RvError::TokenNotPresent
+                    | RvError::UserNotLoggedIn
+                    | RvError::CryptokiNotInitialized,
+                _
+            ))
+        );
+        if !broken
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.sessions
+        {
+            idle.push(session);
+        }
+        result.map_err(|err| {
+            ck_error(
+                format!("PKCS#11 call on token `{}` failed", self.token),
+                err,
+            )
+        })
+    }
+}
+
+/// Logs `session`'s process in to the token (a no-op if it already is).
+fn login(session: &Session, token: &str, pin: &SecretString) -> Result<()> {
+    let auth = AuthPin::from(pin.expose_secret().to_string());
+    match session.login(UserType::User, Some(&auth)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(Error::config(format!(
+            "wrong user PIN for PKCS#11 token `{token}`: check the PIN (each wrong attempt \
+             counts towards the token's lockout)"
+        ))),
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::config(format!(
+            "the user PIN of PKCS#11 token `{token}` is locked after too many wrong attempts: \
+             the security officer must reset it"
+        ))),
+        Err(err) => Err(ck_error(format!("logging in to token `{token}`"), err)),
     }
 }
 
@@ -231,7 +304,14 @@ impl Pkcs11ProviderBuilder {
     /// The most sessions open and calls in flight at once (default 4, at
     /// least 1).
     pub fn sessions(mut self, sessions: usize) -> Self {
-        self.sessions = sessions.max(1);
+        self.sessions = sessions.clamp(1, MAX_SESSIONS);
+        self
+    }
+
+    /// The longest a wrap or unwrap may wait for a session and run (default
+    /// 10 s). A call that takes longer fails with an error that says so.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -286,8 +366,12 @@ impl Pkcs11ProviderBuilder {
         };
         let module = self.module;
         let labels = self.keys;
-        let sessions = self.sessions;
-        tokio::task::spawn_blocking(move || open(&module, token, labels, ids, &pin, sessions))
+        let (sessions, timeout) = (self.sessions, self.timeout);
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::config("the PKCS#11 provider must be built within a tokio runtime")
+        })?;
+        runtime
+            .spawn_blocking(move || open(&module, token, labels, ids, pin, sessions, timeout))
             .await
             .map_err(|join| Error::provider("opening the PKCS#11 token panicked", join))?
     }
@@ -297,6 +381,9 @@ impl Pkcs11ProviderBuilder {
 /// providers for the same module share it (`C_Initialize` twice fails, and
 /// finalising one would end every other user's sessions).
 fn module_context(module: &Path) -> Result<Pkcs11> {
+    // One entry per library, however its path is spelled (symlinks included).
+    let canonical = std::fs::canonicalize(module).unwrap_or_else(|_| module.to_path_buf());
+    let module = canonical.as_path();
     static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
     let modules = MODULES.get_or_init(|| Mutex::new(HashMap::new()));
     let mut modules = modules
@@ -331,8 +418,9 @@ fn open(
     token: String,
     labels: Vec<String>,
     ids: Vec<String>,
-    pin: &SecretString,
+    pin: SecretString,
     sessions: usize,
+    timeout: Duration,
 ) -> Result<Pkcs11Provider> {
     let pkcs11 = module_context(module)?;
     let mut found = Vec::new();
@@ -345,7 +433,21 @@ fn open(
             .get_token_info(candidate)
             .map_err(|err| ck_error("reading a token's information".into(), err))?;
         let label = info.label().trim_end().to_string();
-        if label == token && slot.is_none() {
+        if label == token {
+            if slot.is_some() {
+                return Err(Error::config(format!(
+                    "two tokens in PKCS#11 module {} are labelled `{token}`: give each token \
+                     a label of its own",
+                    module.display()
+                )));
+            }
+            if info.user_pin_final_try() {
+                return Err(Error::config(format!(
+                    "the user PIN of PKCS#11 token `{token}` has one try left; fieldseal will \
+                     not risk locking it: check the PIN, then log in once with the token's \
+                     own tool to reset the count"
+                )));
+            }
             slot = Some(candidate);
         }
         found.push(label);
@@ -373,27 +475,17 @@ fn open(
     let session = pkcs11
         .open_ro_session(slot)
         .map_err(|err| ck_error(format!("could not open a session on token `{token}`"), err))?;
-    let auth = AuthPin::from(secrecy::ExposeSecret::expose_secret(pin).to_string());
-    match session.login(UserType::User, Some(&auth)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-            return Err(Error::config(format!(
-                "wrong user PIN for PKCS#11 token `{token}`: check the PIN (each wrong attempt \
-                 counts towards the token's lockout)"
-            )));
-        }
-        Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
-            return Err(Error::config(format!(
-                "the user PIN of PKCS#11 token `{token}` is locked after too many wrong \
-                 attempts: the security officer must reset it"
-            )));
-        }
-        Err(err) => return Err(ck_error(format!("logging in to token `{token}`"), err)),
-    }
-    drop(auth);
+    login(&session, &token, &pin)?;
     let mut keys = Vec::with_capacity(labels.len());
     for (label, id) in labels.into_iter().zip(ids) {
         let handle = find_key(&session, &token, &label)?;
+        if !probe(&session, handle) {
+            return Err(Error::config(format!(
+                "PKCS#11 key `{label}` in token `{token}` does not round-trip an AES-GCM \
+                 encryption with the IV fieldseal gives it (the token may choose IVs itself): \
+                 this token cannot serve as a fieldseal root key provider"
+            )));
+        }
         keys.push(HsmKey { id, handle });
     }
     Ok(Pkcs11Provider {
@@ -401,9 +493,12 @@ fn open(
             pkcs11,
             slot,
             token,
+            pin,
             keys,
             idle: Mutex::new(vec![session]),
-            permits: Semaphore::new(sessions),
+            sessions,
+            permits: Arc::new(Semaphore::new(sessions)),
+            timeout,
         }),
     })
 }
@@ -443,6 +538,8 @@ fn find_key(session: &Session, token: &str, label: &str) -> Result<ObjectHandle>
                 AttributeType::ValueLen,
                 AttributeType::Sensitive,
                 AttributeType::Extractable,
+                AttributeType::AlwaysSensitive,
+                AttributeType::NeverExtractable,
                 AttributeType::Encrypt,
                 AttributeType::Decrypt,
             ],
@@ -451,12 +548,15 @@ fn find_key(session: &Session, token: &str, label: &str) -> Result<ObjectHandle>
     let mut aes = false;
     let mut len = 0u64;
     let (mut sensitive, mut extractable, mut encrypt, mut decrypt) = (false, true, false, false);
+    let (mut always_sensitive, mut never_extractable) = (false, false);
     for attribute in attributes {
         match attribute {
             Attribute::KeyType(kind) => aes = kind == KeyType::AES,
             Attribute::ValueLen(value) => len = u64::from(value),
             Attribute::Sensitive(value) => sensitive = value,
             Attribute::Extractable(value) => extractable = value,
+            Attribute::AlwaysSensitive(value) => always_sensitive = value,
+            Attribute::NeverExtractable(value) => never_extractable = value,
             Attribute::Encrypt(value) => encrypt = value,
             Attribute::Decrypt(value) => decrypt = value,
             _ => {}
@@ -468,6 +568,11 @@ fn find_key(session: &Session, token: &str, label: &str) -> Result<ObjectHandle>
         Some(
             "can leave the token (it must have CKA_SENSITIVE true and CKA_EXTRACTABLE false, \
              so that its value can never be read or wrapped out)",
+        )
+    } else if !always_sensitive || !never_extractable {
+        Some(
+            "was once readable or extractable (CKA_ALWAYS_SENSITIVE and \
+             CKA_NEVER_EXTRACTABLE must be true: generate the key in the token)",
         )
     } else if !(encrypt && decrypt) {
         Some("may not encrypt and decrypt (CKA_ENCRYPT and CKA_DECRYPT must be true)")
@@ -489,7 +594,9 @@ fn probe(session: &Session, key: ObjectHandle) -> bool {
     const AAD: &[u8] = b"fieldseal/v1/pkcs11-probe";
     let data = [0u8; KEY_LEN];
     let mut iv = [0u8; NONCE_LEN];
-    rand::rng().fill_bytes(&mut iv);
+    if os_random(&mut iv).is_err() {
+        return false;
+    }
     let tag_bits = (TAG_LEN as u64 * 8).into();
     let sealed = GcmParams::new(&mut iv, AAD, tag_bits)
         .and_then(|params| session.encrypt(&Mechanism::AesGcm(params), key, &data));
@@ -499,6 +606,16 @@ fn probe(session: &Session, key: ObjectHandle) -> bool {
     GcmParams::new(&mut iv, AAD, tag_bits)
         .and_then(|params| session.decrypt(&Mechanism::AesGcm(params), key, &sealed))
         .is_ok_and(|back| back == data)
+}
+
+/// The outcome of a wrap inside the token.
+enum Wrapped {
+    /// Ciphertext and tag, checked to decrypt back to the key.
+    Verified(Vec<u8>),
+    /// Not ciphertext and tag of a 32-byte key.
+    BadLength(usize),
+    /// Did not decrypt back with the IV that would be stored.
+    Unverified,
 }
 
 fn ck_error(what: String, err: CkError) -> Error {
@@ -536,6 +653,7 @@ impl fmt::Debug for Pkcs11ProviderBuilder {
                 },
             )
             .field("sessions", &self.sessions)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -552,30 +670,61 @@ impl KeyProvider for Pkcs11Provider {
         };
         let handle = root.handle;
         let aad = ctx.aad();
-        let plaintext = Zeroizing::new(*key.expose_secret());
-        let (iv, sealed) = self
+        // Copied straight to the heap (one allocation, zeroized on drop).
+        let plaintext = Zeroizing::new(key.expose_secret().to_vec());
+        let mut iv = [0u8; NONCE_LEN];
+        os_random(&mut iv)?;
+        let tag_bits = (TAG_LEN as u64 * 8).into();
+        let sealed = self
             .with_session(move |session| {
-                let mut iv = [0u8; NONCE_LEN];
-                rand::rng().fill_bytes(&mut iv);
+                let mut given = iv;
                 let sealed = {
-                    let params = GcmParams::new(&mut iv, &aad, (TAG_LEN as u64 * 8).into())?;
-                    session.encrypt(&Mechanism::AesGcm(params), handle, plaintext.as_slice())?
+                    let params = GcmParams::new(&mut given, &aad, tag_bits)?;
+                    session.encrypt(&Mechanism::AesGcm(params), handle, &plaintext)?
                 };
-                Ok((iv, sealed))
+                if sealed.len() != KEY_LEN + TAG_LEN {
+                    return Ok(Wrapped::BadLength(sealed.len()));
+                }
+                // Decrypt once with the IV that will be stored: a token that
+                // used another IV is caught here, not when the key is needed.
+                let mut stored = iv;
+                let params = GcmParams::new(&mut stored, &aad, tag_bits)?;
+                let verified = session
+                    .decrypt(&Mechanism::AesGcm(params), handle, &sealed)
+                    .map(Zeroizing::new)
+                    .is_ok_and(|back| bool::from(back.as_slice().ct_eq(plaintext.as_slice())));
+                Ok(if verified {
+                    Wrapped::Verified(sealed)
+                } else {
+                    Wrapped::Unverified
+                })
             })
             .await?;
-        if sealed.len() != KEY_LEN + TAG_LEN {
-            return Err(Error::Provider {
-                message: format!(
-                    "token `{}` returned {} bytes for an AES-GCM encryption of 32 bytes \
-                     (expected {})",
-                    self.inner.token,
-                    sealed.len(),
-                    KEY_LEN + TAG_LEN
-                ),
-                source: None,
-            });
-        }
+        let token = &self.inner.token;
+        let sealed = match sealed {
+            Wrapped::Verified(sealed) => sealed,
+            Wrapped::BadLength(len) => {
+                return Err(Error::Provider {
+                    message: format!(
+                        "token `{token}` returned {len} bytes for an AES-GCM encryption of 32 \
+                         bytes (expected {}): it may add its own IV, which fieldseal does not \
+                         support",
+                        KEY_LEN + TAG_LEN
+                    ),
+                    source: None,
+                });
+            }
+            Wrapped::Unverified => {
+                return Err(Error::Provider {
+                    message: format!(
+                        "token `{token}` produced a wrap that does not decrypt back to the key \
+                         with the IV fieldseal chose (the token may choose IVs itself); \
+                         nothing was stored"
+                    ),
+                    source: None,
+                });
+            }
+        };
         let mut out = Vec::with_capacity(WRAPPED_LEN);
         out.push(WRAP_V1);
         out.extend_from_slice(&iv);
@@ -617,17 +766,18 @@ impl KeyProvider for Pkcs11Provider {
                         RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange,
                         _,
                     )) => Ok(None),
-                    // Tokens differ in what they return for a failed tag check
-                    // (SoftHSM2 returns CKR_GENERAL_ERROR). If the key still
-                    // round-trips a probe, the failure was this value's;
-                    // otherwise the token is in trouble and says so.
-                    Err(err) => {
+                    // Tokens differ in what they return for a failed tag check:
+                    // SoftHSM2 returns CKR_GENERAL_ERROR. That code counts as
+                    // this value's failure only if the key still round-trips a
+                    // probe; every other code is the token's failure.
+                    Err(err @ CkError::Pkcs11(RvError::GeneralError, _)) => {
                         if probe(session, handle) {
                             Ok(None)
                         } else {
                             Err(err)
                         }
                     }
+                    Err(err) => Err(err),
                 }
             })
             .await?;

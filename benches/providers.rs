@@ -1,0 +1,176 @@
+//! What each root key provider costs: the cold start of a tenant (its first
+//! seal in a process, which unwraps or creates its key through the provider)
+//! and a warm seal (which never calls the provider), against the raw
+//! AES-256-GCM floor in the same run.
+//!
+//! The AWS KMS figures need `FIELDSEAL_TEST_KMS_ENDPOINT` (moto on loopback),
+//! the PKCS#11 ones `FIELDSEAL_TEST_PKCS11_MODULE`, `_TOKEN`, `_KEY` and `_PIN`
+//! (SoftHSM2); `source .ci/key-services.sh` sets both. A provider whose
+//! variables are unset is left out, with a printed reason.
+//!
+//! Run: `cargo bench --all-features --bench providers`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fieldseal::secrecy::SecretString;
+use fieldseal::{
+    AwsKmsProvider, Context, KeyProvider, LocalKeyProvider, MemoryKeyStore, Pkcs11Provider,
+    RootKey, Sealer,
+};
+
+/// Tenants whose cold start is timed, per provider.
+const TENANTS: usize = 100;
+const SIZE: usize = 256;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn providers() -> Vec<(&'static str, Arc<dyn KeyProvider>)> {
+    let mut out: Vec<(&'static str, Arc<dyn KeyProvider>)> = vec![(
+        "local",
+        Arc::new(LocalKeyProvider::new("bench", RootKey::generate().expect("key")).expect("id")),
+    )];
+    match std::env::var("FIELDSEAL_TEST_KMS_ENDPOINT") {
+        Ok(endpoint) => {
+            let config = aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url(&endpoint)
+                .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
+                .load()
+                .await;
+            let created = aws_sdk_kms::Client::new(&config)
+                .create_key()
+                .send()
+                .await
+                .expect("the KMS emulator is unreachable");
+            let arn = created.key_metadata().and_then(|m| m.arn()).expect("arn");
+            let provider = AwsKmsProvider::builder(arn)
+                .sdk_config(&config)
+                .build()
+                .await
+                .expect("provider");
+            out.push(("aws_kms", Arc::new(provider)));
+        }
+        Err(_) => eprintln!("leaving out AWS KMS: FIELDSEAL_TEST_KMS_ENDPOINT is not set"),
+    }
+    match std::env::var("FIELDSEAL_TEST_PKCS11_MODULE") {
+        Ok(module) => {
+            let var = |name: &str| std::env::var(name).expect(name);
+            let provider = Pkcs11Provider::builder(module)
+                .token(var("FIELDSEAL_TEST_PKCS11_TOKEN"))
+                .key(var("FIELDSEAL_TEST_PKCS11_KEY"))
+                .pin(SecretString::from(var("FIELDSEAL_TEST_PKCS11_PIN")))
+                .build()
+                .await
+                .expect("provider");
+            out.push(("pkcs11", Arc::new(provider)));
+        }
+        Err(_) => eprintln!("leaving out PKCS#11: FIELDSEAL_TEST_PKCS11_MODULE is not set"),
+    }
+    out
+}
+
+fn ctx(tenant: &str) -> Context {
+    Context::builder(tenant, "integrations", "refresh_token")
+        .row(1)
+        .build()
+        .expect("context")
+}
+
+fn median_and_p90(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9))
+}
+
+/// Times, one tenant after another, the first seal that creates a tenant and
+/// the first seal of an existing tenant in a process with a cold cache.
+fn cold_start(
+    runtime: &tokio::runtime::Runtime,
+    providers: &[(&'static str, Arc<dyn KeyProvider>)],
+) {
+    println!("\ncold start: the first seal for a tenant, {TENANTS} tenants, median / p90");
+    println!(
+        "| provider | first seal, creating the tenant | first seal of an existing tenant, cold cache |"
+    );
+    println!("|---|---:|---:|");
+    for (name, provider) in providers {
+        let (created, loaded) = runtime.block_on(async {
+            let store = MemoryKeyStore::new();
+            let first = Sealer::builder(Arc::clone(provider), store.clone()).build();
+            // The store's audit key is made once per store, not per tenant.
+            first.create_tenant("warm-up").await.expect("warm-up");
+            let tenants: Vec<String> = (0..TENANTS).map(|i| format!("tenant-{i}")).collect();
+            let mut created = Vec::with_capacity(TENANTS);
+            for tenant in &tenants {
+                let start = Instant::now();
+                black_box(first.seal(&ctx(tenant), &[0x5a; SIZE]).await.expect("seal"));
+                created.push(start.elapsed());
+            }
+            let cold = Sealer::builder(Arc::clone(provider), store).build();
+            let mut loaded = Vec::with_capacity(TENANTS);
+            for tenant in &tenants {
+                let start = Instant::now();
+                black_box(cold.seal(&ctx(tenant), &[0x5a; SIZE]).await.expect("seal"));
+                loaded.push(start.elapsed());
+            }
+            (median_and_p90(created), median_and_p90(loaded))
+        });
+        println!(
+            "| {name} | {:.1?} / {:.1?} | {:.1?} / {:.1?} |",
+            created.0, created.1, loaded.0, loaded.1
+        );
+    }
+    println!();
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = runtime();
+    let providers = runtime.block_on(providers());
+    cold_start(&runtime, &providers);
+
+    let mut group = c.benchmark_group("providers_warm_seal");
+    group.throughput(Throughput::Bytes(SIZE as u64));
+    let aes = Aes256Gcm::new(&[1u8; 32].into());
+    let nonce = [2u8; 12];
+    let mut buf = vec![0u8; SIZE];
+    group.bench_function("floor_aes256gcm_seal", |b| {
+        b.iter(|| {
+            let tag = aes
+                .encrypt_inout_detached((&nonce).into(), b"ctx", black_box(&mut buf[..]).into())
+                .expect("seal");
+            black_box(tag)
+        })
+    });
+    let plaintext = vec![0x5a; SIZE];
+    let context = ctx("acme");
+    for (name, provider) in &providers {
+        let sealer = Sealer::builder(Arc::clone(provider), MemoryKeyStore::new()).build();
+        let tenant = runtime.block_on(sealer.tenant("acme")).expect("tenant");
+        group.bench_function(format!("{name}/tenant_handle"), |b| {
+            b.iter(|| tenant.seal(&context, black_box(&plaintext)).expect("seal"))
+        });
+        group.bench_function(format!("{name}/sealer_async"), |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(sealer.seal(&context, black_box(&plaintext)))
+                    .expect("seal")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
