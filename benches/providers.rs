@@ -29,8 +29,8 @@ const TENANTS: usize = 100;
 const SIZE: usize = 256;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: `block_on` then measures the seal, not cross-thread wake-ups.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
