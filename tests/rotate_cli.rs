@@ -39,8 +39,17 @@ fn runner() -> PathBuf {
         if cfg!(feature = "default") {
             features.push("default");
         }
-        if cfg!(feature = "serde") {
-            features.push("serde");
+        // The test's own features, so that the example links the library
+        // this build already made.
+        for (on, name) in [
+            (cfg!(feature = "serde"), "serde"),
+            (cfg!(feature = "aws-kms"), "aws-kms"),
+            (cfg!(feature = "pkcs11"), "pkcs11"),
+            (cfg!(feature = "testing"), "testing"),
+        ] {
+            if on {
+                features.push(name);
+            }
         }
         features.extend(["postgres", "mysql", "sqlite"]);
         let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
@@ -463,6 +472,40 @@ async fn bad_input_is_refused_with_a_message_and_nothing_written() {
     let r = app.run(&["check"]);
     assert_eq!(r.code, FAILED);
     assert!(!app.dir.path().join("missing.db").exists());
+
+    // Root keys from two sources at once, or from a PKCS#11 module that does
+    // not load: refused before the database is touched.
+    app.write_config(&CONFIG.replace(
+        "file = \"root.key\"",
+        "file = \"root.key\"\nkms_key = \"alias/fieldseal-root\"",
+    ));
+    let r = app.run(&["reseal"]);
+    assert_eq!(r.code, USAGE);
+    assert!(
+        r.stderr.contains("root_key: give exactly one key source"),
+        "{}",
+        r.stderr
+    );
+    if cfg!(feature = "pkcs11") {
+        app.write_config(&CONFIG.replace(
+            "[root_key]\nid = \"cli-root\"\nfile = \"root.key\"",
+            "[root_key]\npkcs11_module = \"/nonexistent/libpkcs11.so\"\npkcs11_token = \"t\"\n\
+             pkcs11_key = \"k\"\npkcs11_pin_env = \"FIELDSEAL_TEST_SURELY_UNSET_PIN\"\n\
+             [[root_key.previous]]\nid = \"cli-root\"\nfile = \"root.key\"",
+        ));
+        let r = app.run(&["rewrap-root"]);
+        assert_eq!(r.code, USAGE);
+        assert!(r.stderr.contains("root_key: "), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("FIELDSEAL_TEST_SURELY_UNSET_PIN"),
+            "{}",
+            r.stderr
+        );
+    }
+    unchanged(
+        "a root key configuration that does not load",
+        app.snapshot().await,
+    );
 
     // A wrong root key (same id, other key): nothing opens, nothing is
     // written, no version is created.

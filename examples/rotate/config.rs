@@ -5,7 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fieldseal::{ColumnForm, ColumnSpec, KeyType, LocalKeyProvider, RootKey, TableSpec};
+use std::sync::Arc;
+
+use fieldseal::{
+    ColumnForm, ColumnSpec, KeyProvider, KeyType, LocalKeyProvider, ProviderChain, RootKey,
+    TableSpec,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -36,22 +41,30 @@ pub(crate) struct Database {
     pub(crate) url_env: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A root key: a local key (`id` and `file` or `env`), an AWS KMS key
+/// (`kms_key`, optionally `kms_region` and `kms_endpoint`; the key's ARN is its
+/// id) or a PKCS#11 key (`pkcs11_module`, `pkcs11_token`, `pkcs11_key`, and
+/// the PIN from `pkcs11_pin_env`; its id is `pkcs11:` and the label). The
+/// current one is `[root_key]`; older ones, still unwrapping while keys are
+/// re-wrapped, are `[[root_key.previous]]`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Built without `aws-kms` or `pkcs11`, their fields are parsed (so that the
+// error names the missing feature) but not read.
+#[cfg_attr(not(all(feature = "aws-kms", feature = "pkcs11")), allow(dead_code))]
 pub(crate) struct RootKeyConfig {
-    pub(crate) id: String,
+    pub(crate) id: Option<String>,
     pub(crate) file: Option<PathBuf>,
     pub(crate) env: Option<String>,
+    pub(crate) kms_key: Option<String>,
+    pub(crate) kms_region: Option<String>,
+    pub(crate) kms_endpoint: Option<String>,
+    pub(crate) pkcs11_module: Option<PathBuf>,
+    pub(crate) pkcs11_token: Option<String>,
+    pub(crate) pkcs11_key: Option<String>,
+    pub(crate) pkcs11_pin_env: Option<String>,
     #[serde(default)]
-    pub(crate) previous: Vec<PreviousRootKey>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PreviousRootKey {
-    pub(crate) id: String,
-    pub(crate) file: Option<PathBuf>,
-    pub(crate) env: Option<String>,
+    pub(crate) previous: Vec<RootKeyConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +201,30 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+#[cfg(feature = "aws-kms")]
+async fn kms_provider(
+    r: &RootKeyConfig,
+) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
+    let Some(key) = &r.kms_key else {
+        return Err("no `kms_key`".into());
+    };
+    let mut builder = fieldseal::AwsKmsProvider::builder(key);
+    if let Some(region) = &r.kms_region {
+        builder = builder.region(region);
+    }
+    if let Some(endpoint) = &r.kms_endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    Ok(Arc::new(builder.build().await?))
+}
+
+#[cfg(not(feature = "aws-kms"))]
+async fn kms_provider(
+    _: &RootKeyConfig,
+) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
+    Err("this runner was built without AWS KMS support: add `--features aws-kms`".into())
+}
+
 fn err(message: impl Into<String>) -> ConfigError {
     ConfigError(message.into())
 }
@@ -273,26 +310,105 @@ impl Config {
         Ok(url)
     }
 
-    pub(crate) fn provider(&self) -> Result<LocalKeyProvider, Box<dyn std::error::Error>> {
-        let load = |what: &str, file: &Option<PathBuf>, env: &Option<String>| match (file, env) {
-            (Some(file), None) => RootKey::from_file(self.resolve(file)).map_err(Into::into),
-            (None, Some(var)) => RootKey::from_env(var).map_err(Into::into),
-            _ => Err::<RootKey, Box<dyn std::error::Error>>(Box::new(err(format!(
-                "give the root key's `file` or `env` (one of them), in {what}"
-            )))),
-        };
+    /// The root key provider: the current root key first, then the previous
+    /// ones, each from its own source (a key file or variable, AWS KMS, or a
+    /// PKCS#11 token), checked at start-up.
+    pub(crate) async fn provider(
+        &self,
+    ) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
         let r = &self.root_key;
-        let key = load("root_key", &r.file, &r.env).map_err(|e| err(format!("root_key: {e}")))?;
-        let mut provider =
-            LocalKeyProvider::new(&r.id, key).map_err(|e| err(format!("root_key.id: {e}")))?;
-        for (i, p) in r.previous.iter().enumerate() {
+        let mut chain = ProviderChain::new(self.root_provider("root_key", r).await?);
+        for (i, previous) in r.previous.iter().enumerate() {
             let what = format!("root_key.previous[{i}]");
-            let key = load(&what, &p.file, &p.env).map_err(|e| err(format!("{what}: {e}")))?;
-            provider = provider
-                .with_previous(&p.id, key)
-                .map_err(|e| err(format!("{what}.id: {e}")))?;
+            if !previous.previous.is_empty() {
+                return Err(Box::new(err(format!(
+                    "{what}.previous: list every previous root key under [root_key] instead"
+                ))));
+            }
+            let provider = self.root_provider(&what, previous).await?;
+            chain = chain
+                .with_previous_shared(provider)
+                .map_err(|e| err(format!("{what}: {e}")))?;
         }
-        Ok(provider)
+        Ok(Arc::new(chain))
+    }
+
+    async fn root_provider(
+        &self,
+        what: &str,
+        r: &RootKeyConfig,
+    ) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
+        let fail = |message: String| -> Box<dyn std::error::Error> {
+            Box::new(err(format!("{what}: {message}")))
+        };
+        let local = r.file.is_some() || r.env.is_some();
+        let kms = r.kms_key.is_some();
+        let pkcs11 = r.pkcs11_module.is_some() || r.pkcs11_key.is_some();
+        match (local, kms, pkcs11) {
+            (true, false, false) => {
+                let key = match (&r.file, &r.env) {
+                    (Some(file), None) => RootKey::from_file(self.resolve(file)),
+                    (None, Some(var)) => RootKey::from_env(var),
+                    _ => return Err(fail("give `file` or `env`, not both".into())),
+                }
+                .map_err(|e| fail(e.to_string()))?;
+                let Some(id) = &r.id else {
+                    return Err(fail("a local root key needs its `id`".into()));
+                };
+                let provider = LocalKeyProvider::new(id, key).map_err(|e| fail(e.to_string()))?;
+                Ok(Arc::new(provider))
+            }
+            (false, true, false) => {
+                if r.id.is_some() {
+                    return Err(fail("`id` is the KMS key's ARN; remove `id`".into()));
+                }
+                kms_provider(r).await.map_err(|e| fail(e.to_string()))
+            }
+            (false, false, true) => {
+                if r.id.is_some() {
+                    return Err(fail(
+                        "`id` is `pkcs11:` and the key's label; remove `id`".into(),
+                    ));
+                }
+                self.pkcs11_provider(r)
+                    .await
+                    .map_err(|e| fail(e.to_string()))
+            }
+            _ => Err(fail(
+                "give exactly one key source: `file` or `env` (with `id`), `kms_key`, or \
+                 `pkcs11_module` with `pkcs11_token` and `pkcs11_key`"
+                    .into(),
+            )),
+        }
+    }
+
+    #[cfg(feature = "pkcs11")]
+    async fn pkcs11_provider(
+        &self,
+        r: &RootKeyConfig,
+    ) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
+        let (Some(module), Some(token), Some(key)) =
+            (&r.pkcs11_module, &r.pkcs11_token, &r.pkcs11_key)
+        else {
+            return Err(
+                "a PKCS#11 root key needs `pkcs11_module`, `pkcs11_token` and `pkcs11_key`".into(),
+            );
+        };
+        let mut builder = fieldseal::Pkcs11Provider::builder(self.resolve(module))
+            .token(token)
+            .key(key);
+        if let Some(var) = &r.pkcs11_pin_env {
+            builder = builder.pin_from_env(var);
+        }
+        Ok(Arc::new(builder.build().await?))
+    }
+
+    #[cfg(not(feature = "pkcs11"))]
+    async fn pkcs11_provider(
+        &self,
+        _: &RootKeyConfig,
+    ) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
+        Err("this runner was built without PKCS#11 support: add `--features pkcs11`".into())
     }
 
     pub(crate) fn algorithm(&self) -> fieldseal::Algorithm {

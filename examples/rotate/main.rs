@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use fieldseal::{
-    Error, JobOptions, KeyStore, Plan, RetireReport, SealedColumns, Sealer, SqlDatabase,
-    SqlKeyStore, Timestamp,
+    Error, JobOptions, KeyProvider, KeyStore, Plan, RetireReport, SealedColumns, Sealer,
+    SqlDatabase, SqlKeyStore, Timestamp,
 };
 use serde_json::{Value, json};
 
@@ -265,6 +265,12 @@ fn init_tracing(verbose: u8) {
 async fn run(cli: &Cli) -> Outcome {
     let config = Config::load(&cli.config)?;
     let url = config.database_url()?;
+    // Every root key is checked (and KMS keys resolved) before the database
+    // is touched.
+    let provider = config
+        .provider()
+        .await
+        .map_err(|e| Failure::Usage(chain(e.as_ref())))?;
     let shown = redact(&url);
     match url.split_once(':').map(|(scheme, _)| scheme) {
         #[cfg(feature = "postgres")]
@@ -280,8 +286,8 @@ async fn run(cli: &Cli) -> Outcome {
             if let Some(schema) = &config.key_store.schema {
                 store = store.with_schema(schema)?;
             }
-            let sealer = sealer(cli, &config, store.clone())?;
-            run_on(cli, &config, pool, sealer, || async move {
+            let sealer = sealer(cli, &config, Arc::clone(&provider), store.clone());
+            run_on(cli, &config, &provider, pool, sealer, || async move {
                 store.migrate().await
             })
             .await
@@ -298,8 +304,8 @@ async fn run(cli: &Cli) -> Outcome {
                 .map_err(|e| unreachable_db(&shown, &e))?;
             let store = prefixed(SqlKeyStore::new(pool.clone()), &config)?;
             no_schema(&config)?;
-            let sealer = sealer(cli, &config, store.clone())?;
-            run_on(cli, &config, pool, sealer, || async move {
+            let sealer = sealer(cli, &config, Arc::clone(&provider), store.clone());
+            run_on(cli, &config, &provider, pool, sealer, || async move {
                 store.migrate().await
             })
             .await
@@ -320,8 +326,8 @@ async fn run(cli: &Cli) -> Outcome {
                 .map_err(|e| unreachable_db(&shown, &e))?;
             let store = prefixed(SqlKeyStore::new(pool.clone()), &config)?;
             no_schema(&config)?;
-            let sealer = sealer(cli, &config, store.clone())?;
-            run_on(cli, &config, pool, sealer, || async move {
+            let sealer = sealer(cli, &config, Arc::clone(&provider), store.clone());
+            run_on(cli, &config, &provider, pool, sealer, || async move {
                 store.migrate().await
             })
             .await
@@ -420,17 +426,19 @@ fn cache_ttl(config: &Config) -> Duration {
     config.sealer.cache_ttl.unwrap_or(Duration::from_secs(300))
 }
 
-fn sealer(cli: &Cli, config: &Config, store: impl KeyStore + 'static) -> Result<Sealer, Failure> {
-    let provider = config
-        .provider()
-        .map_err(|e| Failure::Usage(chain(e.as_ref())))?;
-    Ok(Sealer::builder(provider, store)
+fn sealer(
+    cli: &Cli,
+    config: &Config,
+    provider: Arc<dyn KeyProvider>,
+    store: impl KeyStore + 'static,
+) -> Sealer {
+    Sealer::builder(provider, store)
         .algorithm(config.algorithm())
         .cache_ttl(cache_ttl(config))
         // Only `migrate` gives a tenant its first key: every other command
         // works on tenants that already have one.
         .create_tenants_on_first_use(is_migrate(cli))
-        .build())
+        .build()
 }
 
 /// Runs the command. `migrate_store` creates the key store's tables; only the
@@ -438,6 +446,7 @@ fn sealer(cli: &Cli, config: &Config, store: impl KeyStore + 'static) -> Result<
 async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
     cli: &Cli,
     config: &Config,
+    provider: &Arc<dyn KeyProvider>,
     pool: sqlx::Pool<DB>,
     sealer: Sealer,
     migrate_store: impl FnOnce() -> F,
@@ -450,7 +459,9 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
             older_than,
             dry_run,
         } => return rotate(cli, &sealer, tenants, *all, *older_than, *dry_run).await,
-        Command::RewrapRoot => return rewrap_root(cli, &sealer, &config.root_key.id).await,
+        Command::RewrapRoot => {
+            return rewrap_root(cli, &sealer, provider.current_root_key_id()).await;
+        }
         Command::Shred { tenant, yes } => return shred(cli, &sealer, tenant, *yes).await,
         _ => {}
     }
