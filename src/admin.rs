@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::provider::WrapContext;
 use crate::sealer::Sealer;
 use crate::store::{InsertOutcome, KeyState, TenantRecord};
+use crate::telemetry;
 use crate::time::Timestamp;
 
 /// Page size for walking key versions and audit entries.
@@ -215,56 +216,62 @@ impl KeyAdmin {
     /// current keys (a wrong root key); provider and store errors. Nothing is
     /// changed on error.
     pub async fn rotate(&self, tenant: &str) -> Result<Rotation> {
-        let record = self.live(tenant).await?;
-        // Unwrap the tenant's current keys first (usually from the cache): a
-        // provider configured with the wrong root key must fail here, not
-        // create a new primary that the other processes cannot unwrap.
-        self.sealer.keyring(tenant, false).await?;
-        let previous = record.latest_version();
-        let next = previous.checked_add(1).ok_or_else(|| {
-            Error::refused(format!(
-                "tenant `{tenant}` has used every key version number"
-            ))
-        })?;
-        let (new, _) = self.sealer.new_key_version(tenant, next).await?;
-        let audit = self
-            .audit(
-                AuditEvent::KeyRotated,
-                tenant,
-                next,
-                format!("{previous} -> {next}"),
-            )
-            .await?;
-        let outcome = self
-            .sealer
-            .inner
-            .store
-            .insert_key_version(tenant, new, &audit)
-            .await?;
-        self.sealer.inner.cache.invalidate(tenant);
-        match outcome {
-            InsertOutcome::Inserted => {
-                tracing::info!(tenant, previous, primary = next, "rotated tenant key");
-                Ok(Rotation {
-                    previous,
-                    primary: next,
-                    created: true,
-                })
-            }
-            InsertOutcome::AlreadyExists => {
-                let now = self.live(tenant).await?;
-                Ok(Rotation {
-                    previous,
-                    primary: now.latest_version(),
-                    created: false,
-                })
-            }
-            InsertOutcome::Shredded => Err(self.live(tenant).await.err().unwrap_or_else(|| {
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("rotate", tenant, label, async move {
+            let record = self.live(tenant).await?;
+            // Unwrap the tenant's current keys first (usually from the cache): a
+            // provider configured with the wrong root key must fail here, not
+            // create a new primary that the other processes cannot unwrap.
+            self.sealer.keyring(tenant, false).await?;
+            let previous = record.latest_version();
+            let next = previous.checked_add(1).ok_or_else(|| {
                 Error::refused(format!(
-                    "tenant `{tenant}` was shredded during the rotation"
+                    "tenant `{tenant}` has used every key version number"
                 ))
-            })),
-        }
+            })?;
+            let (new, _) = self.sealer.new_key_version(tenant, next).await?;
+            let audit = self
+                .audit(
+                    AuditEvent::KeyRotated,
+                    tenant,
+                    next,
+                    format!("{previous} -> {next}"),
+                )
+                .await?;
+            let outcome = self
+                .sealer
+                .inner
+                .store
+                .insert_key_version(tenant, new, &audit)
+                .await?;
+            self.sealer.inner.cache.invalidate(tenant);
+            match outcome {
+                InsertOutcome::Inserted => {
+                    tracing::info!(tenant, previous, primary = next, "rotated tenant key");
+                    Ok(Rotation {
+                        previous,
+                        primary: next,
+                        created: true,
+                    })
+                }
+                InsertOutcome::AlreadyExists => {
+                    let now = self.live(tenant).await?;
+                    Ok(Rotation {
+                        previous,
+                        primary: now.latest_version(),
+                        created: false,
+                    })
+                }
+                InsertOutcome::Shredded => {
+                    Err(self.live(tenant).await.err().unwrap_or_else(|| {
+                        Error::refused(format!(
+                            "tenant `{tenant}` was shredded during the rotation"
+                        ))
+                    }))
+                }
+            }
+        })
+        .await
     }
 
     /// Disables a key version: values under it stop opening (with
@@ -277,7 +284,11 @@ impl KeyAdmin {
     /// [`Error::UnknownTenant`], [`Error::UnknownKeyVersion`],
     /// [`Error::TenantShredded`]; store errors.
     pub async fn disable_version(&self, tenant: &str, version: u32) -> Result<()> {
-        self.change_state(tenant, version, KeyState::Disabled).await
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("disable_version", tenant, label, async move {
+            self.change_state(tenant, version, KeyState::Disabled).await
+        })
+        .await
     }
 
     /// Enables a disabled key version again. Enabling an active version does
@@ -288,7 +299,11 @@ impl KeyAdmin {
     /// [`Error::Refused`] for a destroyed version; [`Error::UnknownTenant`],
     /// [`Error::UnknownKeyVersion`], [`Error::TenantShredded`]; store errors.
     pub async fn enable_version(&self, tenant: &str, version: u32) -> Result<()> {
-        self.change_state(tenant, version, KeyState::Active).await
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("enable_version", tenant, label, async move {
+            self.change_state(tenant, version, KeyState::Active).await
+        })
+        .await
     }
 
     /// Destroys a key version: its wrapped key is erased from the store, and
@@ -306,8 +321,12 @@ impl KeyAdmin {
     /// [`Error::UnknownTenant`], [`Error::UnknownKeyVersion`],
     /// [`Error::TenantShredded`]; store errors.
     pub async fn destroy_version(&self, tenant: &str, version: u32) -> Result<()> {
-        self.change_state(tenant, version, KeyState::Destroyed)
-            .await
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("destroy_version", tenant, label, async move {
+            self.change_state(tenant, version, KeyState::Destroyed)
+                .await
+        })
+        .await
     }
 
     async fn change_state(&self, tenant: &str, version: u32, to: KeyState) -> Result<()> {
@@ -384,36 +403,40 @@ impl KeyAdmin {
     /// [`Error::Refused`] if `minimum` is above the primary version;
     /// [`Error::UnknownTenant`], [`Error::TenantShredded`]; store errors.
     pub async fn set_min_decryption_version(&self, tenant: &str, minimum: u32) -> Result<()> {
-        let record = self.live(tenant).await?;
-        let primary = record.latest_version();
-        if minimum > primary {
-            return Err(Error::refused(format!(
-                "cannot set tenant `{tenant}`'s minimum decryption version to {minimum}: its \
-                 primary is version {primary}, and the primary must stay usable"
-            )));
-        }
-        let audit = self
-            .audit(
-                AuditEvent::MinDecryptionVersionSet,
-                tenant,
-                minimum,
-                format!("{} -> {minimum}", record.min_decryption_version),
-            )
-            .await?;
-        let changed = self
-            .sealer
-            .inner
-            .store
-            .set_min_decryption_version(tenant, minimum, &audit)
-            .await?;
-        self.sealer.inner.cache.invalidate(tenant);
-        if !changed {
-            return Err(Error::refused(format!(
-                "tenant `{tenant}` changed while setting its minimum decryption version; \
-                 nothing was changed: retry"
-            )));
-        }
-        Ok(())
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("set_min_decryption_version", tenant, label, async move {
+            let record = self.live(tenant).await?;
+            let primary = record.latest_version();
+            if minimum > primary {
+                return Err(Error::refused(format!(
+                    "cannot set tenant `{tenant}`'s minimum decryption version to {minimum}: its \
+                     primary is version {primary}, and the primary must stay usable"
+                )));
+            }
+            let audit = self
+                .audit(
+                    AuditEvent::MinDecryptionVersionSet,
+                    tenant,
+                    minimum,
+                    format!("{} -> {minimum}", record.min_decryption_version),
+                )
+                .await?;
+            let changed = self
+                .sealer
+                .inner
+                .store
+                .set_min_decryption_version(tenant, minimum, &audit)
+                .await?;
+            self.sealer.inner.cache.invalidate(tenant);
+            if !changed {
+                return Err(Error::refused(format!(
+                    "tenant `{tenant}` changed while setting its minimum decryption version; \
+                     nothing was changed: retry"
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Crypto-shreds a tenant: destroys every key version (erasing every
@@ -435,33 +458,37 @@ impl KeyAdmin {
     /// [`Error::TenantShredded`] if it already was; [`Error::UnknownTenant`];
     /// store errors.
     pub async fn shred_tenant(&self, tenant: &str) -> Result<Timestamp> {
-        self.live(tenant).await?;
-        let audit = self
-            .audit(AuditEvent::TenantShredded, tenant, 0, String::new())
-            .await?;
-        let at = audit.at();
-        let shredded = self.sealer.inner.store.shred_tenant(tenant, &audit).await?;
-        if shredded {
-            self.sealer.inner.cache.revocation(tenant).shred(at);
-        }
-        self.sealer.inner.cache.invalidate(tenant);
-        if !shredded {
-            // Another process shredded it first: stop this process's snapshots
-            // too, and report it.
-            let err = self.live(tenant).await.err().unwrap_or_else(|| {
-                Error::refused(format!("tenant `{tenant}` changed during the shred; retry"))
-            });
-            if let Error::TenantShredded { shredded_at, .. } = &err {
-                self.sealer
-                    .inner
-                    .cache
-                    .revocation(tenant)
-                    .shred(*shredded_at);
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("shred_tenant", tenant, label, async move {
+            self.live(tenant).await?;
+            let audit = self
+                .audit(AuditEvent::TenantShredded, tenant, 0, String::new())
+                .await?;
+            let at = audit.at();
+            let shredded = self.sealer.inner.store.shred_tenant(tenant, &audit).await?;
+            if shredded {
+                self.sealer.inner.cache.revocation(tenant).shred(at);
             }
-            return Err(err);
-        }
-        tracing::info!(tenant, "shredded tenant");
-        Ok(at)
+            self.sealer.inner.cache.invalidate(tenant);
+            if !shredded {
+                // Another process shredded it first: stop this process's snapshots
+                // too, and report it.
+                let err = self.live(tenant).await.err().unwrap_or_else(|| {
+                    Error::refused(format!("tenant `{tenant}` changed during the shred; retry"))
+                });
+                if let Error::TenantShredded { shredded_at, .. } = &err {
+                    self.sealer
+                        .inner
+                        .cache
+                        .revocation(tenant)
+                        .shred(*shredded_at);
+                }
+                return Err(err);
+            }
+            tracing::info!(tenant, "shredded tenant");
+            Ok(at)
+        })
+        .await
     }
 
     /// Gives a shredded tenant a fresh key, so it can seal again. Its old values
@@ -473,29 +500,33 @@ impl KeyAdmin {
     /// [`Error::Refused`] if the tenant is not shredded;
     /// [`Error::UnknownTenant`]; provider and store errors.
     pub async fn recreate_tenant(&self, tenant: &str) -> Result<u32> {
-        check_tenant(tenant)?;
-        let record = self.describe(tenant).await?;
-        if record.shredded_at.is_none() {
-            return Err(Error::refused(format!(
-                "tenant `{tenant}` is not shredded, so there is nothing to recreate"
-            )));
-        }
-        let version = record.latest_version().saturating_add(1);
-        let (new, _) = self.sealer.new_key_version(tenant, version).await?;
-        let audit = self
-            .audit(AuditEvent::TenantRecreated, tenant, version, String::new())
-            .await?;
-        let outcome = self
-            .sealer
-            .inner
-            .store
-            .recreate_tenant(tenant, new, &audit)
-            .await?;
-        self.sealer.inner.cache.invalidate(tenant);
-        match outcome {
-            InsertOutcome::Inserted => Ok(version),
-            _ => Ok(self.live(tenant).await?.latest_version()),
-        }
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("recreate_tenant", tenant, label, async move {
+            check_tenant(tenant)?;
+            let record = self.describe(tenant).await?;
+            if record.shredded_at.is_none() {
+                return Err(Error::refused(format!(
+                    "tenant `{tenant}` is not shredded, so there is nothing to recreate"
+                )));
+            }
+            let version = record.latest_version().saturating_add(1);
+            let (new, _) = self.sealer.new_key_version(tenant, version).await?;
+            let audit = self
+                .audit(AuditEvent::TenantRecreated, tenant, version, String::new())
+                .await?;
+            let outcome = self
+                .sealer
+                .inner
+                .store
+                .recreate_tenant(tenant, new, &audit)
+                .await?;
+            self.sealer.inner.cache.invalidate(tenant);
+            match outcome {
+                InsertOutcome::Inserted => Ok(version),
+                _ => Ok(self.live(tenant).await?.latest_version()),
+            }
+        })
+        .await
     }
 
     /// Re-wraps every stored key (every tenant key version that is not
@@ -521,86 +552,91 @@ impl KeyAdmin {
     /// provider does not hold; provider and store errors (the keys done so far
     /// stay done).
     pub async fn rewrap_all(&self, target: &str) -> Result<RewrapReport> {
-        let inner = &self.sealer.inner;
-        let current = inner.provider.current_root_key_id();
-        if current != target {
-            return Err(Error::refused(format!(
-                "cannot re-wrap under root key `{target}`: the key provider's current root \
-                 key is `{current}`; configure `{target}` as the current root key first"
-            )));
-        }
-        let mut report = RewrapReport::default();
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("rewrap_all", "", label, async move {
+            let inner = &self.sealer.inner;
+            let current = inner.provider.current_root_key_id();
+            if current != target {
+                return Err(Error::refused(format!(
+                    "cannot re-wrap under root key `{target}`: the key provider's current root \
+                     key is `{current}`; configure `{target}` as the current root key first"
+                )));
+            }
+            let mut report = RewrapReport::default();
 
-        if let Some(old) = inner.store.load_audit_key().await?
-            && old.root_key_id() != target
-        {
-            let ctx = WrapContext::audit_key(1);
-            let key = inner.provider.unwrap(&old, &ctx).await?;
-            let new = inner.provider.wrap(&key, &ctx).await?;
-            drop(key);
-            let audit = self
-                .audit(
-                    AuditEvent::KeyRewrapped,
-                    "",
-                    0,
-                    format!("audit key {} -> {target}", old.root_key_id()),
-                )
-                .await?;
-            report.audit_key_rewrapped = inner.store.rewrap_audit_key(&old, new, &audit).await?;
-            report.audit_key_skipped = !report.audit_key_rewrapped;
-        }
-
-        let mut after: Option<(String, u32)> = None;
-        loop {
-            let page = inner
-                .store
-                .list_wrapped_keys(after.as_ref().map(|(t, v)| (t.as_str(), *v)), PAGE)
-                .await?;
-            let full = page.len() >= PAGE;
-            for stored in page {
-                report.examined += 1;
-                after = Some((stored.tenant.clone(), stored.key.version));
-                let Some(old) = stored.key.wrapped else {
-                    continue;
-                };
-                if old.root_key_id() == target {
-                    report.already_current += 1;
-                    continue;
-                }
-                let ctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
+            if let Some(old) = inner.store.load_audit_key().await?
+                && old.root_key_id() != target
+            {
+                let ctx = WrapContext::audit_key(1);
                 let key = inner.provider.unwrap(&old, &ctx).await?;
                 let new = inner.provider.wrap(&key, &ctx).await?;
                 drop(key);
                 let audit = self
                     .audit(
                         AuditEvent::KeyRewrapped,
-                        &stored.tenant,
-                        stored.key.version,
-                        format!("{} -> {target}", old.root_key_id()),
+                        "",
+                        0,
+                        format!("audit key {} -> {target}", old.root_key_id()),
                     )
                     .await?;
-                if inner
+                report.audit_key_rewrapped =
+                    inner.store.rewrap_audit_key(&old, new, &audit).await?;
+                report.audit_key_skipped = !report.audit_key_rewrapped;
+            }
+
+            let mut after: Option<(String, u32)> = None;
+            loop {
+                let page = inner
                     .store
-                    .rewrap_key(&stored.tenant, stored.key.version, &old, new, &audit)
-                    .await?
-                {
-                    report.rewrapped += 1;
-                } else {
-                    report.skipped += 1;
+                    .list_wrapped_keys(after.as_ref().map(|(t, v)| (t.as_str(), *v)), PAGE)
+                    .await?;
+                let full = page.len() >= PAGE;
+                for stored in page {
+                    report.examined += 1;
+                    after = Some((stored.tenant.clone(), stored.key.version));
+                    let Some(old) = stored.key.wrapped else {
+                        continue;
+                    };
+                    if old.root_key_id() == target {
+                        report.already_current += 1;
+                        continue;
+                    }
+                    let ctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
+                    let key = inner.provider.unwrap(&old, &ctx).await?;
+                    let new = inner.provider.wrap(&key, &ctx).await?;
+                    drop(key);
+                    let audit = self
+                        .audit(
+                            AuditEvent::KeyRewrapped,
+                            &stored.tenant,
+                            stored.key.version,
+                            format!("{} -> {target}", old.root_key_id()),
+                        )
+                        .await?;
+                    if inner
+                        .store
+                        .rewrap_key(&stored.tenant, stored.key.version, &old, new, &audit)
+                        .await?
+                    {
+                        report.rewrapped += 1;
+                    } else {
+                        report.skipped += 1;
+                    }
+                }
+                if !full {
+                    break;
                 }
             }
-            if !full {
-                break;
-            }
-        }
-        tracing::info!(
-            target,
-            rewrapped = report.rewrapped,
-            already_current = report.already_current,
-            skipped = report.skipped,
-            "root key re-wrap finished"
-        );
-        Ok(report)
+            tracing::info!(
+                target,
+                rewrapped = report.rewrapped,
+                already_current = report.already_current,
+                skipped = report.skipped,
+                "root key re-wrap finished"
+            );
+            Ok(report)
+        })
+        .await
     }
 
     /// Reads audit entries with sequence numbers after `after`, at most `limit`.
@@ -620,14 +656,18 @@ impl KeyAdmin {
     /// provider) and store errors. A broken chain is not an error: it is
     /// reported in [`AuditReport::broken`].
     pub async fn verify_audit(&self) -> Result<AuditReport> {
-        let (report, _) = self.walk_audit(None).await?;
-        if report.is_intact() {
-            return Ok(report);
-        }
-        // The log is read in pages, outside one transaction: a prune that ran
-        // in between can make an intact chain look cut. Look once more.
-        let (again, _) = self.walk_audit(None).await?;
-        Ok(again)
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("verify_audit", "", label, async move {
+            let (report, _) = self.walk_audit(None).await?;
+            if report.is_intact() {
+                return Ok(report);
+            }
+            // The log is read in pages, outside one transaction: a prune that ran
+            // in between can make an intact chain look cut. Look once more.
+            let (again, _) = self.walk_audit(None).await?;
+            Ok(again)
+        })
+        .await
     }
 
     /// Verifies the chain in order, stopping at the first broken link or, with
@@ -688,36 +728,40 @@ impl KeyAdmin {
     /// [`verify_audit`](KeyAdmin::verify_audit) and investigate); provider and
     /// store errors.
     pub async fn prune_audit(&self, older_than: Duration) -> Result<u64> {
-        let minimum = self.sealer.min_audit_retention();
-        if older_than < minimum {
-            return Err(Error::refused(format!(
-                "refusing to prune audit entries younger than {}s: the minimum retention is {}s \
-                 (a 90-day retention is `Duration::from_secs(90 * 86_400)`)",
-                older_than.as_secs(),
-                minimum.as_secs()
-            )));
-        }
-        let cutoff = Timestamp::now()
-            .unix_seconds()
-            .saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
-        let (report, through) = self.walk_audit(Some(cutoff)).await?;
-        if let Some(broken) = report.broken {
-            return Err(Error::refused(format!(
-                "the audit chain is broken at entry {} ({}); nothing was pruned",
-                broken.seq, broken.reason
-            )));
-        }
-        let Some(through) = through else {
-            return Ok(0);
-        };
-        let audit = self
-            .audit(AuditEvent::AuditPruned, "", 0, pruned_detail(&through))
-            .await?;
-        self.sealer
-            .inner
-            .store
-            .prune_audit(through.seq, &through.mac, &audit)
-            .await
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("prune_audit", "", label, async move {
+            let minimum = self.sealer.min_audit_retention();
+            if older_than < minimum {
+                return Err(Error::refused(format!(
+                    "refusing to prune audit entries younger than {}s: the minimum retention is {}s \
+                     (a 90-day retention is `Duration::from_secs(90 * 86_400)`)",
+                    older_than.as_secs(),
+                    minimum.as_secs()
+                )));
+            }
+            let cutoff = Timestamp::now()
+                .unix_seconds()
+                .saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
+            let (report, through) = self.walk_audit(Some(cutoff)).await?;
+            if let Some(broken) = report.broken {
+                return Err(Error::refused(format!(
+                    "the audit chain is broken at entry {} ({}); nothing was pruned",
+                    broken.seq, broken.reason
+                )));
+            }
+            let Some(through) = through else {
+                return Ok(0);
+            };
+            let audit = self
+                .audit(AuditEvent::AuditPruned, "", 0, pruned_detail(&through))
+                .await?;
+            self.sealer
+                .inner
+                .store
+                .prune_audit(through.seq, &through.mac, &audit)
+                .await
+        })
+        .await
     }
 }
 

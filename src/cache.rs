@@ -171,6 +171,7 @@ impl Inner {
             }
             if self.slots.get(&oldest).is_some_and(|s| s.stamp == stamp) {
                 self.slots.remove(&oldest);
+                crate::telemetry::cache(crate::telemetry::CacheEvent::Evicted);
             }
         }
         for entry in kept.into_iter().rev() {

@@ -32,6 +32,7 @@ mod provider;
 mod sealer;
 mod secret;
 mod store;
+mod telemetry;
 mod time;
 #[cfg(test)]
 mod vectors;

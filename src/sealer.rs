@@ -17,6 +17,7 @@ use crate::keyring::{Keyring, Revocation, VersionEntry, VersionStatus};
 use crate::provider::{KeyProvider, WrapContext, WrappedKey};
 use crate::secret::{Migrating, Opened, TenantKey};
 use crate::store::{InsertOutcome, KeyState, KeyStore, NewKeyVersion, TenantRecord};
+use crate::telemetry::{self, CacheEvent, ObservedProvider, ObservedStore};
 use crate::time::Timestamp;
 
 /// Default number of tenants whose keys are cached.
@@ -66,6 +67,8 @@ pub(crate) struct Inner {
     create_tenants: bool,
     revalidate_after: Option<Duration>,
     min_audit_retention: Duration,
+    /// Whether metrics carry a `tenant` label (feature `metrics`).
+    pub(crate) label_tenant: bool,
     /// The audit-chain key, unwrapped on the first key change.
     audit_key: tokio::sync::OnceCell<HmacKey>,
 }
@@ -81,9 +84,23 @@ pub struct SealerBuilder {
     create_tenants: bool,
     revalidate_after: Option<Duration>,
     min_audit_retention: Duration,
+    label_tenant: bool,
 }
 
 impl SealerBuilder {
+    /// Adds a `tenant` label to fieldseal's metrics (default: off).
+    ///
+    /// Off, every metric has a bounded set of labels (operation names and
+    /// error kinds), whatever the number of tenants. On, each tenant gets its
+    /// own series, and counting a seal or an open allocates the label: turn it
+    /// on only for a bounded number of tenants, and only where tenant ids may
+    /// appear in your metrics system.
+    #[cfg(feature = "metrics")]
+    pub fn metrics_tenant_label(mut self, label: bool) -> Self {
+        self.label_tenant = label;
+        self
+    }
+
     /// The AEAD for new values (default AES-256-GCM). Values sealed with either
     /// algorithm always open.
     pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
@@ -154,13 +171,20 @@ impl SealerBuilder {
     pub fn build(self) -> Sealer {
         Sealer {
             inner: Arc::new(Inner {
-                provider: self.provider,
-                store: self.store,
+                provider: Box::new(ObservedProvider {
+                    inner: self.provider,
+                    label_tenant: self.label_tenant,
+                }),
+                store: Box::new(ObservedStore {
+                    inner: self.store,
+                    label_tenant: self.label_tenant,
+                }),
                 cache: KeyCache::new(self.cache_capacity, self.cache_ttl),
                 algorithm: self.algorithm,
                 create_tenants: self.create_tenants,
                 revalidate_after: self.revalidate_after,
                 min_audit_retention: self.min_audit_retention,
+                label_tenant: self.label_tenant,
                 audit_key: tokio::sync::OnceCell::new(),
             }),
         }
@@ -197,6 +221,7 @@ impl Sealer {
             create_tenants: true,
             revalidate_after: None,
             min_audit_retention: DEFAULT_MIN_AUDIT_RETENTION,
+            label_tenant: false,
         }
     }
 
@@ -234,6 +259,7 @@ impl Sealer {
         Ok(TenantSealer {
             keyring,
             algorithm: self.inner.algorithm,
+            label_tenant: self.inner.label_tenant,
         })
     }
 
@@ -251,6 +277,7 @@ impl Sealer {
         Ok(TenantSealer {
             keyring,
             algorithm: self.inner.algorithm,
+            label_tenant: self.inner.label_tenant,
         })
     }
 
@@ -263,11 +290,22 @@ impl Sealer {
     /// [`Error::UnknownTenant`] if the tenant has no keys and may not be
     /// created; provider and store errors while loading keys.
     pub async fn seal(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
+        let result = self.seal_inner(ctx, plaintext).await;
+        telemetry::sealed(&result, self.tenant_label(ctx));
+        result
+    }
+
+    async fn seal_inner(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
         crate::keyring::check_plaintext_len(plaintext)?;
         let keyring = self
             .keyring(ctx.tenant(), self.inner.create_tenants)
             .await?;
         keyring.seal(self.inner.algorithm, ctx, plaintext)
+    }
+
+    /// The tenant label for metrics, when the application opted in.
+    fn tenant_label<'a>(&self, ctx: &'a Context) -> Option<&'a str> {
+        self.inner.label_tenant.then(|| ctx.tenant())
     }
 
     /// Opens `sealed`, which must have been sealed with exactly this `ctx`.
@@ -283,8 +321,12 @@ impl Sealer {
     /// [`Error::TenantShredded`], [`Error::UnknownTenant`],
     /// [`Error::UnknownKeyVersion`]; provider and store errors.
     pub async fn open(&self, ctx: &Context, sealed: &SealedValue) -> Result<Opened> {
-        let keyring = self.fresh_keyring_for(ctx.tenant(), sealed).await?;
-        keyring.open(ctx, sealed)
+        let result = match self.fresh_keyring_for(ctx.tenant(), sealed).await {
+            Ok(keyring) => keyring.open(ctx, sealed),
+            Err(err) => Err(err),
+        };
+        telemetry::opened(&result, self.tenant_label(ctx));
+        result
     }
 
     /// Opens `sealed` and, if it was sealed under an older key version, seals
@@ -305,8 +347,12 @@ impl Sealer {
     ///
     /// As [`Sealer::open`]; `sealed` is left as it was.
     pub async fn reseal(&self, ctx: &Context, sealed: &SealedValue) -> Result<Option<SealedValue>> {
-        let keyring = self.fresh_keyring_for(ctx.tenant(), sealed).await?;
-        keyring.reseal(self.inner.algorithm, ctx, sealed)
+        let result = match self.fresh_keyring_for(ctx.tenant(), sealed).await {
+            Ok(keyring) => keyring.reseal(self.inner.algorithm, ctx, sealed),
+            Err(err) => Err(err),
+        };
+        telemetry::resealed(&result, self.tenant_label(ctx));
+        result
     }
 
     /// Reads a value of a TEXT column that is being migrated to fieldseal in
@@ -397,9 +443,15 @@ impl Sealer {
             let keyring = match self.inner.cache.lookup(tenant) {
                 Lookup::Hit(keyring) => {
                     tracing::trace!(tenant, "tenant key cache hit");
+                    telemetry::cache(CacheEvent::Hit);
                     keyring
                 }
                 Lookup::Miss { cell, previous } => {
+                    telemetry::cache(if previous.is_some() {
+                        CacheEvent::Expired
+                    } else {
+                        CacheEvent::Miss
+                    });
                     let previous = previous.or(stale.take());
                     return self
                         .inner
@@ -419,13 +471,18 @@ impl Sealer {
             }
             checked = true;
             match self.inner.store.tenant_generation(tenant).await {
-                Ok(Some(generation)) if generation == keyring.generation => return Ok(keyring),
+                Ok(Some(generation)) if generation == keyring.generation => {
+                    telemetry::cache(CacheEvent::Revalidated("unchanged"));
+                    return Ok(keyring);
+                }
                 Ok(_) => {
+                    telemetry::cache(CacheEvent::Revalidated("changed"));
                     tracing::debug!(tenant, "tenant keys changed in the store: reloading");
                     stale = self.inner.cache.invalidate(tenant).or(Some(keyring));
                 }
                 Err(err) => {
                     // The time to live still bounds how long these keys are used.
+                    telemetry::cache(CacheEvent::Revalidated("failed"));
                     tracing::warn!(tenant, error = %err, "tenant generation check failed");
                     return Ok(keyring);
                 }
@@ -741,6 +798,7 @@ impl fmt::Debug for Sealer {
 pub struct TenantSealer {
     keyring: Arc<Keyring>,
     algorithm: Algorithm,
+    label_tenant: bool,
 }
 
 impl TenantSealer {
@@ -762,7 +820,13 @@ impl TenantSealer {
     /// [`Error::TenantMismatch`] if `ctx` names another tenant;
     /// [`Error::PlaintextTooLarge`]; [`Error::TenantShredded`].
     pub fn seal(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
-        self.keyring.seal(self.algorithm, ctx, plaintext)
+        let result = self.keyring.seal(self.algorithm, ctx, plaintext);
+        telemetry::sealed(&result, self.tenant_label());
+        result
+    }
+
+    fn tenant_label(&self) -> Option<&str> {
+        self.label_tenant.then_some(&*self.keyring.tenant)
     }
 
     /// Opens `sealed`, which must have been sealed with exactly this `ctx`.
@@ -773,7 +837,9 @@ impl TenantSealer {
     /// version newer than this snapshot gives [`Error::UnknownKeyVersion`]:
     /// [`Sealer::open`] reloads in that case.
     pub fn open(&self, ctx: &Context, sealed: &SealedValue) -> Result<Opened> {
-        self.keyring.open(ctx, sealed)
+        let result = self.keyring.open(ctx, sealed);
+        telemetry::opened(&result, self.tenant_label());
+        result
     }
 
     /// As [`Sealer::reseal`], synchronously, with this snapshot's keys.
@@ -782,7 +848,9 @@ impl TenantSealer {
     ///
     /// As [`TenantSealer::open`].
     pub fn reseal(&self, ctx: &Context, sealed: &SealedValue) -> Result<Option<SealedValue>> {
-        self.keyring.reseal(self.algorithm, ctx, sealed)
+        let result = self.keyring.reseal(self.algorithm, ctx, sealed);
+        telemetry::resealed(&result, self.tenant_label());
+        result
     }
 }
 
