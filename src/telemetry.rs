@@ -48,8 +48,14 @@ fn with_tenant(mut labels: Vec<::metrics::Label>, tenant: Option<&str>) -> Vec<:
 pub(crate) fn sealed<T>(result: &Result<T>, tenant: Option<&str>) {
     #[cfg(feature = "metrics")]
     match result {
-        Ok(_) => ::metrics::counter!("fieldseal_seals_total", with_tenant(Vec::new(), tenant))
-            .increment(1),
+        // The common case names a static key: no label vector to build.
+        Ok(_) => match tenant {
+            None => ::metrics::counter!("fieldseal_seals_total").increment(1),
+            Some(tenant) => {
+                ::metrics::counter!("fieldseal_seals_total", "tenant" => tenant.to_string())
+                    .increment(1);
+            }
+        },
         Err(err) => ::metrics::counter!(
             "fieldseal_seal_failures_total",
             with_tenant(
@@ -69,8 +75,13 @@ pub(crate) fn sealed<T>(result: &Result<T>, tenant: Option<&str>) {
 pub(crate) fn opened<T>(result: &Result<T>, tenant: Option<&str>) {
     #[cfg(feature = "metrics")]
     match result {
-        Ok(_) => ::metrics::counter!("fieldseal_opens_total", with_tenant(Vec::new(), tenant))
-            .increment(1),
+        Ok(_) => match tenant {
+            None => ::metrics::counter!("fieldseal_opens_total").increment(1),
+            Some(tenant) => {
+                ::metrics::counter!("fieldseal_opens_total", "tenant" => tenant.to_string())
+                    .increment(1);
+            }
+        },
         Err(err) => ::metrics::counter!(
             "fieldseal_open_failures_total",
             with_tenant(

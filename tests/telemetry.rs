@@ -178,11 +178,7 @@ async fn every_operation(seen: &Arc<Mutex<Vec<Vec<u8>>>>) {
 /// A recorded metric: its name, its labels and its value.
 type Recorded = (String, Vec<(String, String)>, DebugValue);
 
-fn metric(
-    snapshot: &[Recorded],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> u64 {
+fn metric(snapshot: &[Recorded], name: &str, labels: &[(&str, &str)]) -> u64 {
     snapshot
         .iter()
         .filter(|(n, l, _)| {
