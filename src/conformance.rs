@@ -49,6 +49,22 @@ pub async fn check_key_provider(provider: &(dyn KeyProvider + 'static)) {
             "the current root key id is not a valid root key id: {err}"
         ));
     }
+    let ids = provider.root_key_ids();
+    if ids.first() != Some(&current.as_str()) {
+        fail(format!(
+            "root_key_ids() gives {ids:?}, which does not start with the current id `{current}`"
+        ));
+    }
+    for id in &ids {
+        if let Err(err) = check_root_key_id(id) {
+            fail(format!(
+                "root_key_ids() lists an invalid root key id: {err}"
+            ));
+        }
+    }
+    if ids.contains(&"conformance-unknown-root") {
+        fail("the provider claims every root key id, even `conformance-unknown-root`".into());
+    }
 
     let key = tenant_key();
     let contexts = [

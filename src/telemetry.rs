@@ -293,6 +293,10 @@ impl KeyProvider for ObservedProvider {
         self.inner.current_root_key_id()
     }
 
+    fn root_key_ids(&self) -> Vec<&str> {
+        self.inner.root_key_ids()
+    }
+
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
         let span = provider_span("wrap", self.inner.current_root_key_id(), ctx);
         let call = self.inner.wrap(key, ctx);

@@ -455,6 +455,10 @@ impl KeyProvider for AwsKmsProvider {
         self.keys.first().map_or("", |key| key.arn.as_str())
     }
 
+    fn root_key_ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|key| key.arn.as_str()).collect()
+    }
+
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
         let arn = self.current_root_key_id();
         let output = self

@@ -53,9 +53,10 @@ impl ProviderChain {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if its current root key id is already the current
-    /// root key id of a provider in the chain: every root key needs its own id,
-    /// or a wrapped key could be sent to the wrong provider.
+    /// [`Error::Config`] if one of its root key ids
+    /// ([`KeyProvider::root_key_ids`]) is already held by a provider in the
+    /// chain: every root key needs its own id, or a wrapped key could be sent
+    /// to the wrong provider.
     pub fn with_previous(self, previous: impl KeyProvider + 'static) -> Result<Self> {
         self.with_previous_shared(Arc::new(previous))
     }
@@ -67,16 +68,13 @@ impl ProviderChain {
     ///
     /// As [`ProviderChain::with_previous`].
     pub fn with_previous_shared(mut self, previous: Arc<dyn KeyProvider>) -> Result<Self> {
-        let id = previous.current_root_key_id();
-        if self
-            .providers
-            .iter()
-            .any(|known| known.current_root_key_id() == id)
-        {
-            return Err(Error::config(format!(
-                "root key id `{id}` is held by two providers in the chain; every root key \
-                 needs its own id"
-            )));
+        for id in previous.root_key_ids() {
+            if self.root_key_ids().contains(&id) {
+                return Err(Error::config(format!(
+                    "root key id `{id}` is held by two providers in the chain; every root key \
+                     needs its own id, or a wrapped key could be sent to the wrong provider"
+                )));
+            }
         }
         self.providers.push(previous);
         Ok(self)
@@ -95,6 +93,13 @@ impl KeyProvider for ProviderChain {
         self.providers
             .first()
             .map_or("", |provider| provider.current_root_key_id())
+    }
+
+    fn root_key_ids(&self) -> Vec<&str> {
+        self.providers
+            .iter()
+            .flat_map(|provider| provider.root_key_ids())
+            .collect()
     }
 
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
@@ -123,6 +128,10 @@ impl KeyProvider for ProviderChain {
 impl<P: KeyProvider + ?Sized> KeyProvider for Arc<P> {
     fn current_root_key_id(&self) -> &str {
         (**self).current_root_key_id()
+    }
+
+    fn root_key_ids(&self) -> Vec<&str> {
+        (**self).root_key_ids()
     }
 
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
@@ -176,5 +185,21 @@ mod tests {
                 .with_previous(local("a", 2))
                 .is_err()
         );
+        // A previous key of one provider is the current key of another.
+        let two = LocalKeyProvider::new("b", RootKey::from_bytes(&mut [3; 32]))
+            .unwrap()
+            .with_previous("a", RootKey::from_bytes(&mut [4; 32]))
+            .unwrap();
+        let err = ProviderChain::new(two)
+            .with_previous(local("a", 1))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("`a` is held by two providers"),
+            "{err}"
+        );
+        let chain = ProviderChain::new(local("x", 1))
+            .with_previous(local("y", 2))
+            .unwrap();
+        assert_eq!(chain.root_key_ids(), ["x", "y"]);
     }
 }

@@ -144,6 +144,10 @@ impl KeyProvider for LocalKeyProvider {
         &self.current
     }
 
+    fn root_key_ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
         let root = self
             .key(&self.current)

@@ -225,6 +225,14 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// The id of the root key that [`wrap`](KeyProvider::wrap) uses.
     fn current_root_key_id(&self) -> &str;
 
+    /// Every root key id this provider holds, the current one first (default:
+    /// only the current one). Providers that keep previous root keys list
+    /// them, so that a [`ProviderChain`] can refuse two providers that claim
+    /// the same id.
+    fn root_key_ids(&self) -> Vec<&str> {
+        vec![self.current_root_key_id()]
+    }
+
     /// Wraps `key` under the current root key, bound to `ctx`.
     ///
     /// # Errors

@@ -664,6 +664,10 @@ impl KeyProvider for Pkcs11Provider {
         self.inner.keys.first().map_or("", |key| key.id.as_str())
     }
 
+    fn root_key_ids(&self) -> Vec<&str> {
+        self.inner.keys.iter().map(|key| key.id.as_str()).collect()
+    }
+
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
         let Some(root) = self.inner.keys.first() else {
             return Err(Error::config("the PKCS#11 provider has no key"));
