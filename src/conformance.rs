@@ -7,6 +7,7 @@
 #![allow(clippy::panic)]
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::audit::{AuditAppend, AuditEntry, AuditEvent, Verifier, pruned_detail};
 use crate::crypto::HmacKey;
@@ -24,7 +25,10 @@ const RACERS: usize = 16;
 /// root key ids, randomised wraps and concurrent use.
 ///
 /// It makes a few dozen wrap and unwrap calls with throwaway keys and
-/// tenants named `conformance-…`; nothing is stored.
+/// tenants named `conformance-…`; nothing is stored. It expects randomised
+/// wraps (two wraps of one key differ, so the key store does not show which
+/// keys are equal) and `unwrap_failed` for a wrapped key presented under
+/// another context; errors must not show the tenant key or the wrapped bytes.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -102,7 +106,11 @@ pub async fn check_key_provider(provider: &(dyn KeyProvider + 'static)) {
             if i == j {
                 continue;
             }
-            match provider.unwrap(one, other).await {
+            let result = provider.unwrap(one, other).await;
+            if let Err(err) = &result {
+                check_error_is_clean(err, &key, one);
+            }
+            match result {
                 Err(Error::UnwrapFailed { .. }) => {}
                 Ok(_) => fail(format!(
                     "a key wrapped for {} unwrapped as {}",
@@ -156,10 +164,13 @@ pub async fn check_key_provider(provider: &(dyn KeyProvider + 'static)) {
     longer.push(0);
     altered.push(("with one byte appended".into(), longer));
     for (how, tampered) in altered {
-        match provider
+        let result = provider
             .unwrap(&WrappedKey::new(current.clone(), tampered), &ctx)
-            .await
-        {
+            .await;
+        if let Err(err) = &result {
+            check_error_is_clean(err, &key, first);
+        }
+        match result {
             // A KMS may answer altered ciphertext with an access error.
             Err(Error::UnwrapFailed { .. } | Error::Provider { .. }) => {}
             Ok(_) => fail(format!("a wrapped key {how} still unwrapped")),
@@ -172,7 +183,11 @@ pub async fn check_key_provider(provider: &(dyn KeyProvider + 'static)) {
 
     // "Not my key" is root_key_not_configured, naming the id.
     let foreign = WrappedKey::new("conformance-unknown-root", bytes.to_vec());
-    match provider.unwrap(&foreign, &ctx).await {
+    let result = provider.unwrap(&foreign, &ctx).await;
+    if let Err(err) = &result {
+        check_error_is_clean(err, &key, first);
+    }
+    match result {
         Err(Error::RootKeyNotConfigured { id }) if id == "conformance-unknown-root" => {}
         other => fail(format!(
             "unwrapping under a root key id it does not hold gave {} instead of \
@@ -206,6 +221,29 @@ pub async fn check_key_provider(provider: &(dyn KeyProvider + 'static)) {
             Ok(false) => fail("a concurrent round trip returned another key".into()),
             Err(err) => fail(format!("a concurrent round trip failed: {err}")),
         }
+    }
+}
+
+/// An error's Display, Debug and causes never show the tenant key or the
+/// wrapped bytes.
+fn check_error_is_clean(err: &Error, key: &TenantKey, wrapped: &WrappedKey) {
+    let mut shown = format!("{err} {err:?}");
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        shown.push_str(&format!(" {cause} {cause:?}"));
+        source = cause.source();
+    }
+    if contains_key(&shown, key.expose_secret()) {
+        panic!(
+            "KeyProvider conformance: an error shows the tenant key: `{}`",
+            err.kind()
+        );
+    }
+    if wrapped.as_bytes().len() >= 16 && contains_key(&shown, wrapped.as_bytes()) {
+        panic!(
+            "KeyProvider conformance: an error shows the wrapped key bytes: `{}`",
+            err.kind()
+        );
     }
 }
 
@@ -271,7 +309,10 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// chain appended once per change, in order, that verifies and prunes.
 ///
 /// `store` must be **empty** (freshly migrated): the check reads its whole
-/// audit log. Its tenants are named `conformance-…`.
+/// audit log. Its tenants are named `conformance-…`, and it leaves behind an
+/// audit key that no provider can unwrap: use a throwaway store (a fresh
+/// schema, database or file). Every successful change must advance the
+/// tenant's generation, and a refused one must not.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -291,9 +332,65 @@ pub async fn check_key_store<S: KeyStore + Clone + 'static>(store: S) {
     StoreCheck::new(store).run().await;
 }
 
+/// An audit entry to be built by a racer on its own task.
+struct RacerAudit {
+    key: Arc<HmacKey>,
+    event: AuditEvent,
+    tenant: String,
+    version: u32,
+}
+
+impl RacerAudit {
+    fn get(&self) -> AuditAppend<'_> {
+        AuditAppend::new(
+            &self.key,
+            self.event,
+            &self.tenant,
+            self.version,
+            Some("conformance"),
+            String::new(),
+        )
+    }
+}
+
+/// Runs racers at once: on tasks of their own, released together by a
+/// barrier, on a multi-thread runtime; polled together on this task
+/// otherwise.
+async fn race<T, F>(racers: Vec<F>) -> Vec<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let handle = match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            handle
+        }
+        _ => return join_all(racers).await,
+    };
+    let barrier = Arc::new(tokio::sync::Barrier::new(racers.len()));
+    let tasks: Vec<_> = racers
+        .into_iter()
+        .map(|racer| {
+            let barrier = Arc::clone(&barrier);
+            handle.spawn(async move {
+                barrier.wait().await;
+                racer.await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(
+            task.await
+                .unwrap_or_else(|err| fail(format!("a racer panicked: {err}"))),
+        );
+    }
+    out
+}
+
 struct StoreCheck<S> {
     store: S,
-    key: HmacKey,
+    key: Arc<HmacKey>,
     /// The events appended so far, in order.
     expected: Vec<&'static str>,
 }
@@ -303,7 +400,18 @@ fn fail(what: impl std::fmt::Display) -> ! {
 }
 
 fn must<T>(what: &str, result: Result<T, Error>) -> T {
-    result.unwrap_or_else(|err| fail(format!("{what} failed: {err}")))
+    result.unwrap_or_else(|err| fail(format!("{what} failed: {}", with_causes(&err))))
+}
+
+/// An error and its causes, for failure messages.
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 fn wrapped(tag: &str) -> WrappedKey {
@@ -326,7 +434,7 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
         }
         Self {
             store,
-            key: HmacKey::new(&seed),
+            key: Arc::new(HmacKey::new(&seed)),
             expected: Vec::new(),
         }
     }
@@ -342,12 +450,34 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
         )
     }
 
+    /// What a racer needs to build its own audit entry on another task.
+    fn racer_audit(&self, event: AuditEvent, tenant: &str, version: u32) -> RacerAudit {
+        RacerAudit {
+            key: Arc::clone(&self.key),
+            event,
+            tenant: tenant.to_string(),
+            version,
+        }
+    }
+
     async fn generation(&self, tenant: &str) -> u64 {
         must(
             "tenant_generation",
             self.store.tenant_generation(tenant).await,
         )
         .unwrap_or_else(|| fail(format!("tenant `{tenant}` has no generation")))
+    }
+
+    /// The generation after a successful change: strictly above `before`
+    /// (other processes notice changes through it).
+    async fn advanced(&self, tenant: &str, before: Option<u64>, change: &str) -> u64 {
+        let after = self.generation(tenant).await;
+        if before.is_some_and(|before| after <= before) {
+            fail(format!(
+                "{change} did not advance tenant `{tenant}`'s generation"
+            ));
+        }
+        after
     }
 
     async fn run(mut self) {
@@ -390,7 +520,7 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
             let store = self.store.clone();
             async move { store.insert_audit_key(wrapped(&format!("audit-{i}"))).await }
         });
-        let results = join_all(racers.collect()).await;
+        let results = race(racers.collect()).await;
         let winners: Vec<usize> = results
             .iter()
             .enumerate()
@@ -439,6 +569,7 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
 
     /// Version creation is insert-if-absent, one winner per version, no gaps.
     async fn creation(&mut self, t: &str) {
+        let mut generation_before = 0;
         for version in [1, 2] {
             let event = if version == 1 {
                 AuditEvent::TenantCreated
@@ -447,13 +578,15 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
             };
             let racers = (0..RACERS).map(|i| {
                 let store = self.store.clone();
-                let audit = self.audit(event, t, version);
+                let audit = self.racer_audit(event, t, version);
                 async move {
                     let new = new_version(version, &format!("v{version}-{i}"));
-                    store.insert_key_version(t, new, &audit).await
+                    store
+                        .insert_key_version(&audit.tenant, new, &audit.get())
+                        .await
                 }
             });
-            let results = join_all(racers.collect()).await;
+            let results = race(racers.collect()).await;
             let mut winners = Vec::new();
             for (i, result) in results.into_iter().enumerate() {
                 match result {
@@ -471,6 +604,10 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
                 ));
             };
             self.expected.push(event.as_str());
+            let previous = (version > 1).then_some(generation_before);
+            generation_before = self
+                .advanced(t, previous, &format!("creating version {version}"))
+                .await;
             let record = must("load_tenant", self.store.load_tenant(t).await)
                 .unwrap_or_else(|| fail("a created tenant does not load"));
             let key = record
@@ -493,13 +630,16 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
             }
         }
         let audit = self.audit(AuditEvent::KeyRotated, t, 4);
-        if self
+        match self
             .store
             .insert_key_version(t, new_version(4, "gap"), &audit)
             .await
-            .is_ok()
         {
-            fail("creating version 4 after version 2 (a gap) did not fail");
+            Err(Error::Refused { .. }) => {}
+            other => fail(format!(
+                "creating version 4 after version 2 (a gap) gave {} instead of refused",
+                describe_result(&other)
+            )),
         }
         let audit = self.audit(AuditEvent::KeyRotated, t, 1);
         match must(
@@ -528,14 +668,15 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
         }
         let racers = (0..RACERS).map(|_| {
             let store = self.store.clone();
-            let audit = self.audit(AuditEvent::KeyDisabled, t, 1);
+            let audit = self.racer_audit(AuditEvent::KeyDisabled, t, 1);
             async move {
+                let (from, to) = (KeyState::Active, KeyState::Disabled);
                 store
-                    .update_key_state(t, 1, KeyState::Active, KeyState::Disabled, &audit)
+                    .update_key_state(&audit.tenant, 1, from, to, &audit.get())
                     .await
             }
         });
-        let won = join_all(racers.collect())
+        let won = race(racers.collect())
             .await
             .into_iter()
             .map(|r| must("update_key_state", r))
@@ -595,6 +736,7 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
         ) {
             fail("the minimum decryption version was set above the latest version");
         }
+        let before = self.generation(t).await;
         let audit = self.audit(AuditEvent::MinDecryptionVersionSet, t, 2);
         if !must(
             "set_min_decryption_version",
@@ -604,6 +746,8 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
         }
         self.expected
             .push(AuditEvent::MinDecryptionVersionSet.as_str());
+        self.advanced(t, Some(before), "set_min_decryption_version")
+            .await;
         let record = must("load_tenant", self.store.load_tenant(t).await);
         if record.map(|r| r.min_decryption_version) != Some(2) {
             fail("the minimum decryption version does not load as set");
@@ -634,14 +778,15 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
         let racers = (0..RACERS).map(|i| {
             let store = self.store.clone();
             let old = old.clone();
-            let audit = self.audit(AuditEvent::KeyRewrapped, t, 2);
+            let audit = self.racer_audit(AuditEvent::KeyRewrapped, t, 2);
             async move {
+                let new = wrapped(&format!("rewrapped-{i}"));
                 store
-                    .rewrap_key(t, 2, &old, wrapped(&format!("rewrapped-{i}")), &audit)
+                    .rewrap_key(&audit.tenant, 2, &old, new, &audit.get())
                     .await
             }
         });
-        let won = join_all(racers.collect())
+        let won = race(racers.collect())
             .await
             .into_iter()
             .map(|r| must("rewrap_key", r))
@@ -727,11 +872,13 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
     /// Shredding destroys every key at once; a shredded tenant refuses new
     /// versions until it is re-created, once.
     async fn shred_and_recreate(&mut self, t: &str) {
+        let before = self.generation(t).await;
         let audit = self.audit(AuditEvent::TenantShredded, t, 0);
         if !must("shred_tenant", self.store.shred_tenant(t, &audit).await) {
             fail("shred_tenant refused a live tenant");
         }
         self.expected.push(AuditEvent::TenantShredded.as_str());
+        let before = self.advanced(t, Some(before), "shred_tenant").await;
         let audit = self.audit(AuditEvent::TenantShredded, t, 0);
         if must("shred_tenant", self.store.shred_tenant(t, &audit).await) {
             fail("shredding a shredded tenant succeeded again");
@@ -760,14 +907,15 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
         }
         let racers = (0..RACERS).map(|i| {
             let store = self.store.clone();
-            let audit = self.audit(AuditEvent::TenantRecreated, t, 3);
+            let audit = self.racer_audit(AuditEvent::TenantRecreated, t, 3);
             async move {
+                let new = new_version(3, &format!("recreated-{i}"));
                 store
-                    .recreate_tenant(t, new_version(3, &format!("recreated-{i}")), &audit)
+                    .recreate_tenant(&audit.tenant, new, &audit.get())
                     .await
             }
         });
-        let inserted = join_all(racers.collect())
+        let inserted = race(racers.collect())
             .await
             .into_iter()
             .map(|r| must("recreate_tenant", r))
@@ -779,6 +927,7 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
             ));
         }
         self.expected.push(AuditEvent::TenantRecreated.as_str());
+        self.advanced(t, Some(before), "recreate_tenant").await;
         let record = must("load_tenant", self.store.load_tenant(t).await)
             .unwrap_or_else(|| fail("a re-created tenant does not load"));
         if record.shredded_at.is_some() || record.latest_version() != 3 {

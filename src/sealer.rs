@@ -291,7 +291,7 @@ impl Sealer {
     /// created; provider and store errors while loading keys.
     pub async fn seal(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
         let result = self.seal_inner(ctx, plaintext).await;
-        telemetry::sealed(&result, self.tenant_label(ctx));
+        telemetry::sealed(&result, self.tenant_label(ctx, &result));
         result
     }
 
@@ -303,9 +303,14 @@ impl Sealer {
         keyring.seal(self.inner.algorithm, ctx, plaintext)
     }
 
-    /// The tenant label for metrics, when the application opted in.
-    fn tenant_label<'a>(&self, ctx: &'a Context) -> Option<&'a str> {
-        self.inner.label_tenant.then(|| ctx.tenant())
+    /// The tenant label for metrics, when the application opted in and the
+    /// tenant is known: an id that names no tenant never becomes a series.
+    fn tenant_label<'a, T>(&self, ctx: &'a Context, result: &Result<T>) -> Option<&'a str> {
+        let unknown = matches!(
+            result,
+            Err(Error::UnknownTenant { .. } | Error::InvalidContext { .. })
+        );
+        (self.inner.label_tenant && !unknown).then(|| ctx.tenant())
     }
 
     /// Opens `sealed`, which must have been sealed with exactly this `ctx`.
@@ -325,7 +330,7 @@ impl Sealer {
             Ok(keyring) => keyring.open(ctx, sealed),
             Err(err) => Err(err),
         };
-        telemetry::opened(&result, self.tenant_label(ctx));
+        telemetry::opened(&result, self.tenant_label(ctx, &result));
         result
     }
 
@@ -351,7 +356,7 @@ impl Sealer {
             Ok(keyring) => keyring.reseal(self.inner.algorithm, ctx, sealed),
             Err(err) => Err(err),
         };
-        telemetry::resealed(&result, self.tenant_label(ctx));
+        telemetry::resealed(&result, self.tenant_label(ctx, &result));
         result
     }
 

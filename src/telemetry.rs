@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::future::Future;
+#[cfg(feature = "metrics")]
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -127,7 +128,7 @@ pub(crate) enum CacheEvent {
     Miss,
     /// Dropped to stay within capacity.
     Evicted,
-    /// Found past its time to live.
+    /// Found past its time to live (a miss: the keys are loaded again).
     Expired,
     /// A revalidation against the store's generation: `unchanged`, `changed`
     /// or `failed`.
@@ -135,20 +136,21 @@ pub(crate) enum CacheEvent {
 }
 
 /// Counts a cache event (`fieldseal_cache_hits_total`,
-/// `fieldseal_cache_misses_total`, `fieldseal_cache_evictions_total{reason}`,
+/// `fieldseal_cache_misses_total{reason}`, `fieldseal_cache_evictions_total{reason}`,
 /// `fieldseal_cache_revalidations_total{result}`).
 #[inline]
 pub(crate) fn cache(event: CacheEvent) {
     #[cfg(feature = "metrics")]
     match event {
         CacheEvent::Hit => ::metrics::counter!("fieldseal_cache_hits_total").increment(1),
-        CacheEvent::Miss => ::metrics::counter!("fieldseal_cache_misses_total").increment(1),
-        CacheEvent::Evicted => {
-            ::metrics::counter!("fieldseal_cache_evictions_total", "reason" => "capacity")
-                .increment(1);
+        CacheEvent::Miss => {
+            ::metrics::counter!("fieldseal_cache_misses_total", "reason" => "absent").increment(1);
         }
         CacheEvent::Expired => {
-            ::metrics::counter!("fieldseal_cache_evictions_total", "reason" => "expired")
+            ::metrics::counter!("fieldseal_cache_misses_total", "reason" => "expired").increment(1);
+        }
+        CacheEvent::Evicted => {
+            ::metrics::counter!("fieldseal_cache_evictions_total", "reason" => "capacity")
                 .increment(1);
         }
         CacheEvent::Revalidated(result) => {
@@ -203,9 +205,9 @@ async fn timed<T>(
     tenant: Option<&str>,
     call: impl Future<Output = Result<T>>,
 ) -> Result<T> {
+    #[cfg(feature = "metrics")]
     let start = Instant::now();
     let result = call.instrument(span.clone()).await;
-    let elapsed = start.elapsed();
     span.record("outcome", outcome(&result));
     if let Err(err) = &result {
         tracing::debug!(parent: &span, kind = err.kind(), "{} {op} failed", component.name());
@@ -234,10 +236,10 @@ async fn timed<T>(
             )
         )
         .increment(1);
-        ::metrics::histogram!(duration, vec![op_label]).record(elapsed.as_secs_f64());
+        ::metrics::histogram!(duration, vec![op_label]).record(start.elapsed().as_secs_f64());
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = (elapsed, tenant);
+    let _ = tenant;
     result
 }
 

@@ -46,7 +46,8 @@ impl Captured {
     }
 }
 
-/// Records the bytes of every tenant key that crosses the provider boundary.
+/// Records the bytes of every tenant key that crosses the provider boundary,
+/// and of every wrapped key it makes.
 #[derive(Debug)]
 struct KeyCapture {
     inner: LocalKeyProvider,
@@ -111,6 +112,8 @@ async fn every_operation(seen: &Arc<Mutex<Vec<Vec<u8>>>>) {
         .build();
     let admin = sealer.admin().actor("telemetry-test");
     let sealed = sealer.seal(&ctx("acme", 1), PLAINTEXT).await.unwrap();
+    seen.lock().unwrap().push(sealed.as_bytes().to_vec());
+    seen.lock().unwrap().push(sealed.to_text().into_bytes());
     sealer.open(&ctx("acme", 1), &sealed).await.unwrap();
     // Failures: another row, a bit flip, an unknown tenant, a bad context.
     assert!(sealer.open(&ctx("acme", 2), &sealed).await.is_err());
@@ -341,6 +344,24 @@ async fn no_secret_reaches_logs_or_metrics_and_the_metrics_add_up() {
         ),
         1
     );
+    // Labels are the documented ones only, and every metric is a documented one.
+    let documented = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/OBSERVABILITY.md"
+    ))
+    .unwrap();
+    for (name, labels, _) in &snap {
+        assert!(
+            documented.contains(&format!("`{name}`")),
+            "{name} is not documented"
+        );
+        for (key, _) in labels {
+            assert!(
+                ["kind", "outcome", "op", "result", "reason", "tenant"].contains(&key.as_str()),
+                "{name} has an undocumented label {key}"
+            );
+        }
+    }
     // Tenant ids appear only where the application opted in.
     let tenants: Vec<&str> = snap
         .iter()
