@@ -834,6 +834,26 @@ impl TenantSealer {
         self.label_tenant.then_some(&*self.keyring.tenant)
     }
 
+    /// As [`TenantSealer::open`], without counting it in the metrics (for a
+    /// caller that counts the outcome itself, or not at all).
+    #[cfg(feature = "_sql")]
+    pub(crate) fn open_uncounted(&self, ctx: &Context, sealed: &SealedValue) -> Result<Opened> {
+        self.keyring.open(ctx, sealed)
+    }
+
+    /// As [`TenantSealer::seal`], without counting it in the metrics.
+    #[cfg(feature = "_sql")]
+    pub(crate) fn seal_uncounted(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
+        self.keyring.seal(self.algorithm, ctx, plaintext)
+    }
+
+    /// Counts an open made with [`TenantSealer::open_uncounted`].
+    #[cfg(feature = "_sql")]
+    pub(crate) fn counted_open(&self, result: Result<Opened>) -> Result<Opened> {
+        telemetry::opened(&result, self.tenant_label());
+        result
+    }
+
     /// Opens `sealed`, which must have been sealed with exactly this `ctx`.
     ///
     /// # Errors

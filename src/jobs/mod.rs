@@ -1036,10 +1036,12 @@ impl SealedColumns {
                 };
                 let Ok(ctx) = t.context(row, j) else { continue };
                 // Re-seal costs an open and a seal whatever the version.
-                let Ok(opened) = sealer.open(&ctx, &value) else {
+                // A timing sample, rolled back: not counted in the metrics.
+                let Ok(opened) = sealer.open_uncounted(&ctx, &value) else {
                     continue;
                 };
-                let Ok(new) = sealer.seal(&ctx, opened.plaintext().expose_secret()) else {
+                let Ok(new) = sealer.seal_uncounted(&ctx, opened.plaintext().expose_secret())
+                else {
                     continue;
                 };
                 if let Some(u) = updates.get_mut(j) {
@@ -1575,10 +1577,11 @@ impl Worker {
         let t = &self.table;
         let sealer = self.tenant_sealer(t.tenant(row), false).await?;
         let ctx = t.context(row, j)?;
-        let opened = match sealer.open(&ctx, value) {
+        let opened = match sealer.open_uncounted(&ctx, value) {
             // A version newer than this snapshot: another process rotated.
+            // `Sealer::open` reloads, and counts the one open.
             Err(Error::UnknownKeyVersion { .. }) => self.sealer.open(&ctx, value).await?,
-            other => other?,
+            other => sealer.counted_open(other)?,
         };
         Ok(!opened.is_stale())
     }
