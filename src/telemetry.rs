@@ -45,6 +45,11 @@ fn with_tenant(mut labels: Vec<::metrics::Label>, tenant: Option<&str>) -> Vec<:
 
 /// Counts a seal (`fieldseal_seals_total`, or
 /// `fieldseal_seal_failures_total{kind}`).
+///
+/// `sealed` and `opened` are written out twice on purpose: with the metric
+/// name a literal, the facade builds the key at compile time; a shared helper
+/// taking the name as a value costs about 110 instructions more per call
+/// (callgrind, `examples/seal_loop`).
 #[inline]
 pub(crate) fn sealed<T>(result: &Result<T>, tenant: Option<&str>) {
     #[cfg(feature = "metrics")]
