@@ -422,12 +422,7 @@ impl fmt::Debug for AwsKmsProvider {
             .field("current", &self.current_root_key_id())
             .field(
                 "previous",
-                &self
-                    .keys
-                    .iter()
-                    .skip(1)
-                    .map(|k| k.arn.as_str())
-                    .collect::<Vec<_>>(),
+                &self.root_key_ids().get(1..).unwrap_or_default(),
             )
             .field("region", &self.region)
             .field("timeout", &self.timeout)

@@ -127,12 +127,7 @@ impl fmt::Debug for LocalKeyProvider {
             .field("current", &self.current)
             .field(
                 "previous",
-                &self
-                    .keys
-                    .iter()
-                    .skip(1)
-                    .map(|(id, _)| id.as_str())
-                    .collect::<Vec<_>>(),
+                &self.root_key_ids().get(1..).unwrap_or_default(),
             )
             .finish_non_exhaustive()
     }

@@ -626,15 +626,7 @@ impl fmt::Debug for Pkcs11Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pkcs11Provider")
             .field("token", &self.inner.token)
-            .field(
-                "keys",
-                &self
-                    .inner
-                    .keys
-                    .iter()
-                    .map(|k| k.id.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .field("keys", &self.root_key_ids())
             .finish_non_exhaustive()
     }
 }
