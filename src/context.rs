@@ -235,9 +235,19 @@ impl ContextBuilder {
 /// some other tenant. Refusing unassigned code points keeps the verdict stable
 /// when Unicode adds characters: an id accepted today stays valid and in NFC.
 pub(crate) fn check_tenant(tenant: &str) -> Result<()> {
+    check_existing_tenant(tenant)?;
+    // Fast path, same answer: ASCII holds no Cf or Cn code point, its Cc ones
+    // were refused just above, and ASCII text is always in NFC.
+    if tenant.is_ascii() {
+        return Ok(());
+    }
+    check_tenant_unicode(tenant)
+}
+
+/// The Unicode part of [`check_tenant`], for any text.
+fn check_tenant_unicode(tenant: &str) -> Result<()> {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
-    check_existing_tenant(tenant)?;
     for c in tenant.chars() {
         let why = match c.general_category() {
             GeneralCategory::Control => "a control character (Unicode category Cc)",
@@ -354,6 +364,22 @@ mod tests {
 
     fn ctx(t: &str, tb: &str, c: &str) -> Context {
         Context::new(t, tb, c).unwrap()
+    }
+
+    /// The ASCII fast path of `check_tenant` gives the full check's answer:
+    /// every ASCII character alone and between letters, and random ASCII ids.
+    #[test]
+    fn ascii_fast_path_agrees_with_the_unicode_rules() {
+        let full = |t: &str| check_existing_tenant(t).and_then(|()| check_tenant_unicode(t));
+        for b in 0u8..128 {
+            let c = char::from(b);
+            for t in [c.to_string(), format!("a{c}b")] {
+                assert_eq!(check_tenant(&t).is_ok(), full(&t).is_ok(), "{t:?}");
+            }
+        }
+        proptest::proptest!(|(t in "[\\x00-\\x7f]{1,40}")| {
+            proptest::prop_assert_eq!(check_tenant(&t).is_ok(), full(&t).is_ok());
+        });
     }
 
     #[test]

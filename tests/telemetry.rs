@@ -14,7 +14,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use fieldseal::{
     Context, Error, KeyProvider, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer, TenantKey,
     WrapContext, WrappedKey, async_trait,
@@ -68,27 +67,6 @@ impl KeyProvider for KeyCapture {
         self.seen.lock().unwrap().push(key.expose_secret().to_vec());
         Ok(key)
     }
-}
-
-fn forms(secret: &[u8]) -> Vec<String> {
-    let engines = [
-        &base64::engine::general_purpose::STANDARD,
-        &base64::engine::general_purpose::STANDARD_NO_PAD,
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-    ];
-    let mut out = vec![
-        hex::encode(secret),
-        hex::encode_upper(secret),
-        format!("{secret:?}"),
-        format!("{:?}", secret.to_vec()),
-    ];
-    out.extend(engines.iter().map(|e| e.encode(secret)));
-    if let Ok(text) = std::str::from_utf8(secret) {
-        out.push(text.to_string());
-        // Long enough to be unambiguous, short enough to catch a truncation.
-        out.push(text[..16.min(text.len())].to_string());
-    }
-    out
 }
 
 fn ctx(tenant: &str, row: i64) -> Context {
@@ -239,7 +217,7 @@ async fn no_secret_reaches_logs_or_metrics_and_the_metrics_add_up() {
     secrets.extend(seen.lock().unwrap().iter().cloned());
     assert!(secrets.len() > 5, "tenant keys were captured");
     for secret in &secrets {
-        for form in forms(secret) {
+        for form in common::secret_forms(secret) {
             assert!(!logs.contains(&form), "a secret ({form}) is in the logs");
             assert!(
                 !metrics_text.contains(&form),

@@ -1,0 +1,671 @@
+//! The example service (`examples/service`) end to end, over loopback HTTP,
+//! on SQLite and on PostgreSQL (`FIELDSEAL_TEST_POSTGRES_URL`):
+//!
+//! - the whole lifecycle: tokens, store, list, use, rotate (rows re-seal as
+//!   they are used), erase;
+//! - one tenant's token never reaches another tenant's rows, and a sealed
+//!   value copied into another tenant's (or row's) columns does not open
+//!   either: both walls, each tested on its own;
+//! - after erasure the rows are still there, unreadable, and the API says
+//!   "erased";
+//! - no response and no line of the service's log (at TRACE, request logs
+//!   included) holds a secret, an API token, the admin token or the root
+//!   key, in raw, hex or base64 form.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use base64::Engine as _;
+use fieldseal::{Context, Error, LocalKeyProvider, RootKey, SealedValue, Sealer, SqlKeyStore};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The service's executable, built once per test process with this test's
+/// features (so that the build reuses this test's artifacts).
+fn service_exe() -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let mut features = vec!["sqlite", "postgres", "metrics"];
+        for (on, name) in [
+            (cfg!(feature = "default"), "default"),
+            (cfg!(feature = "serde"), "serde"),
+            (cfg!(feature = "mysql"), "mysql"),
+            (cfg!(feature = "aws-kms"), "aws-kms"),
+            (cfg!(feature = "pkcs11"), "pkcs11"),
+            (cfg!(feature = "testing"), "testing"),
+        ] {
+            if on {
+                features.push(name);
+            }
+        }
+        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["build", "--quiet", "--example", "service"])
+            .args(["--no-default-features", "--features", &features.join(",")])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cannot run cargo to build the service example");
+        assert!(status.success(), "building the service example failed");
+    });
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/service
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir
+        .join("examples")
+        .join(format!("service{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// A random marker, recognisable in any output.
+fn marker(what: &str) -> String {
+    format!("{what}-MARKER-{:032x}", rand::random::<u128>())
+}
+
+/// A running service, its log (standard output and error, at TRACE), and
+/// every response body it sent.
+struct Service {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    http: reqwest::Client,
+    responses: Mutex<Vec<String>>,
+}
+
+impl Service {
+    fn start(dir: &Path, database_url: Option<&str>, admin_token: &str) -> Self {
+        let mut command = Command::new(service_exe());
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .env("FIELDSEAL_SERVICE_DIR", dir)
+            .env("FIELDSEAL_SERVICE_ADMIN_TOKEN", admin_token)
+            .env("RUST_LOG", "trace")
+            .env_remove("DATABASE_URL")
+            .env_remove("FIELDSEAL_ROOT_KEY_FILE")
+            .env_remove("FIELDSEAL_SERVICE_LISTEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(url) = database_url {
+            command.env("DATABASE_URL", url);
+        }
+        let mut child = command.spawn().expect("cannot start the service");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let out_log = Arc::clone(&log);
+        let out = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let line = line.unwrap();
+                if let Some(address) = line.strip_prefix("listening on ") {
+                    let _ = address_tx.send(address.to_string());
+                }
+                let mut log = out_log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let err_log = Arc::clone(&log);
+        let err = std::thread::spawn(move || {
+            let mut text = String::new();
+            let mut reader = BufReader::new(stderr);
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = reader.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                err_log.lock().unwrap().push_str(&text);
+                text.clear();
+            }
+        });
+        let base = match address_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the service did not start; its log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Self {
+            child,
+            base,
+            log,
+            readers: vec![out, err],
+            http: reqwest::Client::new(),
+            responses: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends a request; returns the status and the JSON body (recorded for
+    /// the secret scan).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        self.responses.lock().unwrap().push(text.clone());
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, token, None).await
+    }
+
+    async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(token), Some(body))
+            .await
+    }
+
+    async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, path, Some(token), None)
+            .await
+    }
+
+    /// Stops the service with SIGTERM (a graceful shutdown) and returns its
+    /// whole log.
+    fn stop(mut self) -> (String, Vec<String>) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        let log = self.log.lock().unwrap().clone();
+        assert!(
+            exit.success(),
+            "the service exited with {exit}; its log:\n{log}"
+        );
+        let responses = std::mem::take(&mut *self.responses.lock().unwrap());
+        (log, responses)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Direct access to the service's database, for what an attacker with
+/// write access to it would do.
+enum Direct {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Direct {
+    async fn columns(&self, tenant: &str, provider: &str) -> (i64, Vec<u8>, Vec<u8>, Vec<u8>) {
+        const SQL: &str = "SELECT id, refresh_token, api_secret, secret_hint FROM integrations
+                           WHERE tenant = $1 AND provider = $2";
+        match self {
+            Self::Sqlite(pool) => sqlx::query_as(SQL)
+                .bind(tenant)
+                .bind(provider)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+            Self::Postgres(pool) => sqlx::query_as(SQL)
+                .bind(tenant)
+                .bind(provider)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+        }
+    }
+
+    async fn overwrite(&self, id: i64, token: &[u8], secret: &[u8], hint: &[u8]) {
+        const SQL: &str = "UPDATE integrations
+                           SET refresh_token = $1, api_secret = $2, secret_hint = $3
+                           WHERE id = $4";
+        let rows = match self {
+            Self::Sqlite(pool) => sqlx::query(SQL)
+                .bind(token)
+                .bind(secret)
+                .bind(hint)
+                .bind(id)
+                .execute(pool)
+                .await
+                .unwrap()
+                .rows_affected(),
+            Self::Postgres(pool) => sqlx::query(SQL)
+                .bind(token)
+                .bind(secret)
+                .bind(hint)
+                .bind(id)
+                .execute(pool)
+                .await
+                .unwrap()
+                .rows_affected(),
+        };
+        assert_eq!(rows, 1);
+    }
+
+    /// Opens a stored value with a sealer of the test's own on the service's
+    /// key store and root key file: what a process holding every key would
+    /// get.
+    async fn open_with_keys(
+        &self,
+        root_key: &Path,
+        tenant: &str,
+        column: &str,
+        id: i64,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let provider =
+            LocalKeyProvider::new("service-root", RootKey::from_file(root_key).unwrap()).unwrap();
+        let sealer = match self {
+            Self::Sqlite(pool) => Sealer::builder(provider, SqlKeyStore::new(pool.clone())),
+            Self::Postgres(pool) => Sealer::builder(provider, SqlKeyStore::new(pool.clone())),
+        }
+        .create_tenants_on_first_use(false)
+        .build();
+        let ctx = Context::builder(tenant, "integrations", column)
+            .row(id)
+            .build()
+            .unwrap();
+        let sealed = SealedValue::from_bytes(bytes)?;
+        let opened = sealer.open(&ctx, &sealed).await?;
+        use fieldseal::secrecy::ExposeSecret;
+        Ok(opened.plaintext().expose_secret().to_vec())
+    }
+
+    async fn close(self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// A tenant's integration as the test stores it.
+struct Secrets {
+    refresh_token: String,
+    api_secret: String,
+}
+
+impl Secrets {
+    fn new(tenant: &str, provider: &str) -> Self {
+        Self {
+            refresh_token: marker(&format!("rt-{tenant}-{provider}")),
+            api_secret: marker(&format!("sk-{tenant}-{provider}")),
+        }
+    }
+
+    fn body(&self) -> Value {
+        json!({ "refresh_token": self.refresh_token, "api_secret": self.api_secret })
+    }
+
+    fn hint(&self) -> String {
+        let tail: String = self
+            .api_secret
+            .chars()
+            .skip(self.api_secret.len() - 4)
+            .collect();
+        format!("…{tail}")
+    }
+}
+
+async fn lifecycle(dir: &Path, database_url: Option<&str>, direct: Direct) {
+    let admin_token = marker("admin-token");
+    let service = Service::start(dir, database_url, &admin_token);
+    let mut secrets: Vec<String> = vec![admin_token.clone()];
+
+    // Health, and the routes that need a token refuse requests without one.
+    let (status, body) = service.get("/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = service.get("/tenants/acme/integrations", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "unauthorized");
+    let (status, _) = service.post("/tenants/acme/tokens", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = service
+        .post("/tenants/acme/tokens", Some("not-the-admin-token"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The admin creates two tenants, each with a token.
+    let mut tokens = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let (status, body) = service
+            .post(&format!("/tenants/{tenant}/tokens"), Some(&admin_token))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let token = body["token"].as_str().unwrap().to_string();
+        secrets.push(token.clone());
+        tokens.push(token);
+    }
+    let (acme, globex) = (tokens[0].as_str(), tokens[1].as_str());
+    // A tenant's token is not an admin token, and an unknown token is refused.
+    let (status, _) = service.post("/tenants/acme/rotate", Some(acme)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = service
+        .get("/tenants/acme/integrations", Some("fst_unknown"))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Each tenant stores integrations.
+    let stored = [
+        ("acme", acme, "github", Secrets::new("acme", "github")),
+        ("acme", acme, "slack", Secrets::new("acme", "slack")),
+        ("globex", globex, "github", Secrets::new("globex", "github")),
+    ];
+    for (tenant, token, provider, s) in &stored {
+        let (status, body) = service
+            .put(
+                &format!("/tenants/{tenant}/integrations/{provider}"),
+                token,
+                s.body(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["hint"], s.hint());
+        assert_eq!(body["key_version"], 1);
+        secrets.push(s.refresh_token.clone());
+        secrets.push(s.api_secret.clone());
+    }
+    let (status, body) = service.get("/tenants/acme/integrations", Some(acme)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let items = body["integrations"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{body}");
+    assert_eq!(items[0]["provider"], "github");
+    assert_eq!(items[0]["status"], "active");
+    assert_eq!(items[0]["hint"], stored[0].3.hint());
+    assert_eq!(items[1]["hint"], stored[1].3.hint());
+
+    // Using an integration opens its secrets server-side and returns only the
+    // outcome.
+    let (status, body) = service
+        .post("/tenants/acme/integrations/github/use", Some(acme))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["upstream_status"], 200);
+    assert!(body.get("resealed").is_none(), "{body}");
+    let (status, body) = service
+        .post("/tenants/acme/integrations/jira/use", Some(acme))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // Wall 1: acme's token never reaches globex's rows.
+    let (status, body) = service
+        .get("/tenants/globex/integrations", Some(acme))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = service
+        .post("/tenants/globex/integrations/github/use", Some(acme))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = service
+        .put(
+            "/tenants/globex/integrations/github",
+            acme,
+            Secrets::new("x", "y").body(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Wall 2, on its own: someone with write access to the database copies
+    // globex's sealed github secrets into acme's github row. The service
+    // reads the row for acme, and the values do not open: their context
+    // names globex and another row.
+    let (acme_id, acme_token, acme_secret, acme_hint) = direct.columns("acme", "github").await;
+    let (_, globex_token, globex_secret, globex_hint) = direct.columns("globex", "github").await;
+    direct
+        .overwrite(acme_id, &globex_token, &globex_secret, &globex_hint)
+        .await;
+    let (status, body) = service
+        .post("/tenants/acme/integrations/github/use", Some(acme))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error"], "credential_unreadable");
+    let (status, body) = service.get("/tenants/acme/integrations", Some(acme)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["integrations"][0]["status"], "unreadable", "{body}");
+    assert_eq!(body["integrations"][1]["status"], "active", "{body}");
+    // The same within a tenant: acme's slack secrets in acme's github row.
+    let (_, slack_token, slack_secret, slack_hint) = direct.columns("acme", "slack").await;
+    direct
+        .overwrite(acme_id, &slack_token, &slack_secret, &slack_hint)
+        .await;
+    let (status, body) = service
+        .post("/tenants/acme/integrations/github/use", Some(acme))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    // And the row's own bytes open again.
+    direct
+        .overwrite(acme_id, &acme_token, &acme_secret, &acme_hint)
+        .await;
+    let (status, body) = service
+        .post("/tenants/acme/integrations/github/use", Some(acme))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Rotation: a new primary; old rows keep working and move to the new key
+    // as they are used.
+    let (status, body) = service
+        .post("/tenants/acme/rotate", Some(&admin_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["primary_version"], 2);
+    let version_of = |bytes: &[u8]| SealedValue::from_bytes(bytes).unwrap().key_version();
+    assert_eq!(version_of(&direct.columns("acme", "github").await.1), 1);
+    let (status, body) = service
+        .post("/tenants/acme/integrations/github/use", Some(acme))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["resealed"], true, "{body}");
+    let (_, token, secret, hint) = direct.columns("acme", "github").await;
+    assert_eq!(
+        [version_of(&token), version_of(&secret), version_of(&hint)],
+        [2, 2, 2]
+    );
+    assert_eq!(version_of(&direct.columns("acme", "slack").await.1), 1);
+    let (status, body) = service
+        .post("/tenants/acme/integrations/github/use", Some(acme))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("resealed").is_none(), "{body}");
+    let (status, body) = service.get("/tenants/acme/integrations", Some(acme)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["integrations"][0]["hint"], stored[0].3.hint());
+    assert_eq!(body["integrations"][1]["hint"], stored[1].3.hint());
+    // A PUT after the rotation seals under the new primary.
+    let (status, body) = service
+        .put("/tenants/acme/integrations/slack", acme, stored[1].3.body())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["key_version"], 2);
+
+    // Metrics: fieldseal's counters, with no tenant label by default.
+    let (status, body) = service.get("/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().unwrap();
+    for name in [
+        "fieldseal_seals_total",
+        "fieldseal_opens_total",
+        "fieldseal_open_failures_total{kind=\"open_failed\"}",
+        "fieldseal_cache_hits_total",
+        "fieldseal_provider_calls_total{op=\"wrap\"",
+        "fieldseal_store_calls_total{op=\"load_tenant\"",
+        "fieldseal_admin_operations_total{op=\"rotate\",outcome=\"ok\"}",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    assert!(
+        !text.contains("tenant="),
+        "a tenant label without opt-in:\n{text}"
+    );
+
+    // Erasure: the rows stay, unreadable, and the API says "erased".
+    let (status, body) = service.delete("/tenants/acme", &admin_token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let erased_at = body["erased_at"].as_str().unwrap().to_string();
+    let (status, body) = service.delete("/tenants/acme", &admin_token).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    let (status, body) = service.get("/tenants/acme/integrations", Some(acme)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["erased_at"], erased_at.as_str());
+    let items = body["integrations"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    for item in items {
+        assert_eq!(item["status"], "erased", "{body}");
+        assert!(item.get("hint").is_none(), "{body}");
+    }
+    for provider in ["github", "slack"] {
+        let (status, body) = service
+            .post(
+                &format!("/tenants/acme/integrations/{provider}/use"),
+                Some(acme),
+            )
+            .await;
+        assert_eq!(status, StatusCode::GONE, "{body}");
+        assert_eq!(body["error"], "erased");
+        assert!(body["message"].as_str().unwrap().contains(&erased_at));
+    }
+    let (status, body) = service
+        .put(
+            "/tenants/acme/integrations/github",
+            acme,
+            stored[0].3.body(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    // The bytes are still in the table, and even a process holding the root
+    // key cannot open them.
+    let (id, token, _, _) = direct.columns("acme", "github").await;
+    let root_key = dir.join("root.key");
+    let err = direct
+        .open_with_keys(&root_key, "acme", "refresh_token", id, &token)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TenantShredded { .. }), "{err}");
+    // globex is untouched.
+    let (id, token, _, _) = direct.columns("globex", "github").await;
+    let opened = direct
+        .open_with_keys(&root_key, "globex", "refresh_token", id, &token)
+        .await
+        .unwrap();
+    assert_eq!(opened, stored[2].3.refresh_token.as_bytes());
+    let (status, body) = service
+        .post("/tenants/globex/integrations/github/use", Some(globex))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    direct.close().await;
+
+    let (log, responses) = service.stop();
+    // The scan is not vacuous: the log holds the request lines, fieldseal's
+    // spans and the shutdown.
+    for expected in [
+        "uri=/tenants/acme/integrations/github/use",
+        "status=410",
+        "fieldseal.provider",
+        "fieldseal.store",
+        "fieldseal.admin",
+        "stopped",
+    ] {
+        assert!(log.contains(expected), "the log lacks {expected:?}");
+    }
+    let root_key_text = std::fs::read_to_string(&root_key).unwrap();
+    let root = base64::engine::general_purpose::STANDARD
+        .decode(root_key_text.trim())
+        .unwrap();
+    assert_eq!(root.len(), 32);
+    let mut forbidden: Vec<(String, String)> = common::secret_forms(&root)
+        .into_iter()
+        .map(|form| ("the root key".to_string(), form))
+        .collect();
+    for secret in &secrets {
+        for form in common::secret_forms(secret.as_bytes()) {
+            forbidden.push((format!("secret {secret}"), form));
+        }
+    }
+    for (what, form) in &forbidden {
+        assert!(
+            !log.contains(form.as_str()),
+            "the log shows {what} as {form}"
+        );
+    }
+    for response in &responses {
+        for (what, form) in &forbidden {
+            // A token is in the one response that issues it, and nowhere else.
+            let issued = what.starts_with("secret fst_")
+                && response.contains("\"token\"")
+                && response.contains(&what["secret ".len()..]);
+            assert!(
+                issued || !response.contains(form.as_str()),
+                "a response shows {what} as {form}: {response}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_lifecycle_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    lifecycle(dir.path(), None, Direct::Sqlite(pool)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_lifecycle_on_postgres() {
+    const POSTGRES_URL: &str = "FIELDSEAL_TEST_POSTGRES_URL";
+    let Some(url) = std::env::var(POSTGRES_URL).ok().filter(|u| !u.is_empty()) else {
+        eprintln!("skipping: {POSTGRES_URL} is not set (set it to a server URL to run this test)");
+        return;
+    };
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{POSTGRES_URL} is set but the server is unreachable: {e}"));
+    let name = format!("fieldseal_test_service_{:016x}", rand::random::<u64>());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut service_url = url::Url::parse(&url).unwrap();
+    service_url.set_path(&name);
+    let service_url = service_url.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let pool = sqlx::PgPool::connect(&service_url).await.unwrap();
+    let outcome = tokio::spawn({
+        let dir = dir.path().to_path_buf();
+        let service_url = service_url.clone();
+        async move { lifecycle(&dir, Some(&service_url), Direct::Postgres(pool)).await }
+    })
+    .await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
