@@ -54,11 +54,11 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Tenants, each with `--providers` integrations.
-    #[arg(long, default_value_t = 20)]
-    tenants: usize,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
+    tenants: u16,
     /// Integrations per tenant.
-    #[arg(long, default_value_t = 5)]
-    providers: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    providers: u16,
     /// The service executable (default: `service` beside this one).
     #[arg(long)]
     service: Option<PathBuf>,
@@ -94,6 +94,14 @@ impl Running {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    /// A service left behind by an error is killed (after `stop`, a no-op).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
@@ -223,7 +231,7 @@ async fn populate(http: &reqwest::Client, base: &str, args: &Args) -> Result<Vec
             .as_str()
             .ok_or_else(|| format!("no token issued: {body}"))?
             .to_string();
-        for p in 0..args.providers {
+        for p in 0..usize::from(args.providers) {
             let response = http
                 .put(format!(
                     "{base}/tenants/{tenant}/integrations/{}",
@@ -283,7 +291,7 @@ async fn phase(
         let http = http.clone();
         let base = service.base.clone();
         let tokens = Arc::clone(&tokens);
-        let providers = args.providers;
+        let providers = usize::from(args.providers);
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failures = Vec::new();

@@ -3,9 +3,10 @@
 //!
 //! - the whole lifecycle: tokens, store, list, use, rotate (rows re-seal as
 //!   they are used), erase;
-//! - one tenant's token never reaches another tenant's rows, and a sealed
-//!   value copied into another tenant's (or row's) columns does not open
-//!   either: both walls, each tested on its own;
+//! - one tenant's token never reaches another tenant's rows (the API's
+//!   wall), and a sealed value copied by someone with database access into
+//!   another tenant's row, or another row of the same tenant, does not open
+//!   (the context's wall, tested behind the first);
 //! - after erasure the rows are still there, unreadable, and the API says
 //!   "erased";
 //! - no response and no line of the service's log (at TRACE, request logs
@@ -421,14 +422,35 @@ async fn lifecycle(dir: &Path, database_url: Option<&str>, direct: Direct) {
         .post("/tenants/globex/integrations/github/use", Some(acme))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    let refused = Secrets::new("acme", "refused");
+    secrets.push(refused.refresh_token.clone());
+    secrets.push(refused.api_secret.clone());
     let (status, _) = service
-        .put(
-            "/tenants/globex/integrations/github",
-            acme,
-            Secrets::new("x", "y").body(),
-        )
+        .put("/tenants/globex/integrations/github", acme, refused.body())
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // Refused bodies are never echoed: no token, a number where a string
+    // belongs, a bare string.
+    let (status, body) = service
+        .call(
+            reqwest::Method::PUT,
+            "/tenants/acme/integrations/github",
+            None,
+            Some(refused.body()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    for bad in [
+        json!({ "refresh_token": 7, "api_secret": refused.api_secret }),
+        json!(refused.refresh_token),
+        json!({ "refresh_token": refused.refresh_token }),
+    ] {
+        let (status, body) = service
+            .put("/tenants/acme/integrations/github", acme, bad)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "invalid_body");
+    }
 
     // Wall 2, on its own: someone with write access to the database copies
     // globex's sealed github secrets into acme's github row. The service
@@ -457,6 +479,7 @@ async fn lifecycle(dir: &Path, database_url: Option<&str>, direct: Direct) {
         .post("/tenants/acme/integrations/github/use", Some(acme))
         .await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error"], "credential_unreadable");
     // And the row's own bytes open again.
     direct
         .overwrite(acme_id, &acme_token, &acme_secret, &acme_hint)
@@ -610,6 +633,23 @@ async fn lifecycle(dir: &Path, database_url: Option<&str>, direct: Direct) {
             !log.contains(form.as_str()),
             "the log shows {what} as {form}"
         );
+    }
+    // At rest: the SQLite files hold no secret and no token, only sealed
+    // values and token hashes.
+    if database_url.is_none() {
+        let mut files = Vec::new();
+        for name in ["app.db", "app.db-wal"] {
+            if let Ok(bytes) = std::fs::read(dir.join(name)) {
+                files.extend(bytes);
+            }
+        }
+        assert!(files.len() > 4096, "the database files are missing");
+        for secret in &secrets {
+            assert!(
+                !files.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "the database files hold {secret} in plaintext"
+            );
+        }
     }
     for response in &responses {
         for (what, form) in &forbidden {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,13 +26,20 @@ use crate::db::Db;
 use crate::vault::{TenantVault, Vault};
 
 /// What every handler shares.
-#[derive(Debug)]
 pub(crate) struct AppState {
     pub(crate) db: Db,
     pub(crate) vault: Vault,
     /// SHA-256 of the admin token.
     pub(crate) admin_token_hash: [u8; 32],
     pub(crate) metrics: PrometheusHandle,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("db", &self.db.kind())
+            .finish_non_exhaustive()
+    }
 }
 
 type Shared = State<Arc<AppState>>;
@@ -87,6 +95,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "error": self.code, "message": self.message }));
+        if self.status == StatusCode::UNAUTHORIZED {
+            return (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+        }
         (self.status, body).into_response()
     }
 }
@@ -111,7 +122,10 @@ impl From<Error> for ApiError {
                 "unknown_tenant",
                 format!("tenant {tenant} does not exist: an admin creates it by issuing a token"),
             ),
+            // After `Sealer::open` has reloaded the tenant's keys, an unknown
+            // version is one this key store never held: a foreign value.
             Error::OpenFailed
+            | Error::UnknownKeyVersion { .. }
             | Error::Malformed { .. }
             | Error::UnsupportedVersion { .. }
             | Error::UnsupportedAlgorithm { .. } => {
@@ -138,6 +152,14 @@ impl From<Error> for ApiError {
             }
             Error::PlaintextTooLarge { .. } => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            Error::TenantMismatch { .. } => {
+                tracing::error!(kind = e.kind(), error = %e, "a tenant handle met another tenant");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
             _ => {
                 tracing::error!(kind = e.kind(), error = %e, "key service failed");
@@ -173,11 +195,11 @@ fn now() -> i64 {
 
 /// The bearer token of a request, if it has one.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 fn unauthorized() -> ApiError {
@@ -276,10 +298,19 @@ async fn put_integration(
     State(state): Shared,
     Path((tenant, provider)): Path<(String, String)>,
     headers: HeaderMap,
-    Json(body): Json<NewIntegration>,
+    body: Bytes,
 ) -> ApiResult {
+    // Authenticate before reading the body, and never echo a parse error:
+    // serde's messages quote the input, which here is a secret.
     state.require_tenant(&headers, &tenant).await?;
     check_provider(&provider)?;
+    let body: NewIntegration = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "send a JSON object with the strings refresh_token and api_secret",
+        )
+    })?;
     if body.refresh_token.is_empty() || body.api_secret.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -291,7 +322,7 @@ async fn put_integration(
     // Before the transaction: loads (or, on a cache miss, unwraps) the
     // tenant's key, so that sealing inside the transaction is synchronous.
     let keys = state.vault.tenant(&tenant).await?;
-    let sealed = state
+    state
         .db
         .upsert_integration(&tenant, &provider, now(), |id| {
             keys.seal(
@@ -308,7 +339,6 @@ async fn put_integration(
         TenantVault::Plaintext => None,
     };
     let response = json!({
-        "id": sealed,
         "provider": provider,
         "hint": format!("…{hint}"),
         "key_version": key_version,
@@ -342,10 +372,15 @@ async fn list_integrations(
         }
         Err(e) => return Err(e.into()),
     };
-    let items: Vec<Value> = rows
-        .iter()
-        .map(
-            |row| match keys.open_hint(&tenant, row.id, &row.secret_hint) {
+    drop(keys);
+    let mut items: Vec<Value> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        items.push(
+            match state
+                .vault
+                .open_hint(&tenant, row.id, &row.secret_hint)
+                .await
+            {
                 Ok(hint) => json!({
                     "provider": row.provider,
                     "status": "active",
@@ -363,8 +398,8 @@ async fn list_integrations(
                     })
                 }
             },
-        )
-        .collect();
+        );
+    }
     Ok(Json(json!({ "tenant": tenant, "integrations": items })).into_response())
 }
 
@@ -419,12 +454,22 @@ async fn use_integration(
         opened.api_secret.expose_secret(),
     );
     // Rows move to the tenant's new key as they are used after a rotation;
-    // the rotation runner moves the rest.
+    // the rotation runner (`examples/rotate`, pointed at this table) moves
+    // the rest, so that the old version can be retired.
+    // The credentials were used already: a failed write-back is logged,
+    // not returned as a failure that would invite a retry.
     if let Some(resealed) = &opened.resealed {
-        let wrote = state
+        let wrote = match state
             .db
             .replace_sealed(row.id, &row.refresh_token, resealed)
-            .await?;
+            .await
+        {
+            Ok(wrote) => wrote,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not write back a re-sealed row");
+                false
+            }
+        };
         outcome["resealed"] = json!(wrote);
     }
     Ok(Json(outcome).into_response())

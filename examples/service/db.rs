@@ -27,6 +27,11 @@ macro_rules! on_pool {
     };
 }
 
+/// Whether a database URL names PostgreSQL.
+pub(crate) fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// One integration row as stored: the secret columns hold sealed values (or,
 /// in the plaintext baseline, the secrets themselves). The columns are read
 /// as bytes so that both builds run the same SQL; `fieldseal::SealedValue` is
@@ -53,7 +58,7 @@ impl Db {
     /// Connects: a PostgreSQL URL (`postgres://…`), or a SQLite database file
     /// created if missing.
     pub(crate) async fn connect(url: &str) -> Result<Self, sqlx::Error> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if is_postgres_url(url) {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
                 .max_connections(16)

@@ -4,9 +4,9 @@
 //!
 //! ```sh
 //! export FIELDSEAL_SERVICE_ADMIN_TOKEN="$(head -c 32 /dev/urandom | base64)"
-//! cargo run --features metrics --example service            # SQLite in ./fieldseal-service/
+//! cargo run --features postgres,metrics --example service   # SQLite in ./fieldseal-service/
 //! DATABASE_URL=postgres://localhost/app \
-//!     cargo run --features metrics,postgres --example service
+//!     cargo run --features postgres,metrics --example service
 //! ```
 //!
 //! | route | who | what |
@@ -17,12 +17,19 @@
 //! | `POST /tenants/{t}/integrations/{provider}/use` | tenant | opens both server-side, uses them, returns only the outcome |
 //! | `POST /tenants/{t}/rotate` | admin | a new key version for the tenant; rows re-seal as they are used |
 //! | `DELETE /tenants/{t}` | admin | crypto-shreds the tenant: its rows say "erased" from then on |
-//! | `GET /metrics` | anyone | Prometheus text (`fieldseal_*`, docs/OBSERVABILITY.md) |
+//! | `GET /metrics` | anyone | Prometheus text (`fieldseal_*`, docs/OBSERVABILITY.md); serve it on an internal port in production |
 //! | `GET /healthz` | anyone | the database answers |
 //!
 //! Callers authenticate with `Authorization: Bearer <token>`. Tenants are
 //! never created by a request that names them: `create_tenants_on_first_use`
-//! is off, and only the admin route creates one.
+//! is off, and only the admin route creates one. An erased tenant's tokens
+//! keep working, so that it can see that its integrations were erased; they
+//! read nothing else. (Token expiry and revocation are left out of this
+//! example.)
+//!
+//! Several replicas can share one PostgreSQL database: each re-checks a
+//! tenant's keys every 5 seconds (`revalidate_after`), so an erasure or a
+//! rotation made by one reaches the others within that time.
 //!
 //! Configuration (flags or environment):
 //!
@@ -49,6 +56,7 @@ mod vault;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use fieldseal::{LocalKeyProvider, RootKey, Sealer, SqlKeyStore};
@@ -57,13 +65,14 @@ use sha2::{Digest, Sha256};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
+use zeroize::Zeroizing;
 
 use crate::api::AppState;
 use crate::db::Db;
 use crate::vault::Vault;
 
 /// A multi-tenant credentials service on fieldseal.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "service", about)]
 struct Args {
     /// Address to listen on (port 0: any free port).
@@ -111,7 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_ansi(false)
         .init();
 
-    let admin_token = std::env::var(ADMIN_TOKEN_ENV).unwrap_or_default();
+    let admin_token = Zeroizing::new(std::env::var(ADMIN_TOKEN_ENV).unwrap_or_default());
     if admin_token.chars().count() < 32 {
         return Err(format!(
             "set {ADMIN_TOKEN_ENV} to a random string of at least 32 characters, for example \
@@ -128,9 +137,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => url.clone(),
         None => format!("sqlite://{}", args.dir.join("app.db").display()),
     };
+    if args.database_url.is_some() && !db::is_postgres_url(&url) {
+        return Err(
+            "DATABASE_URL must be a PostgreSQL URL (postgres://…); without it, the \
+                    service uses SQLite in its directory"
+                .into(),
+        );
+    }
     let db = Db::connect(&url)
         .await
-        .map_err(|e| format!("cannot connect to the {} database: {e}", kind_of(&url)))?;
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
     db.migrate().await?;
 
     let vault = if args.plaintext_baseline {
@@ -162,7 +178,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Sealer::builder(provider, store)
             }
         };
-        Vault::Sealed(builder.create_tenants_on_first_use(false).build())
+        Vault::Sealed(
+            builder
+                .create_tenants_on_first_use(false)
+                .revalidate_after(Duration::from_secs(5))
+                .build(),
+        )
     };
 
     let metrics = PrometheusBuilder::new().install_recorder()?;
@@ -181,14 +202,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn kind_of(url: &str) -> &'static str {
-    if url.starts_with("postgres") {
-        "PostgreSQL"
-    } else {
-        "SQLite"
-    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM: in-flight requests finish, then the

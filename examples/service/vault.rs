@@ -114,6 +114,31 @@ impl Vault {
     }
 }
 
+impl Vault {
+    /// Opens the hint of row `id` (the last four characters of its API
+    /// secret, shown in listings). Sealed too, so that it is erased with the
+    /// tenant.
+    ///
+    /// # Errors
+    ///
+    /// As [`Vault::open`].
+    pub(crate) async fn open_hint(
+        &self,
+        tenant: &str,
+        id: i64,
+        secret_hint: &[u8],
+    ) -> Result<String, Error> {
+        let Self::Sealed(sealer) = self else {
+            return Ok(String::from_utf8_lossy(secret_hint).into_owned());
+        };
+        let sealed = SealedValue::from_bytes(secret_hint)?;
+        let opened = sealer
+            .open(&context(tenant, "secret_hint", id)?, &sealed)
+            .await?;
+        Ok(opened.into_secret_string()?.expose_secret().to_owned())
+    }
+}
+
 impl TenantVault {
     /// Seals the three columns of row `id`.
     ///
@@ -145,25 +170,5 @@ impl TenantVault {
             api_secret: seal("api_secret", api_secret)?,
             secret_hint: seal("secret_hint", secret_hint)?,
         })
-    }
-
-    /// Opens the hint of row `id` (the last four characters of its API
-    /// secret, shown in listings).
-    ///
-    /// # Errors
-    ///
-    /// As [`Vault::open`].
-    pub(crate) fn open_hint(
-        &self,
-        tenant: &str,
-        id: i64,
-        secret_hint: &[u8],
-    ) -> Result<String, Error> {
-        let Self::Sealed(keys) = self else {
-            return Ok(String::from_utf8_lossy(secret_hint).into_owned());
-        };
-        let sealed = SealedValue::from_bytes(secret_hint)?;
-        let opened = keys.open(&context(tenant, "secret_hint", id)?, &sealed)?;
-        Ok(opened.into_secret_string()?.expose_secret().to_owned())
     }
 }
