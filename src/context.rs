@@ -179,17 +179,56 @@ impl ContextBuilder {
     /// Unicode normalization, so a label in another form fails to open rather
     /// than opening something else.
     pub fn build(self) -> Result<Context> {
+        let (tenant, table, column, extras) = self.checked_parts()?;
+        if let Some(row) = &self.row {
+            check_row(row)?;
+        }
+        let encoded = encode(&tenant, &table, &column, self.row.as_deref(), &extras);
+        Ok(Context {
+            tenant,
+            table,
+            column,
+            row: self.row.map(String::into_boxed_str),
+            extras,
+            encoded,
+        })
+    }
+
+    /// Validates and encodes everything but the row id, which each use of the
+    /// template gives: see [`ContextTemplate`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidContext`] if a row id was set (the template leaves it
+    /// open), and for the reasons [`ContextBuilder::build`] gives.
+    pub fn template(self) -> Result<ContextTemplate> {
+        if self.row.is_some() {
+            return Err(Error::invalid_context(
+                "a template leaves the row id open: give it with each row, not to the builder",
+            ));
+        }
+        let (tenant, table, column, extras) = self.checked_parts()?;
+        let mut head = encode_head(&tenant, &table, &column);
+        head.push(1);
+        let tail = encode_tail(&extras);
+        Ok(ContextTemplate {
+            tenant,
+            table,
+            column,
+            extras,
+            head: head.into_boxed_slice(),
+            tail: tail.into_boxed_slice(),
+        })
+    }
+
+    /// Validates tenant, table, column and extras (not the row id).
+    #[allow(clippy::type_complexity)]
+    fn checked_parts(
+        &self,
+    ) -> Result<(Box<str>, Box<str>, Box<str>, BTreeMap<Box<str>, Box<str>>)> {
         check_tenant(&self.tenant)?;
         check_name("table", &self.table)?;
         check_name("column", &self.column)?;
-        if let Some(row) = &self.row {
-            if row.is_empty() {
-                return Err(Error::invalid_context(
-                    "row id is empty; leave it out rather than bind an empty id",
-                ));
-            }
-            check_len("row id", row, MAX_VALUE_LEN)?;
-        }
         if self.extras.len() > MAX_EXTRAS {
             return Err(Error::invalid_context(format!(
                 "{} extra pairs; at most {MAX_EXTRAS} are allowed",
@@ -197,31 +236,22 @@ impl ContextBuilder {
             )));
         }
         let mut extras = BTreeMap::new();
-        for (key, value) in self.extras {
-            check_name("extra key", &key)?;
-            check_len("extra value", &value, MAX_VALUE_LEN)?;
+        for (key, value) in &self.extras {
+            check_name("extra key", key)?;
+            check_len("extra value", value, MAX_VALUE_LEN)?;
             if extras.contains_key(key.as_str()) {
                 return Err(Error::invalid_context(format!(
                     "extra key `{key}` is given twice"
                 )));
             }
-            extras.insert(key.into_boxed_str(), value.into_boxed_str());
+            extras.insert(Box::from(key.as_str()), Box::from(value.as_str()));
         }
-        let encoded = encode(
-            &self.tenant,
-            &self.table,
-            &self.column,
-            self.row.as_deref(),
-            &extras,
-        );
-        Ok(Context {
-            tenant: self.tenant.into_boxed_str(),
-            table: self.table.into_boxed_str(),
-            column: self.column.into_boxed_str(),
-            row: self.row.map(String::into_boxed_str),
+        Ok((
+            Box::from(self.tenant.as_str()),
+            Box::from(self.table.as_str()),
+            Box::from(self.column.as_str()),
             extras,
-            encoded,
-        })
+        ))
     }
 }
 
@@ -318,6 +348,9 @@ fn check_len(what: &str, value: &str, max: usize) -> Result<()> {
 /// a fixed order, with a presence byte for the row id and a count for the extras
 /// (sorted by key). Every field's extent is determined by what precedes it, so
 /// two different contexts never encode to the same bytes.
+///
+/// It is `head || row part || tail`: [`ContextTemplate`] keeps the head and
+/// the tail and writes only the row part per value.
 fn encode(
     tenant: &str,
     table: &str,
@@ -325,17 +358,11 @@ fn encode(
     row: Option<&str>,
     extras: &BTreeMap<Box<str>, Box<str>>,
 ) -> Box<[u8]> {
-    let mut len = 4 + tenant.len() + 4 + table.len() + 4 + column.len() + 1 + 1;
-    if let Some(row) = row {
-        len += 4 + row.len();
-    }
-    for (k, v) in extras {
-        len += 8 + k.len() + v.len();
-    }
-    let mut out = Vec::with_capacity(len);
-    put(&mut out, tenant);
-    put(&mut out, table);
-    put(&mut out, column);
+    let head = encode_head(tenant, table, column);
+    let tail = encode_tail(extras);
+    let row_len = row.map_or(1, |row| 1 + 4 + row.len());
+    let mut out = Vec::with_capacity(head.len() + row_len + tail.len());
+    out.extend_from_slice(&head);
     match row {
         Some(row) => {
             out.push(1);
@@ -343,19 +370,253 @@ fn encode(
         }
         None => out.push(0),
     }
+    out.extend_from_slice(&tail);
+    out.into_boxed_slice()
+}
+
+/// Tenant, table and column, length-prefixed.
+fn encode_head(tenant: &str, table: &str, column: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + tenant.len() + table.len() + column.len());
+    put(&mut out, tenant);
+    put(&mut out, table);
+    put(&mut out, column);
+    out
+}
+
+/// The extras' count and the pairs, sorted by key.
+fn encode_tail(extras: &BTreeMap<Box<str>, Box<str>>) -> Vec<u8> {
+    let len = 1 + extras
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(len);
     // At most MAX_EXTRAS (16), checked by the builder.
     out.push(u8::try_from(extras.len()).unwrap_or(u8::MAX));
     for (k, v) in extras {
         put(&mut out, k);
         put(&mut out, v);
     }
-    out.into_boxed_slice()
+    out
 }
 
 fn put(out: &mut Vec<u8>, s: &str) {
     // Lengths are bounded by the builder's checks (<= 1024), far below u32::MAX.
     out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
+}
+
+/// A context with everything fixed but the row id, for sealing and opening
+/// many rows of one column: validated and encoded once, so that the context
+/// of each row costs no heap allocation and no validation beyond the row id.
+///
+/// Build one with [`ContextBuilder::template`] and hand it with each row's id
+/// to [`TenantSealer::open_row`](crate::TenantSealer::open_row),
+/// [`open_rows`](crate::TenantSealer::open_rows) and their sealing
+/// counterparts. The associated data of a row is byte for byte that of
+/// `Context::builder(..)` with the same parts and `.row(id)`, so values sealed
+/// either way open either way.
+///
+/// ```
+/// # fn main() -> Result<(), fieldseal::Error> {
+/// use fieldseal::Context;
+///
+/// let tokens = Context::builder("acme", "integrations", "refresh_token").template()?;
+/// let row_7 = Context::builder("acme", "integrations", "refresh_token").row(7).build()?;
+/// assert_eq!(tokens.context(7)?, row_7);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ContextTemplate {
+    tenant: Box<str>,
+    table: Box<str>,
+    column: Box<str>,
+    extras: BTreeMap<Box<str>, Box<str>>,
+    /// The encoding up to the row id: tenant, table and column, then the row
+    /// id's presence byte (always 1).
+    head: Box<[u8]>,
+    /// The encoding after the row id: the extras.
+    tail: Box<[u8]>,
+}
+
+impl ContextTemplate {
+    /// The tenant id.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The column name.
+    pub fn column(&self) -> &str {
+        &self.column
+    }
+
+    /// The extra pairs, sorted by key.
+    pub fn extras(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.extras.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// The full [`Context`] of row `row`, for the calls that take one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidContext`] if the row id is empty or longer than 1024
+    /// bytes.
+    pub fn context(&self, row: impl fmt::Display) -> Result<Context> {
+        let row = row.to_string();
+        check_row(&row)?;
+        let encoded = self.with_associated_data(&row, |aad| Box::<[u8]>::from(aad))?;
+        Ok(Context {
+            tenant: self.tenant.clone(),
+            table: self.table.clone(),
+            column: self.column.clone(),
+            row: Some(row.into_boxed_str()),
+            extras: self.extras.clone(),
+            encoded,
+        })
+    }
+
+    /// Calls `f` with the associated data of row `row`, assembled on the stack
+    /// when it fits (as it does for names and row ids of everyday length).
+    pub(crate) fn with_associated_data<T>(
+        &self,
+        row: impl fmt::Display,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
+        let mut aad = AadBuf::new();
+        aad.extend(&self.head);
+        // The row id's length prefix, filled in once the id is written.
+        let at = aad.len();
+        aad.extend(&[0; 4]);
+        if fmt::write(&mut aad, format_args!("{row}")).is_err() {
+            return Err(Error::invalid_context(if aad.overflowed {
+                format!("row id is longer than {MAX_VALUE_LEN} bytes")
+            } else {
+                "row id could not be formatted (its Display implementation failed)".to_string()
+            }));
+        }
+        let row_len = aad.len() - at - 4;
+        if row_len == 0 {
+            return Err(Error::invalid_context(EMPTY_ROW));
+        }
+        // At most MAX_VALUE_LEN (1024), checked by the writer.
+        aad.set_u32(at, u32::try_from(row_len).unwrap_or(u32::MAX));
+        aad.extend(&self.tail);
+        Ok(f(aad.as_slice()))
+    }
+}
+
+impl fmt::Debug for ContextTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ContextTemplate");
+        d.field("tenant", &self.tenant)
+            .field("table", &self.table)
+            .field("column", &self.column);
+        if !self.extras.is_empty() {
+            d.field("extras", &self.extras);
+        }
+        d.finish()
+    }
+}
+
+/// Bytes of associated data kept on the stack; longer contexts spill to the heap.
+const INLINE_AAD: usize = 384;
+
+/// A byte buffer on the stack that moves to the heap past [`INLINE_AAD`], and
+/// a [`fmt::Write`] sink that refuses a row id longer than the rules allow.
+struct AadBuf {
+    inline: [u8; INLINE_AAD],
+    len: usize,
+    heap: Vec<u8>,
+    /// Where the row id starts, while it is being written.
+    row_start: Option<usize>,
+    overflowed: bool,
+}
+
+impl AadBuf {
+    fn new() -> Self {
+        Self {
+            inline: [0; INLINE_AAD],
+            len: 0,
+            heap: Vec::new(),
+            row_start: None,
+            overflowed: false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if self.heap.is_empty() {
+            if let Some(dst) = self.inline.get_mut(self.len..end) {
+                dst.copy_from_slice(bytes);
+                self.len = end;
+                return;
+            }
+            let mut heap = Vec::with_capacity(end.max(2 * INLINE_AAD));
+            heap.extend_from_slice(self.inline.get(..self.len).unwrap_or_default());
+            self.heap = heap;
+        }
+        self.heap.extend_from_slice(bytes);
+        self.len = end;
+    }
+
+    fn set_u32(&mut self, at: usize, value: u32) {
+        let dst = if self.heap.is_empty() {
+            self.inline.get_mut(at..at + 4)
+        } else {
+            self.heap.get_mut(at..at + 4)
+        };
+        if let Some(dst) = dst {
+            dst.copy_from_slice(&value.to_be_bytes());
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            self.inline.get(..self.len).unwrap_or_default()
+        } else {
+            &self.heap
+        }
+    }
+}
+
+impl fmt::Write for AadBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let start = *self.row_start.get_or_insert(self.len);
+        if self.len - start + s.len() > MAX_VALUE_LEN {
+            self.overflowed = true;
+            return Err(fmt::Error);
+        }
+        self.extend(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl Drop for AadBuf {
+    fn drop(&mut self) {
+        // Context values are not secret, but the buffer may have held a row id
+        // of a caller that treats ids as sensitive: leave nothing behind.
+        zeroize::Zeroize::zeroize(&mut self.inline);
+        zeroize::Zeroize::zeroize(&mut self.heap);
+    }
+}
+
+/// The refusal of an empty row id, by the builder and by templates alike.
+const EMPTY_ROW: &str = "row id is empty: give the row's stable id (a context built without \
+     `.row(..)` has none)";
+
+fn check_row(row: &str) -> Result<()> {
+    if row.is_empty() {
+        return Err(Error::invalid_context(EMPTY_ROW));
+    }
+    check_len("row id", row, MAX_VALUE_LEN)
 }
 
 #[cfg(test)]

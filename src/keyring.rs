@@ -12,7 +12,9 @@ use std::time::Instant;
 use rand::Rng as _;
 use secrecy::ExposeSecret as _;
 
-use crate::context::Context;
+use std::fmt;
+
+use crate::context::{Context, ContextTemplate};
 use crate::crypto::{self, RecordKeyDeriver};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -168,11 +170,11 @@ impl Keyring {
         }
     }
 
-    fn check_tenant(&self, ctx: &Context) -> Result<()> {
-        if *self.tenant != *ctx.tenant() {
+    fn check_tenant(&self, tenant: &str) -> Result<()> {
+        if *self.tenant != *tenant {
             return Err(Error::TenantMismatch {
                 handle: self.tenant.to_string(),
-                context: ctx.tenant().to_string(),
+                context: tenant.to_string(),
             });
         }
         Ok(())
@@ -266,7 +268,7 @@ impl Keyring {
         plaintext: &[u8],
     ) -> Result<SealedValue> {
         check_plaintext_len(plaintext)?;
-        self.check_tenant(ctx)?;
+        self.check_tenant(ctx.tenant())?;
         let (version, deriver) = self.primary()?;
         seal_record(
             deriver,
@@ -277,12 +279,43 @@ impl Keyring {
         )
     }
 
+    /// Seals `plaintext` for row `row` of `template` under the primary key.
+    pub(crate) fn seal_row(
+        &self,
+        algorithm: Algorithm,
+        template: &ContextTemplate,
+        row: impl fmt::Display,
+        plaintext: &[u8],
+    ) -> Result<SealedValue> {
+        check_plaintext_len(plaintext)?;
+        self.check_tenant(template.tenant())?;
+        let (version, deriver) = self.primary()?;
+        template.with_associated_data(row, |aad| {
+            seal_record(deriver, algorithm, version, aad, plaintext)
+        })?
+    }
+
     /// Opens `sealed`, reporting whether it is under an older version.
     pub(crate) fn open(&self, ctx: &Context, sealed: &SealedValue) -> Result<Opened> {
-        self.check_tenant(ctx)?;
+        self.check_tenant(ctx.tenant())?;
+        self.open_aad(ctx.associated_data(), sealed)
+    }
+
+    /// Opens `sealed` as the value of row `row` of `template`.
+    pub(crate) fn open_row(
+        &self,
+        template: &ContextTemplate,
+        row: impl fmt::Display,
+        sealed: &SealedValue,
+    ) -> Result<Opened> {
+        self.check_tenant(template.tenant())?;
+        template.with_associated_data(row, |aad| self.open_aad(aad, sealed))?
+    }
+
+    fn open_aad(&self, aad: &[u8], sealed: &SealedValue) -> Result<Opened> {
         let version = sealed.key_version();
         let deriver = self.deriver_for(version)?;
-        let plaintext = open_record(deriver, sealed, ctx.associated_data())?;
+        let plaintext = open_record(deriver, sealed, aad)?;
         Ok(Opened::new(
             plaintext,
             version,

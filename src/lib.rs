@@ -16,6 +16,7 @@
 
 mod admin;
 mod audit;
+mod batch;
 mod cache;
 #[cfg(feature = "_sql")]
 mod column;
@@ -43,7 +44,7 @@ pub use crate::{
     admin::{KeyAdmin, RewrapReport, Rotation},
     audit::{AUDIT_MAC_LEN, AuditAppend, AuditBreak, AuditEntry, AuditEvent, AuditReport},
     // Contexts: where a value lives, bound as associated data.
-    context::{Context, ContextBuilder},
+    context::{Context, ContextBuilder, ContextTemplate},
     // Errors.
     error::{BoxError, Error, Result},
     // The sealed-value format.

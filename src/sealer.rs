@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::admin::KeyAdmin;
 use crate::audit::{AuditAppend, AuditEvent};
 use crate::cache::{KeyCache, Lookup};
-use crate::context::Context;
+use crate::context::{Context, ContextTemplate};
 use crate::crypto::{HmacKey, RecordKeyDeriver};
 use crate::error::{Error, Result};
 use crate::format::{Algorithm, SealedValue};
@@ -801,7 +801,7 @@ impl fmt::Debug for Sealer {
 /// to live.
 #[derive(Clone)]
 pub struct TenantSealer {
-    keyring: Arc<Keyring>,
+    pub(crate) keyring: Arc<Keyring>,
     algorithm: Algorithm,
     label_tenant: bool,
 }
@@ -830,8 +830,19 @@ impl TenantSealer {
         result
     }
 
-    fn tenant_label(&self) -> Option<&str> {
+    pub(crate) fn tenant_label(&self) -> Option<&str> {
         self.label_tenant.then_some(&*self.keyring.tenant)
+    }
+
+    /// As [`TenantSealer::seal_row`], without counting it in the metrics.
+    pub(crate) fn seal_row_uncounted(
+        &self,
+        template: &ContextTemplate,
+        row: impl fmt::Display,
+        plaintext: &[u8],
+    ) -> Result<SealedValue> {
+        self.keyring
+            .seal_row(self.algorithm, template, row, plaintext)
     }
 
     /// As [`TenantSealer::open`], without counting it in the metrics (for a

@@ -101,6 +101,40 @@ pub(crate) fn opened<T>(result: &Result<T>, tenant: Option<&str>) {
     let _ = (result, tenant);
 }
 
+/// Counts `n` successful seals of one batch at once.
+#[inline]
+pub(crate) fn sealed_ok(n: u64, tenant: Option<&str>) {
+    #[cfg(feature = "metrics")]
+    if n > 0 {
+        match tenant {
+            None => ::metrics::counter!("fieldseal_seals_total").increment(n),
+            Some(tenant) => {
+                ::metrics::counter!("fieldseal_seals_total", "tenant" => tenant.to_string())
+                    .increment(n);
+            }
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (n, tenant);
+}
+
+/// Counts `n` successful opens of one batch at once.
+#[inline]
+pub(crate) fn opened_ok(n: u64, tenant: Option<&str>) {
+    #[cfg(feature = "metrics")]
+    if n > 0 {
+        match tenant {
+            None => ::metrics::counter!("fieldseal_opens_total").increment(n),
+            Some(tenant) => {
+                ::metrics::counter!("fieldseal_opens_total", "tenant" => tenant.to_string())
+                    .increment(n);
+            }
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (n, tenant);
+}
+
 /// Counts a re-seal (`fieldseal_reseals_total{result}`: `resealed`,
 /// `current` or the error's kind).
 #[inline]
