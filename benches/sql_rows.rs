@@ -1,28 +1,42 @@
-//! Seal-and-INSERT and SELECT-and-open of 10,000 rows, against the same rows
-//! with plaintext columns, in the same run: the encryption must disappear next
-//! to the database.
+//! Writing and reading 10,000 sealed rows against the same rows with a
+//! plaintext column, in the same run: the encryption must disappear next to
+//! the database.
 //!
 //! Run: `cargo bench --bench sql_rows --all-features`
 //! (PostgreSQL is measured when `FIELDSEAL_TEST_POSTGRES_URL` is set.)
 //!
-//! Each variant inserts 10,000 rows of a 200-byte token, one INSERT per row,
-//! inside one transaction (so the database is as fast as it gets and the
-//! encryption as visible as it gets), then reads them back two ways: one
-//! SELECT by primary key per row (how an application reads a token), and one
-//! SELECT of all rows (how a batch job such as a re-sealing runner reads).
-//! Sealed rows are sealed with a cached tenant key and the row's id in the
-//! context (built per row), and opened after the SELECT. Five rounds, the
-//! order of plaintext and sealed alternating; medians reported.
+//! Each round, with the order of the variants rotating:
+//!
+//! - **INSERT, one per row**: 10,000 single-row INSERTs in one transaction
+//!   (the database as fast as it gets per row, the encryption as visible as
+//!   it gets). Sealed with a context built per row.
+//! - **INSERT, 500 rows per statement**: multi-row INSERTs in one
+//!   transaction, sealed through a context template, on the calling thread
+//!   (`seal_rows`) or on a 2-thread rayon pool (`par_seal_rows`).
+//! - **SELECT by id, one per row**: how an application reads a credential;
+//!   opened through a template (`open_row`).
+//! - **SELECT all**: one SELECT of the 10,000 rows (`fetch_all`), then every
+//!   value opened through a template: on the calling thread (`open_rows`), or
+//!   on a rayon pool of 1 or 2 threads (`par_open_rows`); or streamed
+//!   (`fetch`), each chunk of 500 rows opened on a 2-thread pool while the
+//!   next rows arrive.
+//!
+//! Five rounds; medians reported, with their ratio to the plaintext variant.
 
 use std::time::{Duration, Instant};
 
 use fieldseal::{
-    Context, LocalKeyProvider, RootKey, SealedValue, Sealer, SqlKeyStore, TenantSealer,
+    Context, ContextTemplate, LocalKeyProvider, RootKey, SealedValue, Sealer, SqlKeyStore,
+    TenantSealer,
 };
-use sqlx::Pool;
+use futures_util::TryStreamExt as _;
+use sqlx::{Pool, QueryBuilder};
 
 const ROWS: i64 = 10_000;
+const BATCH: usize = 500;
 const ROUNDS: usize = 5;
+/// Rows per chunk handed to the pool by the streamed variant.
+const STREAM_CHUNK: usize = 500;
 
 fn token(id: i64) -> Vec<u8> {
     let mut t = format!("1//0g{id:08}-").into_bytes();
@@ -42,26 +56,42 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-#[derive(Default)]
-struct Timings {
-    insert: [Vec<Duration>; 2],
-    by_id: [Vec<Duration>; 2],
-    all: [Vec<Duration>; 2],
+/// Timings of one operation: the plaintext variant first, then the sealed ones.
+struct Op {
+    name: &'static str,
+    variants: Vec<(&'static str, Vec<Duration>)>,
 }
 
-fn report(db: &str, t: Timings) {
-    println!("{db} (10,000 rows, median of {ROUNDS}):");
-    for (what, pair) in [
-        ("seal + INSERT, one per row", t.insert),
-        ("SELECT by id + open, one per row", t.by_id),
-        ("SELECT all + open", t.all),
-    ] {
-        let [plain, sealed] = pair.map(median);
-        println!(
-            "  {what:<34} plaintext {plain:>10.2?}  sealed {sealed:>10.2?}  ratio {:.2}x",
-            sealed.as_secs_f64() / plain.as_secs_f64()
-        );
+impl Op {
+    fn new(name: &'static str, variants: &[&'static str]) -> Self {
+        Self {
+            name,
+            variants: variants.iter().map(|v| (*v, Vec::new())).collect(),
+        }
     }
+}
+
+fn report(db: &str, ops: Vec<Op>) {
+    println!("{db} (10,000 rows, median of {ROUNDS}):");
+    for op in ops {
+        println!("  {}", op.name);
+        let mut plain = None;
+        for (variant, times) in op.variants {
+            let m = median(times);
+            let base = *plain.get_or_insert(m);
+            println!(
+                "    {variant:<38} {m:>10.2?}  ratio {:.2}x",
+                m.as_secs_f64() / base.as_secs_f64()
+            );
+        }
+    }
+}
+
+fn thread_pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool")
 }
 
 macro_rules! run_backend {
@@ -75,6 +105,10 @@ macro_rules! run_backend {
         )
         .build();
         let tenant: TenantSealer = sealer.tenant("acme").await.expect("tenant");
+        let template: ContextTemplate = Context::builder("acme", "bench_sealed", "token")
+            .template()
+            .expect("template");
+        let (one, two) = (thread_pool(1), thread_pool(2));
         for table in ["bench_plain", "bench_sealed"] {
             sqlx::query::<$db>(sqlx::AssertSqlSafe(format!(
                 "CREATE TABLE {table} (id BIGINT NOT NULL PRIMARY KEY, tenant VARCHAR(64) NOT NULL, token {} NOT NULL)",
@@ -84,85 +118,196 @@ macro_rules! run_backend {
             .await
             .expect("create");
         }
-        let insert = |table: &str| sqlx::AssertSqlSafe(format!("INSERT INTO {table} (id, tenant, token) VALUES {}", $ph));
-        let mut t = Timings::default();
-        for round in 0..ROUNDS {
+        let clear = || async {
             for table in ["bench_plain", "bench_sealed"] {
                 sqlx::query::<$db>(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
                     .execute(&pool)
                     .await
                     .expect("delete");
             }
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for variant in order {
-                let table = ["bench_plain", "bench_sealed"][variant];
+        };
+        let plain: Vec<(i64, Vec<u8>)> = (0..ROWS).map(|id| (id, token(id))).collect();
+        let mut single = Op::new("INSERT, one per row", &["plaintext", "sealed, context per row"]);
+        let mut multi = Op::new(
+            "INSERT, 500 rows per statement",
+            &["plaintext", "sealed, template, seal_rows", "sealed, template, par_seal_rows (2 threads)"],
+        );
+        let mut by_id = Op::new("SELECT by id + open, one per row", &["plaintext", "sealed, open_row"]);
+        let mut all = Op::new(
+            "SELECT all rows + open",
+            &[
+                "plaintext",
+                "sealed, context per row, open",
+                "sealed, template, open_rows",
+                "sealed, par_open_rows, 1 thread",
+                "sealed, par_open_rows, 2 threads",
+                "sealed, streamed, chunks on 2 threads",
+                "sealed, SELECT only (none opened)",
+            ],
+        );
+        for round in 0..ROUNDS {
+            // One row per INSERT.
+            clear().await;
+            for v in rotate(2, round) {
+                let table = ["bench_plain", "bench_sealed"][v];
+                let sql = sqlx::AssertSqlSafe(format!("INSERT INTO {table} (id, tenant, token) VALUES {}", $ph));
                 let start = Instant::now();
                 let mut tx = pool.begin().await.expect("begin");
-                for id in 0..ROWS {
-                    let query = sqlx::query::<$db>(insert(table)).bind(id).bind("acme");
-                    let query = if variant == 0 {
-                        query.bind(token(id))
+                for (id, token) in &plain {
+                    let query = sqlx::query::<$db>(sqlx::AssertSqlSafe(sql.0.clone())).bind(*id).bind("acme");
+                    let query = if v == 0 {
+                        query.bind(token)
                     } else {
-                        query.bind(tenant.seal(&ctx(id), &token(id)).expect("seal"))
+                        query.bind(tenant.seal(&ctx(*id), token).expect("seal"))
                     };
                     query.execute(&mut *tx).await.expect("insert");
                 }
                 tx.commit().await.expect("commit");
-                t.insert[variant].push(start.elapsed());
+                single.variants[v].1.push(start.elapsed());
             }
-            for variant in order {
-                let table = ["bench_plain", "bench_sealed"][variant];
-                let by_id: std::sync::Arc<str> =
-                    format!("SELECT token FROM {table} WHERE id = {}", $id_ph).into();
+            // Multi-row INSERTs; each variant starts from empty tables.
+            for v in rotate(3, round) {
+                clear().await;
+                let table = if v == 0 { "bench_plain" } else { "bench_sealed" };
+                let start = Instant::now();
+                let mut tx = pool.begin().await.expect("begin");
+                for chunk in plain.chunks(BATCH) {
+                    let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO {table} (id, tenant, token) "));
+                    if v == 0 {
+                        query.push_values(chunk, |mut b, (id, token)| {
+                            b.push_bind(*id).push_bind("acme").push_bind(token);
+                        });
+                    } else {
+                        let sealed: Vec<SealedValue> = if v == 1 {
+                            tenant.seal_rows(&template, chunk).collect::<Result<_, _>>().expect("seal")
+                        } else {
+                            two.install(|| tenant.par_seal_rows(&template, chunk))
+                                .into_iter()
+                                .collect::<Result<_, _>>()
+                                .expect("seal")
+                        };
+                        query.push_values(chunk.iter().zip(sealed), |mut b, ((id, _), sealed)| {
+                            b.push_bind(*id).push_bind("acme").push_bind(sealed);
+                        });
+                    }
+                    query.build().execute(&mut *tx).await.expect("insert");
+                }
+                tx.commit().await.expect("commit");
+                multi.variants[v].1.push(start.elapsed());
+            }
+            // Both tables full again for the reads.
+            clear().await;
+            for table in ["bench_plain", "bench_sealed"] {
+                let mut tx = pool.begin().await.expect("begin");
+                for chunk in plain.chunks(BATCH) {
+                    let mut query = QueryBuilder::<$db>::new(format!("INSERT INTO {table} (id, tenant, token) "));
+                    if table == "bench_plain" {
+                        query.push_values(chunk, |mut b, (id, token)| {
+                            b.push_bind(*id).push_bind("acme").push_bind(token);
+                        });
+                    } else {
+                        query.push_values(chunk, |mut b, (id, token)| {
+                            b.push_bind(*id).push_bind("acme").push_bind(tenant.seal_row(&template, id, token).expect("seal"));
+                        });
+                    }
+                    query.build().execute(&mut *tx).await.expect("insert");
+                }
+                tx.commit().await.expect("commit");
+            }
+            for v in rotate(2, round) {
+                let table = ["bench_plain", "bench_sealed"][v];
+                let sql = format!("SELECT token FROM {table} WHERE id = {}", $id_ph);
                 let start = Instant::now();
                 for id in 0..ROWS {
-                    if variant == 0 {
-                        let token: Vec<u8> = sqlx::query_scalar::<$db, Vec<u8>>(sqlx::AssertSqlSafe(by_id.clone()))
+                    if v == 0 {
+                        let token: Vec<u8> = sqlx::query_scalar::<$db, Vec<u8>>(sqlx::AssertSqlSafe(sql.clone()))
                             .bind(id)
                             .fetch_one(&pool)
                             .await
                             .expect("select");
                         std::hint::black_box(token);
                     } else {
-                        let sealed: SealedValue = sqlx::query_scalar::<$db, SealedValue>(sqlx::AssertSqlSafe(by_id.clone()))
+                        let sealed: SealedValue = sqlx::query_scalar::<$db, SealedValue>(sqlx::AssertSqlSafe(sql.clone()))
                             .bind(id)
                             .fetch_one(&pool)
                             .await
                             .expect("select");
-                        std::hint::black_box(tenant.open(&ctx(id), &sealed).expect("open"));
+                        std::hint::black_box(tenant.open_row(&template, id, &sealed).expect("open"));
                     }
                 }
-                t.by_id[variant].push(start.elapsed());
+                by_id.variants[v].1.push(start.elapsed());
             }
-            for variant in order {
-                let table = ["bench_plain", "bench_sealed"][variant];
-                let all = sqlx::AssertSqlSafe(format!("SELECT id, token FROM {table}"));
+            for v in rotate(7, round) {
+                let table = if v == 0 { "bench_plain" } else { "bench_sealed" };
+                let sql = sqlx::AssertSqlSafe(format!("SELECT id, token FROM {table}"));
                 let start = Instant::now();
-                if variant == 0 {
-                    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as::<$db, (i64, Vec<u8>)>(all)
+                if v == 0 {
+                    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as::<$db, (i64, Vec<u8>)>(sql)
                         .fetch_all(&pool)
                         .await
                         .expect("select");
                     assert_eq!(rows.len() as i64, ROWS);
                     std::hint::black_box(rows);
+                } else if v == 5 {
+                    // Chunks of the row stream are opened on the pool while
+                    // the next rows arrive; results are gathered in order.
+                    let mut stream = sqlx::query_as::<$db, (i64, SealedValue)>(sql).fetch(&pool);
+                    let mut pending = Vec::new();
+                    let mut chunk = Vec::with_capacity(STREAM_CHUNK);
+                    while let Some(row) = stream.try_next().await.expect("row") {
+                        chunk.push(row);
+                        if chunk.len() == STREAM_CHUNK {
+                            let rows = std::mem::replace(&mut chunk, Vec::with_capacity(STREAM_CHUNK));
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            let (tenant, template) = (tenant.clone(), template.clone());
+                            two.spawn(move || {
+                                let _ = tx.send(tenant.open_rows(&template, &rows).collect::<Vec<_>>());
+                            });
+                            pending.push(rx);
+                        }
+                    }
+                    drop(stream);
+                    let mut opened = Vec::with_capacity(ROWS as usize);
+                    for rx in pending {
+                        opened.extend(rx.await.expect("chunk"));
+                    }
+                    opened.extend(tenant.open_rows(&template, &chunk));
+                    assert_eq!(opened.len() as i64, ROWS);
+                    assert!(opened.iter().all(Result::is_ok));
+                    std::hint::black_box(opened);
                 } else {
-                    let rows: Vec<(i64, SealedValue)> = sqlx::query_as::<$db, (i64, SealedValue)>(all)
+                    let rows: Vec<(i64, SealedValue)> = sqlx::query_as::<$db, (i64, SealedValue)>(sql)
                         .fetch_all(&pool)
                         .await
                         .expect("select");
                     assert_eq!(rows.len() as i64, ROWS);
-                    for (id, sealed) in &rows {
-                        std::hint::black_box(tenant.open(&ctx(*id), sealed).expect("open"));
+                    if v == 6 {
+                        std::hint::black_box(rows);
+                        all.variants[v].1.push(start.elapsed());
+                        continue;
                     }
+                    let opened: Vec<_> = match v {
+                        1 => rows.iter().map(|(id, sealed)| tenant.open(&ctx(*id), sealed)).collect(),
+                        2 => tenant.open_rows(&template, &rows).collect(),
+                        3 => one.install(|| tenant.par_open_rows(&template, &rows)),
+                        _ => two.install(|| tenant.par_open_rows(&template, &rows)),
+                    };
+                    assert!(opened.iter().all(Result::is_ok));
+                    std::hint::black_box(opened);
                 }
-                t.all[variant].push(start.elapsed());
+                all.variants[v].1.push(start.elapsed());
             }
         }
-        t
+        vec![single, multi, by_id, all]
     }};
 }
 
-async fn sqlite() -> Timings {
+/// The variants `0..n` in an order that rotates with the round.
+fn rotate(n: usize, round: usize) -> Vec<usize> {
+    (0..n).map(|i| (i + round) % n).collect()
+}
+
+async fn sqlite() -> Vec<Op> {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!(
         "sqlite://{}?mode=rwc",
@@ -172,7 +317,7 @@ async fn sqlite() -> Timings {
     run_backend!(pool, sqlx::Sqlite, "BLOB", "(?, ?, ?)", "?")
 }
 
-async fn postgres(url: &str) -> Timings {
+async fn postgres(url: &str) -> Vec<Op> {
     let admin = sqlx::PgPool::connect(url).await.expect("postgres");
     let schema = format!("fieldseal_bench_{:016x}", rand::random::<u64>());
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))

@@ -4,7 +4,11 @@
 //! ```sh
 //! cargo build --release --example seal_loop [--features metrics]
 //! valgrind --tool=callgrind target/release/examples/seal_loop 11000
+//! valgrind --tool=callgrind target/release/examples/seal_loop 11000 rows
 //! ```
+//!
+//! With `rows`, the loop seals and opens through a context template
+//! (`seal_row`/`open_row`, as bulk work does) instead of a built context.
 //!
 //! The difference between two runs with different N is the cost of N seals
 //! and opens, free of start-up.
@@ -27,11 +31,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = Context::builder("acme", "integrations", "refresh_token")
         .row(1)
         .build()?;
+    let template = Context::builder("acme", "integrations", "refresh_token").template()?;
+    let rows = std::env::args().nth(2).as_deref() == Some("rows");
     let plaintext = [0x5a; 256];
     let mut versions = 0u64;
-    for _ in 0..iterations {
-        let sealed = tenant.seal(&ctx, &plaintext)?;
-        versions += u64::from(tenant.open(&ctx, &sealed)?.key_version());
+    for i in 0..iterations {
+        versions += u64::from(if rows {
+            let sealed = tenant.seal_row(&template, i, &plaintext)?;
+            tenant.open_row(&template, i, &sealed)?.key_version()
+        } else {
+            let sealed = tenant.seal(&ctx, &plaintext)?;
+            tenant.open(&ctx, &sealed)?.key_version()
+        });
     }
     println!("{iterations} seals and opens ({versions})");
     Ok(())

@@ -523,7 +523,7 @@ impl fmt::Debug for ContextTemplate {
 }
 
 /// Bytes of associated data kept on the stack; longer contexts spill to the heap.
-const INLINE_AAD: usize = 384;
+const INLINE_AAD: usize = 256;
 
 /// A byte buffer on the stack that moves to the heap past [`INLINE_AAD`], and
 /// a [`fmt::Write`] sink that refuses a row id longer than the rules allow.
@@ -551,6 +551,7 @@ impl AadBuf {
         self.len
     }
 
+    #[inline]
     fn extend(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
         if self.heap.is_empty() {
@@ -596,15 +597,6 @@ impl fmt::Write for AadBuf {
         }
         self.extend(s.as_bytes());
         Ok(())
-    }
-}
-
-impl Drop for AadBuf {
-    fn drop(&mut self) {
-        // Context values are not secret, but the buffer may have held a row id
-        // of a caller that treats ids as sensitive: leave nothing behind.
-        zeroize::Zeroize::zeroize(&mut self.inline);
-        zeroize::Zeroize::zeroize(&mut self.heap);
     }
 }
 
