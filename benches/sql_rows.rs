@@ -18,8 +18,8 @@
 //! - **SELECT all**: one SELECT of the 10,000 rows (`fetch_all`), then every
 //!   value opened through a template: on the calling thread (`open_rows`), or
 //!   on a rayon pool of 1 or 2 threads (`par_open_rows`); or streamed
-//!   (`fetch`), each chunk of 500 rows opened on a 2-thread pool while the
-//!   next rows arrive.
+//!   (`fetch`), each chunk of 500 rows handed to a 2-thread pool with
+//!   `spawn_open_rows` and opened while the next rows arrive.
 //!
 //! Five rounds; medians reported, with their ratio to the plaintext variant.
 
@@ -258,18 +258,13 @@ macro_rules! run_backend {
                         chunk.push(row);
                         if chunk.len() == STREAM_CHUNK {
                             let rows = std::mem::replace(&mut chunk, Vec::with_capacity(STREAM_CHUNK));
-                            let (tx, rx) = tokio::sync::oneshot::channel();
-                            let (tenant, template) = (tenant.clone(), template.clone());
-                            two.spawn(move || {
-                                let _ = tx.send(tenant.open_rows(&template, &rows).collect::<Vec<_>>());
-                            });
-                            pending.push(rx);
+                            pending.push(two.install(|| tenant.spawn_open_rows(&template, rows)));
                         }
                     }
                     drop(stream);
                     let mut opened = Vec::with_capacity(ROWS as usize);
-                    for rx in pending {
-                        opened.extend(rx.await.expect("chunk"));
+                    for chunk in pending {
+                        opened.extend(chunk.await);
                     }
                     opened.extend(tenant.open_rows(&template, &chunk));
                     assert_eq!(opened.len() as i64, ROWS);

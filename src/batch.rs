@@ -159,8 +159,8 @@ impl TenantSealer {
     ///
     /// This call blocks its thread until every row is opened (about 1 µs of
     /// CPU per 256-byte value, shared among the pool's threads). In async code,
-    /// run large batches with `tokio::task::spawn_blocking`, so that the
-    /// runtime's worker is not held:
+    /// use [`TenantSealer::spawn_open_rows`], or run the call with
+    /// `tokio::task::spawn_blocking`, so that the runtime's worker is not held:
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -252,6 +252,117 @@ impl TenantSealer {
         }
         telemetry::sealed_ok(sealed, label);
         results
+    }
+}
+
+#[cfg(feature = "rayon")]
+impl TenantSealer {
+    /// Starts opening `rows` on rayon's thread pool and returns at once; the
+    /// future resolves to what [`TenantSealer::par_open_rows`] gives.
+    ///
+    /// This is the way to open in bulk from async code without holding a
+    /// runtime worker: the work runs on the pool, and awaiting only waits for
+    /// it. It also lets a reader overlap the database and the cryptography:
+    /// hand over each chunk of a row stream as it arrives and await the
+    /// futures in order at the end (or as they are needed).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use fieldseal::{Context, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer};
+    /// # let provider = LocalKeyProvider::new("root-1", RootKey::generate()?)?;
+    /// # let sealer = Sealer::builder(provider, MemoryKeyStore::new()).build();
+    /// let acme = sealer.tenant("acme").await?;
+    /// let tokens = Context::builder("acme", "integrations", "refresh_token").template()?;
+    /// # let stored: Vec<(i64, fieldseal::SealedValue)> = (0..2_000)
+    /// #     .map(|id| Ok((id, acme.seal_row(&tokens, id, b"a token")?)))
+    /// #     .collect::<Result<_, fieldseal::Error>>()?;
+    /// # let mut stream = stored.chunks(500).map(<[_]>::to_vec);
+    /// // `stream`: chunks of `(id, SealedValue)` rows as a database cursor
+    /// // returns them, for example `try_chunks(500)` over `sqlx::query_as(..).fetch(..)`.
+    /// let mut pending = Vec::new();
+    /// while let Some(chunk) = stream.next() {
+    ///     pending.push(acme.spawn_open_rows(&tokens, chunk));
+    /// }
+    /// let mut opened = Vec::new();
+    /// for chunk in pending {
+    ///     opened.extend(chunk.await);
+    /// }
+    /// assert_eq!(opened.len(), 2_000);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Inside [`rayon::ThreadPool::install`], the work goes to that pool.
+    ///
+    /// # Errors
+    ///
+    /// Each item is the result [`TenantSealer::open_row`] gives for its row.
+    ///
+    /// # Panics
+    ///
+    /// If a row id's `Display` implementation panics, the panic is resumed
+    /// where the future is awaited, as if the rows had been opened there.
+    pub fn spawn_open_rows<R, S>(
+        &self,
+        template: &ContextTemplate,
+        rows: Vec<(R, S)>,
+    ) -> impl std::future::Future<Output = Vec<Result<Opened>>> + Send + 'static
+    where
+        R: fmt::Display + Send + Sync + 'static,
+        S: Borrow<SealedValue> + Send + Sync + 'static,
+    {
+        let (sealer, template) = (self.clone(), template.clone());
+        on_pool(move || sealer.par_open_rows(&template, &rows))
+    }
+
+    /// Starts sealing `rows` on rayon's thread pool and returns at once; the
+    /// future resolves to what [`TenantSealer::par_seal_rows`] gives. See
+    /// [`TenantSealer::spawn_open_rows`].
+    ///
+    /// # Errors
+    ///
+    /// Each item is the result [`TenantSealer::seal_row`] gives for its row.
+    ///
+    /// # Panics
+    ///
+    /// If a row id's `Display` implementation panics, the panic is resumed
+    /// where the future is awaited.
+    pub fn spawn_seal_rows<R, P>(
+        &self,
+        template: &ContextTemplate,
+        rows: Vec<(R, P)>,
+    ) -> impl std::future::Future<Output = Vec<Result<SealedValue>>> + Send + 'static
+    where
+        R: fmt::Display + Send + Sync + 'static,
+        P: AsRef<[u8]> + Send + Sync + 'static,
+    {
+        let (sealer, template) = (self.clone(), template.clone());
+        on_pool(move || sealer.par_seal_rows(&template, &rows))
+    }
+}
+
+/// Runs `work` on rayon's current pool; the future gives its result, or
+/// resumes its panic.
+#[cfg(feature = "rayon")]
+fn on_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = T> + Send + 'static {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        // The receiver is gone only if the future was dropped: nobody waits.
+        let _ = tx.send(result);
+    });
+    async move {
+        match rx.await {
+            Ok(Ok(value)) => value,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // Only a pool torn down with the job still queued drops it: the
+            // work never ran, and there is no result to give.
+            Err(_) => std::panic::resume_unwind(Box::new(
+                "fieldseal: a rayon job was dropped without running",
+            )),
+        }
     }
 }
 

@@ -438,3 +438,46 @@ proptest! {
         prop_assert_eq!(tpl.context(id).unwrap(), built);
     }
 }
+
+#[cfg(feature = "rayon")]
+#[test]
+fn spawned_batches_give_the_sequential_results_and_resume_panics() {
+    let rt = runtime();
+    let sealer = common::sealer();
+    let (acme, globex, by_version) = rt.block_on(tenants(&sealer));
+    let tpl = template("acme");
+    let rows = mixed_rows(&acme, &globex, &by_version, 3_000);
+    let expected: Vec<Outcome> = acme.open_rows(&tpl, &rows).map(|r| outcome(&r)).collect();
+    // Chunks handed over one by one, awaited in order.
+    let pending: Vec<_> = rows
+        .chunks(257)
+        .map(|chunk| acme.spawn_open_rows(&tpl, chunk.to_vec()))
+        .collect();
+    let got: Vec<Outcome> = rt.block_on(async {
+        let mut got = Vec::new();
+        for chunk in pending {
+            got.extend(chunk.await.iter().map(outcome));
+        }
+        got
+    });
+    assert_same(&got, &expected, "spawn_open_rows");
+
+    let plain: Vec<(i64, String)> = (0..1_000).map(|i| (i, format!("secret {i}"))).collect();
+    let sealed = rt.block_on(acme.spawn_seal_rows(&tpl, plain.clone()));
+    for ((id, secret), sealed) in plain.iter().zip(sealed) {
+        let opened = acme.open_row(&tpl, id, &sealed.unwrap()).unwrap();
+        assert_eq!(opened.plaintext().expose_secret(), secret.as_bytes());
+    }
+
+    // A row id whose Display panics: the panic reaches the awaiting task.
+    struct Panics;
+    impl std::fmt::Display for Panics {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("row id display panicked")
+        }
+    }
+    let good = acme.seal_row(&tpl, 1, b"v").unwrap();
+    let future = acme.spawn_open_rows(&tpl, vec![(Panics, good)]);
+    let joined = rt.block_on(async { tokio::spawn(future).await });
+    assert!(joined.unwrap_err().is_panic());
+}
