@@ -12,9 +12,10 @@
 #[path = "common/db.rs"]
 mod db;
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use fieldseal::secrecy::ExposeSecret;
@@ -30,50 +31,9 @@ const NOTHING: i32 = 3;
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 
-/// The runner's executable, built once per test process with this test's
-/// features (so the build reuses this test's artifacts).
+/// The rotate example's executable, built once per test process.
 fn runner() -> PathBuf {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let mut features = Vec::new();
-        if cfg!(feature = "default") {
-            features.push("default");
-        }
-        // The test's own features, so that the example links the library
-        // this build already made.
-        for (on, name) in [
-            (cfg!(feature = "serde"), "serde"),
-            (cfg!(feature = "aws-kms"), "aws-kms"),
-            (cfg!(feature = "pkcs11"), "pkcs11"),
-            (cfg!(feature = "testing"), "testing"),
-        ] {
-            if on {
-                features.push(name);
-            }
-        }
-        features.extend(["postgres", "mysql", "sqlite"]);
-        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "rotate",
-                "--no-default-features",
-            ])
-            .args(["--features", &features.join(",")])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cannot run cargo to build the rotate example");
-        assert!(status.success(), "building the rotate example failed");
-    });
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/examples/rotate
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir
-        .join("examples")
-        .join(format!("rotate{}", std::env::consts::EXE_SUFFIX));
-    assert!(path.exists(), "{} is missing", path.display());
-    path
+    common::example_exe("rotate", &["postgres", "mysql", "sqlite"])
 }
 
 struct Run {

@@ -18,7 +18,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -26,40 +26,9 @@ use fieldseal::{Context, Error, LocalKeyProvider, RootKey, SealedValue, Sealer, 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// The service's executable, built once per test process with this test's
-/// features (so that the build reuses this test's artifacts).
+/// The service example's executable, built once per test process.
 fn service_exe() -> PathBuf {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let mut features = vec!["sqlite", "postgres", "metrics"];
-        for (on, name) in [
-            (cfg!(feature = "default"), "default"),
-            (cfg!(feature = "serde"), "serde"),
-            (cfg!(feature = "mysql"), "mysql"),
-            (cfg!(feature = "aws-kms"), "aws-kms"),
-            (cfg!(feature = "pkcs11"), "pkcs11"),
-            (cfg!(feature = "testing"), "testing"),
-        ] {
-            if on {
-                features.push(name);
-            }
-        }
-        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args(["build", "--quiet", "--example", "service"])
-            .args(["--no-default-features", "--features", &features.join(",")])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cannot run cargo to build the service example");
-        assert!(status.success(), "building the service example failed");
-    });
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/examples/service
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir
-        .join("examples")
-        .join(format!("service{}", std::env::consts::EXE_SUFFIX));
-    assert!(path.exists(), "{} is missing", path.display());
-    path
+    common::example_exe("service", &["sqlite", "postgres", "metrics"])
 }
 
 /// A random marker, recognisable in any output.

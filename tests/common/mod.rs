@@ -337,3 +337,48 @@ pub fn secret_forms(secret: &[u8]) -> Vec<String> {
     }
     out
 }
+
+/// The executable of example `name`, built once per test process with this
+/// test's features plus `required` (so that the build reuses this test's
+/// artifacts instead of compiling the library again with other features).
+pub fn example_exe(name: &str, required: &[&str]) -> std::path::PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|b| b == name) {
+        let mut features: Vec<&str> = required.to_vec();
+        for (on, feature) in [
+            (cfg!(feature = "default"), "default"),
+            (cfg!(feature = "serde"), "serde"),
+            (cfg!(feature = "postgres"), "postgres"),
+            (cfg!(feature = "mysql"), "mysql"),
+            (cfg!(feature = "sqlite"), "sqlite"),
+            (cfg!(feature = "aws-kms"), "aws-kms"),
+            (cfg!(feature = "pkcs11"), "pkcs11"),
+            (cfg!(feature = "metrics"), "metrics"),
+            (cfg!(feature = "rayon"), "rayon"),
+            (cfg!(feature = "testing"), "testing"),
+        ] {
+            if on && !features.contains(&feature) {
+                features.push(feature);
+            }
+        }
+        let status = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["build", "--quiet", "--example", name])
+            .args(["--no-default-features", "--features", &features.join(",")])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build the {name} example: {e}"));
+        assert!(status.success(), "building the {name} example failed");
+        built.push(name.to_string());
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let dir = exe.parent().and_then(std::path::Path::parent).unwrap();
+    let path = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
