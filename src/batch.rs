@@ -280,15 +280,25 @@ impl TenantSealer {
     /// # let mut stream = stored.chunks(500).map(<[_]>::to_vec);
     /// // `stream`: chunks of `(id, SealedValue)` rows as a database cursor
     /// // returns them, for example `try_chunks(500)` over `sqlx::query_as(..).fetch(..)`.
-    /// let mut pending = Vec::new();
+    /// // At most 4 chunks in flight, so memory stays bounded.
+    /// let mut pending = std::collections::VecDeque::new();
+    /// let mut opened = 0;
     /// while let Some(chunk) = stream.next() {
-    ///     pending.push(acme.spawn_open_rows(&tokens, chunk));
+    ///     pending.push_back(acme.spawn_open_rows(&tokens, chunk));
+    ///     if pending.len() == 4 {
+    ///         for value in pending.pop_front().unwrap().await {
+    ///             let _plaintext = value?; // use it
+    ///             opened += 1;
+    ///         }
+    ///     }
     /// }
-    /// let mut opened = Vec::new();
     /// for chunk in pending {
-    ///     opened.extend(chunk.await);
+    ///     for value in chunk.await {
+    ///         let _plaintext = value?;
+    ///         opened += 1;
+    ///     }
     /// }
-    /// assert_eq!(opened.len(), 2_000);
+    /// assert_eq!(opened, 2_000);
     /// # Ok(()) }
     /// ```
     ///

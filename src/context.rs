@@ -179,16 +179,16 @@ impl ContextBuilder {
     /// Unicode normalization, so a label in another form fails to open rather
     /// than opening something else.
     pub fn build(self) -> Result<Context> {
-        let (tenant, table, column, extras) = self.checked_parts()?;
-        if let Some(row) = &self.row {
+        let (tenant, table, column, extras, row) = self.checked_parts()?;
+        if let Some(row) = &row {
             check_row(row)?;
         }
-        let encoded = encode(&tenant, &table, &column, self.row.as_deref(), &extras);
+        let encoded = encode(&tenant, &table, &column, row.as_deref(), &extras);
         Ok(Context {
             tenant,
             table,
             column,
-            row: self.row.map(String::into_boxed_str),
+            row: row.map(String::into_boxed_str),
             extras,
             encoded,
         })
@@ -207,7 +207,7 @@ impl ContextBuilder {
                 "a template leaves the row id open: give it with each row, not to the builder",
             ));
         }
-        let (tenant, table, column, extras) = self.checked_parts()?;
+        let (tenant, table, column, extras, _) = self.checked_parts()?;
         let mut head = encode_head(&tenant, &table, &column);
         head.push(1);
         let tail = encode_tail(&extras);
@@ -221,11 +221,18 @@ impl ContextBuilder {
         })
     }
 
-    /// Validates tenant, table, column and extras (not the row id).
+    /// Validates tenant, table, column and extras (not the row id), and
+    /// hands the parts over.
     #[allow(clippy::type_complexity)]
     fn checked_parts(
-        &self,
-    ) -> Result<(Box<str>, Box<str>, Box<str>, BTreeMap<Box<str>, Box<str>>)> {
+        self,
+    ) -> Result<(
+        Box<str>,
+        Box<str>,
+        Box<str>,
+        BTreeMap<Box<str>, Box<str>>,
+        Option<String>,
+    )> {
         check_tenant(&self.tenant)?;
         check_name("table", &self.table)?;
         check_name("column", &self.column)?;
@@ -236,21 +243,22 @@ impl ContextBuilder {
             )));
         }
         let mut extras = BTreeMap::new();
-        for (key, value) in &self.extras {
-            check_name("extra key", key)?;
-            check_len("extra value", value, MAX_VALUE_LEN)?;
+        for (key, value) in self.extras {
+            check_name("extra key", &key)?;
+            check_len("extra value", &value, MAX_VALUE_LEN)?;
             if extras.contains_key(key.as_str()) {
                 return Err(Error::invalid_context(format!(
                     "extra key `{key}` is given twice"
                 )));
             }
-            extras.insert(Box::from(key.as_str()), Box::from(value.as_str()));
+            extras.insert(key.into_boxed_str(), value.into_boxed_str());
         }
         Ok((
-            Box::from(self.tenant.as_str()),
-            Box::from(self.table.as_str()),
-            Box::from(self.column.as_str()),
+            self.tenant.into_boxed_str(),
+            self.table.into_boxed_str(),
+            self.column.into_boxed_str(),
             extras,
+            self.row,
         ))
     }
 }
@@ -466,7 +474,9 @@ impl ContextTemplate {
     /// [`Error::InvalidContext`] if the row id is empty or longer than 1024
     /// bytes.
     pub fn context(&self, row: impl fmt::Display) -> Result<Context> {
-        let row = row.to_string();
+        let mut text = String::new();
+        fmt::write(&mut text, format_args!("{row}")).map_err(|_| display_failed())?;
+        let row = text;
         check_row(&row)?;
         let encoded = self.with_associated_data(&row, |aad| Box::<[u8]>::from(aad))?;
         Ok(Context {
@@ -491,12 +501,14 @@ impl ContextTemplate {
         // The row id's length prefix, filled in once the id is written.
         let at = aad.len();
         aad.extend(&[0; 4]);
-        if fmt::write(&mut aad, format_args!("{row}")).is_err() {
-            return Err(Error::invalid_context(if aad.overflowed {
-                format!("row id is longer than {MAX_VALUE_LEN} bytes")
-            } else {
-                "row id could not be formatted (its Display implementation failed)".to_string()
-            }));
+        let written = fmt::write(&mut aad, format_args!("{row}"));
+        if aad.overflowed {
+            return Err(Error::invalid_context(format!(
+                "row id is longer than {MAX_VALUE_LEN} bytes"
+            )));
+        }
+        if written.is_err() {
+            return Err(display_failed());
         }
         let row_len = aad.len() - at - 4;
         if row_len == 0 {
@@ -520,6 +532,10 @@ impl fmt::Debug for ContextTemplate {
         }
         d.finish()
     }
+}
+
+fn display_failed() -> Error {
+    Error::invalid_context("row id could not be formatted (its Display implementation failed)")
 }
 
 /// Bytes of associated data kept on the stack; longer contexts spill to the heap.
@@ -590,6 +606,11 @@ impl AadBuf {
 
 impl fmt::Write for AadBuf {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Once refused, always refused: a Display that ignores the error and
+        // writes on must not bind a shorter id than it meant.
+        if self.overflowed {
+            return Err(fmt::Error);
+        }
         let start = *self.row_start.get_or_insert(self.len);
         if self.len - start + s.len() > MAX_VALUE_LEN {
             self.overflowed = true;

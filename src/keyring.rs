@@ -287,10 +287,12 @@ impl Keyring {
         row: impl fmt::Display,
         plaintext: &[u8],
     ) -> Result<SealedValue> {
-        check_plaintext_len(plaintext)?;
-        self.check_tenant(template.tenant())?;
-        let (version, deriver) = self.primary()?;
+        // The row id first, as a context built per row is checked before
+        // anything else; then the order of `seal`.
         template.with_associated_data(row, |aad| {
+            check_plaintext_len(plaintext)?;
+            self.check_tenant(template.tenant())?;
+            let (version, deriver) = self.primary()?;
             seal_record(deriver, algorithm, version, aad, plaintext)
         })?
     }
@@ -308,8 +310,10 @@ impl Keyring {
         row: impl fmt::Display,
         sealed: &SealedValue,
     ) -> Result<Opened> {
-        self.check_tenant(template.tenant())?;
-        template.with_associated_data(row, |aad| self.open_aad(aad, sealed))?
+        template.with_associated_data(row, |aad| {
+            self.check_tenant(template.tenant())?;
+            self.open_aad(aad, sealed)
+        })?
     }
 
     fn open_aad(&self, aad: &[u8], sealed: &SealedValue) -> Result<Opened> {

@@ -381,6 +381,35 @@ fn template_refuses_what_the_builder_refuses() {
         acme.seal_row(&tpl, Broken, b"v"),
         Err(Error::InvalidContext { .. })
     ));
+    assert!(matches!(
+        tpl.context(Broken),
+        Err(Error::InvalidContext { .. })
+    ));
+    // A Display that ignores the refusal of a piece and writes on: the id it
+    // meant is too long, and a shorter one is never bound in its place.
+    struct Sloppy;
+    impl std::fmt::Display for Sloppy {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("12")?;
+            let _ = f.write_str(&"x".repeat(1100));
+            f.write_str("3")
+        }
+    }
+    let row_123 = acme.seal_row(&tpl, 123, b"v").unwrap();
+    assert!(matches!(
+        acme.seal_row(&tpl, Sloppy, b"v"),
+        Err(Error::InvalidContext { .. })
+    ));
+    assert!(matches!(
+        acme.open_row(&tpl, Sloppy, &row_123),
+        Err(Error::InvalidContext { .. })
+    ));
+    // The row id is checked first, as the builder checks it before any key.
+    let globex = Context::builder("globex", "t", "c").template().unwrap();
+    assert!(matches!(
+        acme.open_row(&globex, "", &row_123),
+        Err(Error::InvalidContext { .. })
+    ));
 }
 
 fn name() -> impl Strategy<Value = String> {
