@@ -36,6 +36,10 @@ const OKM_LEN: usize = KEY_LEN + NONCE_LEN + COMMITMENT_LEN;
 /// Fixed and public: it separates fieldseal's use of a tenant key from any other.
 pub(crate) const RECORD_PRK_SALT: &[u8] = b"fieldseal/v1/record-key";
 
+/// The HKDF-Extract salt that turns a tenant key into the blind-index PRK: a
+/// different salt, so that index keys and record keys never coincide.
+pub(crate) const INDEX_PRK_SALT: &[u8] = b"fieldseal/v1/blind-index";
+
 /// SHA-256's initial hash value (FIPS 180-4, 5.3.3).
 const SHA256_IV: [u32; 8] = [
     0x6a09_e667,
@@ -143,7 +147,7 @@ impl Prk {
 
     /// HKDF-Expand(prk, info, out.len()). Fails only if `out` is longer than
     /// 255 × 32 bytes. (Record keys use the specialised
-    /// [`RecordKeyDeriver::derive`]; this general form checks it.)
+    /// [`TenantKeyDeriver::derive`]; this general form checks it.)
     #[cfg(test)]
     pub(crate) fn expand(&self, info: &[u8], out: &mut [u8]) -> Result<(), ()> {
         if out.len() > 255 * 32 {
@@ -168,17 +172,33 @@ impl std::fmt::Debug for Prk {
     }
 }
 
-/// Derives per-record keys from one tenant key.
+/// Derives per-record keys and blind-index keys from one tenant key.
 ///
-/// The extract step runs once per tenant key version (when it is loaded), so
+/// The extract steps run once per tenant key version (when it is loaded), so
 /// sealing a value costs one HKDF-Expand of 60 bytes: two HMAC-SHA256 blocks,
 /// four SHA-256 compressions.
 #[derive(Clone, Debug)]
-pub(crate) struct RecordKeyDeriver(Prk);
+pub(crate) struct TenantKeyDeriver {
+    /// HKDF-Extract(RECORD_PRK_SALT, tenant key).
+    record: Prk,
+    /// HKDF-Extract(INDEX_PRK_SALT, tenant key).
+    index: Prk,
+}
 
-impl RecordKeyDeriver {
+impl TenantKeyDeriver {
     pub(crate) fn new(tenant_key: &[u8; KEY_LEN]) -> Self {
-        Self(Prk::extract(RECORD_PRK_SALT, tenant_key))
+        Self {
+            record: Prk::extract(RECORD_PRK_SALT, tenant_key),
+            index: Prk::extract(INDEX_PRK_SALT, tenant_key),
+        }
+    }
+
+    /// The HMAC key of one blind index: HKDF-Expand(IPRK, info, 32), which
+    /// for 32 bytes is the one block `HMAC(IPRK, info || 0x01)` (FORMAT.md
+    /// §"Index values").
+    pub(crate) fn index_key(&self, info: &[u8]) -> HmacKey {
+        let key = self.index.0.mac(&[info, &[0x01]]);
+        HmacKey::new(key.as_slice())
     }
 
     /// The record key, nonce and commitment for a value whose 22-byte header
@@ -189,7 +209,7 @@ impl RecordKeyDeriver {
     /// compressions and one scratch block. `expand_matches_generic_hkdf` in the
     /// tests checks it against [`Prk::expand`].
     pub(crate) fn derive(&self, info: &[u8; INFO_LEN]) -> RecordKey {
-        let hmac = &(self.0).0;
+        let hmac = &self.record.0;
         let mut block = [0u8; BLOCK_LEN];
         let mut t1 = [0u32; 8];
         let mut t2 = [0u32; 8];

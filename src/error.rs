@@ -258,6 +258,40 @@ pub enum Error {
         reason: String,
     },
 
+    /// A blind index search would miss rows: a key version that may still
+    /// hold indexed values cannot be searched.
+    #[error(
+        "blind index `{index}` of tenant `{tenant}` cannot be searched under key version \
+         {version} ({reason}), so rows indexed under it would be missing from the result: \
+         once no row is under version {version}, raise the tenant's minimum decryption \
+         version above it (`KeyAdmin::set_min_decryption_version`), or search the other \
+         versions with `TenantSealer::search_partial`"
+    )]
+    IncompleteSearch {
+        /// The tenant id.
+        tenant: String,
+        /// The index name.
+        index: String,
+        /// The key version that cannot be searched.
+        version: u32,
+        /// Why: the version's destruction or disabling, with its time.
+        reason: String,
+    },
+
+    /// A blind index's normaliser refused a value.
+    #[error(
+        "the value cannot be indexed{}: the `{normalizer}` normaliser refuses it because {reason}",
+        if index.is_empty() { String::new() } else { format!(" by blind index `{index}`") }
+    )]
+    NotIndexable {
+        /// The index name (empty when a normaliser was used on its own).
+        index: String,
+        /// The normaliser's id.
+        normalizer: String,
+        /// Why (never the value).
+        reason: &'static str,
+    },
+
     /// An opened value is not valid UTF-8 and was asked for as text.
     #[error("opened value is not valid UTF-8 (it was sealed from bytes, not text)")]
     NotUtf8,
@@ -313,6 +347,8 @@ impl Error {
             Self::RootKeyFileExists { .. } => "root_key_file_exists",
             Self::Config { .. } => "config",
             Self::NotUtf8 => "not_utf8",
+            Self::IncompleteSearch { .. } => "incomplete_search",
+            Self::NotIndexable { .. } => "not_indexable",
         }
     }
 

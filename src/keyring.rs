@@ -15,7 +15,7 @@ use secrecy::ExposeSecret as _;
 use std::fmt;
 
 use crate::context::{Context, ContextTemplate};
-use crate::crypto::{self, RecordKeyDeriver};
+use crate::crypto::{self, TenantKeyDeriver};
 use crate::error::{Error, Result};
 use crate::format::{
     Algorithm, FORMAT_V1, HEADER_LEN, MAX_PLAINTEXT_LEN, OVERHEAD, SALT_LEN, SealedValue,
@@ -115,7 +115,7 @@ pub(crate) enum VersionStatus {
     /// Unwrapped and usable; the wrapped form is kept to recognise the same key
     /// on reload without unwrapping it again.
     Usable {
-        deriver: RecordKeyDeriver,
+        deriver: TenantKeyDeriver,
         wrapped: WrappedKey,
     },
     Disabled {
@@ -181,7 +181,7 @@ impl Keyring {
     }
 
     /// The primary version and its deriver.
-    pub(crate) fn primary(&self) -> Result<(u32, &RecordKeyDeriver)> {
+    pub(crate) fn primary(&self) -> Result<(u32, &TenantKeyDeriver)> {
         self.check_live(Some(self.primary_version()))?;
         match self.versions.last() {
             Some(VersionEntry {
@@ -226,7 +226,7 @@ impl Keyring {
     }
 
     /// The deriver for `version`, or the error that explains why it cannot open.
-    fn deriver_for(&self, version: u32) -> Result<&RecordKeyDeriver> {
+    pub(crate) fn deriver_for(&self, version: u32) -> Result<&TenantKeyDeriver> {
         self.check_live(Some(version))?;
         let entry = self
             .versions
@@ -341,7 +341,7 @@ pub(crate) fn check_plaintext_len(plaintext: &[u8]) -> Result<()> {
 
 /// Seals one value (FORMAT.md §"Sealing").
 pub(crate) fn seal_record(
-    deriver: &RecordKeyDeriver,
+    deriver: &TenantKeyDeriver,
     algorithm: Algorithm,
     key_version: u32,
     aad: &[u8],
@@ -355,7 +355,7 @@ pub(crate) fn seal_record(
 
 /// Seals with a given salt. Only the test-vector generator chooses the salt.
 pub(crate) fn seal_with_salt(
-    deriver: &RecordKeyDeriver,
+    deriver: &TenantKeyDeriver,
     algorithm: Algorithm,
     key_version: u32,
     aad: &[u8],
@@ -410,7 +410,7 @@ pub(crate) fn seal_with_salt(
 /// check failed, and the time to fail does not tell "sealed under this tenant
 /// key" from "sealed under another".
 pub(crate) fn open_record(
-    deriver: &RecordKeyDeriver,
+    deriver: &TenantKeyDeriver,
     sealed: &SealedValue,
     aad: &[u8],
 ) -> Result<Box<[u8]>> {

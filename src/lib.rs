@@ -17,6 +17,7 @@
 mod admin;
 mod audit;
 mod batch;
+mod blind_index;
 mod cache;
 #[cfg(feature = "_sql")]
 mod column;
@@ -43,6 +44,8 @@ pub use crate::{
     // Key lifecycle operations and the audit log.
     admin::{KeyAdmin, RewrapReport, Rotation},
     audit::{AUDIT_MAC_LEN, AuditAppend, AuditBreak, AuditEntry, AuditEvent, AuditReport},
+    // Blind indexes: equality search on sealed columns.
+    blind_index::{BlindIndex, BlindIndexBuilder, IndexValue, Normalizer, Search},
     // Contexts: where a value lives, bound as associated data.
     context::{Context, ContextBuilder, ContextTemplate},
     // Errors.

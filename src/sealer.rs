@@ -10,7 +10,7 @@ use crate::admin::KeyAdmin;
 use crate::audit::{AuditAppend, AuditEvent};
 use crate::cache::{KeyCache, Lookup};
 use crate::context::{Context, ContextTemplate};
-use crate::crypto::{HmacKey, RecordKeyDeriver};
+use crate::crypto::{HmacKey, TenantKeyDeriver};
 use crate::error::{Error, Result};
 use crate::format::{Algorithm, SealedValue};
 use crate::keyring::{Keyring, Revocation, VersionEntry, VersionStatus};
@@ -547,7 +547,7 @@ impl Sealer {
         tenant: &str,
         create: bool,
         previous: Option<&Keyring>,
-        fresh: Option<(u32, &WrappedKey, &RecordKeyDeriver)>,
+        fresh: Option<(u32, &WrappedKey, &TenantKeyDeriver)>,
     ) -> Result<Keyring> {
         let store = &self.inner.store;
         // Taken before reading the store, so that a shred or destruction that
@@ -593,7 +593,7 @@ impl Sealer {
         &self,
         mut record: TenantRecord,
         previous: Option<&Keyring>,
-        fresh: Option<(u32, &WrappedKey, &RecordKeyDeriver)>,
+        fresh: Option<(u32, &WrappedKey, &TenantKeyDeriver)>,
         revocation: Arc<Revocation>,
         epoch: u64,
     ) -> Result<Keyring> {
@@ -656,7 +656,7 @@ impl Sealer {
         tenant: &str,
         version: u32,
         wrapped: &WrappedKey,
-    ) -> Result<RecordKeyDeriver> {
+    ) -> Result<TenantKeyDeriver> {
         tracing::debug!(
             tenant,
             version,
@@ -668,7 +668,7 @@ impl Sealer {
             .provider
             .unwrap(wrapped, &WrapContext::tenant_key(tenant, version))
             .await?;
-        Ok(RecordKeyDeriver::new(key.expose_secret()))
+        Ok(TenantKeyDeriver::new(key.expose_secret()))
     }
 
     /// Generates, wraps and inserts key `version` for `tenant` (recording
@@ -681,7 +681,7 @@ impl Sealer {
         version: u32,
         event: AuditEvent,
         actor: Option<&str>,
-    ) -> Result<(WrappedKey, RecordKeyDeriver)> {
+    ) -> Result<(WrappedKey, TenantKeyDeriver)> {
         let (new, deriver) = self.new_key_version(tenant, version).await?;
         let wrapped = new.wrapped.clone();
         let audit_key = self.audit_key().await?;
@@ -725,7 +725,7 @@ impl Sealer {
         &self,
         tenant: &str,
         version: u32,
-    ) -> Result<(NewKeyVersion, RecordKeyDeriver)> {
+    ) -> Result<(NewKeyVersion, TenantKeyDeriver)> {
         let key = TenantKey::generate()?;
         let wrapped = self
             .inner
@@ -738,7 +738,7 @@ impl Sealer {
                 wrapped,
                 created_at: Timestamp::now(),
             },
-            RecordKeyDeriver::new(key.expose_secret()),
+            TenantKeyDeriver::new(key.expose_secret()),
         ))
     }
 }
@@ -747,10 +747,10 @@ impl Sealer {
 /// unchanged.
 fn reusable(
     previous: Option<&Keyring>,
-    fresh: Option<(u32, &WrappedKey, &RecordKeyDeriver)>,
+    fresh: Option<(u32, &WrappedKey, &TenantKeyDeriver)>,
     version: u32,
     wrapped: &WrappedKey,
-) -> Option<RecordKeyDeriver> {
+) -> Option<TenantKeyDeriver> {
     if let Some((v, w, d)) = fresh
         && v == version
         && w == wrapped

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::audit::{AUDIT_MAC_LEN, AuditEntry, entry_mac, pruned_detail};
 use crate::context::Context;
 use crate::crypto::tests::{gcm_constants, gf_inv, gf_mul, gf_pow, ghash};
-use crate::crypto::{HmacKey, RecordKeyDeriver, aead_open};
+use crate::crypto::{HmacKey, TenantKeyDeriver, aead_open};
 use crate::error::Error;
 use crate::format::{Algorithm, MAX_PLAINTEXT_LEN, OVERHEAD, SealedValue};
 use crate::keyring::{seal_record, seal_with_salt};
@@ -106,7 +106,7 @@ const ZURICH: &str = "z\u{fc}rich";
 /// The same name in NFD (u + U+0308): looks the same, and must be refused.
 const ZURICH_NFD: &str = "zu\u{308}rich";
 
-fn deriver(tenant: &str, version: u32) -> RecordKeyDeriver {
+fn deriver(tenant: &str, version: u32) -> TenantKeyDeriver {
     let all = tenants();
     let k = all
         .iter()
@@ -114,7 +114,7 @@ fn deriver(tenant: &str, version: u32) -> RecordKeyDeriver {
         .flat_map(|t| &t.keys)
         .find(|k| k.version == version)
         .expect("vector key exists");
-    RecordKeyDeriver::new(&k.bytes)
+    TenantKeyDeriver::new(&k.bytes)
 }
 
 fn tenants_json() -> Value {

@@ -103,7 +103,7 @@ fn rfc5869_case_1() {
 fn expand_matches_generic_hkdf() {
     let tenant_key = [0x42u8; 32];
     let info = [7u8; 22];
-    let rk = RecordKeyDeriver::new(&tenant_key).derive(&info);
+    let rk = TenantKeyDeriver::new(&tenant_key).derive(&info);
     let mut expected = [0u8; OKM_LEN];
     Prk::extract(RECORD_PRK_SALT, &tenant_key)
         .expand(&info, &mut expected)
@@ -111,6 +111,29 @@ fn expand_matches_generic_hkdf() {
     assert_eq!(rk.key, expected[..32]);
     assert_eq!(rk.nonce, expected[32..44]);
     assert_eq!(rk.commitment, expected[44..]);
+}
+
+#[test]
+fn index_key_is_hkdf_expand_of_32_bytes() {
+    let tenant_key = [0x42u8; 32];
+    let info = b"\x00\x00\x00\x04acme some definition";
+    let ik = TenantKeyDeriver::new(&tenant_key).index_key(info);
+    let mut expected = [0u8; 32];
+    hkdf::Hkdf::<Sha256>::new(Some(INDEX_PRK_SALT), &tenant_key)
+        .expand(info, &mut expected)
+        .unwrap();
+    // The index key is used as an HMAC key: compare the MACs it makes.
+    let message: &[u8] = b"alice@example.com";
+    assert_eq!(
+        *ik.mac(&[message]),
+        *HmacKey::new(&expected).mac(&[message])
+    );
+    // Record keys come from another PRK.
+    let mut record = [0u8; 32];
+    Prk::extract(RECORD_PRK_SALT, &tenant_key)
+        .expand(info, &mut record)
+        .unwrap();
+    assert_ne!(record, expected);
 }
 
 // --- Key commitment -------------------------------------------------------
@@ -184,8 +207,8 @@ fn constructed_gcm_key_collision_is_rejected_by_the_commitment() {
     use crate::keyring::{open_record, seal_with_salt};
 
     let aad = b"tenant/table/column context";
-    let d1 = RecordKeyDeriver::new(&[0x11; 32]);
-    let d2 = RecordKeyDeriver::new(&[0x22; 32]);
+    let d1 = TenantKeyDeriver::new(&[0x11; 32]);
+    let d2 = TenantKeyDeriver::new(&[0x22; 32]);
 
     // A genuine value under tenant key 1, for its header and commitment.
     let genuine = seal_with_salt(&d1, Algorithm::Aes256Gcm, 1, aad, &[0u8; 32], &[9; 16]).unwrap();
