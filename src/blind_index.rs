@@ -298,14 +298,14 @@ impl BlindIndex {
         usize::from(self.len)
     }
 
-    fn normalize(&self, value: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    pub(crate) fn normalize(&self, value: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         self.normalizer
             .apply(value)
             .map_err(|reason| self.normalizer.refused(&self.name, reason))
     }
 
     /// The HKDF info of FORMAT.md §"Blind indexes".
-    fn key_info(&self, tenant: &str) -> Vec<u8> {
+    pub(crate) fn key_info(&self, tenant: &str) -> Vec<u8> {
         let id = self.normalizer.id();
         let mut info = Vec::with_capacity(
             21 + tenant.len() + self.table.len() + self.column.len() + self.name.len() + id.len(),
@@ -320,7 +320,7 @@ impl BlindIndex {
     }
 
     /// The index value of an already normalised value under one key version.
-    fn compute(
+    pub(crate) fn compute(
         &self,
         deriver: &TenantKeyDeriver,
         info: &[u8],

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::audit::{AUDIT_MAC_LEN, AuditEntry, entry_mac, pruned_detail};
+use crate::blind_index::{BlindIndex, Normalizer};
 use crate::context::Context;
 use crate::crypto::tests::{gcm_constants, gf_inv, gf_mul, gf_pow, ghash};
 use crate::crypto::{HmacKey, TenantKeyDeriver, aead_open};
@@ -1579,4 +1580,356 @@ fn every_valid_vector_parses_and_reencodes() {
         assert_eq!(from_text.as_bytes(), bytes);
         assert_eq!(from_bytes.to_text(), text);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Blind indexes: tests/vectors/blind_index.json (FORMAT.md §"Blind indexes").
+
+/// The key store of the blind index vectors: v1.json's, plus a tenant whose
+/// older versions cannot be searched.
+fn index_tenants() -> Vec<TenantSpec> {
+    let mut all = tenants();
+    all.push(TenantSpec {
+        tenant: "hooli",
+        min_decryption_version: 0,
+        shredded: false,
+        keys: vec![
+            key(1, "destroyed", b"fieldseal test vector: hooli v1!"),
+            key(2, "disabled", b"fieldseal test vector: hooli v2!"),
+            key(3, "active", b"fieldseal test vector: hooli v3!"),
+        ],
+    });
+    all
+}
+
+fn index_tenants_json() -> Value {
+    let saved = tenants_json();
+    let mut list = saved.as_array().cloned().unwrap_or_default();
+    let hooli = index_tenants().pop().expect("hooli");
+    list.push(json!({
+        "tenant": hooli.tenant,
+        "min_decryption_version": hooli.min_decryption_version,
+        "shredded": hooli.shredded,
+        "keys": hooli.keys.iter().map(|k| {
+            let mut v = json!({ "version": k.version, "state": k.state });
+            if k.published {
+                v["key"] = json!(hex::encode(k.bytes));
+            }
+            v
+        }).collect::<Vec<_>>(),
+    }));
+    Value::Array(list)
+}
+
+fn index_key_bytes(tenant: &str, version: u32) -> [u8; 32] {
+    index_tenants()
+        .iter()
+        .filter(|t| t.tenant == tenant)
+        .flat_map(|t| &t.keys)
+        .find(|k| k.version == version)
+        .expect("vector key exists")
+        .bytes
+}
+
+fn index_def(
+    table: &str,
+    column: &str,
+    name: &str,
+    normalizer: Normalizer,
+    len: usize,
+) -> BlindIndex {
+    BlindIndex::builder(table, column, name)
+        .normalizer(normalizer)
+        .len(len)
+        .build()
+        .expect("vector index definition is valid")
+}
+
+fn index_def_json(index: &BlindIndex) -> Value {
+    json!({
+        "table": index.table(),
+        "column": index.column(),
+        "name": index.name(),
+        "normalizer": index.normalizer().id(),
+        "len": index.len(),
+    })
+}
+
+/// One index value, step by step, from the specification's formulas; checked
+/// against the implementation's own computation.
+fn index_vector(
+    id: usize,
+    comment: &str,
+    tenant: &str,
+    version: u32,
+    index: &BlindIndex,
+    value: &[u8],
+) -> Value {
+    let tk = index_key_bytes(tenant, version);
+    let iprk = HmacKey::new(crate::crypto::INDEX_PRK_SALT).mac(&[&tk]);
+    let info = index.key_info(tenant);
+    let ik = HmacKey::new(iprk.as_slice()).mac(&[&info, &[0x01]]);
+    let normalized = index.normalize(value).expect("vector value normalises");
+    let mac = HmacKey::new(ik.as_slice()).mac(&[&normalized]);
+    let index_value = &mac[..index.len()];
+    let implemented = index.compute(&TenantKeyDeriver::new(&tk), &info, &normalized, version);
+    assert_eq!(implemented.as_bytes(), index_value, "vector {id}");
+    let mut v = json!({
+        "id": id,
+        "comment": comment,
+        "tenant": tenant,
+        "key_version": version,
+        "index": index_def_json(index),
+    });
+    match std::str::from_utf8(value) {
+        Ok(text) => v["value"] = json!(text),
+        Err(_) => v["value_hex"] = json!(hex::encode(value)),
+    }
+    v["normalized"] = json!(hex::encode(&*normalized));
+    v["info"] = json!(hex::encode(&info));
+    v["iprk"] = json!(hex::encode(iprk.as_slice()));
+    v["index_key"] = json!(hex::encode(ik.as_slice()));
+    v["index_value"] = json!(hex::encode(index_value));
+    v
+}
+
+fn index_vectors() -> Vec<Value> {
+    let email = index_def("users", "email", "email_idx", Normalizer::email(), 16);
+    let fold32 = index_def("users", "name", "name_idx", Normalizer::case_fold(), 32);
+    let tiny = index_def("users", "email", "email_tiny", Normalizer::exact(), 1);
+    let trim = index_def(
+        "accounts",
+        "external_id",
+        "external_id_idx",
+        Normalizer::trim(),
+        16,
+    );
+    let long = index_def(
+        &"t".repeat(255),
+        &"c".repeat(255),
+        &"i".repeat(255),
+        Normalizer::exact(),
+        16,
+    );
+    let digits = Normalizer::custom("digits", |v| {
+        Some(v.iter().copied().filter(u8::is_ascii_digit).collect())
+    })
+    .expect("valid name");
+    let phone = index_def("users", "phone", "phone_idx", digits, 16);
+    let cases: Vec<(&str, &str, u32, &BlindIndex, &[u8])> = vec![
+        (
+            "e-mail index under acme's primary (version 2)",
+            "acme",
+            2,
+            &email,
+            b" Alice@Example.COM. ",
+        ),
+        (
+            "the same value under acme's version 1",
+            "acme",
+            1,
+            &email,
+            b"alice@example.com",
+        ),
+        (
+            "the same value for another tenant",
+            "globex",
+            1,
+            &email,
+            b"alice@example.com",
+        ),
+        (
+            "case-folded, 32 bytes: sharp s folds to ss",
+            "acme",
+            2,
+            &fold32,
+            "Stra\u{df}e".as_bytes(),
+        ),
+        (
+            "case-folded, 32 bytes: equal to the previous",
+            "acme",
+            2,
+            &fold32,
+            b" STRASSE",
+        ),
+        (
+            "one byte, exact, bytes that are not UTF-8",
+            "acme",
+            2,
+            &tiny,
+            b"\xff\x00\xfe",
+        ),
+        (
+            "trimmed, non-ASCII tenant, ideographic space",
+            ZURICH,
+            1,
+            &trim,
+            " acct_42\u{3000}".as_bytes(),
+        ),
+        (
+            "the longest definition: 255-byte table, column and name",
+            "acme",
+            2,
+            &long,
+            b"",
+        ),
+        (
+            "a custom normaliser: its id is bound, its function is the application's",
+            "acme",
+            2,
+            &phone,
+            b"+1 (555) 010-9999",
+        ),
+    ];
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (comment, tenant, version, index, value))| {
+            index_vector(601 + i, comment, tenant, version, index, value)
+        })
+        .collect()
+}
+
+/// Searches: the index values a reader queries for, or why it refuses.
+fn search_vectors() -> Vec<Value> {
+    let email = index_def("users", "email", "email_idx", Normalizer::email(), 16);
+    let value = "Bob@Example.com";
+    let terms = |tenant: &str, versions: &[u32]| -> Vec<Value> {
+        versions
+            .iter()
+            .map(|v| {
+                let entry = index_vector(0, "", tenant, *v, &email, value.as_bytes());
+                json!({ "key_version": v, "index_value": entry["index_value"] })
+            })
+            .collect()
+    };
+    vec![
+        json!({
+            "id": 651,
+            "comment": "every version from the primary down, primary first",
+            "tenant": "acme", "index": index_def_json(&email), "value": value,
+            "terms": terms("acme", &[2, 1]),
+        }),
+        json!({
+            "id": 652,
+            "comment": "minimum decryption version 4: versions 1 to 3 are not searched",
+            "tenant": "initech", "index": index_def_json(&email), "value": value,
+            "terms": terms("initech", &[4]),
+        }),
+        json!({
+            "id": 653,
+            "comment": "version 2 disabled and version 1 destroyed, no minimum: refused; a partial search has version 3 and names the two it skipped",
+            "tenant": "hooli", "index": index_def_json(&email), "value": value,
+            "expect": "incomplete_search",
+            "partial_terms": terms("hooli", &[3]),
+            "partial_skipped": [
+                { "key_version": 2, "expect": "key_disabled" },
+                { "key_version": 1, "expect": "key_destroyed" },
+            ],
+        }),
+        json!({
+            "id": 654,
+            "comment": "a shredded tenant",
+            "tenant": "umbrella", "index": index_def_json(&email), "value": value,
+            "expect": "tenant_shredded",
+        }),
+        json!({
+            "id": 655,
+            "comment": "a value the normaliser refuses",
+            "tenant": "acme", "index": index_def_json(&email), "value": "bob.example.com",
+            "expect": "not_indexable",
+        }),
+    ]
+}
+
+fn normalizer_vectors() -> Vec<Value> {
+    let cases: Vec<(Normalizer, &[u8])> = vec![
+        (Normalizer::exact(), b" Alice "),
+        (Normalizer::exact(), b"\xff\xfe"),
+        (Normalizer::exact(), b""),
+        (Normalizer::trim(), " \t Alice\u{3000}\n".as_bytes()),
+        (
+            Normalizer::trim(),
+            "\u{85}\u{a0}a  b\u{2029}\u{202f}".as_bytes(),
+        ),
+        (Normalizer::trim(), "\u{200b}a\u{200b}".as_bytes()),
+        (Normalizer::trim(), b"\xff"),
+        (Normalizer::case_fold(), " Stra\u{df}e ".as_bytes()),
+        (Normalizer::case_fold(), "ZU\u{308}RICH".as_bytes()),
+        (Normalizer::case_fold(), "\u{3a3}\u{391}\u{3a3}".as_bytes()),
+        (Normalizer::case_fold(), "\u{130}stanbul".as_bytes()),
+        (Normalizer::case_fold(), "\u{fb03}".as_bytes()),
+        (Normalizer::case_fold(), "\u{212b}".as_bytes()),
+        (Normalizer::case_fold(), "\u{1e9e}".as_bytes()),
+        (Normalizer::case_fold(), b"\xc3"),
+        (Normalizer::email(), b" Alice@Example.COM. "),
+        (Normalizer::email(), b"Alice.Smith+tag@Gmail.com"),
+        (Normalizer::email(), b"\"a@b\"@Example.com"),
+        (
+            Normalizer::email(),
+            "J\u{fc}rgen@B\u{dc}CHER.example".as_bytes(),
+        ),
+        (Normalizer::email(), b"alice"),
+        (Normalizer::email(), b"@example.com"),
+        (Normalizer::email(), b"alice@"),
+        (Normalizer::email(), b"alice@."),
+        (Normalizer::email(), b"\xff@example.com"),
+    ];
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (normalizer, input))| {
+            let mut v = json!({ "id": 701 + i, "normalizer": normalizer.id() });
+            match std::str::from_utf8(input) {
+                Ok(text) => v["input"] = json!(text),
+                Err(_) => v["input_hex"] = json!(hex::encode(input)),
+            }
+            match normalizer.normalize(input) {
+                Ok(out) => {
+                    use secrecy::ExposeSecret as _;
+                    let out = out.expose_secret();
+                    match std::str::from_utf8(out) {
+                        Ok(text) => v["output"] = json!(text),
+                        Err(_) => v["output_hex"] = json!(hex::encode(out)),
+                    }
+                }
+                Err(e) => v["expect"] = json!(e.kind()),
+            }
+            v
+        })
+        .collect()
+}
+
+fn build_blind_index() -> Value {
+    json!({
+        "format": "fieldseal blind index values, format version 1 (docs/FORMAT.md, \"Blind indexes\")",
+        "note": "Tenant keys are fixed for reproducibility; never reuse them. info, iprk and \
+                 index_key are the intermediate values of each index value, for implementers \
+                 checking their derivation step by step; normalized is N(value) in hex. \
+                 Strings are UTF-8; this file writes every non-ASCII character as a JSON \
+                 \\u escape.",
+        "tenants": index_tenants_json(),
+        "indexes": index_vectors(),
+        "searches": search_vectors(),
+        "normalizers": normalizer_vectors(),
+    })
+}
+
+#[test]
+fn blind_index_vectors_match_committed_file() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/blind_index.json");
+    let built = build_blind_index();
+    let generated = escape_non_ascii(&serde_json::to_string_pretty(&built).unwrap()) + "\n";
+    if std::env::var_os("FIELDSEAL_WRITE_VECTORS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let committed =
+        std::fs::read_to_string(&path).expect("tests/vectors/blind_index.json is committed");
+    assert!(
+        committed == generated,
+        "the blind index vectors changed: tests/vectors/blind_index.json no longer matches \
+         this build (regenerate with FIELDSEAL_WRITE_VECTORS=1 only for an intended change)"
+    );
+    assert!(committed.is_ascii());
 }

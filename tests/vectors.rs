@@ -308,3 +308,227 @@ async fn audit_chain_vectors() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Blind indexes: tests/vectors/blind_index.json, through the public API and
+// through the formulas of FORMAT.md §"Blind indexes" computed with RustCrypto's
+// `hkdf` and `hmac` directly.
+
+fn load_blind_index() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/vectors/blind_index.json"
+    ))
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn bytes_field(v: &Value, name: &str) -> Vec<u8> {
+    match v[name].as_str() {
+        Some(text) => text.as_bytes().to_vec(),
+        None => hex_of(&v[format!("{name}_hex")]),
+    }
+}
+
+fn normalizer(id: &str) -> fieldseal::Normalizer {
+    use fieldseal::Normalizer;
+    match id {
+        "exact" => Normalizer::exact(),
+        "trim" => Normalizer::trim(),
+        "casefold" => Normalizer::case_fold(),
+        "email" => Normalizer::email(),
+        // The vectors' one custom normaliser keeps the ASCII digits.
+        "custom:digits" => Normalizer::custom("digits", |v| {
+            Some(v.iter().copied().filter(u8::is_ascii_digit).collect())
+        })
+        .unwrap(),
+        other => panic!("unknown normaliser {other}"),
+    }
+}
+
+fn blind_index(v: &Value) -> fieldseal::BlindIndex {
+    fieldseal::BlindIndex::builder(s(&v["table"]), s(&v["column"]), s(&v["name"]))
+        .normalizer(normalizer(s(&v["normalizer"])))
+        .len(v["len"].as_u64().unwrap() as usize)
+        .build()
+        .unwrap()
+}
+
+fn tenant_key(vectors: &Value, tenant: &str, version: u64) -> Vec<u8> {
+    let t = vectors["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == tenant)
+        .unwrap();
+    let k = t["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["version"] == version)
+        .unwrap();
+    hex_of(&k["key"])
+}
+
+#[test]
+fn blind_index_vectors_follow_the_formulas() {
+    use hmac::{KeyInit as _, Mac as _};
+    let vectors = load_blind_index();
+    let lp = |out: &mut Vec<u8>, s: &str| {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    };
+    for v in vectors["indexes"].as_array().unwrap() {
+        let def = &v["index"];
+        let tenant = s(&v["tenant"]);
+        let mut info = Vec::new();
+        for part in [
+            tenant,
+            s(&def["table"]),
+            s(&def["column"]),
+            s(&def["name"]),
+            s(&def["normalizer"]),
+        ] {
+            lp(&mut info, part);
+        }
+        info.push(def["len"].as_u64().unwrap() as u8);
+        assert_eq!(hex::encode(&info), s(&v["info"]), "vector {}", v["id"]);
+
+        let tk = tenant_key(&vectors, tenant, v["key_version"].as_u64().unwrap());
+        let (iprk, hk) =
+            hkdf::Hkdf::<sha2::Sha256>::extract(Some(b"fieldseal/v1/blind-index"), &tk);
+        assert_eq!(hex::encode(iprk), s(&v["iprk"]), "vector {}", v["id"]);
+        let mut ik = [0u8; 32];
+        hk.expand(&info, &mut ik).unwrap();
+        assert_eq!(hex::encode(ik), s(&v["index_key"]), "vector {}", v["id"]);
+
+        let normalized = hex_of(&v["normalized"]);
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&ik).unwrap();
+        mac.update(&normalized);
+        let full = mac.finalize().into_bytes();
+        let len = def["len"].as_u64().unwrap() as usize;
+        assert_eq!(
+            hex::encode(&full[..len]),
+            s(&v["index_value"]),
+            "vector {}",
+            v["id"]
+        );
+
+        // N(value) as the public normaliser computes it.
+        let got = normalizer(s(&def["normalizer"]))
+            .normalize(&bytes_field(v, "value"))
+            .unwrap();
+        assert_eq!(
+            got.expose_secret(),
+            normalized.as_slice(),
+            "vector {}",
+            v["id"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn blind_index_vectors_through_the_public_api() {
+    let vectors = load_blind_index();
+    let sealer = sealer(&vectors);
+    for v in vectors["indexes"].as_array().unwrap() {
+        let index = blind_index(&v["index"]);
+        let handle = sealer.tenant(s(&v["tenant"])).await.unwrap();
+        let search = handle.search(&index, &bytes_field(v, "value")).unwrap();
+        let version = v["key_version"].as_u64().unwrap() as u32;
+        let term = search
+            .terms()
+            .iter()
+            .find(|t| t.key_version() == version)
+            .unwrap_or_else(|| panic!("vector {}: no term for version {version}", v["id"]));
+        assert_eq!(
+            hex::encode(term.as_bytes()),
+            s(&v["index_value"]),
+            "vector {}",
+            v["id"]
+        );
+        if version == handle.primary_version() {
+            let written = handle
+                .blind_index(&index, &bytes_field(v, "value"))
+                .unwrap();
+            assert_eq!(&written, term, "vector {}", v["id"]);
+        }
+    }
+
+    let expected_terms = |list: &Value| -> Vec<(u32, String)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["key_version"].as_u64().unwrap() as u32,
+                    s(&t["index_value"]).to_string(),
+                )
+            })
+            .collect()
+    };
+    let got_terms = |search: &fieldseal::Search| -> Vec<(u32, String)> {
+        search
+            .terms()
+            .iter()
+            .map(|t| (t.key_version(), hex::encode(t.as_bytes())))
+            .collect()
+    };
+    for v in vectors["searches"].as_array().unwrap() {
+        let index = blind_index(&v["index"]);
+        let value = s(&v["value"]).as_bytes();
+        let handle = sealer.tenant(s(&v["tenant"])).await;
+        let outcome = handle.and_then(|h| h.search(&index, value).map(|search| (h, search)));
+        match v["expect"].as_str() {
+            None => {
+                let (_, search) = outcome.unwrap();
+                assert_eq!(
+                    got_terms(&search),
+                    expected_terms(&v["terms"]),
+                    "vector {}",
+                    v["id"]
+                );
+            }
+            Some(expect) => {
+                let err = outcome
+                    .err()
+                    .unwrap_or_else(|| panic!("vector {} searched", v["id"]));
+                assert_eq!(kind(&err), expect, "vector {}: {err}", v["id"]);
+                if v.get("partial_terms").is_some() {
+                    let handle = sealer.tenant(s(&v["tenant"])).await.unwrap();
+                    let partial = handle.search_partial(&index, value).unwrap();
+                    assert_eq!(got_terms(&partial), expected_terms(&v["partial_terms"]));
+                    let skipped: Vec<(u32, &str)> = v["partial_skipped"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|g| (g["key_version"].as_u64().unwrap() as u32, s(&g["expect"])))
+                        .collect();
+                    let got: Vec<(u32, &str)> = partial
+                        .skipped()
+                        .iter()
+                        .map(|e| match e {
+                            Error::KeyDisabled { version, .. }
+                            | Error::KeyDestroyed { version, .. } => (*version, e.kind()),
+                            other => panic!("unexpected skip {other}"),
+                        })
+                        .collect();
+                    assert_eq!(got, skipped, "vector {}", v["id"]);
+                }
+            }
+        }
+    }
+
+    for v in vectors["normalizers"].as_array().unwrap() {
+        let got = normalizer(s(&v["normalizer"])).normalize(&bytes_field(v, "input"));
+        match v["expect"].as_str() {
+            None => assert_eq!(
+                got.unwrap().expose_secret(),
+                bytes_field(v, "output").as_slice(),
+                "vector {}",
+                v["id"]
+            ),
+            Some(expect) => assert_eq!(kind(&got.unwrap_err()), expect, "vector {}", v["id"]),
+        }
+    }
+}
