@@ -69,26 +69,38 @@ impl Normalizer {
     }
 
     /// Leading and trailing white space (the Unicode `White_Space` property)
-    /// removed. Refuses input that is not UTF-8.
+    /// removed. Refuses input that is not UTF-8 or holds an unassigned code
+    /// point.
     pub fn trim() -> Self {
         Self(Kind::Trim)
     }
 
     /// Trimmed, in Unicode normalization form C, and case-folded with
     /// Unicode's full default case folding (`"Straße"` and `"STRASSE "` are
-    /// equal). Refuses input that is not UTF-8.
+    /// equal). Refuses input that is not UTF-8 or holds an unassigned code
+    /// point.
     pub fn case_fold() -> Self {
         Self(Kind::CaseFold)
     }
 
-    /// An e-mail address: normalised as [`Normalizer::case_fold`] (the local
-    /// part too: mail systems treat it case-insensitively in practice), one
-    /// trailing dot of the domain removed. Refuses input without an `@`
-    /// between a non-empty local part and a non-empty domain.
+    /// An e-mail address: trimmed, split at its last `@`; the domain (one
+    /// trailing dot removed) converted by the URL Standard's *domain to
+    /// ASCII* (UTS #46: lowercase, `xn--` for internationalised names, so
+    /// `Bücher.example` and `xn--bcher-kva.example` are equal), and the local
+    /// part in NFC with only its ASCII letters lowercased. Refuses input
+    /// without a non-empty local part and a valid domain.
     ///
-    /// Provider-specific rules (dots and `+tags` in Gmail addresses) are not
-    /// applied, and an internationalised domain is not converted to its ASCII
-    /// (`xn--`) form: normalise those before indexing if you accept both.
+    /// Non-ASCII letters of the local part are not folded (`Jürgen` and
+    /// `JÜRGEN` differ), and `straße.de` and `strasse.de` stay two domains,
+    /// as they are two registrable names: a normaliser that merged them would
+    /// let one address find another's account. Provider-specific rules (dots
+    /// and `+tags` in Gmail addresses) are not applied.
+    ///
+    /// # Security
+    ///
+    /// Act on the address stored in the matching row (send a reset mail
+    /// there), never on the address that was searched for: the two are equal
+    /// only after normalisation.
     pub fn email() -> Self {
         Self(Kind::Email)
     }
@@ -160,28 +172,16 @@ impl Normalizer {
 
     /// FORMAT.md §"Normalisers".
     fn apply(&self, value: &[u8]) -> std::result::Result<Zeroizing<Vec<u8>>, &'static str> {
-        let text = || std::str::from_utf8(value).map_err(|_| "it is not valid UTF-8");
+        let text = || {
+            let text = std::str::from_utf8(value).map_err(|_| "it is not valid UTF-8")?;
+            check_assigned(text)?;
+            Ok::<_, &'static str>(trim(text))
+        };
         match &self.0 {
             Kind::Exact => Ok(Zeroizing::new(value.to_vec())),
-            Kind::Trim => Ok(Zeroizing::new(text()?.trim().as_bytes().to_vec())),
+            Kind::Trim => Ok(Zeroizing::new(text()?.as_bytes().to_vec())),
             Kind::CaseFold => Ok(Zeroizing::new(case_fold(text()?).into_bytes())),
-            Kind::Email => {
-                let mut folded = Zeroizing::new(case_fold(text()?).into_bytes());
-                let at = folded
-                    .iter()
-                    .rposition(|b| *b == b'@')
-                    .ok_or("it is not an e-mail address (it has no `@`)")?;
-                if at == 0 {
-                    return Err("it is not an e-mail address (nothing before the `@`)");
-                }
-                if folded.last() == Some(&b'.') {
-                    folded.pop();
-                }
-                if folded.len() <= at + 1 {
-                    return Err("it is not an e-mail address (no domain after the `@`)");
-                }
-                Ok(folded)
-            }
+            Kind::Email => email(text()?),
             Kind::Custom { f, .. } => f(value)
                 .map(Zeroizing::new)
                 .ok_or("the custom normaliser refused it"),
@@ -189,16 +189,83 @@ impl Normalizer {
     }
 }
 
-/// Trim, NFC, full default case folding, NFC. The intermediate strings hold
-/// plaintext and are zeroized.
+/// The code points of the Unicode `White_Space` property, as FORMAT.md lists
+/// them (not the toolchain's tables, so that the set never moves).
+fn is_white_space(c: char) -> bool {
+    matches!(
+        c,
+        '\u{9}'..='\u{d}'
+            | '\u{20}'
+            | '\u{85}'
+            | '\u{a0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200a}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202f}'
+            | '\u{205f}'
+            | '\u{3000}'
+    )
+}
+
+fn trim(text: &str) -> &str {
+    text.trim_matches(is_white_space)
+}
+
+/// Unassigned code points are refused: Unicode may assign them later, with
+/// case foldings and compositions that would change the normalised form.
+fn check_assigned(text: &str) -> std::result::Result<(), &'static str> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    if text
+        .chars()
+        .any(|c| c.general_category() == GeneralCategory::Unassigned)
+    {
+        return Err("it holds an unassigned code point (Unicode category Cn)");
+    }
+    Ok(())
+}
+
+/// NFC, full default case folding, NFC. The intermediate strings hold
+/// plaintext and are zeroized (sized up front, so that growing them leaves no
+/// copies behind; the libraries' own scratch space is not ours to clear).
 fn case_fold(text: &str) -> String {
-    let nfc = Zeroizing::new(text.trim().nfc().collect::<String>());
+    let mut nfc = Zeroizing::new(String::with_capacity(text.len() * 3));
+    nfc.extend(text.nfc());
     let folded = Zeroizing::new(
         icu_casemap::CaseMapper::new()
             .fold_string(&nfc)
             .into_owned(),
     );
-    folded.nfc().collect()
+    let mut out = String::with_capacity(folded.len() * 3);
+    out.extend(folded.nfc());
+    out
+}
+
+/// FORMAT.md §"Normalisers", `email`: the local part in NFC with its ASCII
+/// letters lowercased, the domain through the URL Standard's domain to ASCII.
+fn email(text: &str) -> std::result::Result<Zeroizing<Vec<u8>>, &'static str> {
+    let (local, domain) = text
+        .rsplit_once('@')
+        .ok_or("it is not an e-mail address (it has no `@`)")?;
+    if local.is_empty() {
+        return Err("it is not an e-mail address (nothing before the `@`)");
+    }
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    if domain.is_empty() {
+        return Err("it is not an e-mail address (no domain after the `@`)");
+    }
+    let domain = idna::domain_to_ascii_cow(domain.as_bytes(), idna::AsciiDenyList::URL)
+        .map_err(|_| "its domain is not a valid domain name")?;
+    if domain.is_empty() || domain.split('.').any(str::is_empty) {
+        return Err("its domain has an empty label");
+    }
+    let mut nfc = Zeroizing::new(String::with_capacity(local.len() * 3));
+    nfc.extend(local.nfc());
+    let mut out = Zeroizing::new(Vec::with_capacity(nfc.len() + 1 + domain.len()));
+    out.extend(nfc.bytes().map(|b| b.to_ascii_lowercase()));
+    out.push(b'@');
+    out.extend_from_slice(domain.as_bytes());
+    Ok(out)
 }
 
 impl fmt::Debug for Normalizer {
@@ -556,8 +623,10 @@ impl fmt::Debug for Search {
 impl TenantSealer {
     /// The value of `index` for `value` under the tenant's primary key: store
     /// it in the index column beside the sealed value, and compute it again
-    /// whenever the value is sealed again (re-sealing moves it to the new
-    /// primary; the rotation runner does both).
+    /// whenever the value is sealed again: an index value must always be under
+    /// the key version of the sealed value beside it (FORMAT.md §"Index
+    /// values"), so that retiring a version no value uses never strands an
+    /// index value.
     ///
     /// # Errors
     ///
@@ -585,9 +654,12 @@ impl TenantSealer {
     /// [`Error::TenantShredded`].
     pub fn search(&self, index: &BlindIndex, value: &[u8]) -> Result<Search> {
         let mut search = self.search_partial(index, value)?;
-        let Some(gap) = search.skipped.pop() else {
+        // The newest version that cannot be searched: raising the minimum
+        // above it closes every gap at once.
+        if search.skipped.is_empty() {
             return Ok(search);
-        };
+        }
+        let gap = search.skipped.swap_remove(0);
         let (version, reason) = match gap {
             Error::KeyDestroyed {
                 version,
@@ -661,7 +733,12 @@ impl TenantSealer {
     /// [`Error::TenantMismatch`] if the search or the template is for another
     /// tenant; the first error opening a candidate (as
     /// [`TenantSealer::open_row`] gives it): a candidate that does not open
-    /// is reported, never skipped.
+    /// is reported, never skipped (so whoever can write rows of the table can
+    /// make a search for that value fail, but never make it quietly miss a
+    /// row).
+    ///
+    /// The template gives each candidate's context; its table and column are
+    /// those of the sealed column, which need not be the index's labels.
     pub fn open_matches<R, S>(
         &self,
         search: &Search,

@@ -263,7 +263,7 @@ pub enum Error {
     #[error(
         "blind index `{index}` of tenant `{tenant}` cannot be searched under key version \
          {version} ({reason}), so rows indexed under it would be missing from the result: \
-         once no row is under version {version}, raise the tenant's minimum decryption \
+         once no sealed value (and so no index value) is under version {version}, raise the tenant's minimum decryption \
          version above it (`KeyAdmin::set_min_decryption_version`), or search the other \
          versions with `TenantSealer::search_partial`"
     )]

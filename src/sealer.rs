@@ -263,6 +263,38 @@ impl Sealer {
         })
     }
 
+    /// As [`Sealer::tenant`], with the tenant's keys checked against the key
+    /// store now: one small query for the tenant's generation, and a reload if
+    /// its keys changed since they were cached, whatever
+    /// [`SealerBuilder::revalidate_after`] says.
+    ///
+    /// Use it where a handle that has not yet seen another process's rotation
+    /// would be wrong rather than merely stale: a uniqueness check on a blind
+    /// index (FORMAT.md §"Unique values") must search under every version,
+    /// the newest included.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sealer::tenant`]; a failed generation check is an error here, not
+    /// a warning.
+    pub async fn tenant_checked(&self, tenant: &str) -> Result<TenantSealer> {
+        check_tenant_id(tenant)?;
+        let keyring = self
+            .keyring_with(tenant, self.inner.create_tenants, None, true)
+            .await?;
+        if let Some(at) = keyring.shredded_at {
+            return Err(Error::TenantShredded {
+                tenant: tenant.to_string(),
+                shredded_at: at,
+            });
+        }
+        Ok(TenantSealer {
+            keyring,
+            algorithm: self.inner.algorithm,
+            label_tenant: self.inner.label_tenant,
+        })
+    }
+
     /// As [`Sealer::tenant`], but never creates the tenant's first key.
     #[cfg(feature = "_sql")]
     pub(crate) async fn existing_tenant(&self, tenant: &str) -> Result<TenantSealer> {
@@ -396,7 +428,7 @@ impl Sealer {
             && keyring.loaded_at.elapsed() >= MIN_RELOAD_INTERVAL
         {
             let stale = self.inner.cache.invalidate(tenant);
-            return self.keyring_with(tenant, false, stale).await;
+            return self.keyring_with(tenant, false, stale, false).await;
         }
         Ok(keyring)
     }
@@ -431,7 +463,7 @@ impl Sealer {
 
     /// The tenant's keys: cached, or loaded once for all concurrent callers.
     pub(crate) async fn keyring(&self, tenant: &str, create: bool) -> Result<Arc<Keyring>> {
-        self.keyring_with(tenant, create, None).await
+        self.keyring_with(tenant, create, None, false).await
     }
 
     /// As [`Sealer::keyring`]; `stale` is a snapshot just dropped from the cache,
@@ -441,6 +473,7 @@ impl Sealer {
         tenant: &str,
         create: bool,
         mut stale: Option<Arc<Keyring>>,
+        force_check: bool,
     ) -> Result<Arc<Keyring>> {
         // At most one generation check, and one reload after it.
         let mut checked = false;
@@ -471,7 +504,7 @@ impl Sealer {
                         .await;
                 }
             };
-            if checked || !self.claim_check(&keyring) {
+            if checked || !(force_check || self.claim_check(&keyring)) {
                 return Ok(keyring);
             }
             checked = true;
@@ -484,6 +517,10 @@ impl Sealer {
                     telemetry::cache(CacheEvent::Revalidated("changed"));
                     tracing::debug!(tenant, "tenant keys changed in the store: reloading");
                     stale = self.inner.cache.invalidate(tenant).or(Some(keyring));
+                }
+                Err(err) if force_check => {
+                    telemetry::cache(CacheEvent::Revalidated("failed"));
+                    return Err(err);
                 }
                 Err(err) => {
                     // The time to live still bounds how long these keys are used.

@@ -1874,6 +1874,15 @@ fn normalizer_vectors() -> Vec<Value> {
         (Normalizer::email(), b"alice@"),
         (Normalizer::email(), b"alice@."),
         (Normalizer::email(), b"\xff@example.com"),
+        (Normalizer::email(), "x@Stra\u{df}e.de".as_bytes()),
+        (Normalizer::email(), b"x@STRASSE.de"),
+        (
+            Normalizer::email(),
+            "J\u{dc}RGEN@xn--bcher-kva.example".as_bytes(),
+        ),
+        (Normalizer::email(), b"a@b..c"),
+        (Normalizer::email(), b"a@b.c ."),
+        (Normalizer::case_fold(), "a\u{378}".as_bytes()),
     ];
     cases
         .into_iter()

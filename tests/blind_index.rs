@@ -334,6 +334,31 @@ fn normalisers_table() {
         (Normalizer::email(), b"alice@", None),
         (Normalizer::email(), b"alice@.", None),
         (Normalizer::email(), b"\xff@example.com", None),
+        // Two registrable domains stay two; IDN and xn-- forms are one.
+        (
+            Normalizer::email(),
+            "x@Stra\u{df}e.de".as_bytes(),
+            Some(b"x@xn--strae-oqa.de"),
+        ),
+        (Normalizer::email(), b"x@STRASSE.de", Some(b"x@strasse.de")),
+        (
+            Normalizer::email(),
+            "J\u{fc}rgen@B\u{fc}cher.example".as_bytes(),
+            Some("j\u{fc}rgen@xn--bcher-kva.example".as_bytes()),
+        ),
+        (
+            Normalizer::email(),
+            "J\u{dc}RGEN@example.com".as_bytes(),
+            Some("j\u{dc}rgen@example.com".as_bytes()),
+        ),
+        (Normalizer::email(), b"a@b..c", None),
+        (Normalizer::email(), b"a@b.c .", None),
+        (Normalizer::case_fold(), "a\u{378}".as_bytes(), None),
+        (
+            Normalizer::trim(),
+            "\u{200b}a\u{200b}".as_bytes(),
+            Some("\u{200b}a\u{200b}".as_bytes()),
+        ),
     ];
     for (normalizer, input, expected) in table {
         let got = normalizer.normalize(input);
@@ -503,4 +528,43 @@ proptest! {
             == Normalizer::case_fold().normalize(other.as_bytes()).unwrap().expose_secret();
         prop_assert_eq!(a == c, same);
     }
+}
+
+#[tokio::test]
+async fn a_checked_handle_sees_another_process_rotation() {
+    let store = fieldseal::MemoryKeyStore::new();
+    let here = Sealer::builder(common::local_provider(), store.clone()).build();
+    let there = Sealer::builder(common::local_provider(), store).build();
+    let index = email_index();
+    assert_eq!(tenant(&here, "acme").await.primary_version(), 1);
+
+    // Another process rotates and indexes a row under version 2.
+    there.admin().rotate("acme").await.unwrap();
+    let theirs = tenant(&there, "acme")
+        .await
+        .blind_index(&index, b"dave@example.com")
+        .unwrap();
+    assert_eq!(theirs.key_version(), 2);
+
+    // The cached handle has not seen version 2: its search would miss the row.
+    let cached = tenant(&here, "acme").await;
+    assert!(
+        !cached
+            .search(&index, b"dave@example.com")
+            .unwrap()
+            .terms()
+            .contains(&theirs)
+    );
+    // A checked handle has.
+    let checked = here.tenant_checked("acme").await.unwrap();
+    assert_eq!(checked.primary_version(), 2);
+    assert!(
+        checked
+            .search(&index, b"dave@example.com")
+            .unwrap()
+            .terms()
+            .contains(&theirs)
+    );
+    // And the cache now holds the reloaded keys.
+    assert_eq!(tenant(&here, "acme").await.primary_version(), 2);
 }
