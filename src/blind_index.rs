@@ -467,6 +467,34 @@ impl BlindIndexBuilder {
     }
 }
 
+/// Two definitions are equal when every part bound into the index key is:
+/// the labels, the name, the normaliser's id and the length.
+impl PartialEq for BlindIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for BlindIndex {}
+
+impl std::hash::Hash for BlindIndex {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
+    }
+}
+
+impl BlindIndex {
+    fn identity(&self) -> (&str, &str, &str, &str, u8) {
+        (
+            &self.table,
+            &self.column,
+            &self.name,
+            self.normalizer.id(),
+            self.len,
+        )
+    }
+}
+
 impl fmt::Debug for BlindIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BlindIndex")

@@ -11,8 +11,8 @@ mod db;
 use common::local_provider;
 use fieldseal::secrecy::ExposeSecret as _;
 use fieldseal::{
-    BlindIndex, Context, ContextTemplate, Error, Normalizer, SealedValue, Sealer, Search,
-    TenantSealer,
+    BlindIndex, ColumnForm, ColumnSpec, Context, ContextTemplate, Error, JobOptions, KeyType,
+    Normalizer, SealedColumns, SealedValue, Sealer, Search, TableSpec, TenantSealer,
 };
 
 fn email_index() -> BlindIndex {
@@ -207,6 +207,61 @@ macro_rules! blind_index_suite {
                     assert_eq!(lookup(&pool, &acme, "user7@example.com").await.unwrap(), [7]);
                     // globex was never touched.
                     assert_eq!(lookup(&pool, &globex, "user9@example.com").await.unwrap(), [109]);
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_runner_moves_index_values_with_the_values() {
+                $with(|pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store).build();
+                    create_tables(&pool).await;
+                    for id in 1..=40 {
+                        let t = sealer.tenant(if id % 2 == 0 { "acme" } else { "globex" }).await.unwrap();
+                        insert(&pool, &t, id, &format!("user{id}@example.com")).await;
+                    }
+                    for t in ["acme", "globex"] {
+                        sealer.admin().rotate(t).await.unwrap();
+                    }
+                    let spec = TableSpec::new("users", "id", KeyType::Integer)
+                        .tenant_column("tenant_id")
+                        .column(
+                            ColumnSpec::new("email", ColumnForm::Binary)
+                                .blind_index("email_idx", email_index()),
+                        );
+                    let columns = SealedColumns::new(pool.clone(), sealer.clone(), vec![spec]).unwrap();
+                    let mut options = JobOptions::default();
+                    options.batch = 7;
+                    options.workers = 2;
+                    let report = columns.reseal(&options).await.unwrap();
+                    assert_eq!(report.totals().written, 40);
+                    assert_eq!(report.totals().failed, 0);
+
+                    // Every index value is now under version 2, as its value.
+                    let rows: Vec<(i64, String, SealedValue, Vec<u8>)> = sqlx::query_as::<$db, (i64, String, SealedValue, Vec<u8>)>(q(
+                        "SELECT id, tenant_id, email, email_idx FROM users ORDER BY id",
+                    ))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                    for (id, tenant, sealed, idx) in rows {
+                        assert_eq!(sealed.key_version(), 2, "row {id}");
+                        let t = sealer.tenant(&tenant).await.unwrap();
+                        let expected = t.blind_index(&email_index(), format!("user{id}@example.com").as_bytes()).unwrap();
+                        assert_eq!(expected.key_version(), 2);
+                        assert_eq!(idx, expected.as_bytes(), "row {id}");
+                    }
+
+                    // Retire destroys version 1 and raises the minimum, so
+                    // searches stop at version 2 instead of reporting version 1.
+                    options.min_primary_age = std::time::Duration::ZERO;
+                    let report = columns.retire(&options).await.unwrap();
+                    assert_eq!(report.tenants["acme"].destroyed, [1]);
+                    assert_eq!(report.tenants["acme"].min_decryption_version, Some(2));
+                    let acme = sealer.tenant_checked("acme").await.unwrap();
+                    let search = acme.search(&email_index(), b"user8@example.com").unwrap();
+                    assert_eq!(search.terms().len(), 1);
+                    assert_eq!(lookup(&pool, &acme, "user8@example.com").await.unwrap(), [8]);
                 })
                 .await;
             }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use fieldseal::{
-    ColumnForm, ColumnSpec, KeyProvider, KeyType, LocalKeyProvider, ProviderChain, RootKey,
-    TableSpec,
+    BlindIndex, ColumnForm, ColumnSpec, KeyProvider, KeyType, LocalKeyProvider, Normalizer,
+    ProviderChain, RootKey, TableSpec,
 };
 use serde::Deserialize;
 
@@ -144,6 +144,30 @@ pub(crate) struct Column {
     pub(crate) migrate_from: Option<String>,
     #[serde(default)]
     pub(crate) migrate_in_place: bool,
+    /// Blind index columns beside this sealed column, recomputed whenever a
+    /// value is written.
+    #[serde(default)]
+    pub(crate) indexes: Vec<IndexConfig>,
+}
+
+/// `{ column = "email_idx", name = "email_idx", normalizer = "email", len = 16 }`:
+/// the index's labels are the column's context labels.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IndexConfig {
+    pub(crate) column: String,
+    pub(crate) name: String,
+    pub(crate) normalizer: NormalizerConfig,
+    pub(crate) len: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum NormalizerConfig {
+    Exact,
+    Trim,
+    Casefold,
+    Email,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -464,14 +488,15 @@ impl Table {
             }
         };
         for (j, c) in self.columns.iter().enumerate() {
-            spec = spec.column(c.spec(&format!("{path}.columns[{j}]"))?);
+            let table_label = self.table.rsplit('.').next().unwrap_or(&self.table);
+            spec = spec.column(c.spec(&format!("{path}.columns[{j}]"), table_label)?);
         }
         Ok(spec)
     }
 }
 
 impl Column {
-    fn spec(&self, path: &str) -> Result<ColumnSpec, ConfigError> {
+    fn spec(&self, path: &str, table_label: &str) -> Result<ColumnSpec, ConfigError> {
         let form = match self.form {
             Form::Binary => ColumnForm::Binary,
             Form::Text => ColumnForm::Text,
@@ -508,6 +533,27 @@ impl Column {
             (Some(source), false) => c = c.migrate_from(source),
             (None, true) => c = c.migrate_in_place(),
             (None, false) => {}
+        }
+        for (k, index) in self.indexes.iter().enumerate() {
+            let normalizer = match index.normalizer {
+                NormalizerConfig::Exact => Normalizer::exact(),
+                NormalizerConfig::Trim => Normalizer::trim(),
+                NormalizerConfig::Casefold => Normalizer::case_fold(),
+                NormalizerConfig::Email => Normalizer::email(),
+            };
+            let mut b = BlindIndex::builder(
+                self.table_label.as_deref().unwrap_or(table_label),
+                self.column_label.as_deref().unwrap_or(&self.column),
+                &index.name,
+            )
+            .normalizer(normalizer);
+            if let Some(len) = index.len {
+                b = b.len(len);
+            }
+            let built = b
+                .build()
+                .map_err(|e| err(format!("{path}.indexes[{k}]: {e}")))?;
+            c = c.blind_index(&index.column, built);
         }
         Ok(c)
     }

@@ -859,6 +859,7 @@ fn retire_json(report: &RetireReport) -> Value {
             "destroyed": t.destroyed,
             "in_use": t.in_use.iter().map(|(v, c)| (v.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
             "primary_too_young_secs": t.primary_too_young.map(|d| d.as_secs()),
+            "min_decryption_version": t.min_decryption_version,
             "unreadable": t.unreadable.iter().map(|(v, c)| (v.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
         }))).collect::<serde_json::Map<_, _>>(),
     })
@@ -883,6 +884,13 @@ fn output_retire(report: &RetireReport) {
         }
         for v in &t.destroyed {
             println!("{tenant}: {would} key version {v}");
+        }
+        if let Some(v) = t.min_decryption_version {
+            let set = if report.dry_run { "would set" } else { "set" };
+            println!(
+                "{tenant}: {set} the minimum decryption version to {v}: every older version \
+                 is destroyed (blind index searches stop at it)"
+            );
         }
         for (v, uses) in &t.in_use {
             let uses = uses

@@ -32,6 +32,8 @@ pub use spec::{ColumnForm, ColumnSpec, KeyType, TableSpec};
 /// The most rows one batch may hold (each becomes three bound parameters of
 /// one statement).
 const MAX_BATCH: usize = 10_000;
+/// The most parameters one compare-and-swap statement binds.
+const MAX_PARAMS: usize = 30_000;
 /// How many row failures a report keeps (the counts are always complete).
 const MAX_FAILURES: usize = 1_000;
 
@@ -325,6 +327,11 @@ pub struct TenantRetirement {
     /// Values under versions that can no longer open (destroyed, or unknown
     /// to the key store): per version, the counts per `table.column`.
     pub unreadable: BTreeMap<u32, BTreeMap<String, u64>>,
+    /// The minimum decryption version set once every older version was
+    /// destroyed and no value is under a destroyed version (in a dry run:
+    /// that would be), so that blind index searches stop at it instead of
+    /// reporting the destroyed versions (FORMAT.md §"Searching").
+    pub min_decryption_version: Option<u32>,
 }
 
 /// What `retire` did.
@@ -1024,7 +1031,7 @@ impl SealedColumns {
             return Ok((0.0, 0.0));
         }
         let started = Instant::now();
-        let mut updates: Vec<Vec<(Key, Val, Val)>> = vec![Vec::new(); t.spec.columns.len()];
+        let mut updates: Vec<Vec<Update>> = vec![Vec::new(); t.spec.columns.len()];
         for row in &rows {
             let Some(key) = t.row_key(row) else { continue };
             for (j, c) in t.spec.columns.iter().enumerate() {
@@ -1044,8 +1051,12 @@ impl SealedColumns {
                 else {
                     continue;
                 };
+                let Ok(indexes) = index_values(&sealer, c, opened.plaintext().expose_secret())
+                else {
+                    continue;
+                };
                 if let Some(u) = updates.get_mut(j) {
-                    u.push((key.clone(), c.encode(&value), c.encode(&new)));
+                    u.push((key.clone(), c.encode(&value), c.encode(&new), indexes));
                 }
             }
         }
@@ -1183,6 +1194,24 @@ impl SealedColumns {
                     }
                 }
             }
+            // Every version below the lowest one left is destroyed and no
+            // value is under a destroyed version: the minimum can follow.
+            let lowest_left = record
+                .keys
+                .iter()
+                .filter(|k| k.state != KeyState::Destroyed && !r.destroyed.contains(&k.version))
+                .map(|k| k.version)
+                .min();
+            if let Some(lowest) = lowest_left
+                && !r.destroyed.is_empty()
+                && r.unreadable.is_empty()
+                && lowest > record.min_decryption_version.max(1)
+            {
+                if !options.dry_run {
+                    admin.set_min_decryption_version(&tenant, lowest).await?;
+                }
+                r.min_decryption_version = Some(lowest);
+            }
             report.tenants.insert(tenant, r);
         }
         Ok(report)
@@ -1281,8 +1310,9 @@ struct Worker {
 }
 
 /// One value to write: the row's key, the value the write expects to find,
-/// and the new value.
-type Update = (Key, Val, Val);
+/// the new value, and its blind index values (one per index of the column,
+/// under the new value's key version).
+type Update = (Key, Val, Val, Vec<Val>);
 
 impl Worker {
     /// Claims ranges until the run is complete.
@@ -1471,12 +1501,13 @@ impl Worker {
                     Ok(Decision::Nothing) => counts.current += 1,
                     Ok(Decision::Null) => counts.nulls += 1,
                     Ok(Decision::Legacy) => counts.legacy += 1,
-                    Ok(Decision::Write(expected, new)) => match (&key, updates.get_mut(j)) {
+                    Ok(Decision::Write(expected, new, indexes)) => match (&key, updates.get_mut(j))
+                    {
                         (Some(key), Some(u)) if self.options.dry_run => {
-                            let _ = (key, u, expected, new);
+                            let _ = (key, u, expected, new, indexes);
                             counts.written += 1;
                         }
-                        (Some(key), Some(u)) => u.push((key.clone(), expected, new)),
+                        (Some(key), Some(u)) => u.push((key.clone(), expected, new, indexes)),
                         _ => counts.failed += 1,
                     },
                     Err(e) if is_fatal(&e) => return Err(e),
@@ -1509,17 +1540,29 @@ impl Worker {
                     return Ok(Decision::Nothing);
                 }
                 let ctx = t.context(row, j)?;
-                match sealer.reseal(&ctx, &value)? {
-                    Some(new) => Ok(Decision::Write(c.encode(&value), c.encode(&new))),
-                    None => Ok(Decision::Nothing),
+                if c.indexes.is_empty() {
+                    return match sealer.reseal(&ctx, &value)? {
+                        Some(new) => Ok(Decision::Write(c.encode(&value), c.encode(&new), vec![])),
+                        None => Ok(Decision::Nothing),
+                    };
                 }
+                // The index values move to the new version with the value.
+                let opened = sealer.open(&ctx, &value)?;
+                if !opened.is_stale() {
+                    return Ok(Decision::Nothing);
+                }
+                let plain = opened.plaintext().expose_secret();
+                let new = sealer.seal(&ctx, plain)?;
+                let indexes = index_values(&sealer, c, plain)?;
+                Ok(Decision::Write(c.encode(&value), c.encode(&new), indexes))
             }
             (JobKind::Migrate, Stored::Sealed(_), _) => Ok(Decision::Nothing),
             (JobKind::Migrate, Stored::Legacy(text), Some(spec::Migration::InPlace)) => {
                 let sealer = self.tenant_sealer(t.tenant(row), true).await?;
                 let ctx = t.context(row, j)?;
                 let new = sealer.seal(&ctx, text.as_bytes())?;
-                Ok(Decision::Write(Val::Text(text), c.encode(&new)))
+                let indexes = index_values(&sealer, c, text.as_bytes())?;
+                Ok(Decision::Write(Val::Text(text), c.encode(&new), indexes))
             }
             (JobKind::Migrate, Stored::Null, Some(spec::Migration::From(_))) => {
                 match t.migration_source(row, j) {
@@ -1527,7 +1570,12 @@ impl Worker {
                         let sealer = self.tenant_sealer(t.tenant(row), true).await?;
                         let ctx = t.context(row, j)?;
                         let new = sealer.seal(&ctx, plain.as_bytes())?;
-                        Ok(Decision::Write(Val::Text(plain.clone()), c.encode(&new)))
+                        let indexes = index_values(&sealer, c, plain.as_bytes())?;
+                        Ok(Decision::Write(
+                            Val::Text(plain.clone()),
+                            c.encode(&new),
+                            indexes,
+                        ))
                     }
                     _ => Ok(Decision::Null),
                 }
@@ -1596,14 +1644,27 @@ impl Worker {
         from_source: bool,
     ) -> Result<u64> {
         let mut written = 0;
-        for chunk in updates.chunks(MAX_BATCH) {
+        // Three parameters per row and one per blind index, within every
+        // database's limit on bound parameters (SQLite's is 32,766).
+        let width = 3 + self
+            .table
+            .spec
+            .columns
+            .get(j)
+            .map_or(0, |c| c.indexes.len());
+        let rows = (MAX_PARAMS / width).clamp(1, MAX_BATCH);
+        for chunk in updates.chunks(rows) {
             if chunk.is_empty() {
                 continue;
             }
             let (sql, returning) = self.table.cas_sql(j, chunk.len(), from_source);
             let binds: Vec<Val> = chunk
                 .iter()
-                .flat_map(|(k, expected, new)| [k.to_val(), expected.clone(), new.clone()])
+                .flat_map(|(k, expected, new, indexes)| {
+                    [k.to_val(), expected.clone(), new.clone()]
+                        .into_iter()
+                        .chain(indexes.iter().cloned())
+                })
                 .collect();
             written += if returning {
                 tx.fetch(&sql, &binds, &[self.table.key_kind()])
@@ -1638,8 +1699,22 @@ enum Decision {
     Nothing,
     Null,
     Legacy,
-    /// Write the new value where the expected one still is.
-    Write(Val, Val),
+    /// Write the new value (and its blind index values) where the expected
+    /// one still is.
+    Write(Val, Val, Vec<Val>),
+}
+
+/// The blind index values of `plaintext` for every index of column `c`,
+/// under `sealer`'s primary: the version the new value is sealed under.
+fn index_values(sealer: &TenantSealer, c: &ColumnSpec, plaintext: &[u8]) -> Result<Vec<Val>> {
+    c.indexes
+        .iter()
+        .map(|(_, index)| {
+            sealer
+                .blind_index(index, plaintext)
+                .map(|v| Val::Bytes(v.as_bytes().to_vec()))
+        })
+        .collect()
 }
 
 /// Whether a column of declared type `ty` holds text.

@@ -1,6 +1,7 @@
 //! Table specifications: which columns of the application's tables hold sealed
 //! values, and the recipe that rebuilds each value's [`Context`].
 
+use crate::blind_index::BlindIndex;
 use crate::context::{Context, check_tenant};
 use crate::error::{Error, Result};
 use crate::store::sql::dialect::Dialect;
@@ -140,6 +141,8 @@ pub struct ColumnSpec {
     pub(crate) row: RowSource,
     pub(crate) extras: Vec<(String, ExtraSource)>,
     pub(crate) migrate: Option<Migration>,
+    /// Blind index columns kept beside the sealed column: (SQL column, index).
+    pub(crate) indexes: Vec<(String, BlindIndex)>,
 }
 
 /// How `migrate` adopts fieldseal on a column that holds plaintext.
@@ -162,7 +165,18 @@ impl ColumnSpec {
             row: RowSource::Key,
             extras: Vec::new(),
             migrate: None,
+            indexes: Vec::new(),
         }
+    }
+
+    /// The blind index `index` of this column's values is stored in column
+    /// `column` of the same row: whenever a job writes a sealed value
+    /// (re-seal, migrate), it writes the value's index under the same key
+    /// version in the same compare-and-swap (FORMAT.md §"Index values").
+    #[must_use]
+    pub fn blind_index(mut self, column: impl Into<String>, index: BlindIndex) -> Self {
+        self.indexes.push((column.into(), index));
+        self
     }
 
     /// The table label the application puts in contexts (default: the table's
@@ -306,6 +320,15 @@ pub(crate) fn validate(tables: &[TableSpec], dialect: Dialect) -> Result<()> {
             }
             if let RowSource::Column(r) = &c.row {
                 check_ident(&path, "row", r, false)?;
+            }
+            for (i, (col, _)) in c.indexes.iter().enumerate() {
+                check_ident(&path, &format!("indexes[{i}].column"), col, false)?;
+                if !names.insert(col.as_str()) || *col == t.key {
+                    return Err(Error::config(format!(
+                        "{path}.indexes[{i}].column: `{col}` is configured twice, or is the \
+                         primary key or a sealed column"
+                    )));
+                }
             }
             for (k, source) in &c.extras {
                 if let ExtraSource::Column(col) = source {

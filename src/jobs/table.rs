@@ -350,6 +350,13 @@ impl Table {
             return (String::new(), false);
         };
         let col = quote(self.dialect, &c.column);
+        // The blind index columns, written with the value: `(?, ?, ?, i0, …)`.
+        let index_cols: Vec<String> = c
+            .indexes
+            .iter()
+            .map(|(name, _)| quote(self.dialect, name))
+            .collect();
+        let width = 3 + index_cols.len();
         let source = match (&c.migrate, from_source) {
             (Some(Migration::From(s)), true) => Some(quote(self.dialect, s)),
             _ => None,
@@ -371,19 +378,45 @@ impl Table {
         };
         match self.dialect {
             Dialect::Postgres | Dialect::Sqlite => {
-                let rows = vec!["(?, ?, ?)"; n].join(", ");
-                let (vk, vo, vn, alias) = if self.dialect == Dialect::Postgres {
-                    ("v.k", "v.o", "v.n", "v(k, o, n)")
+                let row = format!("({})", vec!["?"; width].join(", "));
+                let rows = vec![row.as_str(); n].join(", ");
+                let pg = self.dialect == Dialect::Postgres;
+                let (vk, vo, vn) = if pg {
+                    ("v.k", "v.o", "v.n")
                 } else {
-                    ("v.column1", "v.column2", "v.column3", "v")
+                    ("v.column1", "v.column2", "v.column3")
                 };
+                let index_names: Vec<String> = (0..index_cols.len())
+                    .map(|i| {
+                        if pg {
+                            format!("v.i{i}")
+                        } else {
+                            format!("v.column{}", i + 4)
+                        }
+                    })
+                    .collect();
+                let alias = if pg {
+                    let names: Vec<String> = ["k", "o", "n"]
+                        .into_iter()
+                        .map(String::from)
+                        .chain((0..index_cols.len()).map(|i| format!("i{i}")))
+                        .collect();
+                    format!("v({})", names.join(", "))
+                } else {
+                    "v".to_string()
+                };
+                let set_indexes: String = index_cols
+                    .iter()
+                    .zip(&index_names)
+                    .map(|(col, v)| format!(", {col} = {v}"))
+                    .collect();
                 let guard = match &source {
                     Some(s) => format!("t.{col} IS NULL AND t.{s} = {vo}"),
                     None => format!("t.{col} = {vo}"),
                 };
                 (
                     format!(
-                        "UPDATE {} AS t SET {col} = {vn} FROM (VALUES {rows}) AS {alias} \
+                        "UPDATE {} AS t SET {col} = {vn}{set_indexes} FROM (VALUES {rows}) AS {alias} \
                          WHERE {} AND {guard} RETURNING {}",
                         self.name,
                         key_cmp(&format!("t.{}", self.key), vk),
@@ -393,12 +426,20 @@ impl Table {
                 )
             }
             Dialect::MySql => {
-                let first = "SELECT ? AS k, ? AS o, ? AS n";
-                let mut rows = vec![first.to_string()];
+                let first_indexes: String = (0..index_cols.len())
+                    .map(|i| format!(", ? AS i{i}"))
+                    .collect();
+                let first = format!("SELECT ? AS k, ? AS o, ? AS n{first_indexes}");
+                let mut rows = vec![first];
                 rows.extend(std::iter::repeat_n(
-                    "SELECT ?, ?, ?".to_string(),
+                    format!("SELECT {}", vec!["?"; width].join(", ")),
                     n.saturating_sub(1),
                 ));
+                let set_indexes: String = index_cols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| format!(", t.{col} = v.i{i}"))
+                    .collect();
                 let guard = match &source {
                     Some(s) => {
                         format!("t.{col} IS NULL AND CAST(t.{s} AS BINARY) = CAST(v.o AS BINARY)")
@@ -407,7 +448,7 @@ impl Table {
                 };
                 (
                     format!(
-                        "UPDATE {} AS t JOIN ({}) AS v ON t.{} = v.k AND {guard} SET t.{col} = v.n",
+                        "UPDATE {} AS t JOIN ({}) AS v ON t.{} = v.k AND {guard} SET t.{col} = v.n{set_indexes}",
                         self.name,
                         rows.join(" UNION ALL "),
                         self.key
