@@ -649,7 +649,10 @@ impl fmt::Debug for Search {
 }
 
 impl TenantSealer {
-    /// The value of `index` for `value` under the tenant's primary key: store
+    /// The value of `index` for `value` under the tenant's primary key (the
+    /// version [`TenantSealer::seal`] and [`TenantSealer::seal_row`] of this
+    /// same handle seal under: a handle is a snapshot of the tenant's keys, so
+    /// a value and its index value made with one handle always agree). Store
     /// it in the index column beside the sealed value, and compute it again
     /// whenever the value is sealed again: an index value must always be under
     /// the key version of the sealed value beside it (FORMAT.md §"Index
