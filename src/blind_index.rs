@@ -172,6 +172,10 @@ impl Normalizer {
 
     /// FORMAT.md §"Normalisers".
     fn apply(&self, value: &[u8]) -> std::result::Result<Zeroizing<Vec<u8>>, &'static str> {
+        if value.len() > crate::format::MAX_PLAINTEXT_LEN {
+            // Longer than any sealed value: it could never match.
+            return Err("it is longer than the largest value fieldseal seals (64 MiB)");
+        }
         let text = || {
             let text = std::str::from_utf8(value).map_err(|_| "it is not valid UTF-8")?;
             check_assigned(text)?;
@@ -250,12 +254,14 @@ fn email(text: &str) -> std::result::Result<Zeroizing<Vec<u8>>, &'static str> {
     if local.is_empty() {
         return Err("it is not an e-mail address (nothing before the `@`)");
     }
-    let domain = domain.strip_suffix('.').unwrap_or(domain);
     if domain.is_empty() {
         return Err("it is not an e-mail address (no domain after the `@`)");
     }
-    let domain = idna::domain_to_ascii_cow(domain.as_bytes(), idna::AsciiDenyList::URL)
+    let ascii = idna::domain_to_ascii_cow(domain.as_bytes(), idna::AsciiDenyList::URL)
         .map_err(|_| "its domain is not a valid domain name")?;
+    // One trailing dot (the root), also when IDNA mapped it from U+3002 and
+    // the like.
+    let domain = ascii.strip_suffix('.').unwrap_or(&ascii);
     if domain.is_empty() || domain.split('.').any(str::is_empty) {
         return Err("its domain has an empty label");
     }

@@ -1883,6 +1883,7 @@ fn normalizer_vectors() -> Vec<Value> {
         (Normalizer::email(), b"a@b..c"),
         (Normalizer::email(), b"a@b.c ."),
         (Normalizer::case_fold(), "a\u{378}".as_bytes()),
+        (Normalizer::email(), "a@Example.com\u{3002}".as_bytes()),
     ];
     cases
         .into_iter()

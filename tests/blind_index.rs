@@ -209,7 +209,8 @@ async fn a_version_that_cannot_be_searched_is_reported_not_skipped() {
 async fn candidates_are_confirmed_by_opening() {
     let sealer = common::sealer();
     let acme = tenant(&sealer, "acme").await;
-    // One-byte index values: among 600 values, many share one.
+    // One-byte index values: among 4,000 values, about 16 share each one
+    // (none sharing the searched one has odds of 2 in 10 million).
     let short = BlindIndex::builder("users", "email", "tiny")
         .normalizer(Normalizer::email())
         .len(1)
@@ -218,7 +219,7 @@ async fn candidates_are_confirmed_by_opening() {
     let template = Context::builder("acme", "users", "email")
         .template()
         .unwrap();
-    let rows: Vec<(i64, String, fieldseal::SealedValue, IndexValue)> = (0..600)
+    let rows: Vec<(i64, String, fieldseal::SealedValue, IndexValue)> = (0..4000)
         .map(|id| {
             let email = format!("user{id}@example.com");
             let sealed = acme.seal_row(&template, id, email.as_bytes()).unwrap();
@@ -235,7 +236,7 @@ async fn candidates_are_confirmed_by_opening() {
         .collect();
     assert!(
         candidates.len() > 1,
-        "a one-byte index collides among 600 values"
+        "a one-byte index collides among 4,000 values"
     );
     let found = acme.open_matches(&search, &template, candidates).unwrap();
     assert_eq!(found.len(), 1);

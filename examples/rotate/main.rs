@@ -137,6 +137,12 @@ enum Command {
         /// Report what would be destroyed; destroy nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also raise each tenant's minimum decryption version to its lowest
+        /// version left once every older one is destroyed, so that blind index
+        /// searches stop there. Only with every sealed column and blind index
+        /// of the tenants in the configuration.
+        #[arg(long)]
+        raise_minimum: bool,
     },
     /// Re-wrap every tenant key (and the audit key) under the current root
     /// key, until all are.
@@ -521,10 +527,12 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
             tenant,
             min_primary_age,
             dry_run,
+            raise_minimum,
         } => {
             let mut options = JobOptions::default();
             options.tenant = tenant.clone();
             options.dry_run = *dry_run;
+            options.raise_min_decryption_version = *raise_minimum;
             options.min_primary_age = min_primary_age.unwrap_or(cache_ttl);
             let report = columns.retire(&options).await?;
             emit(cli, retire_json(&report), || output_retire(&report));

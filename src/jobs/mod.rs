@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use secrecy::ExposeSecret as _;
 use sha2::Digest as _;
 
+use crate::admin::KeyAdmin;
 use crate::error::{Error, Result};
 use crate::format::SealedValue;
 use crate::sealer::{Sealer, TenantSealer};
-use crate::store::{KeyState, SqlDatabase};
+use crate::store::{KeyState, SqlDatabase, TenantRecord};
 use crate::time::Timestamp;
 
 pub(crate) mod db;
@@ -84,6 +85,17 @@ pub struct JobOptions {
     /// (default 5 minutes, the sealer's default). Until then, a process may
     /// still seal under the previous version.
     pub min_primary_age: Duration,
+    /// For `retire`: raise a tenant's minimum decryption version to its
+    /// lowest version left once every older version is destroyed and no
+    /// configured value is under a destroyed version (default off).
+    ///
+    /// Blind index searches then stop at that version instead of failing
+    /// with [`Error::IncompleteSearch`]. Only turn it on when the
+    /// configuration lists every sealed column of the tenants and every blind
+    /// index of those columns exactly as the application defines them: an
+    /// index column the runner does not know keeps values under the
+    /// destroyed version, which the raised minimum then hides from searches.
+    pub raise_min_decryption_version: bool,
     /// Progress reports.
     pub progress: Option<Arc<dyn Progress>>,
 }
@@ -100,6 +112,7 @@ impl Default for JobOptions {
             range_rows: None,
             sample: None,
             min_primary_age: Duration::from_secs(300),
+            raise_min_decryption_version: false,
             progress: None,
         }
     }
@@ -1169,6 +1182,15 @@ impl SealedColumns {
                 .map(|k| k.version)
                 .collect();
             if older.is_empty() && r.unreadable.is_empty() {
+                // Nothing to destroy; versions destroyed earlier may still
+                // leave the minimum behind.
+                if let Some(v) = self
+                    .raise_min(&admin, &tenant, &record, &r, options)
+                    .await?
+                {
+                    r.min_decryption_version = Some(v);
+                    report.tenants.insert(tenant, r);
+                }
                 continue;
             }
             let created = record
@@ -1194,27 +1216,51 @@ impl SealedColumns {
                     }
                 }
             }
-            // Every version below the lowest one left is destroyed and no
-            // value is under a destroyed version: the minimum can follow.
-            let lowest_left = record
-                .keys
-                .iter()
-                .filter(|k| k.state != KeyState::Destroyed && !r.destroyed.contains(&k.version))
-                .map(|k| k.version)
-                .min();
-            if let Some(lowest) = lowest_left
-                && !r.destroyed.is_empty()
-                && r.unreadable.is_empty()
-                && lowest > record.min_decryption_version.max(1)
-            {
-                if !options.dry_run {
-                    admin.set_min_decryption_version(&tenant, lowest).await?;
-                }
-                r.min_decryption_version = Some(lowest);
-            }
+            r.min_decryption_version = self
+                .raise_min(&admin, &tenant, &record, &r, options)
+                .await?;
             report.tenants.insert(tenant, r);
         }
         Ok(report)
+    }
+}
+
+impl SealedColumns {
+    /// With [`JobOptions::raise_min_decryption_version`]: raises the minimum
+    /// decryption version to the lowest version left, when every version
+    /// below it is destroyed (earlier, or by this run) and no configured value
+    /// is under a destroyed version. Returns the new minimum.
+    async fn raise_min(
+        &self,
+        admin: &KeyAdmin,
+        tenant: &str,
+        record: &TenantRecord,
+        r: &TenantRetirement,
+        options: &JobOptions,
+    ) -> Result<Option<u32>> {
+        if !options.raise_min_decryption_version || !r.unreadable.is_empty() {
+            return Ok(None);
+        }
+        let lowest_left = record
+            .keys
+            .iter()
+            .filter(|k| k.state != KeyState::Destroyed && !r.destroyed.contains(&k.version))
+            .map(|k| k.version)
+            .min();
+        let Some(lowest) = lowest_left else {
+            return Ok(None);
+        };
+        if options.dry_run {
+            return Ok((lowest > record.min_decryption_version.max(1)).then_some(lowest));
+        }
+        // Read again just before writing: never lower a minimum that was
+        // raised meanwhile.
+        let fresh = admin.describe(tenant).await?;
+        if lowest <= fresh.min_decryption_version.max(1) {
+            return Ok(None);
+        }
+        admin.set_min_decryption_version(tenant, lowest).await?;
+        Ok(Some(lowest))
     }
 }
 
@@ -1706,13 +1752,17 @@ enum Decision {
 
 /// The blind index values of `plaintext` for every index of column `c`,
 /// under `sealer`'s primary: the version the new value is sealed under.
+///
+/// A value the index's normaliser refuses gets NULL: no search can find it
+/// (a search refuses the same input), and refusing the row would keep its
+/// old version in use forever.
 fn index_values(sealer: &TenantSealer, c: &ColumnSpec, plaintext: &[u8]) -> Result<Vec<Val>> {
     c.indexes
         .iter()
-        .map(|(_, index)| {
-            sealer
-                .blind_index(index, plaintext)
-                .map(|v| Val::Bytes(v.as_bytes().to_vec()))
+        .map(|(_, index)| match sealer.blind_index(index, plaintext) {
+            Ok(v) => Ok(Val::Bytes(v.as_bytes().to_vec())),
+            Err(Error::NotIndexable { .. }) => Ok(Val::Null),
+            Err(e) => Err(e),
         })
         .collect()
 }

@@ -309,6 +309,24 @@ pub(crate) fn validate(tables: &[TableSpec], dialect: Dialect) -> Result<()> {
             )));
         }
         let mut names = std::collections::HashSet::new();
+        // Columns the jobs read to build contexts: never an index column.
+        let mut read: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        if let Some(TenantSource::Column(c)) = &t.tenant {
+            read.insert(c);
+        }
+        for c in &t.columns {
+            if let RowSource::Column(r) = &c.row {
+                read.insert(r);
+            }
+            for (_, source) in &c.extras {
+                if let ExtraSource::Column(col) = source {
+                    read.insert(col);
+                }
+            }
+            if let Some(Migration::From(source)) = &c.migrate {
+                read.insert(source);
+            }
+        }
         for (j, c) in t.columns.iter().enumerate() {
             let path = format!("{path}.columns[{j}]");
             check_ident(&path, "column", &c.column, false)?;
@@ -323,10 +341,10 @@ pub(crate) fn validate(tables: &[TableSpec], dialect: Dialect) -> Result<()> {
             }
             for (i, (col, _)) in c.indexes.iter().enumerate() {
                 check_ident(&path, &format!("indexes[{i}].column"), col, false)?;
-                if !names.insert(col.as_str()) || *col == t.key {
+                if !names.insert(col.as_str()) || *col == t.key || read.contains(col.as_str()) {
                     return Err(Error::config(format!(
                         "{path}.indexes[{i}].column: `{col}` is configured twice, or is the \
-                         primary key or a sealed column"
+                         primary key, a sealed column, or a column contexts are read from"
                     )));
                 }
             }
