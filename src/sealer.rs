@@ -250,17 +250,7 @@ impl Sealer {
     pub async fn tenant(&self, tenant: &str) -> Result<TenantSealer> {
         check_tenant_id(tenant)?;
         let keyring = self.keyring(tenant, self.inner.create_tenants).await?;
-        if let Some(at) = keyring.shredded_at {
-            return Err(Error::TenantShredded {
-                tenant: tenant.to_string(),
-                shredded_at: at,
-            });
-        }
-        Ok(TenantSealer {
-            keyring,
-            algorithm: self.inner.algorithm,
-            label_tenant: self.inner.label_tenant,
-        })
+        self.handle(tenant, keyring)
     }
 
     /// As [`Sealer::tenant`], with the tenant's keys checked against the key
@@ -282,6 +272,11 @@ impl Sealer {
         let keyring = self
             .keyring_with(tenant, self.inner.create_tenants, None, true)
             .await?;
+        self.handle(tenant, keyring)
+    }
+
+    /// The handle on a loaded keyring, unless the tenant is shredded.
+    fn handle(&self, tenant: &str, keyring: Arc<Keyring>) -> Result<TenantSealer> {
         if let Some(at) = keyring.shredded_at {
             return Err(Error::TenantShredded {
                 tenant: tenant.to_string(),
@@ -300,17 +295,7 @@ impl Sealer {
     pub(crate) async fn existing_tenant(&self, tenant: &str) -> Result<TenantSealer> {
         check_tenant_id(tenant)?;
         let keyring = self.keyring(tenant, false).await?;
-        if let Some(at) = keyring.shredded_at {
-            return Err(Error::TenantShredded {
-                tenant: tenant.to_string(),
-                shredded_at: at,
-            });
-        }
-        Ok(TenantSealer {
-            keyring,
-            algorithm: self.inner.algorithm,
-            label_tenant: self.inner.label_tenant,
-        })
+        self.handle(tenant, keyring)
     }
 
     /// Seals `plaintext` for the tenant, table, column and row named by `ctx`,

@@ -119,7 +119,11 @@ fn deriver(tenant: &str, version: u32) -> TenantKeyDeriver {
 }
 
 fn tenants_json() -> Value {
-    tenants()
+    specs_json(&tenants())
+}
+
+fn specs_json(specs: &[TenantSpec]) -> Value {
+    specs
         .iter()
         .map(|t| {
             let keys: Vec<Value> = t
@@ -1603,22 +1607,7 @@ fn index_tenants() -> Vec<TenantSpec> {
 }
 
 fn index_tenants_json() -> Value {
-    let saved = tenants_json();
-    let mut list = saved.as_array().cloned().unwrap_or_default();
-    let hooli = index_tenants().pop().expect("hooli");
-    list.push(json!({
-        "tenant": hooli.tenant,
-        "min_decryption_version": hooli.min_decryption_version,
-        "shredded": hooli.shredded,
-        "keys": hooli.keys.iter().map(|k| {
-            let mut v = json!({ "version": k.version, "state": k.state });
-            if k.published {
-                v["key"] = json!(hex::encode(k.bytes));
-            }
-            v
-        }).collect::<Vec<_>>(),
-    }));
-    Value::Array(list)
+    specs_json(&index_tenants())
 }
 
 fn index_key_bytes(tenant: &str, version: u32) -> [u8; 32] {

@@ -8,6 +8,8 @@ mod common;
 #[path = "common/db.rs"]
 mod db;
 
+use db::pg;
+
 use common::local_provider;
 use fieldseal::secrecy::ExposeSecret as _;
 use fieldseal::{
@@ -26,21 +28,6 @@ fn template(tenant: &str) -> ContextTemplate {
     Context::builder(tenant, "users", "email")
         .template()
         .unwrap()
-}
-
-/// `?` placeholders, numbered for PostgreSQL.
-fn pg(sql: &str) -> String {
-    let mut n = 0;
-    sql.chars()
-        .map(|c| {
-            if c == '?' {
-                n += 1;
-                format!("${n}")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 macro_rules! blind_index_suite {

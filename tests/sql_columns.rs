@@ -7,6 +7,8 @@ mod common;
 #[path = "common/db.rs"]
 mod db;
 
+use db::pg;
+
 use common::{ctx, local_provider};
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{Context, Error, SealedText, SealedValue, Sealer, SqlKeyStore};
@@ -26,21 +28,6 @@ fn context(tenant: &str, column: &str, row: i64) -> Context {
         .row(row)
         .build()
         .unwrap()
-}
-
-/// `?` placeholders, numbered for PostgreSQL.
-fn pg(sql: &str) -> String {
-    let mut n = 0;
-    sql.chars()
-        .map(|c| {
-            if c == '?' {
-                n += 1;
-                format!("${n}")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 macro_rules! column_suite {

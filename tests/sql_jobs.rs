@@ -8,6 +8,8 @@ mod common;
 #[path = "common/db.rs"]
 mod db;
 
+use db::pg;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -63,21 +65,6 @@ fn options() -> JobOptions {
     o.range_rows = Some(40);
     o.lease = Duration::from_secs(5);
     o
-}
-
-/// `?` placeholders, numbered for PostgreSQL.
-fn pg(sql: &str) -> String {
-    let mut n = 0;
-    sql.chars()
-        .map(|c| {
-            if c == '?' {
-                n += 1;
-                format!("${n}")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 fn same(sql: &str) -> String {

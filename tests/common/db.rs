@@ -187,3 +187,18 @@ pub async fn second_mysql_pool(first: &MySqlPool) -> MySqlPool {
         .await
         .unwrap()
 }
+
+/// `?` placeholders, numbered for PostgreSQL.
+pub fn pg(sql: &str) -> String {
+    let mut n = 0;
+    sql.chars()
+        .map(|c| {
+            if c == '?' {
+                n += 1;
+                format!("${n}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
