@@ -1550,27 +1550,35 @@ fn escape_non_ascii(json: &str) -> String {
     out
 }
 
-#[test]
-fn vectors_match_committed_file() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/v1.json");
-    let built = build();
-    let generated = escape_non_ascii(&serde_json::to_string_pretty(&built).unwrap()) + "\n";
+/// Compares `built` with the committed file `tests/vectors/<name>`, or writes
+/// it there with `FIELDSEAL_WRITE_VECTORS=1`.
+fn check_committed(name: &str, built: &Value) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors")
+        .join(name);
+    let generated = escape_non_ascii(&serde_json::to_string_pretty(built).unwrap()) + "\n";
     if std::env::var_os("FIELDSEAL_WRITE_VECTORS").is_some() {
         std::fs::write(&path, &generated).unwrap();
         return;
     }
-    let committed = std::fs::read_to_string(&path).expect("tests/vectors/v1.json is committed");
+    let committed = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("tests/vectors/{name} is committed: {e}"));
     assert!(
         committed == generated,
-        "the vectors changed: tests/vectors/v1.json no longer matches what this build \
-         seals (regenerate with FIELDSEAL_WRITE_VECTORS=1 only for an intended change)"
+        "the vectors changed: tests/vectors/{name} no longer matches what this build \
+         computes (regenerate with FIELDSEAL_WRITE_VECTORS=1 only for an intended change)"
     );
     assert!(committed.is_ascii());
     let parsed: Value = serde_json::from_str(&committed).unwrap();
     assert_eq!(
-        parsed, built,
+        &parsed, built,
         "the escaped file reads back as the same JSON"
     );
+}
+
+#[test]
+fn vectors_match_committed_file() {
+    check_committed("v1.json", &build());
 }
 
 #[test]
@@ -1916,19 +1924,5 @@ fn build_blind_index() -> Value {
 
 #[test]
 fn blind_index_vectors_match_committed_file() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/blind_index.json");
-    let built = build_blind_index();
-    let generated = escape_non_ascii(&serde_json::to_string_pretty(&built).unwrap()) + "\n";
-    if std::env::var_os("FIELDSEAL_WRITE_VECTORS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
-        return;
-    }
-    let committed =
-        std::fs::read_to_string(&path).expect("tests/vectors/blind_index.json is committed");
-    assert!(
-        committed == generated,
-        "the blind index vectors changed: tests/vectors/blind_index.json no longer matches \
-         this build (regenerate with FIELDSEAL_WRITE_VECTORS=1 only for an intended change)"
-    );
-    assert!(committed.is_ascii());
+    check_committed("blind_index.json", &build_blind_index());
 }
