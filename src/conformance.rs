@@ -461,11 +461,26 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
     }
 
     async fn generation(&self, tenant: &str) -> u64 {
-        must(
+        let one = must(
             "tenant_generation",
             self.store.tenant_generation(tenant).await,
         )
-        .unwrap_or_else(|| fail(format!("tenant `{tenant}` has no generation")))
+        .unwrap_or_else(|| fail(format!("tenant `{tenant}` has no generation")));
+        // Read with others, known and unknown, repeated and in any order,
+        // through tenant_generations: the same answer for each.
+        let many = must(
+            "tenant_generations",
+            self.store
+                .tenant_generations(&["conformance-unknown", tenant, "CONFORMANCE-A", tenant])
+                .await,
+        );
+        if many != [None, Some(one), None, Some(one)] {
+            fail(format!(
+                "tenant_generations gives {many:?} for [unknown, `{tenant}`, a tenant differing \
+                 only by case, `{tenant}`]; tenant_generation gives {one} for `{tenant}`"
+            ));
+        }
+        one
     }
 
     /// The generation after a successful change: strictly above `before`

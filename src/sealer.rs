@@ -290,12 +290,25 @@ impl Sealer {
         })
     }
 
-    /// As [`Sealer::tenant`], but never creates the tenant's first key.
+    /// As [`Sealer::tenant`] (creating the tenant's first key only if
+    /// `create` and the builder allows it), with the tenant's keys checked
+    /// against the key store now, as [`Sealer::tenant_checked`] does.
     #[cfg(feature = "_sql")]
-    pub(crate) async fn existing_tenant(&self, tenant: &str) -> Result<TenantSealer> {
+    pub(crate) async fn tenant_checked_now(
+        &self,
+        tenant: &str,
+        create: bool,
+    ) -> Result<TenantSealer> {
         check_tenant_id(tenant)?;
-        let keyring = self.keyring(tenant, false).await?;
+        let create = create && self.inner.create_tenants;
+        let keyring = self.keyring_with(tenant, create, None, true).await?;
         self.handle(tenant, keyring)
+    }
+
+    /// The key store's generations of `tenants` now, in one call.
+    #[cfg(feature = "_sql")]
+    pub(crate) async fn store_generations(&self, tenants: &[&str]) -> Result<Vec<Option<u64>>> {
+        self.inner.store.tenant_generations(tenants).await
     }
 
     /// Seals `plaintext` for the tenant, table, column and row named by `ctx`,
@@ -850,6 +863,12 @@ impl TenantSealer {
         let result = self.keyring.seal(self.algorithm, ctx, plaintext);
         telemetry::sealed(&result, self.tenant_label());
         result
+    }
+
+    /// The key store's generation of the tenant when these keys were read.
+    #[cfg(feature = "_sql")]
+    pub(crate) fn generation(&self) -> u64 {
+        self.keyring.generation
     }
 
     pub(crate) fn tenant_label(&self) -> Option<&str> {

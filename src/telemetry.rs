@@ -396,6 +396,11 @@ impl KeyStore for ObservedStore {
         self.call("tenant_generation", tenant, None, call).await
     }
 
+    async fn tenant_generations(&self, tenants: &[&str]) -> Result<Vec<Option<u64>>> {
+        let call = self.inner.tenant_generations(tenants);
+        self.call("tenant_generations", "", None, call).await
+    }
+
     async fn insert_key_version(
         &self,
         tenant: &str,

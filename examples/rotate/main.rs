@@ -867,6 +867,7 @@ fn retire_json(report: &RetireReport) -> Value {
             "destroyed": t.destroyed,
             "in_use": t.in_use.iter().map(|(v, c)| (v.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
             "primary_too_young_secs": t.primary_too_young.map(|d| d.as_secs()),
+            "jobs_running": t.jobs_running,
             "min_decryption_version": t.min_decryption_version,
             "unreadable": t.unreadable.iter().map(|(v, c)| (v.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
         }))).collect::<serde_json::Map<_, _>>(),
@@ -888,6 +889,13 @@ fn output_retire(report: &RetireReport) {
                 "{tenant}: nothing destroyed: the primary is {} old, younger than the cache \
                  time to live (processes may still seal under the previous version)",
                 humantime::format_duration(Duration::from_secs(age.as_secs()))
+            );
+        }
+        if !t.jobs_running.is_empty() {
+            println!(
+                "{tenant}: nothing destroyed: {} still running (a worker may be writing a batch \
+                 it sealed before the last rotation); run retire again once it is over",
+                t.jobs_running.join(", ")
             );
         }
         for v in &t.destroyed {

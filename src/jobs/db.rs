@@ -309,6 +309,29 @@ pub(crate) fn as_text(dialect: Dialect, expr: &str) -> String {
     }
 }
 
+/// `expr` as text that groups and compares byte for byte, whatever the
+/// collation of the column behind it: PostgreSQL's `"C"` collation, SQLite's
+/// `BINARY`, and on MySQL/MariaDB the UTF-8 bytes (read back with
+/// [`Kind::Bytes`]; every `_bin` collation there is still PAD SPACE, which
+/// calls `acme` and `acme ` equal).
+pub(crate) fn exact_text(dialect: Dialect, expr: &str) -> String {
+    match dialect {
+        Dialect::MySql => format!("CAST(CONVERT({expr} USING utf8mb4) AS BINARY)"),
+        Dialect::Postgres => format!("CAST({expr} AS TEXT) COLLATE \"C\""),
+        Dialect::Sqlite => format!("CAST({expr} AS TEXT) COLLATE BINARY"),
+    }
+}
+
+/// A tenant id read from [`exact_text`]: text, or UTF-8 bytes on MySQL.
+/// `None` for NULL or bytes that are not UTF-8 (which no tenant id is).
+pub(crate) fn exact_text_value(v: &Val) -> Option<String> {
+    match v {
+        Val::Text(t) => Some(t.clone()),
+        Val::Bytes(b) => String::from_utf8(b.clone()).ok(),
+        Val::Null | Val::Int(_) => None,
+    }
+}
+
 /// The database's clock, in whole seconds since the Unix epoch: leases are
 /// timed by the one clock every worker shares.
 pub(crate) fn now(dialect: Dialect) -> &'static str {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::store::sql::dialect::{
-    Dialect, is_concurrent_create, is_retryable, is_unique_violation,
+    Dialect, is_concurrent_create, is_missing_table, is_retryable, is_unique_violation,
 };
 
 use super::db::{Db, Kind, Tx, Val, now, quote};
@@ -81,6 +81,56 @@ impl JobTables {
             }
         }
         Ok(())
+    }
+}
+
+impl JobTables {
+    /// The jobs that hold a live lease on a range: a worker of theirs may
+    /// commit a batch at any moment. Locks the leased ranges' rows first
+    /// (SQLite: one writer at a time), so that a batch being committed right
+    /// now is over (its rows visible) before this returns. No job tables:
+    /// no jobs.
+    pub(crate) async fn live_jobs(&self, db: &Db) -> Result<Vec<String>> {
+        let lock = match db.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres | Dialect::MySql => " FOR UPDATE",
+        };
+        let sql = format!(
+            "SELECT job, lease_until - {} FROM {} WHERE state = 'leased'{lock}",
+            now(db.dialect()),
+            self.ranges
+        );
+        let mut attempt = 0;
+        loop {
+            let mut tx = db
+                .begin()
+                .await
+                .map_err(|e| db_error(db, "reading the jobs' leases", e))?;
+            let rows = match tx.fetch(&sql, &[], &[Kind::Text, Kind::Int]).await {
+                Ok(rows) => rows,
+                Err(e) if is_missing_table(&e) => return Ok(Vec::new()),
+                Err(e) if is_retryable(&e) && attempt < 12 => {
+                    attempt += 1;
+                    drop(tx);
+                    backoff(attempt).await;
+                    continue;
+                }
+                Err(e) => return Err(db_error(db, "reading the jobs' leases", e)),
+            };
+            tx.commit()
+                .await
+                .map_err(|e| db_error(db, "reading the jobs' leases", e))?;
+            let mut jobs: Vec<String> = rows
+                .iter()
+                .filter_map(|r| match r.as_slice() {
+                    [Val::Text(job), Val::Int(left)] if *left >= 0 => Some(job.clone()),
+                    _ => None,
+                })
+                .collect();
+            jobs.sort();
+            jobs.dedup();
+            return Ok(jobs);
+        }
     }
 }
 
@@ -397,15 +447,17 @@ impl Job {
     }
 
     /// In `tx`, before any row is written: extends the lease if this worker
-    /// still holds it (locking the range's row), or reports that it lost it.
+    /// still holds it and it has not expired (locking the range's row), or
+    /// reports that it lost it. An expired lease is lost even before another
+    /// worker takes it over: `retire` counts only live leases as writers.
     pub(crate) async fn fence(&self, db: &Db, tx: &mut Tx, lease: &Lease) -> Result<bool> {
         let n = tx
             .execute(
                 &format!(
-                    "UPDATE {} SET lease_until = {} + ? WHERE job = ? AND run = ? AND idx = ? \
-                     AND token = ? AND state = 'leased'",
+                    "UPDATE {} SET lease_until = {now} + ? WHERE job = ? AND run = ? AND idx = ? \
+                     AND token = ? AND state = 'leased' AND lease_until >= {now}",
                     self.tables.ranges,
-                    now(db.dialect())
+                    now = now(db.dialect())
                 ),
                 &[
                     Val::Int(self.lease_secs()),

@@ -340,6 +340,11 @@ pub struct TenantRetirement {
     /// Values under versions that can no longer open (destroyed, or unknown
     /// to the key store): per version, the counts per `table.column`.
     pub unreadable: BTreeMap<u32, BTreeMap<String, u64>>,
+    /// Jobs with a live lease that may write this tenant's rows (their ids,
+    /// `reseal:<table>:<tenant or *>`): while they run, no version of the
+    /// tenant is destroyed, since a batch they read before a rotation may
+    /// still be committed under the version before it.
+    pub jobs_running: Vec<String>,
     /// The minimum decryption version set once every older version was
     /// destroyed and no value is under a destroyed version (in a dry run:
     /// that would be), so that blind index searches stop at it instead of
@@ -925,15 +930,20 @@ impl SealedColumns {
         let (sql, binds) = t.header_counts_sql(j, tenant);
         let rows = self
             .db
-            .fetch(&sql, &binds, &[Kind::Text, Kind::Bytes, Kind::Int])
+            .fetch(
+                &sql,
+                &binds,
+                &[t.tenant_group_kind(), Kind::Bytes, Kind::Int],
+            )
             .await
             .map_err(|e| db_error(&self.db, "counting values by key version", e))?;
         let mut out: BTreeMap<String, ColumnUsage> = BTreeMap::new();
+        // Grouped byte for byte (`Table::tenant_group`): `acme` and `ACME`
+        // are two tenants whatever the column's collation says.
         let tenant_of = |v: &Val| {
-            v.as_text()
-                .or(t.fixed_tenant())
+            db::exact_text_value(v)
+                .or_else(|| t.fixed_tenant().map(str::to_string))
                 .unwrap_or_default()
-                .to_string()
         };
         for row in rows {
             let [tenant, prefix, n] = row.as_slice() else {
@@ -954,7 +964,7 @@ impl SealedColumns {
         if let Some((sql, binds)) = t.pending_source_sql(j, tenant) {
             let rows = self
                 .db
-                .fetch(&sql, &binds, &[Kind::Text, Kind::Int])
+                .fetch(&sql, &binds, &[t.tenant_group_kind(), Kind::Int])
                 .await
                 .map_err(|e| db_error(&self.db, "counting plaintext to migrate", e))?;
             for row in rows {
@@ -1131,8 +1141,14 @@ impl SealedColumns {
     /// Destroys the key versions that no value of any configured column uses
     /// (older than the primary, not already destroyed), for every tenant or
     /// [`JobOptions::tenant`]. Refuses, per tenant, while its primary is
-    /// younger than [`JobOptions::min_primary_age`]; otherwise keeps every
-    /// version still in use and names its counts per `table.column`.
+    /// younger than [`JobOptions::min_primary_age`], or while a job that may
+    /// write its rows holds a live lease ([`TenantRetirement::jobs_running`]);
+    /// otherwise keeps every version still in use and names its counts per
+    /// `table.column`.
+    ///
+    /// Tenant ids are matched byte for byte, whatever the tenant column's
+    /// collation: `acme` and `ACME` are two tenants. Each version is counted
+    /// again, for its tenant alone, just before it is destroyed.
     ///
     /// # Security
     ///
@@ -1146,6 +1162,10 @@ impl SealedColumns {
     /// destroyed.
     pub async fn retire(&self, options: &JobOptions) -> Result<RetireReport> {
         options.check()?;
+        // Before counting: a job whose worker holds a live lease may commit a
+        // batch sealed under a version it read before a rotation, after this
+        // count. Its tenants keep every version until the job's leases end.
+        let live_jobs = self.job_tables.live_jobs(&self.db).await?;
         let usage = self.versions_in_use(options.tenant.as_deref()).await?;
         let admin = self.sealer.admin().actor("fieldseal retire");
         let tenants = match &options.tenant {
@@ -1165,7 +1185,10 @@ impl SealedColumns {
             };
             let primary = record.latest_version();
             let used = usage.get(&tenant);
-            let mut r = TenantRetirement::default();
+            let mut r = TenantRetirement {
+                jobs_running: jobs_writing(&live_jobs, &tenant),
+                ..TenantRetirement::default()
+            };
             for (version, places) in used.into_iter().flatten() {
                 let readable = record
                     .keys
@@ -1181,6 +1204,15 @@ impl SealedColumns {
                 .filter(|k| k.version < primary && k.state != KeyState::Destroyed)
                 .map(|k| k.version)
                 .collect();
+            if !r.jobs_running.is_empty() {
+                for version in older {
+                    if let Some(places) = used.and_then(|u| u.get(&version)) {
+                        r.in_use.insert(version, places.clone());
+                    }
+                }
+                report.tenants.insert(tenant, r);
+                continue;
+            }
             if older.is_empty() && r.unreadable.is_empty() {
                 // Nothing to destroy; versions destroyed earlier may still
                 // leave the minimum behind.
@@ -1210,6 +1242,13 @@ impl SealedColumns {
                     }
                     _ => {
                         if !options.dry_run {
+                            // Counted again, for this tenant and version
+                            // alone, just before it goes.
+                            let now = self.version_in_use_now(&tenant, version).await?;
+                            if !now.is_empty() {
+                                r.in_use.insert(version, now);
+                                continue;
+                            }
                             admin.destroy_version(&tenant, version).await?;
                         }
                         r.destroyed.push(version);
@@ -1225,7 +1264,50 @@ impl SealedColumns {
     }
 }
 
+/// The live jobs (ids `kind:table:tenant`) that may write rows of `tenant`:
+/// its own, and those over every tenant (`*`).
+fn jobs_writing(live: &[String], tenant: &str) -> Vec<String> {
+    live.iter()
+        .filter(|id| {
+            id.strip_suffix(tenant)
+                .is_some_and(|rest| rest.ends_with(':'))
+                || id.ends_with(":*")
+        })
+        .cloned()
+        .collect()
+}
+
 impl SealedColumns {
+    /// Values of every configured column of `tenant` (matched byte for byte)
+    /// under `version`, per `table.column` with a count above zero.
+    async fn version_in_use_now(
+        &self,
+        tenant: &str,
+        version: u32,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for t in &self.tables {
+            for (j, c) in t.spec.columns.iter().enumerate() {
+                let (sql, binds) = t.version_count_sql(j, tenant, version);
+                let rows = self
+                    .db
+                    .fetch(&sql, &binds, &[Kind::Int])
+                    .await
+                    .map_err(|e| db_error(&self.db, "counting values under a key version", e))?;
+                let n = rows
+                    .first()
+                    .and_then(|r| r.first())
+                    .and_then(Val::as_int)
+                    .and_then(|v| u64::try_from(v).ok())
+                    .unwrap_or(0);
+                if n > 0 {
+                    out.insert(format!("{}.{}", t.spec.table(), c.column()), n);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// With [`JobOptions::raise_min_decryption_version`]: raises the minimum
     /// decryption version to the lowest version left, when every version
     /// below it is destroyed (earlier, or by this run) and no configured value
@@ -1400,6 +1482,7 @@ impl Worker {
                 .fetch(lease.cursor.as_ref(), lease.upper.as_ref())
                 .await?;
             let finished = rows.len() < self.options.batch;
+            self.revalidate(&rows).await?;
             let (updates, counts) = self.process(&rows).await?;
             let outcome = self
                 .write_batch(job, &mut lease, &updates, counts, last, finished)
@@ -1520,13 +1603,42 @@ impl Worker {
         if let Some(s) = lock(&self.shared.sealers).get(tenant) {
             return Ok(s.clone());
         }
-        let s = if create {
-            self.sealer.tenant(tenant).await?
-        } else {
-            self.sealer.existing_tenant(tenant).await?
-        };
+        // Checked against the key store now, never a cached snapshot from
+        // before the batch: the handle decides the version the batch writes.
+        let s = self.sealer.tenant_checked_now(tenant, create).await?;
         lock(&self.shared.sealers).insert(tenant.to_string(), s.clone());
         Ok(s)
+    }
+
+    /// Before a batch is processed: drops the handles of the batch's tenants
+    /// whose keys changed in the key store since they were read (one store
+    /// call for all of them), so that the batch seals under each tenant's
+    /// primary as of now. With the lease it holds while it writes (which
+    /// `retire` respects), a job never writes under a version another
+    /// process has destroyed.
+    async fn revalidate(&self, rows: &[Vec<Val>]) -> Result<()> {
+        let cached: Vec<(String, u64)> = {
+            let sealers = lock(&self.shared.sealers);
+            let mut seen = std::collections::BTreeSet::new();
+            rows.iter()
+                .filter_map(|row| self.table.tenant(row))
+                .filter(|t| seen.insert(*t))
+                .filter_map(|t| sealers.get(t).map(|s| (t.to_string(), s.generation())))
+                .collect()
+        };
+        if cached.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = cached.iter().map(|(t, _)| t.as_str()).collect();
+        let now = self.sealer.store_generations(&names).await?;
+        let mut sealers = lock(&self.shared.sealers);
+        for ((tenant, had), now) in cached.iter().zip(now) {
+            if now != Some(*had) {
+                tracing::debug!(tenant, "tenant keys changed during the job: reloading");
+                sealers.remove(tenant);
+            }
+        }
+        Ok(())
     }
 
     /// Decides, for every value of `rows`, what to write. A failure that is

@@ -3,10 +3,10 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::format::SealedValue;
+use crate::format::{Algorithm, FORMAT_V1, SealedValue, TEXT_PREFIX};
 use crate::store::sql::dialect::Dialect;
 
-use super::db::{Kind, Val, as_text, quote};
+use super::db::{Kind, Val, as_text, exact_text, quote};
 use super::spec::{
     ColumnForm, ColumnSpec, ExtraSource, KeyType, Migration, RowSource, TableSpec, TenantSource,
 };
@@ -174,7 +174,16 @@ impl Table {
         if let Some(tenant) = tenant {
             match &self.tenant_col {
                 Some(c) => {
-                    conds.push(format!("{c} = ?"));
+                    // The first test lets an index on the column serve; the
+                    // second makes it exact whatever the column's collation
+                    // says (a case- or accent-insensitive one calls `acme`
+                    // and `ACME` equal: two tenants).
+                    conds.push(format!(
+                        "{c} = ? AND {} = {}",
+                        exact_text(self.dialect, c),
+                        exact_text(self.dialect, "?")
+                    ));
+                    binds.push(Val::Text(tenant.to_string()));
                     binds.push(Val::Text(tenant.to_string()));
                 }
                 None if self.fixed_tenant() == Some(tenant) => {}
@@ -244,6 +253,24 @@ impl Table {
             ),
             binds,
         )
+    }
+
+    /// The row's tenant id as an expression to group by and compare,
+    /// byte for byte whatever the column's collation, and how to read it
+    /// (see [`tenant_of_group`]).
+    pub(crate) fn tenant_group(&self) -> String {
+        match &self.tenant_col {
+            Some(t) => exact_text(self.dialect, t),
+            None => "NULL".into(),
+        }
+    }
+
+    /// How to read [`Table::tenant_group`].
+    pub(crate) fn tenant_group_kind(&self) -> Kind {
+        match self.dialect {
+            Dialect::MySql => Kind::Bytes,
+            Dialect::Postgres | Dialect::Sqlite => Kind::Text,
+        }
     }
 
     pub(crate) fn key_kind(&self) -> Kind {
@@ -465,8 +492,69 @@ impl Table {
         let Some(c) = self.spec.columns.get(j) else {
             return (String::new(), Vec::new());
         };
+        let prefix = self.prefix_expr(c);
+        let tenant_expr = self.tenant_group();
+        let (cond, binds) = self.conditions(None, None, tenant);
+        (
+            format!(
+                "SELECT {tenant_expr}, {prefix}, COUNT(*) FROM {}{cond} GROUP BY {tenant_expr}, {prefix}",
+                self.name
+            ),
+            binds,
+        )
+    }
+
+    /// How many values of column `j` of `tenant` (exactly) are sealed under
+    /// `version`, by either algorithm: the re-check just before `retire`
+    /// destroys a version.
+    pub(crate) fn version_count_sql(
+        &self,
+        j: usize,
+        tenant: &str,
+        version: u32,
+    ) -> (String, Vec<Val>) {
+        let Some(c) = self.spec.columns.get(j) else {
+            return ("SELECT 0".into(), Vec::new());
+        };
+        let prefix = self.prefix_expr(c);
+        let (cond, mut binds) = self.conditions(None, None, Some(tenant));
+        let headers: Vec<Val> = [Algorithm::Aes256Gcm, Algorithm::ChaCha20Poly1305]
+            .into_iter()
+            .map(|a| {
+                let mut header = vec![FORMAT_V1, a.id()];
+                header.extend_from_slice(&version.to_be_bytes());
+                match c.form {
+                    ColumnForm::Binary => Val::Bytes(header),
+                    ColumnForm::Text => {
+                        let mut text = TEXT_PREFIX.as_bytes().to_vec();
+                        text.extend_from_slice(
+                            base64::Engine::encode(
+                                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                                &header,
+                            )
+                            .as_bytes(),
+                        );
+                        Val::Bytes(text)
+                    }
+                }
+            })
+            .collect();
+        let placeholders = vec!["?"; headers.len()].join(", ");
+        binds.extend(headers);
+        let cond = if cond.is_empty() {
+            format!(" WHERE {prefix} IN ({placeholders})")
+        } else {
+            format!("{cond} AND {prefix} IN ({placeholders})")
+        };
+        (format!("SELECT COUNT(*) FROM {}{cond}", self.name), binds)
+    }
+
+    /// The first bytes of column `c`'s values, as bytes: enough to read a
+    /// sealed value's format version, algorithm and key version (the text
+    /// form: `fs:` and 8 base64url characters, 6 bytes).
+    fn prefix_expr(&self, c: &ColumnSpec) -> String {
         let col = quote(self.dialect, &c.column);
-        let prefix = match (self.dialect, c.form) {
+        match (self.dialect, c.form) {
             (Dialect::Postgres, ColumnForm::Binary) => format!("substring({col} from 1 for 6)"),
             (Dialect::Postgres, ColumnForm::Text) => {
                 format!("convert_to(substring({col} from 1 for 11), 'UTF8')")
@@ -477,19 +565,7 @@ impl Table {
             }
             (Dialect::Sqlite, ColumnForm::Binary) => format!("CAST(substr({col}, 1, 6) AS BLOB)"),
             (Dialect::Sqlite, ColumnForm::Text) => format!("CAST(substr({col}, 1, 11) AS BLOB)"),
-        };
-        let tenant_expr = match &self.tenant_col {
-            Some(t) => as_text(self.dialect, t),
-            None => "NULL".into(),
-        };
-        let (cond, binds) = self.conditions(None, None, tenant);
-        (
-            format!(
-                "SELECT {tenant_expr}, {prefix}, COUNT(*) FROM {}{cond} GROUP BY {tenant_expr}, {prefix}",
-                self.name
-            ),
-            binds,
-        )
+        }
     }
 
     /// Per tenant, rows of column `j` that are NULL while its migration
@@ -505,10 +581,7 @@ impl Table {
         };
         let col = quote(self.dialect, &c.column);
         let source = quote(self.dialect, source);
-        let tenant_expr = match &self.tenant_col {
-            Some(t) => as_text(self.dialect, t),
-            None => "NULL".into(),
-        };
+        let tenant_expr = self.tenant_group();
         let (cond, binds) = self.conditions(None, None, tenant);
         let extra = format!("{col} IS NULL AND {source} IS NOT NULL");
         let cond = if cond.is_empty() {

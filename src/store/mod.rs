@@ -204,6 +204,26 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// [`Error::Store`](crate::Error::Store).
     async fn tenant_generation(&self, tenant: &str) -> Result<Option<u64>>;
 
+    /// The generations of several tenants, in the order given (`None` for a
+    /// tenant the store does not know). The column jobs check every tenant
+    /// of a batch with it before writing, so that they never write under a
+    /// version that another process has rotated away from.
+    ///
+    /// The provided implementation calls
+    /// [`tenant_generation`](KeyStore::tenant_generation) once per tenant;
+    /// a backend that can read many rows at once should override it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn tenant_generations(&self, tenants: &[&str]) -> Result<Vec<Option<u64>>> {
+        let mut out = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            out.push(self.tenant_generation(tenant).await?);
+        }
+        Ok(out)
+    }
+
     /// Creates `new.version` for `tenant` if, and only if, it is the tenant's
     /// highest version plus one and the tenant is not shredded (creating the
     /// tenant when `new.version` is 1), and appends `audit`.

@@ -724,6 +724,26 @@ where
         Ok(generation.map(to_u64))
     }
 
+    async fn tenant_generations(&self, tenants: &[&str]) -> Result<Vec<Option<u64>>> {
+        self.check_schema().await?;
+        let mut found: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        for chunk in tenants.chunks(statements::GENERATIONS_CHUNK) {
+            let Some(first) = chunk.first() else { continue };
+            let rows = retry!(self, "reading tenants' generations", async {
+                let mut query = sqlx::query_as::<DB, (String, i64)>(AssertSqlSafe(Arc::clone(
+                    &self.sql.select_generations,
+                )));
+                // Every placeholder is bound: the last chunk repeats its first id.
+                for i in 0..statements::GENERATIONS_CHUNK {
+                    query = query.bind(chunk.get(i).unwrap_or(first).to_string());
+                }
+                query.fetch_all(&self.pool).await
+            })?;
+            found.extend(rows.into_iter().map(|(t, g)| (t, to_u64(g))));
+        }
+        Ok(tenants.iter().map(|t| found.get(*t).copied()).collect())
+    }
+
     async fn insert_key_version(
         &self,
         tenant: &str,

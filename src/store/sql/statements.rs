@@ -4,6 +4,9 @@ use std::sync::Arc;
 
 use super::dialect::{Dialect, placeholders};
 
+/// How many tenants one generation query reads.
+pub(crate) const GENERATIONS_CHUNK: usize = 64;
+
 /// Every statement the store runs, with table names filled in and placeholders
 /// in the dialect's form.
 pub(crate) struct Statements {
@@ -38,6 +41,8 @@ pub(crate) struct Statements {
     pub(crate) delete_audit_through: Arc<str>,
     pub(crate) load_tenant: Arc<str>,
     pub(crate) select_generation: Arc<str>,
+    /// The generations of [`GENERATIONS_CHUNK`] tenants (ids may repeat).
+    pub(crate) select_generations: Arc<str>,
     pub(crate) list_wrapped: Arc<str>,
     pub(crate) select_audit_key: Arc<str>,
     pub(crate) insert_audit_key: Arc<str>,
@@ -157,6 +162,10 @@ impl Statements {
                  WHERE t.tenant = ? ORDER BY k.version"
             )),
             select_generation: sql(format!("SELECT generation FROM {tenants} WHERE tenant = ?")),
+            select_generations: sql(format!(
+                "SELECT tenant, generation FROM {tenants} WHERE tenant IN ({})",
+                vec!["?"; GENERATIONS_CHUNK].join(", ")
+            )),
             list_wrapped: sql(format!(
                 "SELECT tenant, version, state, created_at, state_changed_at, root_key_id, wrapped \
                  FROM {keys} WHERE wrapped IS NOT NULL \
