@@ -101,6 +101,17 @@ impl RewrapReport {
     }
 }
 
+/// What [`KeyAdmin::verify_root_keys`] proved: the provider's root keys
+/// unwrap the keys the store holds under them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RootKeyCheck {
+    /// Per root key id: the stored keys wrapped under it (the audit-chain key
+    /// included). One key per root key id was unwrapped to prove the root key
+    /// is the one they were wrapped with.
+    pub keys_per_root: std::collections::BTreeMap<String, u64>,
+}
+
 impl KeyAdmin {
     pub(crate) fn new(sealer: Sealer) -> Self {
         Self {
@@ -549,8 +560,11 @@ impl KeyAdmin {
     ///
     /// [`Error::Refused`] if `target` is not the current root key (nothing is
     /// changed); [`Error::RootKeyNotConfigured`] if a key is under a root key the
-    /// provider does not hold; provider and store errors (the keys done so far
-    /// stay done).
+    /// provider does not hold; [`Error::UnwrapFailed`] if a key already under
+    /// `target` does not unwrap (the provider's `target` is another key than
+    /// the one the store's keys were wrapped with: one such key is unwrapped
+    /// to prove it); provider and store errors (the keys done so far stay
+    /// done).
     pub async fn rewrap_all(&self, target: &str) -> Result<RewrapReport> {
         let label = self.sealer.inner.label_tenant;
         telemetry::admin("rewrap_all", "", label, async move {
@@ -563,8 +577,24 @@ impl KeyAdmin {
                 )));
             }
             let mut report = RewrapReport::default();
+            // A key already under `target` is skipped, so a root key file
+            // holding another key under the right id would pass unnoticed:
+            // the first such key is unwrapped to prove `target`.
+            let mut target_proven = false;
 
-            if let Some(old) = inner.store.load_audit_key().await?
+            let audit_key = inner.store.load_audit_key().await?;
+            if let Some(old) = &audit_key
+                && old.root_key_id() == target
+            {
+                drop(
+                    inner
+                        .provider
+                        .unwrap(old, &WrapContext::audit_key(1))
+                        .await?,
+                );
+                target_proven = true;
+            }
+            if let Some(old) = audit_key
                 && old.root_key_id() != target
             {
                 let ctx = WrapContext::audit_key(1);
@@ -597,11 +627,15 @@ impl KeyAdmin {
                     let Some(old) = stored.key.wrapped else {
                         continue;
                     };
+                    let ctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
                     if old.root_key_id() == target {
+                        if !target_proven {
+                            drop(inner.provider.unwrap(&old, &ctx).await?);
+                            target_proven = true;
+                        }
                         report.already_current += 1;
                         continue;
                     }
-                    let ctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
                     let key = inner.provider.unwrap(&old, &ctx).await?;
                     let new = inner.provider.wrap(&key, &ctx).await?;
                     drop(key);
@@ -635,6 +669,62 @@ impl KeyAdmin {
                 "root key re-wrap finished"
             );
             Ok(report)
+        })
+        .await
+    }
+
+    /// Proves that the provider holds the root keys the stored keys are
+    /// wrapped under: for every root key id found in the store, one key
+    /// wrapped under it (the audit-chain key first) is unwrapped. A key file
+    /// that holds another key under the right id fails here, before any job
+    /// relies on it. Reads every stored key's root key id; unwraps one key
+    /// per root key id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnwrapFailed`] naming the key and root key id when a root key
+    /// is not the one its keys were wrapped with; [`Error::RootKeyNotConfigured`]
+    /// when keys are under a root key the provider does not hold; provider
+    /// and store errors ([`Error::Schema`] before the store's tables exist).
+    pub async fn verify_root_keys(&self) -> Result<RootKeyCheck> {
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("verify_root_keys", "", label, async move {
+            let inner = &self.sealer.inner;
+            let mut check = RootKeyCheck::default();
+            if let Some(wrapped) = inner.store.load_audit_key().await? {
+                let key = inner
+                    .provider
+                    .unwrap(&wrapped, &WrapContext::audit_key(1))
+                    .await?;
+                drop(key);
+                check
+                    .keys_per_root
+                    .insert(wrapped.root_key_id().to_string(), 1);
+            }
+            let mut after: Option<(String, u32)> = None;
+            loop {
+                let page = inner
+                    .store
+                    .list_wrapped_keys(after.as_ref().map(|(t, v)| (t.as_str(), *v)), PAGE)
+                    .await?;
+                let full = page.len() >= PAGE;
+                for stored in page {
+                    after = Some((stored.tenant.clone(), stored.key.version));
+                    let Some(wrapped) = stored.key.wrapped else {
+                        continue;
+                    };
+                    let root = wrapped.root_key_id().to_string();
+                    if !check.keys_per_root.contains_key(&root) {
+                        let ctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
+                        drop(inner.provider.unwrap(&wrapped, &ctx).await?);
+                    }
+                    *check.keys_per_root.entry(root).or_insert(0) += 1;
+                }
+                if !full {
+                    break;
+                }
+            }
+            Ok(check)
         })
         .await
     }

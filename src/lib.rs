@@ -42,7 +42,7 @@ mod vectors;
 // The public API, in full.
 pub use crate::{
     // Key lifecycle operations and the audit log.
-    admin::{KeyAdmin, RewrapReport, Rotation},
+    admin::{KeyAdmin, RewrapReport, RootKeyCheck, Rotation},
     audit::{AUDIT_MAC_LEN, AuditAppend, AuditBreak, AuditEntry, AuditEvent, AuditReport},
     // Blind indexes: equality search on sealed columns.
     blind_index::{BlindIndex, BlindIndexBuilder, IndexValue, Normalizer, Search},

@@ -480,7 +480,41 @@ async fn bad_input_is_refused_with_a_message_and_nothing_written() {
     );
     let r = app.run(&["rotate", "--all"]);
     assert_eq!(r.code, FAILED);
+    // `check` proves the root key against a stored key; `rewrap-root` does
+    // not take "already under cli-root" for an answer.
+    let r = app.run(&["check"]);
+    assert_eq!(r.code, FAILED, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("root key `cli-root`") || r.stderr.contains("cli-root"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("unwrap"), "{}", r.stderr);
+    let r = app.run(&["rewrap-root"]);
+    assert_eq!(r.code, FAILED, "{}", r.stdout);
+    assert!(r.stderr.contains("unwrap"), "{}", r.stderr);
     unchanged("a wrong root key", app.snapshot().await);
+    app.write_config(CONFIG);
+    let r = app.run(&["check"]);
+    assert_eq!(r.code, DONE, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("root key cli-root unwraps the 7 stored keys wrapped under it"),
+        "{}",
+        r.stdout
+    );
+
+    // Migrating in place under a recipe the column's sealed values do not
+    // open under would seal values the application cannot open: refused.
+    app.write_config(&CONFIG.replace(
+        "{ column = \"api_secret\", form = \"text\" }",
+        "{ column = \"api_secret\", form = \"text\", migrate_in_place = true, \
+         table_label = \"integration\" }",
+    ));
+    let r = app.run(&["migrate"]);
+    assert_eq!(r.code, USAGE, "{}", r.stdout);
+    assert!(r.stderr.contains("do not open"), "{}", r.stderr);
+    unchanged("a migration under a wrong recipe", app.snapshot().await);
 
     // A context recipe that is not the application's: verify names the rows,
     // reseal refuses to write what it could not open.

@@ -26,8 +26,8 @@ use std::time::Duration;
 use common::local_provider;
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    ColumnForm, ColumnSpec, Context, JobOptions, KeyType, Progress, SealedColumns, SealedValue,
-    Sealer, TableSpec,
+    ColumnForm, ColumnSpec, Context, Error, JobOptions, KeyType, Progress, SealedColumns,
+    SealedValue, Sealer, TableSpec,
 };
 
 /// Five tenants that a case- or accent-insensitive collation calls two.
@@ -69,7 +69,8 @@ impl Progress for Seen {
 }
 
 macro_rules! suite {
-    ($name:ident, $with:path, $db:ty, $sql:expr, $accounts:expr, $setup:expr) => {
+    ($name:ident, $with:path, $db:ty, $sql:expr, $accounts:expr, $setup:expr,
+     keys: $keys:expr, bad_keys: $bad_keys:expr, text: $text:expr) => {
         mod $name {
             use super::*;
 
@@ -320,6 +321,232 @@ macro_rules! suite {
                 })
                 .await;
             }
+
+            /// A root key file that holds another key under the right id:
+            /// `verify_root_keys` and `rewrap_all` unwrap a stored key to
+            /// prove it, instead of trusting the id.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_wrong_root_key_under_the_right_id_is_caught() {
+                $with(|pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    create(&pool).await;
+                    for (id, tenant) in [(1, "acme"), (2, "globex")] {
+                        insert(&pool, &sealer, id, tenant).await;
+                    }
+                    sealer.admin().verify_audit().await.unwrap();
+                    let check = sealer.admin().verify_root_keys().await.unwrap();
+                    assert_eq!(check.keys_per_root, BTreeMap::from([("test-root".to_string(), 3)]));
+                    let report = sealer.admin().rewrap_all("test-root").await.unwrap();
+                    assert_eq!(report.already_current, 2);
+
+                    let impostor = Sealer::builder(
+                        fieldseal::LocalKeyProvider::new(
+                            "test-root",
+                            fieldseal::RootKey::from_bytes(&mut [7; 32]),
+                        )
+                        .unwrap(),
+                        store.clone(),
+                    )
+                    .build();
+                    let err = impostor.admin().verify_root_keys().await.unwrap_err();
+                    assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
+                    assert!(err.to_string().contains("test-root"), "{err}");
+                    let err = impostor.admin().rewrap_all("test-root").await.unwrap_err();
+                    assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
+                    // Nothing changed: the right key still opens everything.
+                    assert_eq!(all_open(&pool, &sealer).await.len(), 2);
+                })
+                .await;
+            }
+
+            /// `migrate` with a recipe under which the column's sealed
+            /// values do not open (an extra pair the application never
+            /// uses): refused as a configuration error, nothing written.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn migrate_refuses_a_recipe_the_sealed_values_do_not_open_under() {
+                $with(|pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    create(&pool).await;
+                    exec(&pool, &format!("ALTER TABLE accounts ADD plain {}", $text)).await;
+                    // The application already writes sealed values for new
+                    // rows; older rows hold plaintext only.
+                    for id in 1..=6 {
+                        insert(&pool, &sealer, id, "acme").await;
+                    }
+                    for id in 7..=30 {
+                        sqlx::query::<$db>(q("INSERT INTO accounts (id, tenant, plain) VALUES (?, ?, ?)"))
+                            .bind(id)
+                            .bind("acme")
+                            .bind(format!("token-{id}"))
+                            .execute(&pool)
+                            .await
+                            .unwrap();
+                    }
+                    let snapshot = || async {
+                        sqlx::query_as::<$db, (i64, Option<Vec<u8>>)>(q(
+                            "SELECT id, token FROM accounts ORDER BY id",
+                        ))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap()
+                    };
+                    let before = snapshot().await;
+                    let table = |column: ColumnSpec| {
+                        TableSpec::new("accounts", "id", KeyType::Integer)
+                            .tenant_column("tenant")
+                            .column(column)
+                    };
+                    let wrong = SealedColumns::new(
+                        pool.clone(),
+                        sealer.clone(),
+                        vec![table(
+                            ColumnSpec::new("token", ColumnForm::Binary)
+                                .migrate_from("plain")
+                                .extra_value("provider", "github"),
+                        )],
+                    )
+                    .unwrap();
+                    for dry_run in [true, false] {
+                        let mut o = now_options();
+                        o.dry_run = dry_run;
+                        let err = wrong.migrate(&o).await.unwrap_err();
+                        assert!(matches!(err, Error::Config { .. }), "{err}");
+                        let text = err.to_string();
+                        assert!(text.contains("accounts.token"), "{text}");
+                        assert!(text.contains("do not open"), "{text}");
+                        assert_eq!(snapshot().await, before);
+                    }
+
+                    let right = SealedColumns::new(
+                        pool.clone(),
+                        sealer.clone(),
+                        vec![table(ColumnSpec::new("token", ColumnForm::Binary).migrate_from("plain"))],
+                    )
+                    .unwrap();
+                    let report = right.migrate(&now_options()).await.unwrap();
+                    assert_eq!(report.totals().written, 24);
+                    assert_eq!(all_open(&pool, &sealer).await.len(), 30);
+                })
+                .await;
+            }
+
+            /// Primary keys of every integer width, and text, varchar and
+            /// uuid keys: check, plan, migrate, verify, reseal and retire.
+            /// Key columns of other types are refused by `check`.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_supported_key_type_works_and_others_are_refused() {
+                $with(|pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    for (i, (sql_type, key_type, uuid)) in $keys.into_iter().enumerate() {
+                        let table = format!("keyed_{i}");
+                        exec(
+                            &pool,
+                            &format!(
+                                "CREATE TABLE {table} (id {sql_type} PRIMARY KEY, tenant {text} NOT NULL, \
+                                 plain {text}, token {text})",
+                                text = $text
+                            ),
+                        )
+                        .await;
+                        let id_of = |n: i64| match (key_type, uuid) {
+                            (KeyType::Integer, _) => n.to_string(),
+                            (_, true) => format!("00000000-0000-4000-8000-{n:012}"),
+                            _ => format!("row-{n:03}"),
+                        };
+                        for n in 1..=25 {
+                            let insert = match key_type {
+                                KeyType::Integer => format!(
+                                    "INSERT INTO {table} (id, tenant, plain) VALUES ({}, ?, ?)",
+                                    id_of(n)
+                                ),
+                                _ if uuid => format!(
+                                    "INSERT INTO {table} (id, tenant, plain) VALUES (CAST('{}' AS {sql_type}), ?, ?)",
+                                    id_of(n)
+                                ),
+                                _ => format!(
+                                    "INSERT INTO {table} (id, tenant, plain) VALUES ('{}', ?, ?)",
+                                    id_of(n)
+                                ),
+                            };
+                            sqlx::query::<$db>(q(&insert))
+                                .bind(if n % 2 == 0 { "acme" } else { "globex" })
+                                .bind(format!("secret-{n}"))
+                                .execute(&pool)
+                                .await
+                                .unwrap();
+                        }
+                        let spec = TableSpec::new(&table, "id", key_type)
+                            .tenant_column("tenant")
+                            .column(ColumnSpec::new("token", ColumnForm::Text).migrate_from("plain"));
+                        let columns =
+                            SealedColumns::new(pool.clone(), sealer.clone(), vec![spec]).unwrap();
+                        columns.check().await.unwrap_or_else(|e| panic!("{sql_type}: {e}"));
+                        let mut o = now_options();
+                        o.batch = 3;
+                        o.range_rows = Some(7);
+                        let plan = columns.plan(&o).await.unwrap_or_else(|e| panic!("{sql_type}: {e}"));
+                        assert_eq!(plan.legacy(), 25, "{sql_type}");
+                        let report = columns.migrate(&o).await.unwrap_or_else(|e| panic!("{sql_type}: {e}"));
+                        assert_eq!(report.totals().written, 25, "{sql_type}");
+                        assert!(report.tables[0].complete, "{sql_type}");
+                        for tenant in ["acme", "globex"] {
+                            sealer.admin().rotate(tenant).await.unwrap();
+                        }
+                        let report = columns.reseal(&o).await.unwrap_or_else(|e| panic!("{sql_type}: {e}"));
+                        assert_eq!(report.totals().written, 25, "{sql_type}");
+                        let verify = columns.verify(&o).await.unwrap();
+                        assert_eq!(verify.totals().failed, 0, "{sql_type}: {:?}", verify.tables[0].failures);
+                        assert_eq!(verify.totals().current, 25, "{sql_type}");
+                        // The row id in each context is the key as text.
+                        let rows: Vec<(String, String)> = sqlx::query_as(q(&format!(
+                            "SELECT tenant, token FROM {table} ORDER BY id"
+                        )))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                        for (n, (tenant, token)) in (1..).zip(rows) {
+                            let ctx = Context::builder(tenant.as_str(), table.as_str(), "token")
+                                .row(id_of(n))
+                                .build()
+                                .unwrap();
+                            let value = fieldseal::SealedValue::from_text(&token).unwrap();
+                            let opened = sealer.open(&ctx, &value).await.unwrap();
+                            assert_eq!(opened.plaintext().expose_secret(), format!("secret-{n}").as_bytes());
+                        }
+                        let report = columns.retire(&o).await.unwrap();
+                        assert_eq!(report.tenants["acme"].destroyed.len(), 1, "{sql_type}");
+                        for tenant in ["acme", "globex"] {
+                            let v = sealer.admin().describe(tenant).await.unwrap().latest_version();
+                            let _ = v;
+                        }
+                    }
+
+                    for (i, (sql_type, key_type, hint)) in $bad_keys.into_iter().enumerate() {
+                        let table = format!("badkey_{i}");
+                        exec(
+                            &pool,
+                            &format!(
+                                "CREATE TABLE {table} (id {sql_type} PRIMARY KEY, tenant {text}, token {text})",
+                                text = $text
+                            ),
+                        )
+                        .await;
+                        let spec = TableSpec::new(&table, "id", key_type)
+                            .tenant_column("tenant")
+                            .column(ColumnSpec::new("token", ColumnForm::Text));
+                        let err = SealedColumns::new(pool.clone(), sealer.clone(), vec![spec])
+                            .unwrap()
+                            .check()
+                            .await
+                            .unwrap_err();
+                        assert!(matches!(err, Error::Config { .. }), "{sql_type}: {err}");
+                        let text = err.to_string();
+                        assert!(text.contains("tables[0].key"), "{sql_type}: {text}");
+                        assert!(text.contains(hint), "{sql_type}: {text}");
+                    }
+                })
+                .await;
+            }
         }
     };
 }
@@ -331,7 +558,20 @@ suite!(
     same,
     "CREATE TABLE accounts (id INTEGER PRIMARY KEY, tenant TEXT COLLATE NOCASE NOT NULL, \
      token BLOB)",
-    [] as [&str; 0]
+    [] as [&str; 0],
+    keys: [
+        ("INTEGER", KeyType::Integer, false),
+        ("BIGINT", KeyType::Integer, false),
+        ("SMALLINT", KeyType::Integer, false),
+        ("TEXT", KeyType::Text, false),
+        ("VARCHAR(36)", KeyType::Text, true),
+    ],
+    bad_keys: [
+        ("REAL", KeyType::Integer, "real"),
+        ("BLOB", KeyType::Text, "blob"),
+        ("TEXT", KeyType::Integer, "text"),
+    ],
+    text: "TEXT"
 );
 
 suite!(
@@ -344,7 +584,23 @@ suite!(
     [
         "CREATE COLLATION fs_ci (provider = icu, locale = 'und-u-ks-level1', \
          deterministic = false)"
-    ]
+    ],
+    keys: [
+        ("SMALLINT", KeyType::Integer, false),
+        ("INTEGER", KeyType::Integer, false),
+        ("BIGINT", KeyType::Integer, false),
+        ("SERIAL", KeyType::Integer, false),
+        ("TEXT", KeyType::Text, false),
+        ("VARCHAR(40)", KeyType::Text, false),
+        ("UUID", KeyType::Uuid, true),
+    ],
+    bad_keys: [
+        ("NUMERIC(10)", KeyType::Integer, "numeric"),
+        ("BYTEA", KeyType::Text, "bytea"),
+        ("UUID", KeyType::Text, "uuid"),
+        ("TEXT", KeyType::Uuid, "text"),
+    ],
+    text: "TEXT"
 );
 
 suite!(
@@ -354,7 +610,22 @@ suite!(
     same,
     "CREATE TABLE accounts (id BIGINT PRIMARY KEY, \
      tenant VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, token BLOB)",
-    [] as [&str; 0]
+    [] as [&str; 0],
+    keys: [
+        ("TINYINT", KeyType::Integer, false),
+        ("SMALLINT", KeyType::Integer, false),
+        ("INT", KeyType::Integer, false),
+        ("INT UNSIGNED", KeyType::Integer, false),
+        ("BIGINT", KeyType::Integer, false),
+        ("VARCHAR(40)", KeyType::Text, false),
+        ("CHAR(36)", KeyType::Text, true),
+    ],
+    bad_keys: [
+        ("DECIMAL(10,0)", KeyType::Integer, "decimal"),
+        ("BIGINT UNSIGNED", KeyType::Integer, "unsigned"),
+        ("VARBINARY(16)", KeyType::Text, "varbinary"),
+    ],
+    text: "VARCHAR(255)"
 );
 
 suite!(
@@ -364,5 +635,8 @@ suite!(
     same,
     "CREATE TABLE accounts (id BIGINT PRIMARY KEY, \
      tenant VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NOT NULL, token BLOB)",
-    [] as [&str; 0]
+    [] as [&str; 0],
+    keys: [("INT", KeyType::Integer, false)],
+    bad_keys: [("FLOAT", KeyType::Integer, "float")],
+    text: "VARCHAR(255)"
 );

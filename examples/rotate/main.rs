@@ -472,6 +472,7 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
         _ => {}
     }
 
+    let admin = sealer.admin().actor("rotate check (command line)");
     let mut columns = SealedColumns::new(pool, sealer, config.tables()?)?;
     if config.jobs.table_prefix.is_some() || config.jobs.schema.is_some() {
         let prefix = config.jobs.table_prefix.as_deref().unwrap_or("fieldseal_");
@@ -487,9 +488,37 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
 
     match &cli.command {
         Command::Check => {
-            emit(cli, json!({ "command": "check", "ok": true }), || {
-                println!("the configured tables, columns and keys exist");
-            });
+            // The root keys must unwrap what the store holds: a key file with
+            // another key under the right id fails here, not in a job.
+            let roots = match admin.verify_root_keys().await {
+                Ok(check) => Some(check.keys_per_root),
+                Err(e) if e.kind() == "schema" => None,
+                Err(e) => return Err(e.into()),
+            };
+            emit(
+                cli,
+                json!({ "command": "check", "ok": true, "keys_per_root": roots }),
+                || {
+                    println!("the configured tables, columns and keys exist");
+                    match &roots {
+                        None => println!(
+                            "the key store has no tables yet (`migrate` creates them): no \
+                             wrapped key to prove the root key against"
+                        ),
+                        Some(roots) if roots.is_empty() => {
+                            println!("the key store holds no wrapped key yet");
+                        }
+                        Some(roots) => {
+                            for (root, n) in roots {
+                                println!(
+                                    "root key {root} unwraps the {n} stored keys wrapped under it \
+                                     (one unwrapped to prove it)"
+                                );
+                            }
+                        }
+                    }
+                },
+            );
             Ok(DONE)
         }
         Command::Plan { tenant } => {

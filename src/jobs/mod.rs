@@ -560,6 +560,14 @@ impl SealedColumns {
                     )));
                 }
             }
+            if let Some(ty) = self.column_type(t, &t.spec.key).await?
+                && let Err(why) = key_type_fits(self.db.dialect(), t.spec.key_type, &ty)
+            {
+                return Err(Error::config(format!(
+                    "tables[{i}].key: column `{}` of `{table}` is {ty}; {why}",
+                    t.spec.key
+                )));
+            }
         }
         Ok(())
     }
@@ -579,7 +587,7 @@ impl SealedColumns {
                 ],
             ),
             Dialect::MySql => (
-                "SELECT CAST(DATA_TYPE AS CHAR) FROM information_schema.COLUMNS \
+                "SELECT CAST(COLUMN_TYPE AS CHAR) FROM information_schema.COLUMNS \
                  WHERE TABLE_NAME = ? AND TABLE_SCHEMA = COALESCE(?, DATABASE()) \
                  AND COLUMN_NAME = ?",
                 vec![
@@ -676,8 +684,13 @@ impl SealedColumns {
     /// values starting with `fs:` that are not sealed values (nothing is
     /// written); otherwise as [`SealedColumns::reseal`].
     pub async fn migrate(&self, options: &JobOptions) -> Result<JobReport> {
-        for t in &self.tables {
+        options.check()?;
+        for (i, t) in self.tables.iter().enumerate() {
             for (j, c) in t.spec.columns.iter().enumerate() {
+                if c.migrate.is_some() {
+                    self.check_recipe(t, i, j, options.tenant.as_deref())
+                        .await?;
+                }
                 if c.migrate != Some(spec::Migration::InPlace) {
                     continue;
                 }
@@ -695,6 +708,71 @@ impl SealedColumns {
             }
         }
         self.run(JobKind::Migrate, options).await
+    }
+
+    /// Before `migrate` seals anything into column `j` of `t`: opens a random
+    /// sample of the values already sealed there (by the application) under
+    /// the configured recipe, and refuses if any does not open. Values sealed
+    /// under a wrong recipe would open for `migrate` itself but never for the
+    /// application. A column with no sealed value yet cannot be checked.
+    async fn check_recipe(
+        &self,
+        t: &Arc<Table>,
+        i: usize,
+        j: usize,
+        tenant: Option<&str>,
+    ) -> Result<()> {
+        const SAMPLE: u64 = 64;
+        let Some(c) = t.spec.columns.get(j) else {
+            return Ok(());
+        };
+        let (sql, binds) = t.sealed_sample_sql(j, tenant, SAMPLE);
+        let rows = self
+            .db
+            .fetch(&sql, &binds, t.kinds())
+            .await
+            .map_err(|e| db_error(&self.db, "sampling sealed values", e))?;
+        let mut opened = 0u64;
+        let mut failed: Vec<(String, Error)> = Vec::new();
+        for row in &rows {
+            let Stored::Sealed(value) = parse_stored(c.form, t.sealed(row, j)) else {
+                continue;
+            };
+            let outcome = match t.tenant(row) {
+                Some(tenant) => match self.sealer.tenant_checked_now(tenant, false).await {
+                    Ok(sealer) => t
+                        .context(row, j)
+                        .and_then(|ctx| sealer.open_uncounted(&ctx, &value)),
+                    Err(e) => Err(e),
+                },
+                None => Err(Error::invalid_context("the row's tenant column is NULL")),
+            };
+            match outcome {
+                Ok(_) => opened += 1,
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e @ (Error::OpenFailed | Error::InvalidContext { .. })) => {
+                    let key = t.row_key(row).map(|k| k.to_text()).unwrap_or_default();
+                    failed.push((key, e));
+                }
+                // A destroyed key or a shredded tenant says nothing about
+                // the recipe.
+                Err(_) => {}
+            }
+        }
+        let Some((key, first)) = failed.first() else {
+            return Ok(());
+        };
+        Err(Error::config(format!(
+            "tables[{i}].columns[{j}]: {} of {} values already sealed in {}.{} do not open \
+             under the configured context recipe (row {key}: {first}); migrate would seal \
+             values the application cannot open. Run `verify`, and make the recipe \
+             (table_label, column_label, row, extras) match what the application builds; \
+             nothing was written",
+            failed.len(),
+            failed.len() as u64 + opened,
+            t.spec.table(),
+            c.column(),
+        )))
     }
 
     async fn run(&self, kind: JobKind, options: &JobOptions) -> Result<JobReport> {
@@ -1877,6 +1955,58 @@ fn index_values(sealer: &TenantSealer, c: &ColumnSpec, plaintext: &[u8]) -> Resu
             Err(e) => Err(e),
         })
         .collect()
+}
+
+/// Whether a key column of declared type `ty` (lower case) can be read and
+/// compared as `key_type`; if not, what to do.
+fn key_type_fits(
+    dialect: crate::store::sql::dialect::Dialect,
+    key_type: KeyType,
+    ty: &str,
+) -> std::result::Result<(), &'static str> {
+    use crate::store::sql::dialect::Dialect;
+    let base = ty.split(['(', ' ']).next().unwrap_or(ty);
+    match key_type {
+        KeyType::Integer => {
+            let integer = match dialect {
+                Dialect::Postgres => ["smallint", "integer", "bigint"].contains(&ty),
+                Dialect::MySql => [
+                    "tinyint",
+                    "smallint",
+                    "mediumint",
+                    "int",
+                    "integer",
+                    "bigint",
+                ]
+                .contains(&base),
+                Dialect::Sqlite => ty.contains("int"),
+            };
+            if !integer {
+                return Err(
+                    "key type \"integer\" needs an integer column (SMALLINT, INTEGER or \
+                     BIGINT; SERIAL is INTEGER); for a text or UUID key use \"text\" or \
+                     \"uuid\"",
+                );
+            }
+            if dialect == Dialect::MySql && base == "bigint" && ty.contains("unsigned") {
+                return Err(
+                    "BIGINT UNSIGNED keys above 2^63 - 1 have no 64-bit signed form, which the \
+                     jobs read keys as; use a signed BIGINT",
+                );
+            }
+            Ok(())
+        }
+        KeyType::Text if dialect == Dialect::Postgres && ty == "uuid" => {
+            Err("use key type \"uuid\" for a uuid column")
+        }
+        KeyType::Text if is_text_type(dialect, ty) => Ok(()),
+        KeyType::Text => Err(
+            "key type \"text\" needs a text column (CHAR, VARCHAR or TEXT; a UUID stored as \
+             text is one)",
+        ),
+        KeyType::Uuid if ty == "uuid" => Ok(()),
+        KeyType::Uuid => Err("key type \"uuid\" is for PostgreSQL uuid columns"),
+    }
 }
 
 /// Whether a column of declared type `ty` holds text.

@@ -100,10 +100,7 @@ impl Table {
                 add(source);
             }
         }
-        let mut select = vec![match spec.key_type {
-            KeyType::Integer | KeyType::Text => key.clone(),
-            KeyType::Uuid => as_text(dialect, &key),
-        }];
+        let mut select = vec![key_as_read(dialect, spec.key_type, &key)];
         let mut kinds = vec![match spec.key_type {
             KeyType::Integer => Kind::Int,
             KeyType::Text | KeyType::Uuid => Kind::Text,
@@ -232,6 +229,42 @@ impl Table {
         )
     }
 
+    /// Up to `limit` rows, chosen at random, whose column `j` holds a value
+    /// that looks sealed (any bytes for a binary column, text starting with
+    /// `fs:` for a text column).
+    pub(crate) fn sealed_sample_sql(
+        &self,
+        j: usize,
+        tenant: Option<&str>,
+        limit: u64,
+    ) -> (String, Vec<Val>) {
+        let (cond, binds) = self.conditions(None, None, tenant);
+        let Some(c) = self.spec.columns.get(j) else {
+            return (self.probe_sql(), Vec::new());
+        };
+        let col = quote(self.dialect, &c.column);
+        let sealed = match c.form {
+            ColumnForm::Binary => format!("{col} IS NOT NULL"),
+            ColumnForm::Text => format!("{col} LIKE '{TEXT_PREFIX}%'"),
+        };
+        let cond = if cond.is_empty() {
+            format!(" WHERE {sealed}")
+        } else {
+            format!("{cond} AND {sealed}")
+        };
+        let random = match self.dialect {
+            Dialect::MySql => "RAND()",
+            Dialect::Postgres | Dialect::Sqlite => "random()",
+        };
+        (
+            format!(
+                "SELECT {} FROM {}{cond} ORDER BY {random} LIMIT {limit}",
+                self.select, self.name
+            ),
+            binds,
+        )
+    }
+
     /// The key `n` rows after `after` (the next range boundary), if there is one.
     pub(crate) fn boundary_sql(
         &self,
@@ -240,10 +273,7 @@ impl Table {
         n: u64,
     ) -> (String, Vec<Val>) {
         let (cond, binds) = self.conditions(after, None, tenant);
-        let key = match self.spec.key_type {
-            KeyType::Uuid => as_text(self.dialect, &self.key),
-            KeyType::Integer | KeyType::Text => self.key.clone(),
-        };
+        let key = key_as_read(self.dialect, self.spec.key_type, &self.key);
         (
             format!(
                 "SELECT {key} FROM {}{cond} ORDER BY {} LIMIT 1 OFFSET {}",
@@ -398,10 +428,7 @@ impl Table {
                 Dialect::Sqlite => self.key.clone(),
                 _ => format!("{t}.{}", self.key),
             };
-            match self.spec.key_type {
-                KeyType::Uuid => as_text(self.dialect, &key),
-                _ => key,
-            }
+            key_as_read(self.dialect, self.spec.key_type, &key)
         };
         match self.dialect {
             Dialect::Postgres | Dialect::Sqlite => {
@@ -596,6 +623,17 @@ impl Table {
             ),
             binds,
         ))
+    }
+}
+
+/// The key column as the jobs read it: any integer width as a 64-bit
+/// integer, any text or uuid column as text.
+fn key_as_read(dialect: Dialect, key_type: KeyType, key: &str) -> String {
+    match (key_type, dialect) {
+        (KeyType::Integer, Dialect::Postgres) => format!("CAST({key} AS BIGINT)"),
+        (KeyType::Integer, Dialect::MySql) => format!("CAST({key} AS SIGNED)"),
+        (KeyType::Integer, Dialect::Sqlite) => key.to_string(),
+        (KeyType::Text | KeyType::Uuid, _) => as_text(dialect, key),
     }
 }
 
