@@ -682,9 +682,9 @@ impl TenantSealer {
     ///
     /// # Errors
     ///
-    /// [`Error::IncompleteSearch`] if a version in that range is destroyed or
-    /// disabled: rows indexed under it would silently be missing from the
-    /// result. Once no row uses such a version, raise the minimum decryption
+    /// [`Error::IncompleteSearch`] if a version in that range is destroyed,
+    /// disabled or missing from the key store: rows indexed under it would
+    /// silently be missing from the result. Once no row uses such a version, raise the minimum decryption
     /// version above it ([`KeyAdmin::set_min_decryption_version`](crate::KeyAdmin::set_min_decryption_version));
     /// or accept the gap with [`TenantSealer::search_partial`].
     /// [`Error::NotIndexable`] if the normaliser refuses the value;
@@ -708,6 +708,13 @@ impl TenantSealer {
                 disabled_at,
                 ..
             } => (version, format!("it is disabled, since {disabled_at}")),
+            Error::UnknownKeyVersion { version, .. } => (
+                version,
+                "the key store has no row for it, though it has newer versions (a key row \
+                 was deleted outside fieldseal: restore it from a backup, or check the \
+                 audit log)"
+                    .to_string(),
+            ),
             other => return Err(other),
         };
         Err(Error::IncompleteSearch {
@@ -718,8 +725,9 @@ impl TenantSealer {
         })
     }
 
-    /// As [`TenantSealer::search`], but a destroyed or disabled version in
-    /// range is skipped and listed in [`Search::skipped`] instead of failing.
+    /// As [`TenantSealer::search`], but a destroyed, disabled or missing
+    /// version in range is skipped and listed in [`Search::skipped`] instead
+    /// of failing.
     ///
     /// # Security
     ///
@@ -738,15 +746,22 @@ impl TenantSealer {
         let info = index.key_info(&keyring.tenant);
         let mut terms = Vec::new();
         let mut skipped = Vec::new();
-        for entry in keyring.versions.iter().rev() {
-            if entry.version < keyring.min_decryption_version {
-                break;
-            }
-            match keyring.deriver_for(entry.version) {
+        // Every version number in range, not only those the store returned:
+        // key rows are never deleted, so a missing one (a row deleted behind
+        // the store's back) is a gap like a destroyed version, never a
+        // silently shorter search.
+        let primary = keyring.versions.last().map_or(0, |e| e.version);
+        let lowest = keyring.min_decryption_version.max(1);
+        for version in (lowest..=primary).rev() {
+            match keyring.deriver_for(version) {
                 Ok(deriver) => {
-                    terms.push(index.compute(deriver, &info, &normalized, entry.version));
+                    terms.push(index.compute(deriver, &info, &normalized, version));
                 }
-                Err(e @ (Error::KeyDestroyed { .. } | Error::KeyDisabled { .. })) => {
+                Err(
+                    e @ (Error::KeyDestroyed { .. }
+                    | Error::KeyDisabled { .. }
+                    | Error::UnknownKeyVersion { .. }),
+                ) => {
                     skipped.push(e);
                 }
                 Err(e) => return Err(e),

@@ -123,6 +123,10 @@ impl RootKey {
         Self(key)
     }
 
+    /// The most bytes [`RootKey::from_file`] reads: base64 of 32 bytes is 44
+    /// characters, with room for surrounding whitespace.
+    pub const MAX_FILE_LEN: usize = 256;
+
     /// Parses standard base64 of 32 bytes; surrounding whitespace is ignored.
     ///
     /// # Errors
@@ -182,18 +186,65 @@ impl RootKey {
     /// Reads a root key file (standard base64 of 32 bytes, as written by
     /// [`RootKey::create_file`]).
     ///
+    /// # Security
+    ///
+    /// On Unix the file must be accessible to its owner only (mode `0600` or
+    /// `0400`, as [`RootKey::create_file`] makes it): a key file its group or
+    /// anyone else can read or write is refused, whoever runs the process.
+    /// At most [`RootKey::MAX_FILE_LEN`] bytes are read.
+    ///
     /// # Errors
     ///
-    /// [`Error::RootKey`] if the file cannot be read or does not hold base64 of
-    /// 32 bytes.
+    /// [`Error::RootKey`] if the file cannot be read, is accessible to its
+    /// group or others (the message names the mode and the fix), is longer
+    /// than a key file can be, or does not hold base64 of 32 bytes.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        use std::io::Read as _;
+
         let path = path.as_ref();
         let origin = format!("file {}", path.display());
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::RootKey {
+        let fail = |reason: String, source: Option<std::io::Error>| Error::RootKey {
             origin: origin.clone(),
-            reason: "cannot read the file".into(),
-            source: Some(e),
-        })?);
+            reason,
+            source,
+        };
+        let file =
+            std::fs::File::open(path).map_err(|e| fail("cannot read the file".into(), Some(e)))?;
+        // The mode of the file opened, not of whatever the path names later.
+        let metadata = file
+            .metadata()
+            .map_err(|e| fail("cannot read the file".into(), Some(e)))?;
+        if !metadata.is_file() {
+            return Err(fail("not a regular file".into(), None));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(fail(
+                    format!(
+                        "the file's mode is {mode:04o}: its group or others can read or write \
+                         it; make it private to its owner (chmod 600)"
+                    ),
+                    None,
+                ));
+            }
+        }
+        let mut bytes = Zeroizing::new(Vec::with_capacity(Self::MAX_FILE_LEN + 1));
+        file.take(u64::try_from(Self::MAX_FILE_LEN).unwrap_or(u64::MAX) + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail("cannot read the file".into(), Some(e)))?;
+        if bytes.len() > Self::MAX_FILE_LEN {
+            return Err(fail(
+                format!(
+                    "the file is longer than {} bytes: a key file holds 44 characters of \
+                     base64; is this the right file?",
+                    Self::MAX_FILE_LEN
+                ),
+                None,
+            ));
+        }
         let text = std::str::from_utf8(&bytes).map_err(|_| Error::RootKey {
             origin: origin.clone(),
             reason: "the file is not text (it should hold base64)".into(),

@@ -49,14 +49,37 @@ fn bad_key_files_are_clear_errors() {
         missing.to_string().contains("cannot read the file"),
         "{missing}"
     );
-    let short = dir.path().join("short.key");
-    std::fs::write(&short, "AAAA\n").unwrap();
-    let err = RootKey::from_file(&short).unwrap_err();
+    let private = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        set_mode(&path, 0o600);
+        path
+    };
+    let err = RootKey::from_file(private("short.key", b"AAAA\n")).unwrap_err();
     assert!(err.to_string().contains("exactly 32 bytes"), "{err}");
-    let binary = dir.path().join("binary.key");
-    std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
-    let err = RootKey::from_file(&binary).unwrap_err();
+    let err = RootKey::from_file(private("binary.key", &[0xff, 0xfe, 0x00])).unwrap_err();
     assert!(err.to_string().contains("not text"), "{err}");
+    // Longer than a key file can be: refused without reading it all.
+    let err = RootKey::from_file(private("big.key", &vec![b'A'; 1 << 20])).unwrap_err();
+    assert!(err.to_string().contains("longer than 256 bytes"), "{err}");
+    let err = RootKey::from_file(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("not a regular file") || err.to_string().contains("cannot read"),
+        "{err}"
+    );
+    // A good key file that its group or others may read or write.
+    let good = dir.path().join("good.key");
+    RootKey::create_file(&good).unwrap();
+    assert!(RootKey::from_file(&good).is_ok());
+    set_mode(&good, 0o400);
+    assert!(RootKey::from_file(&good).is_ok());
+    for mode in [0o644, 0o666, 0o640, 0o604, 0o620] {
+        set_mode(&good, mode);
+        let err = RootKey::from_file(&good).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&format!("mode is {mode:04o}")), "{text}");
+        assert!(text.contains("chmod 600"), "{text}");
+    }
     let err = RootKey::from_env("FIELDSEAL_TEST_SURELY_UNSET_VARIABLE").unwrap_err();
     assert!(err.to_string().contains("not set"), "{err}");
 }
@@ -92,4 +115,9 @@ async fn previous_root_keys_unwrap_but_never_wrap() {
         acme.keys[0].wrapped.as_ref().unwrap().root_key_id(),
         "root-1"
     );
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }

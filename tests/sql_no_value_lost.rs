@@ -70,7 +70,7 @@ impl Progress for Seen {
 
 macro_rules! suite {
     ($name:ident, $with:path, $db:ty, $sql:expr, $accounts:expr, $setup:expr,
-     keys: $keys:expr, bad_keys: $bad_keys:expr, text: $text:expr) => {
+     keys: $keys:expr, bad_keys: $bad_keys:expr, text: $text:expr, quote: $quote:expr) => {
         mod $name {
             use super::*;
 
@@ -318,6 +318,89 @@ macro_rules! suite {
                     }
                     let fresh = Sealer::builder(local_provider(), store).build();
                     assert_eq!(all_open(&pool, &fresh).await.len(), 24);
+                })
+                .await;
+            }
+
+            /// Table and column names with `?` in them (PostgreSQL's
+            /// placeholders are numbered around quoted identifiers).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn identifiers_with_question_marks_work() {
+                $with(|pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    let qt = $quote;
+                    exec(
+                        &pool,
+                        &format!(
+                            "CREATE TABLE {} ({} BIGINT PRIMARY KEY, {} {text} NOT NULL, {} {text}, \
+                             {} {text})",
+                            qt("wh?o"), qt("i?d"), qt("ten?ant"), qt("pl?ain"), qt("tok?en"),
+                            text = $text
+                        ),
+                    )
+                    .await;
+                    for id in 1..=12 {
+                        exec(
+                            &pool,
+                            &format!(
+                                "INSERT INTO {} ({}, {}, {}) VALUES ({id}, '{}', 'secret-{id}')",
+                                qt("wh?o"), qt("i?d"), qt("ten?ant"), qt("pl?ain"),
+                                if id % 2 == 0 { "acme" } else { "globex" }
+                            ),
+                        )
+                        .await;
+                    }
+                    let spec = TableSpec::new("wh?o", "i?d", KeyType::Integer)
+                        .tenant_column("ten?ant")
+                        .column(ColumnSpec::new("tok?en", ColumnForm::Text).migrate_from("pl?ain"));
+                    let columns = SealedColumns::new(pool.clone(), sealer.clone(), vec![spec]).unwrap();
+                    columns.check().await.unwrap();
+                    let mut o = now_options();
+                    o.tenant = Some("acme".into());
+                    assert_eq!(columns.plan(&o).await.unwrap().legacy(), 6);
+                    o.tenant = None;
+                    assert_eq!(columns.migrate(&o).await.unwrap().totals().written, 12);
+                    sealer.admin().rotate("acme").await.unwrap();
+                    assert_eq!(columns.reseal(&o).await.unwrap().totals().written, 6);
+                    assert_eq!(columns.verify(&o).await.unwrap().totals().current, 12);
+                    assert_eq!(columns.retire(&o).await.unwrap().tenants["acme"].destroyed, vec![1]);
+                })
+                .await;
+            }
+
+            /// A key row deleted behind the store's back leaves a gap in the
+            /// tenant's versions: a blind index search refuses, naming it,
+            /// instead of quietly searching the versions left.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_deleted_key_row_makes_searches_refuse() {
+                $with(|pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    sealer.create_tenant("acme").await.unwrap();
+                    sealer.admin().rotate("acme").await.unwrap();
+                    sealer.admin().rotate("acme").await.unwrap();
+                    let index = fieldseal::BlindIndex::builder("accounts", "email", "email_idx")
+                        .build()
+                        .unwrap();
+                    let search = sealer.tenant("acme").await.unwrap().search(&index, b"a@b.c").unwrap();
+                    assert_eq!(search.values().len(), 3);
+                    sqlx::query::<$db>(q("DELETE FROM fieldseal_keys WHERE tenant = ? AND version = 2"))
+                        .bind("acme")
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    let fresh = Sealer::builder(local_provider(), store).build();
+                    let handle = fresh.tenant("acme").await.unwrap();
+                    let err = handle.search(&index, b"a@b.c").unwrap_err();
+                    match &err {
+                        Error::IncompleteSearch { version, reason, .. } => {
+                            assert_eq!(*version, 2);
+                            assert!(reason.contains("no row"), "{reason}");
+                        }
+                        other => panic!("{other}"),
+                    }
+                    let partial = handle.search_partial(&index, b"a@b.c").unwrap();
+                    assert_eq!(partial.values().len(), 2);
+                    assert_eq!(partial.skipped().len(), 1);
                 })
                 .await;
             }
@@ -571,7 +654,8 @@ suite!(
         ("BLOB", KeyType::Text, "blob"),
         ("TEXT", KeyType::Integer, "text"),
     ],
-    text: "TEXT"
+    text: "TEXT",
+    quote: |n: &str| format!("`{n}`")
 );
 
 suite!(
@@ -600,7 +684,8 @@ suite!(
         ("UUID", KeyType::Text, "uuid"),
         ("TEXT", KeyType::Uuid, "text"),
     ],
-    text: "TEXT"
+    text: "TEXT",
+    quote: |n: &str| format!("\"{n}\"")
 );
 
 suite!(
@@ -625,7 +710,8 @@ suite!(
         ("BIGINT UNSIGNED", KeyType::Integer, "unsigned"),
         ("VARBINARY(16)", KeyType::Text, "varbinary"),
     ],
-    text: "VARCHAR(255)"
+    text: "VARCHAR(255)",
+    quote: |n: &str| format!("`{n}`")
 );
 
 suite!(
@@ -638,5 +724,6 @@ suite!(
     [] as [&str; 0],
     keys: [("INT", KeyType::Integer, false)],
     bad_keys: [("FLOAT", KeyType::Integer, "float")],
-    text: "VARCHAR(255)"
+    text: "VARCHAR(255)",
+    quote: |n: &str| format!("`{n}`")
 );

@@ -74,22 +74,32 @@ impl sealed::Backend for sqlx::Sqlite {
 #[cfg(feature = "sqlite")]
 impl SqlDatabase for sqlx::Sqlite {}
 
-/// Replaces each `?` with `$1`, `$2`, … for PostgreSQL. (The statements
-/// given to it have no `?` inside string literals.)
+/// Replaces each `?` placeholder with `$1`, `$2`, … for PostgreSQL. A `?`
+/// inside a quoted identifier (`"who?"`, as configured table and column
+/// names are quoted) or a string literal (`'?'`) is left alone: a doubled
+/// quote inside either is an escaped quote, not its end.
 pub(crate) fn placeholders(dialect: Dialect, sql: &str) -> String {
     if dialect != Dialect::Postgres {
         return sql.to_string();
     }
     let mut out = String::with_capacity(sql.len() + 8);
     let mut n = 0;
+    // The quote character of the identifier or literal being read, if any.
+    // A doubled quote closes and reopens it, which comes to the same.
+    let mut quoted: Option<char> = None;
     for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
+        match (quoted, c) {
+            (None, '?') => {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+                continue;
+            }
+            (None, '"' | '\'') => quoted = Some(c),
+            (Some(q), c) if c == q => quoted = None,
+            _ => {}
         }
+        out.push(c);
     }
     out
 }
@@ -157,4 +167,27 @@ pub(crate) fn is_concurrent_create(err: &sqlx::Error) -> bool {
         code(err).as_deref(),
         Some("23505" | "42P07" | "42P06" | "42710")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_skip_quoted_identifiers_and_literals() {
+        let pg = |sql| placeholders(Dialect::Postgres, sql);
+        assert_eq!(
+            pg("SELECT ? FROM t WHERE a = ?"),
+            "SELECT $1 FROM t WHERE a = $2"
+        );
+        assert_eq!(
+            pg(r#"SELECT "wh?o", 'it''s ?' FROM "a""?b" WHERE x = ?"#),
+            r#"SELECT "wh?o", 'it''s ?' FROM "a""?b" WHERE x = $1"#
+        );
+        assert_eq!(
+            pg(r#"UPDATE "t?" SET "c?" = ? WHERE "k" = ?"#),
+            r#"UPDATE "t?" SET "c?" = $1 WHERE "k" = $2"#
+        );
+        assert_eq!(placeholders(Dialect::MySql, "a = ?"), "a = ?");
+    }
 }
