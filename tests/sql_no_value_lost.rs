@@ -70,7 +70,8 @@ impl Progress for Seen {
 
 macro_rules! suite {
     ($name:ident, $with:path, $db:ty, $sql:expr, $accounts:expr, $setup:expr,
-     keys: $keys:expr, bad_keys: $bad_keys:expr, text: $text:expr, quote: $quote:expr) => {
+     keys: $keys:expr, bad_keys: $bad_keys:expr, text: $text:expr, quote: $quote:expr,
+     refuse_v2: $refuse_v2:expr) => {
         mod $name {
             use super::*;
 
@@ -405,6 +406,33 @@ macro_rules! suite {
                 .await;
             }
 
+            /// A database error about a key row (here a constraint the
+            /// operator added) carries none of the row's data into the error,
+            /// its `Debug` or its causes: PostgreSQL's detail "Failing row
+            /// contains (…)" holds the wrapped key.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn store_errors_carry_no_row_data() {
+                $with(|pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    sealer.create_tenant("acme").await.unwrap();
+                    exec(&pool, $refuse_v2).await;
+                    let err = sealer.admin().rotate("acme").await.unwrap_err();
+                    assert!(matches!(err, Error::Store { .. }), "{err}");
+                    let mut shown = format!("{err}\n{err:?}");
+                    let mut cause = std::error::Error::source(&err);
+                    while let Some(c) = cause {
+                        shown.push_str(&format!("\n{c}\n{c:?}"));
+                        cause = c.source();
+                    }
+                    eprintln!("{shown}");
+                    for leak in ["Failing row", "\\x", "acme"] {
+                        assert!(!shown.contains(leak), "{leak} in {shown}");
+                    }
+                    assert!(shown.contains("creating a tenant key version"), "{shown}");
+                })
+                .await;
+            }
+
             /// A root key file that holds another key under the right id:
             /// `verify_root_keys` and `rewrap_all` unwrap a stored key to
             /// prove it, instead of trusting the id.
@@ -655,7 +683,9 @@ suite!(
         ("TEXT", KeyType::Integer, "text"),
     ],
     text: "TEXT",
-    quote: |n: &str| format!("`{n}`")
+    quote: |n: &str| format!("`{n}`"),
+    refuse_v2: "CREATE TRIGGER refuse_v2 BEFORE INSERT ON fieldseal_keys WHEN NEW.version >= 2 \
+                BEGIN SELECT RAISE(ABORT, 'no second version'); END"
 );
 
 suite!(
@@ -685,7 +715,8 @@ suite!(
         ("TEXT", KeyType::Uuid, "text"),
     ],
     text: "TEXT",
-    quote: |n: &str| format!("\"{n}\"")
+    quote: |n: &str| format!("\"{n}\""),
+    refuse_v2: "ALTER TABLE fieldseal_keys ADD CONSTRAINT refuse_v2 CHECK (version < 2)"
 );
 
 suite!(
@@ -711,7 +742,8 @@ suite!(
         ("VARBINARY(16)", KeyType::Text, "varbinary"),
     ],
     text: "VARCHAR(255)",
-    quote: |n: &str| format!("`{n}`")
+    quote: |n: &str| format!("`{n}`"),
+    refuse_v2: "ALTER TABLE fieldseal_keys ADD CONSTRAINT refuse_v2 CHECK (version < 2)"
 );
 
 suite!(
@@ -725,5 +757,6 @@ suite!(
     keys: [("INT", KeyType::Integer, false)],
     bad_keys: [("FLOAT", KeyType::Integer, "float")],
     text: "VARCHAR(255)",
-    quote: |n: &str| format!("`{n}`")
+    quote: |n: &str| format!("`{n}`"),
+    refuse_v2: "ALTER TABLE fieldseal_keys ADD CONSTRAINT refuse_v2 CHECK (version < 2)"
 );

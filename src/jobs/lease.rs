@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::store::sql::dialect::{
-    Dialect, is_concurrent_create, is_missing_table, is_retryable, is_unique_violation,
+    DbError, Dialect, is_concurrent_create, is_missing_table, is_retryable, is_unique_violation,
 };
 
 use super::db::{Db, Kind, Tx, Val, now, quote};
@@ -135,7 +135,10 @@ impl JobTables {
 }
 
 pub(crate) fn db_error(db: &Db, what: &str, err: sqlx::Error) -> Error {
-    Error::store(format!("{what} failed in {}", db.name()), err)
+    Error::store(
+        format!("{what} failed in {}", db.name()),
+        DbError::new(&err),
+    )
 }
 
 /// Whether the database asked for the transaction behind `err` to be retried
@@ -146,8 +149,8 @@ pub(crate) fn should_retry(err: &Error) -> bool {
             source: Some(source),
             ..
         } => source
-            .downcast_ref::<sqlx::Error>()
-            .is_some_and(is_retryable),
+            .downcast_ref::<DbError>()
+            .is_some_and(DbError::is_retryable),
         _ => false,
     }
 }

@@ -111,6 +111,88 @@ fn code(err: &sqlx::Error) -> Option<Cow<'_, str>> {
     }
 }
 
+/// A database error as fieldseal keeps it, in [`Error::Store`](crate::Error::Store)'s
+/// source: its SQLSTATE code and the database's message with every quoted
+/// value and hex literal cut out, and nothing else. The driver's own error
+/// carries row data: PostgreSQL's detail "Failing row contains (…)" holds a
+/// key row's wrapped key, MySQL names the duplicate entry, and a failed
+/// conversion quotes the bytes it could not convert.
+#[derive(Debug)]
+pub(crate) struct DbError {
+    code: Option<String>,
+    message: String,
+    retryable: bool,
+}
+
+impl DbError {
+    pub(crate) fn new(err: &sqlx::Error) -> Self {
+        let message = match err {
+            sqlx::Error::Database(db) => db.message().to_string(),
+            other => other.to_string(),
+        };
+        Self {
+            code: code(err).map(Cow::into_owned),
+            message: redact_values(&message),
+            retryable: is_retryable(err),
+        }
+    }
+
+    /// Whether the database asked for the transaction to be retried.
+    pub(crate) fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "{} (code {code})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for DbError {}
+
+/// `message` with the contents of single-quoted strings replaced by `…`,
+/// and `0x…`/`\x…` hex runs cut: a database quotes values, never names,
+/// that way (names are in double quotes or backticks).
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars().peekable();
+    let mut in_quote = false;
+    while let Some(c) = chars.next() {
+        if in_quote {
+            if c == '\'' {
+                in_quote = false;
+                out.push_str("…'");
+            }
+            continue;
+        }
+        match c {
+            '\'' => {
+                in_quote = true;
+                out.push('\'');
+            }
+            '0' | '\\' if matches!(chars.peek(), Some('x' | 'X')) => {
+                out.push(c);
+                if let Some(x) = chars.next() {
+                    out.push(x);
+                }
+                while chars.peek().is_some_and(char::is_ascii_hexdigit) {
+                    chars.next();
+                }
+                out.push('…');
+            }
+            _ => out.push(c),
+        }
+    }
+    if in_quote {
+        out.push('…');
+    }
+    out
+}
+
 /// Whether the database asks for the transaction to be retried: a deadlock or
 /// serialization failure (PostgreSQL 40001/40P01, MySQL 1213 = SQLSTATE 40001,
 /// MySQL 1205 lock wait timeout), or a busy or locked SQLite database.
@@ -189,5 +271,23 @@ mod tests {
             r#"UPDATE "t?" SET "c?" = $1 WHERE "k" = $2"#
         );
         assert_eq!(placeholders(Dialect::MySql, "a = ?"), "a = ?");
+    }
+
+    #[test]
+    fn database_messages_lose_their_values() {
+        assert_eq!(
+            redact_values("Duplicate entry 'acme-2' for key 'PRIMARY'"),
+            "Duplicate entry '…' for key '…'"
+        );
+        assert_eq!(
+            redact_values(r#"invalid byte sequence for encoding "UTF8": 0xe9 0x74"#),
+            r#"invalid byte sequence for encoding "UTF8": 0x… 0x…"#
+        );
+        assert_eq!(
+            redact_values(r"row (\x0102ff, 'it''s')"),
+            r"row (\x…, '…''…')"
+        );
+        assert_eq!(redact_values("cut 'here"), "cut '…");
+        assert_eq!(redact_values("0 rows, x = 10"), "0 rows, x = 10");
     }
 }

@@ -28,7 +28,7 @@ pub(crate) mod dialect;
 mod statements;
 
 pub use dialect::SqlDatabase;
-use dialect::{is_concurrent_create, is_missing_table, is_retryable, is_unique_violation};
+use dialect::{DbError, is_concurrent_create, is_missing_table, is_retryable, is_unique_violation};
 use statements::Statements;
 
 /// The schema version this build creates and reads.
@@ -317,7 +317,7 @@ where
                 supported: to_u32(SCHEMA_VERSION),
             };
         }
-        Error::store(format!("{what} failed in {}", DB::NAME), err)
+        Error::store(format!("{what} failed in {}", DB::NAME), DbError::new(&err))
     }
 
     async fn begin(&self) -> Result<Transaction<'static, DB>, sqlx::Error> {
