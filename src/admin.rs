@@ -121,7 +121,9 @@ impl KeyAdmin {
     }
 
     /// Records `actor` (a person, a service account, a ticket) as the author of
-    /// the operations done through this handle, in the audit log.
+    /// the operations done through this handle, in the audit log: at most 256
+    /// bytes, without control characters (operations through a handle with a
+    /// longer one fail with [`Error::Config`], writing nothing).
     pub fn actor(mut self, actor: impl Into<String>) -> Self {
         self.actor = Some(actor.into());
         self
@@ -202,14 +204,7 @@ impl KeyAdmin {
         detail: String,
     ) -> Result<AuditAppend<'_>> {
         let key: &HmacKey = self.sealer.audit_key().await?;
-        Ok(AuditAppend::new(
-            key,
-            event,
-            tenant,
-            version,
-            self.actor.as_deref(),
-            detail,
-        ))
+        AuditAppend::new(key, event, tenant, version, self.actor.as_deref(), detail)
     }
 
     /// Creates a new primary key version; the previous primary becomes

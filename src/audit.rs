@@ -20,6 +20,7 @@ use std::fmt;
 use subtle::ConstantTimeEq;
 
 use crate::crypto::HmacKey;
+use crate::error::Error;
 use crate::time::Timestamp;
 
 /// Length of an audit MAC.
@@ -128,7 +129,18 @@ pub struct AuditAppend<'a> {
     detail: String,
 }
 
+/// The longest actor an audit entry records, in bytes.
+pub(crate) const MAX_ACTOR_LEN: usize = 256;
+/// The longest detail an audit entry records, in bytes.
+const MAX_DETAIL_LEN: usize = 1024;
+
 impl<'a> AuditAppend<'a> {
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an actor longer than [`MAX_ACTOR_LEN`] bytes or
+    /// holding a control character: it is refused before anything is written,
+    /// rather than stored cut (a MySQL column in a non-strict `sql_mode` cuts
+    /// a long value, and the stored entry would no longer verify).
     pub(crate) fn new(
         key: &'a HmacKey,
         event: AuditEvent,
@@ -136,16 +148,35 @@ impl<'a> AuditAppend<'a> {
         version: u32,
         actor: Option<&str>,
         detail: String,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, Error> {
+        let actor = actor.unwrap_or_default();
+        if actor.len() > MAX_ACTOR_LEN || actor.chars().any(char::is_control) {
+            return Err(Error::config(format!(
+                "audit actor: {} bytes{}; an actor (a person, a service account, a ticket) is \
+                 at most {MAX_ACTOR_LEN} bytes, without control characters",
+                actor.len(),
+                if actor.chars().any(char::is_control) {
+                    ", with a control character"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if detail.len() > MAX_DETAIL_LEN {
+            return Err(Error::config(format!(
+                "audit detail: {} bytes; at most {MAX_DETAIL_LEN} (is a root key id that long?)",
+                detail.len()
+            )));
+        }
+        Ok(Self {
             key,
             at: Timestamp::now(),
             event,
             tenant: tenant.to_string(),
             version,
-            actor: actor.unwrap_or_default().to_string(),
+            actor: actor.to_string(),
             detail,
-        }
+        })
     }
 
     /// The event.

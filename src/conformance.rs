@@ -350,6 +350,7 @@ impl RacerAudit {
             Some("conformance"),
             String::new(),
         )
+        .unwrap_or_else(|e| fail(e))
     }
 }
 
@@ -448,6 +449,7 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
             Some("conformance"),
             String::new(),
         )
+        .unwrap_or_else(|e| fail(e))
     }
 
     /// What a racer needs to build its own audit entry on another task.
@@ -999,7 +1001,8 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
             0,
             Some("conformance"),
             pruned_detail(through),
-        );
+        )
+        .unwrap_or_else(|e| fail(e));
         let wrong = [0u8; crate::audit::AUDIT_MAC_LEN];
         if must(
             "prune_audit",

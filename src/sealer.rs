@@ -720,7 +720,7 @@ impl Sealer {
         let (new, deriver) = self.new_key_version(tenant, version).await?;
         let wrapped = new.wrapped.clone();
         let audit_key = self.audit_key().await?;
-        let audit = AuditAppend::new(audit_key, event, tenant, version, actor, String::new());
+        let audit = AuditAppend::new(audit_key, event, tenant, version, actor, String::new())?;
         match self
             .inner
             .store

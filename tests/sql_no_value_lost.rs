@@ -58,6 +58,80 @@ fn same(sql: &str) -> String {
     sql.to_string()
 }
 
+/// Long and odd actors are refused; the chain stays intact.
+async fn audit_bounds(sealer: &Sealer) {
+    for actor in [
+        "x".repeat(70_000),
+        "y".repeat(257),
+        "ops\nforged entry".to_string(),
+    ] {
+        let err = sealer
+            .admin()
+            .actor(actor.clone())
+            .rotate("acme")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err}");
+        assert!(err.to_string().contains("actor"), "{err}");
+    }
+    assert_eq!(
+        sealer
+            .admin()
+            .describe("acme")
+            .await
+            .unwrap()
+            .latest_version(),
+        1
+    );
+    let longest = "z".repeat(256);
+    sealer
+        .admin()
+        .actor(longest.clone())
+        .rotate("acme")
+        .await
+        .unwrap();
+    let report = sealer.admin().verify_audit().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    let entries = sealer.admin().audit_entries(0, 100).await.unwrap();
+    assert_eq!(entries.last().unwrap().actor, longest);
+}
+
+/// MariaDB in a non-strict `sql_mode` cuts values too long for their column
+/// instead of refusing them: the bound holds there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_inputs_are_bounded_on_a_non_strict_mariadb() {
+    db::with_mysql(|pool, _| async move {
+        let database: String = sqlx::query_scalar("SELECT DATABASE()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let url = db::mysql_url_for(&std::env::var(db::MYSQL_URL).unwrap(), &database);
+        let lax = sqlx::mysql::MySqlPoolOptions::new()
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("SET SESSION sql_mode = ''")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .unwrap();
+        let mode: String = sqlx::query_scalar("SELECT @@SESSION.sql_mode")
+            .fetch_one(&lax)
+            .await
+            .unwrap();
+        assert_eq!(mode, "");
+        let sealer =
+            Sealer::builder(local_provider(), fieldseal::SqlKeyStore::new(lax.clone())).build();
+        sealer.create_tenant("acme").await.unwrap();
+        audit_bounds(&sealer).await;
+        lax.close().await;
+    })
+    .await;
+}
+
 /// Counts rows looked at, so a test can act while a job is under way.
 #[derive(Default)]
 struct Seen(AtomicU64);
@@ -429,6 +503,19 @@ macro_rules! suite {
                         assert!(!shown.contains(leak), "{leak} in {shown}");
                     }
                     assert!(shown.contains("creating a tenant key version"), "{shown}");
+                })
+                .await;
+            }
+
+            /// An audit actor too long for its column, or with a control
+            /// character, is refused before anything is written, never stored
+            /// cut (which would break the chain).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn audit_inputs_are_bounded_not_cut() {
+                $with(|_pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    sealer.create_tenant("acme").await.unwrap();
+                    audit_bounds(&sealer).await;
                 })
                 .await;
             }
