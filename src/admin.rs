@@ -4,7 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::audit::{AuditAppend, AuditEntry, AuditEvent, AuditReport, Verifier, pruned_detail};
+use crate::audit::{
+    AuditAppend, AuditEntry, AuditEvent, AuditReport, Replay, Verifier, pruned_detail,
+};
 use crate::context::{check_existing_tenant, check_tenant};
 use crate::crypto::HmacKey;
 use crate::error::{Error, Result};
@@ -733,32 +735,91 @@ impl KeyAdmin {
         self.sealer.inner.store.audit_entries(after, limit).await
     }
 
-    /// Walks the whole audit chain and reports the first broken link, if any.
+    /// Walks the whole audit chain and reports the first broken link, if any;
+    /// then checks the log's newest entry against the store's own record of
+    /// it ([`KeyStore::audit_head`](crate::KeyStore::audit_head): a deleted
+    /// tail or a wiped log), and every tenant's stored keys against what the
+    /// log says happened to them ([`AuditReport::mismatches`]: a key state,
+    /// minimum decryption version or key row changed in the store directly).
+    /// Loads every tenant the log names.
     ///
     /// # Errors
     ///
     /// Provider errors (the audit key is unwrapped through the root key
-    /// provider) and store errors. A broken chain is not an error: it is
-    /// reported in [`AuditReport::broken`].
+    /// provider) and store errors. A broken chain or a mismatch is not an
+    /// error: it is reported in [`AuditReport::broken`] and
+    /// [`AuditReport::mismatches`].
     pub async fn verify_audit(&self) -> Result<AuditReport> {
         let label = self.sealer.inner.label_tenant;
         telemetry::admin("verify_audit", "", label, async move {
-            let (report, _) = self.walk_audit(None).await?;
+            let report = self.check_audit().await?;
             if report.is_intact() {
                 return Ok(report);
             }
-            // The log is read in pages, outside one transaction: a prune that ran
-            // in between can make an intact chain look cut. Look once more.
-            let (again, _) = self.walk_audit(None).await?;
-            Ok(again)
+            // The log and the tenants are read in pages, outside one
+            // transaction: a prune or a key change in between can make an
+            // intact store look broken. Look once more.
+            self.check_audit().await
         })
         .await
+    }
+
+    async fn check_audit(&self) -> Result<AuditReport> {
+        let store = &self.sealer.inner.store;
+        // Read before the log: entries appended meanwhile come after it.
+        let head = store.audit_head().await?;
+        let mut replay = Replay::default();
+        let mut head_mac = None;
+        let (verifier, _) = self
+            .walk_audit_with(None, &mut |entry| {
+                replay.apply(entry);
+                if head.is_some_and(|(seq, _)| seq == entry.seq) {
+                    head_mac = Some(entry.mac);
+                }
+            })
+            .await?;
+        let mut verifier = verifier;
+        if let Some(head) = head {
+            verifier.check_head(head, head_mac);
+        }
+        let mut report = verifier.finish();
+        if report.broken.is_some() {
+            return Ok(report);
+        }
+        for tenant in replay.tenants() {
+            let record = store.load_tenant(tenant).await?;
+            report
+                .mismatches
+                .extend(replay.mismatches(tenant, record.as_ref()));
+        }
+        if replay.is_complete() || report.entries == 0 {
+            for tenant in self.tenants().await? {
+                if !replay.knows(&tenant) {
+                    let record = store.load_tenant(&tenant).await?;
+                    report
+                        .mismatches
+                        .extend(replay.mismatches(&tenant, record.as_ref()));
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// Verifies the chain in order, stopping at the first broken link or, with
     /// `until`, at the first entry at or after that time. Returns the report and
     /// the last verified entry before `until`.
     async fn walk_audit(&self, until: Option<i64>) -> Result<(AuditReport, Option<AuditEntry>)> {
+        let (verifier, before_until) = self.walk_audit_with(until, &mut |_| {}).await?;
+        Ok((verifier.finish(), before_until))
+    }
+
+    /// As [`KeyAdmin::walk_audit`], calling `each` with every verified entry,
+    /// and returning the verifier.
+    async fn walk_audit_with(
+        &self,
+        until: Option<i64>,
+        each: &mut (dyn FnMut(&AuditEntry) + Send),
+    ) -> Result<(Verifier<'_>, Option<AuditEntry>)> {
         let store = &self.sealer.inner.store;
         let key = self.sealer.audit_key().await?;
         let mut verifier = Verifier::new(key);
@@ -787,13 +848,14 @@ impl KeyAdmin {
                 if !verifier.check(&entry) {
                     break 'walk;
                 }
+                each(&entry);
                 before_until = Some(entry);
             }
             if !full {
                 break;
             }
         }
-        Ok((verifier.finish(), before_until))
+        Ok((verifier, before_until))
     }
 
     /// Deletes audit entries older than `older_than` (a 90-day retention is

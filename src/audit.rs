@@ -11,9 +11,13 @@
 //!
 //! Pruning old entries appends a `audit.pruned` entry that records the MAC of
 //! the last pruned entry, so the remaining chain still verifies from its first
-//! entry. Deleting the newest entries (truncating the tail) cannot be detected
-//! from the log alone: compare [`AuditReport::head`] with a copy kept
-//! elsewhere.
+//! entry. Deleting the newest entries (truncating the tail) is detected against
+//! the store's own record of its newest entry
+//! ([`KeyStore::audit_head`](crate::KeyStore::audit_head)); an attacker who
+//! rewrites that too is caught only by comparing [`AuditReport::head`] with a
+//! copy kept elsewhere. Verification also replays what the entries say
+//! happened to each tenant's keys and compares it with the store
+//! ([`AuditReport::mismatches`]).
 
 use std::fmt;
 
@@ -21,6 +25,7 @@ use subtle::ConstantTimeEq;
 
 use crate::crypto::HmacKey;
 use crate::error::Error;
+use crate::store::{KeyState, TenantRecord};
 use crate::time::Timestamp;
 
 /// Length of an audit MAC.
@@ -290,6 +295,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A tenant whose stored keys disagree with what its audit entries say
+/// happened to them: a key state, a minimum decryption version or a key row
+/// changed, added or deleted in the store behind fieldseal's back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StateMismatch {
+    /// The tenant.
+    pub tenant: String,
+    /// The key version, or 0 for the tenant's own state.
+    pub version: u32,
+    /// What differs.
+    pub reason: String,
+}
+
 /// The result of verifying the audit chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -305,12 +324,16 @@ pub struct AuditReport {
     pub head: String,
     /// The first broken link, if any.
     pub broken: Option<AuditBreak>,
+    /// Tenants whose stored keys disagree with their audit entries (checked
+    /// only when every link verified).
+    pub mismatches: Vec<StateMismatch>,
 }
 
 impl AuditReport {
-    /// `true` if every link verified.
+    /// `true` if every link verified and every tenant's stored keys agree
+    /// with what the log says happened to them.
     pub fn is_intact(&self) -> bool {
-        self.broken.is_none()
+        self.broken.is_none() && self.mismatches.is_empty()
     }
 }
 
@@ -348,6 +371,7 @@ impl<'a> Verifier<'a> {
                 last_seq: 0,
                 head: String::new(),
                 broken: None,
+                mismatches: Vec::new(),
             },
             anchors: Vec::new(),
         }
@@ -427,8 +451,228 @@ impl<'a> Verifier<'a> {
         false
     }
 
+    /// Checks the log against the store's head row, read before the walk:
+    /// `mac` is the MAC of entry `seq` as the walk found it (`None` if the
+    /// walk found no such entry).
+    pub(crate) fn check_head(
+        &mut self,
+        head: (u64, [u8; AUDIT_MAC_LEN]),
+        mac: Option<[u8; AUDIT_MAC_LEN]>,
+    ) {
+        let (seq, head_mac) = head;
+        if self.report.broken.is_some() || seq == 0 {
+            return;
+        }
+        // Pruned past the head read before the walk: nothing to compare.
+        if self.report.entries > 0 && self.report.first_seq > seq {
+            return;
+        }
+        match mac {
+            Some(mac) if bool::from(mac.ct_eq(&head_mac)) => {}
+            Some(_) => {
+                self.fail(
+                    seq,
+                    format!(
+                        "entry {seq} is not the entry the store's head row records: the log \
+                         was rewritten from there"
+                    ),
+                );
+            }
+            None if self.report.entries == 0 => {
+                self.fail(
+                    1,
+                    format!(
+                        "the log is empty, but the store's head row records entry {seq}: the \
+                         log was wiped"
+                    ),
+                );
+            }
+            None => {
+                let last = self.report.last_seq;
+                self.fail(
+                    last.saturating_add(1),
+                    format!(
+                        "the log ends at entry {last}, but the store's head row records entry \
+                         {seq}: entries {} to {seq} were deleted",
+                        last.saturating_add(1)
+                    ),
+                );
+            }
+        }
+    }
+
     pub(crate) fn finish(self) -> AuditReport {
         self.report
+    }
+}
+
+/// What the audit log says about each tenant's keys, replayed from its
+/// entries, to compare with what the store holds.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    tenants: std::collections::BTreeMap<String, Expected>,
+    /// Whether the log starts at entry 1 (nothing pruned): then every tenant
+    /// and every key version must have an entry that created it.
+    complete: bool,
+}
+
+#[derive(Debug, Default)]
+struct Expected {
+    versions: std::collections::BTreeMap<u32, KeyState>,
+    min_decryption_version: Option<u32>,
+    shredded: Option<bool>,
+    /// Whether the entry that created the tenant is in the log.
+    created: bool,
+}
+
+impl Replay {
+    /// Applies one verified entry, in order.
+    pub(crate) fn apply(&mut self, entry: &AuditEntry) {
+        if entry.seq == 1 {
+            self.complete = true;
+        }
+        if entry.tenant.is_empty() {
+            return;
+        }
+        let t = self.tenants.entry(entry.tenant.clone()).or_default();
+        let v = entry.version;
+        match entry.event.as_str() {
+            e if e == AuditEvent::TenantCreated.as_str() => {
+                t.created = true;
+                t.versions.insert(v, KeyState::Active);
+                t.min_decryption_version = Some(0);
+                t.shredded = Some(false);
+            }
+            e if e == AuditEvent::KeyRotated.as_str() => {
+                t.versions.insert(v, KeyState::Active);
+            }
+            e if e == AuditEvent::KeyEnabled.as_str() => {
+                t.versions.insert(v, KeyState::Active);
+            }
+            e if e == AuditEvent::KeyDisabled.as_str() => {
+                t.versions.insert(v, KeyState::Disabled);
+            }
+            e if e == AuditEvent::KeyDestroyed.as_str() => {
+                t.versions.insert(v, KeyState::Destroyed);
+            }
+            e if e == AuditEvent::MinDecryptionVersionSet.as_str() => {
+                t.min_decryption_version = Some(v);
+            }
+            e if e == AuditEvent::TenantShredded.as_str() => {
+                t.versions
+                    .values_mut()
+                    .for_each(|s| *s = KeyState::Destroyed);
+                t.shredded = Some(true);
+            }
+            e if e == AuditEvent::TenantRecreated.as_str() => {
+                t.versions.insert(v, KeyState::Active);
+                t.shredded = Some(false);
+            }
+            _ => {}
+        }
+    }
+
+    /// The tenants the log names.
+    pub(crate) fn tenants(&self) -> impl Iterator<Item = &str> {
+        self.tenants.keys().map(String::as_str)
+    }
+
+    /// Whether the log names `tenant`.
+    pub(crate) fn knows(&self, tenant: &str) -> bool {
+        self.tenants.contains_key(tenant)
+    }
+
+    /// Whether the log starts at entry 1.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Where the store's record of `tenant` (`None`: the store does not
+    /// know it) disagrees with the log.
+    pub(crate) fn mismatches(
+        &self,
+        tenant: &str,
+        record: Option<&TenantRecord>,
+    ) -> Vec<StateMismatch> {
+        let mut out = Vec::new();
+        let mut differ = |version: u32, reason: String| {
+            out.push(StateMismatch {
+                tenant: tenant.to_string(),
+                version,
+                reason,
+            });
+        };
+        let Some(expected) = self.tenants.get(tenant) else {
+            if self.complete && record.is_some() {
+                differ(
+                    0,
+                    "the store holds keys for it, but no audit entry created it".into(),
+                );
+            }
+            return out;
+        };
+        let Some(record) = record else {
+            differ(
+                0,
+                "the audit log records its keys, but the store has no row for it".into(),
+            );
+            return out;
+        };
+        for (version, state) in &expected.versions {
+            match record.keys.iter().find(|k| k.version == *version) {
+                None => differ(
+                    *version,
+                    "the audit log records it, but the store has no row for it (deleted)".into(),
+                ),
+                Some(k) if k.state != *state => differ(
+                    *version,
+                    format!(
+                        "it is {} in the store, but the audit log says {}",
+                        k.state.as_str(),
+                        state.as_str()
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+        if expected.created || self.complete {
+            for k in &record.keys {
+                if !expected.versions.contains_key(&k.version) {
+                    differ(
+                        k.version,
+                        "the store holds it, but no audit entry created it".into(),
+                    );
+                }
+            }
+        }
+        let min = expected
+            .min_decryption_version
+            .or((expected.created || self.complete).then_some(0));
+        if let Some(min) = min
+            && record.min_decryption_version != min
+        {
+            differ(
+                0,
+                format!(
+                    "its minimum decryption version is {} in the store, but the audit log \
+                     says {min}",
+                    record.min_decryption_version
+                ),
+            );
+        }
+        if let Some(shredded) = expected.shredded
+            && record.shredded_at.is_some() != shredded
+        {
+            differ(
+                0,
+                if shredded {
+                    "the audit log says it was shredded, but the store says it is not".into()
+                } else {
+                    "the store says it was shredded, but the audit log does not".into()
+                },
+            );
+        }
+        out
     }
 }
 

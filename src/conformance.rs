@@ -976,6 +976,16 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
                 broken.seq, broken.reason
             ));
         }
+        // A store that keeps a head apart from the log keeps it current.
+        if let Some((seq, mac)) = must("audit_head", self.store.audit_head().await) {
+            let last = entries.last().map(|e| (e.seq, e.mac));
+            if last != Some((seq, mac)) {
+                fail(format!(
+                    "audit_head names entry {seq}, but the log's newest entry is {:?}",
+                    last.map(|(seq, _)| seq)
+                ));
+            }
+        }
         // Paging by sequence number returns the same entries.
         let page = must("audit_entries", self.store.audit_entries(2, 3).await);
         let seqs: BTreeSet<u64> = page.iter().map(|e| e.seq).collect();

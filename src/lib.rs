@@ -43,7 +43,9 @@ mod vectors;
 pub use crate::{
     // Key lifecycle operations and the audit log.
     admin::{KeyAdmin, RewrapReport, RootKeyCheck, Rotation},
-    audit::{AUDIT_MAC_LEN, AuditAppend, AuditBreak, AuditEntry, AuditEvent, AuditReport},
+    audit::{
+        AUDIT_MAC_LEN, AuditAppend, AuditBreak, AuditEntry, AuditEvent, AuditReport, StateMismatch,
+    },
     // Blind indexes: equality search on sealed columns.
     blind_index::{BlindIndex, BlindIndexBuilder, IndexValue, Normalizer, Search},
     // Contexts: where a value lives, bound as associated data.

@@ -499,6 +499,11 @@ impl KeyStore for ObservedStore {
         self.call("rewrap_audit_key", "", None, call).await
     }
 
+    async fn audit_head(&self) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>> {
+        self.call("audit_head", "", None, self.inner.audit_head())
+            .await
+    }
+
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
         let call = self.inner.audit_entries(after, limit);
         self.call("audit_entries", "", None, call).await

@@ -520,6 +520,89 @@ macro_rules! suite {
                 .await;
             }
 
+            /// Key states and the minimum decryption version changed with SQL,
+            /// a key row deleted, the log's newest entries deleted or the log
+            /// wiped: `verify_audit` reports each; a minimum out of range is
+            /// refused on load, never read as "no minimum".
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tampering_with_key_rows_or_the_log_is_reported() {
+                $with(|pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    let admin = sealer.admin();
+                    sealer.create_tenant("acme").await.unwrap();
+                    sealer.create_tenant("globex").await.unwrap();
+                    admin.rotate("acme").await.unwrap();
+                    admin.rotate("acme").await.unwrap();
+                    admin.disable_version("acme", 1).await.unwrap();
+                    admin.set_min_decryption_version("acme", 2).await.unwrap();
+                    let report = admin.verify_audit().await.unwrap();
+                    assert!(report.is_intact(), "{report:?}");
+
+                    let tampered = |sql: &'static str, undo: &'static str, version: u32, says: &'static str| {
+                        let (pool, admin) = (pool.clone(), admin.clone());
+                        async move {
+                            exec(&pool, sql).await;
+                            let report = admin.verify_audit().await.unwrap();
+                            assert!(!report.is_intact(), "{sql}");
+                            assert!(report.broken.is_none(), "{sql}: {report:?}");
+                            let m = &report.mismatches;
+                            assert_eq!(m.len(), 1, "{sql}: {m:?}");
+                            assert_eq!((m[0].tenant.as_str(), m[0].version), ("acme", version), "{sql}");
+                            assert!(m[0].reason.contains(says), "{sql}: {}", m[0].reason);
+                            exec(&pool, undo).await;
+                            assert!(admin.verify_audit().await.unwrap().is_intact(), "undo {sql}");
+                        }
+                    };
+                    tampered(
+                        "UPDATE fieldseal_keys SET state = 'active' WHERE tenant = 'acme' AND version = 1",
+                        "UPDATE fieldseal_keys SET state = 'disabled' WHERE tenant = 'acme' AND version = 1",
+                        1,
+                        "active in the store, but the audit log says disabled",
+                    )
+                    .await;
+                    tampered(
+                        "UPDATE fieldseal_tenants SET min_decryption_version = 0 WHERE tenant = 'acme'",
+                        "UPDATE fieldseal_tenants SET min_decryption_version = 2 WHERE tenant = 'acme'",
+                        0,
+                        "minimum decryption version is 0 in the store, but the audit log says 2",
+                    )
+                    .await;
+                    tampered(
+                        "UPDATE fieldseal_tenants SET shredded_at = 1 WHERE tenant = 'acme'",
+                        "UPDATE fieldseal_tenants SET shredded_at = NULL WHERE tenant = 'acme'",
+                        0,
+                        "shredded",
+                    )
+                    .await;
+
+                    // A minimum of 2^40 is an altered row, not "no minimum".
+                    exec(&pool, "UPDATE fieldseal_tenants SET min_decryption_version = 1099511627776 WHERE tenant = 'acme'").await;
+                    let fresh = Sealer::builder(local_provider(), store.clone()).build();
+                    let err = fresh.tenant("acme").await.unwrap_err();
+                    assert!(matches!(err, Error::Store { .. }), "{err}");
+                    assert!(err.to_string().contains("1099511627776"), "{err}");
+                    exec(&pool, "UPDATE fieldseal_tenants SET min_decryption_version = 2 WHERE tenant = 'acme'").await;
+
+                    // A deleted key row.
+                    exec(&pool, "DELETE FROM fieldseal_keys WHERE tenant = 'globex' AND version = 1").await;
+                    let report = admin.verify_audit().await.unwrap();
+                    assert_eq!(report.mismatches.len(), 1, "{report:?}");
+                    assert_eq!(report.mismatches[0].tenant, "globex");
+                    assert!(report.mismatches[0].reason.contains("no row"), "{report:?}");
+
+                    // The newest entries deleted; then the whole log.
+                    exec(&pool, "DELETE FROM fieldseal_audit WHERE seq > 3").await;
+                    let report = admin.verify_audit().await.unwrap();
+                    let broken = report.broken.expect("a truncated tail is reported");
+                    assert!(broken.reason.contains("the log ends at entry 3"), "{}", broken.reason);
+                    exec(&pool, "DELETE FROM fieldseal_audit").await;
+                    let report = admin.verify_audit().await.unwrap();
+                    let broken = report.broken.expect("a wiped log is reported");
+                    assert!(broken.reason.contains("the log was wiped"), "{}", broken.reason);
+                })
+                .await;
+            }
+
             /// A root key file that holds another key under the right id:
             /// `verify_root_keys` and `rewrap_all` unwrap a stored key to
             /// prove it, instead of trusting the id.

@@ -283,8 +283,10 @@ async fn audit_chain_vectors() {
         let report = sealer.admin().verify_audit().await.unwrap();
         match s(&case["expect"]) {
             "intact" => {
+                // The chain alone: the store holds none of the keys its
+                // entries name (which verify_audit reports as mismatches).
                 assert!(
-                    report.is_intact(),
+                    report.broken.is_none(),
                     "case {}: {:?}",
                     case["id"],
                     report.broken

@@ -311,6 +311,17 @@ impl KeyStore for MemoryKeyStore {
         Ok(true)
     }
 
+    async fn audit_head(&self) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>> {
+        // The newest entry is never pruned: a prune appends its own entry.
+        let state = self.lock()?;
+        Ok(Some(
+            state
+                .audit
+                .back()
+                .map_or((0, [0; AUDIT_MAC_LEN]), |e| (e.seq, e.mac)),
+        ))
+    }
+
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
         let state = self.lock()?;
         Ok(state

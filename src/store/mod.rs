@@ -359,6 +359,25 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// [`Error::Store`](crate::Error::Store).
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>>;
 
+    /// The sequence number and MAC of the newest audit entry, as the store
+    /// records them apart from the log (the SQL stores' head row, updated in
+    /// the transaction of each append), so that
+    /// [`KeyAdmin::verify_audit`](crate::KeyAdmin::verify_audit) notices a log
+    /// whose newest entries were deleted, or that was wiped. `Some((0, _))`
+    /// with no entry ever appended.
+    ///
+    /// The provided implementation returns `None`: the store keeps no record
+    /// apart from the log, and a truncated tail goes unnoticed unless the
+    /// application compares [`AuditReport::head`](crate::AuditReport::head)
+    /// with a copy kept elsewhere.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn audit_head(&self) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>> {
+        Ok(None)
+    }
+
     /// If entry `through` still has MAC `through_mac`, deletes every entry up to
     /// and including it and appends `audit` (an `audit.pruned` entry), in one
     /// step. Returns how many entries were deleted.

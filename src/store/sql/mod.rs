@@ -689,10 +689,16 @@ where
             let min: i64 = row.try_get(1).map_err(get)?;
             let generation: i64 = row.try_get(2).map_err(get)?;
             let version: Option<i64> = row.try_get(3).map_err(get)?;
+            // Out of range is an altered row, never "no minimum".
+            let min = u32::try_from(min).map_err(|_| {
+                bad_row(format!(
+                    "tenant `{tenant}` has minimum decryption version {min}"
+                ))
+            })?;
             let record = record.get_or_insert_with(|| TenantRecord {
                 tenant: tenant.to_string(),
                 shredded_at: shredded_at.map(Timestamp::from_unix_seconds),
-                min_decryption_version: to_u32(min),
+                min_decryption_version: min,
                 generation: to_u64(generation),
                 keys: Vec::new(),
             });
@@ -903,6 +909,25 @@ where
             "re-wrapping the audit key",
             self.rewrap_audit_key_once(old, &new, audit)
         )
+    }
+
+    async fn audit_head(&self) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>> {
+        self.check_schema().await?;
+        let row = retry!(self, "reading the audit head", async {
+            sqlx::query_as::<DB, (i64, Option<Vec<u8>>)>(AssertSqlSafe(Arc::clone(
+                &self.sql.select_audit_head,
+            )))
+            .fetch_optional(&self.pool)
+            .await
+        })?;
+        // The migration inserts the head row: a store without one was altered.
+        let (seq, mac) = row.ok_or_else(|| bad_row("the audit head row is missing".into()))?;
+        let seq = u64::try_from(seq)
+            .map_err(|_| bad_row(format!("the audit head row names entry {seq}")))?;
+        Ok(Some((
+            seq,
+            mac.as_deref().map_or([0; AUDIT_MAC_LEN], mac_from),
+        )))
     }
 
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {

@@ -25,6 +25,7 @@ pub(crate) struct Statements {
     pub(crate) latest_version: Arc<str>,
     pub(crate) bump_generation: Arc<str>,
     pub(crate) lock_audit_head: Arc<str>,
+    pub(crate) select_audit_head: Arc<str>,
     pub(crate) insert_audit: Arc<str>,
     pub(crate) update_audit_head: Arc<str>,
     pub(crate) insert_key: Arc<str>,
@@ -112,6 +113,7 @@ impl Statements {
                 "UPDATE {tenants} SET generation = generation + 1 WHERE tenant = ?"
             )),
             lock_audit_head: sql(format!("SELECT seq, mac FROM {head} WHERE id = 1{lock}")),
+            select_audit_head: sql(format!("SELECT seq, mac FROM {head} WHERE id = 1")),
             insert_audit: sql(format!(
                 "INSERT INTO {audit} (seq, occurred_at, event, tenant, version, actor, detail, mac) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
