@@ -282,11 +282,56 @@ pub(crate) fn check_tenant(tenant: &str) -> Result<()> {
     check_tenant_unicode(tenant)
 }
 
+/// Code points with the Unicode `Default_Ignorable_Code_Point` property
+/// (DerivedCoreProperties.txt; the list has not changed since Unicode 7.0),
+/// inclusive ranges. Renderers show none of them.
+const DEFAULT_IGNORABLE: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+];
+
+/// Code points that render as blank space without being `White_Space` or
+/// default-ignorable: U+2800 BRAILLE PATTERN BLANK.
+const INVISIBLE_FILLERS: &[u32] = &[0x2800];
+
 /// The Unicode part of [`check_tenant`], for any text.
 fn check_tenant_unicode(tenant: &str) -> Result<()> {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
     for c in tenant.chars() {
+        let cp = u32::from(c);
+        if DEFAULT_IGNORABLE
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&cp))
+            && c.general_category() != GeneralCategory::Format
+        {
+            return Err(Error::invalid_context(format!(
+                "tenant id contains U+{cp:04X}, a default-ignorable code point (invisible: a \
+                 variation selector, a joiner or a filler), which would make two tenant ids \
+                 look the same"
+            )));
+        }
+        if INVISIBLE_FILLERS.contains(&cp) {
+            return Err(Error::invalid_context(format!(
+                "tenant id contains U+{cp:04X}, which renders as blank space, so two tenant \
+                 ids would look the same"
+            )));
+        }
         let why = match c.general_category() {
             GeneralCategory::Control => "a control character (Unicode category Cc)",
             GeneralCategory::Format => {

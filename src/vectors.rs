@@ -964,6 +964,49 @@ fn invalid_contexts() -> Vec<(&'static str, Ctx)> {
     ]
 }
 
+/// Tenant ids refused since the default-ignorable rule (FORMAT.md, tenant id
+/// rule 4): appended after the earlier vectors, whose ids stay as they were.
+fn invisible_tenant_ids() -> Vec<(&'static str, Ctx)> {
+    let tenant = |t: &str| Ctx {
+        tenant: t.to_string(),
+        ..ctx_row_42()
+    };
+    vec![
+        (
+            "tenant id with U+FE0F VARIATION SELECTOR-16 (Mn, default-ignorable)",
+            tenant("acme\u{FE0F}"),
+        ),
+        (
+            "tenant id with U+034F COMBINING GRAPHEME JOINER (Mn, default-ignorable)",
+            tenant("ac\u{34F}me"),
+        ),
+        (
+            "tenant id with U+3164 HANGUL FILLER (Lo, default-ignorable)",
+            tenant("acme\u{3164}"),
+        ),
+        (
+            "tenant id with U+115F HANGUL CHOSEONG FILLER (Lo, default-ignorable)",
+            tenant("acme\u{115F}"),
+        ),
+        (
+            "tenant id with U+1160 HANGUL JUNGSEONG FILLER (Lo, default-ignorable)",
+            tenant("acme\u{1160}"),
+        ),
+        (
+            "tenant id with U+FFA0 HALFWIDTH HANGUL FILLER (Lo, default-ignorable)",
+            tenant("acme\u{FFA0}"),
+        ),
+        (
+            "tenant id with U+E0100 VARIATION SELECTOR-17 (Mn, default-ignorable)",
+            tenant("acme\u{E0100}"),
+        ),
+        (
+            "tenant id with U+2800 BRAILLE PATTERN BLANK (So, renders blank)",
+            tenant("acme\u{2800}"),
+        ),
+    ]
+}
+
 // ---------------------------------------------------------------------------
 // The length limits, described rather than written out (64 MiB).
 
@@ -1511,6 +1554,20 @@ fn build() -> Value {
             "comment": comment,
             "context": empty_table.json(),
             "sealed": value,
+            "expect": "invalid_context",
+        }));
+    }
+
+    for (comment, ctx) in invisible_tenant_ids() {
+        assert!(
+            matches!(ctx.build(), Err(Error::InvalidContext { .. })),
+            "{comment}"
+        );
+        contexts.push(json!({
+            "id": 201 + contexts.len(),
+            "comment": comment,
+            "context": ctx.json(),
+            "sealed": hex::encode(sealed[0].0.as_bytes()),
             "expect": "invalid_context",
         }));
     }

@@ -181,11 +181,21 @@ impl Model {
         if self.has(Fault::NoUnicodeTenantRules) {
             return Ok(());
         }
+        // Default_Ignorable_Code_Point (DerivedCoreProperties.txt), and
+        // U+2800, which renders blank.
+        let ignorable = |c: char| {
+            matches!(u32::from(c),
+                0xAD | 0x34F | 0x61C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+                | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164
+                | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3
+                | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF | 0x2800)
+        };
         let bad = t.chars().any(|c| {
-            matches!(
-                c.general_category(),
-                GeneralCategory::Format | GeneralCategory::Unassigned
-            )
+            ignorable(c)
+                || matches!(
+                    c.general_category(),
+                    GeneralCategory::Format | GeneralCategory::Unassigned
+                )
         });
         if bad || !unicode_normalization::is_nfc(t) {
             return Err("invalid_context");

@@ -603,6 +603,25 @@ macro_rules! suite {
                 .await;
             }
 
+            /// `acme` followed by an invisible code point is refused as a
+            /// tenant id, not taken for a distinct tenant.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn invisible_tenant_ids_are_refused() {
+                $with(|_pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    sealer.create_tenant("acme").await.unwrap();
+                    for c in ['\u{FE0F}', '\u{034F}', '\u{3164}', '\u{115F}', '\u{1160}', '\u{FFA0}', '\u{2800}'] {
+                        let id = format!("acme{c}");
+                        let err = sealer.create_tenant(&id).await.unwrap_err();
+                        assert!(matches!(err, Error::InvalidContext { .. }), "U+{:04X}: {err}", u32::from(c));
+                        let err = Context::builder(id.as_str(), "accounts", "token").build().unwrap_err();
+                        assert!(matches!(err, Error::InvalidContext { .. }), "U+{:04X}: {err}", u32::from(c));
+                    }
+                    assert_eq!(sealer.admin().tenants().await.unwrap(), vec!["acme".to_string()]);
+                })
+                .await;
+            }
+
             /// A root key file that holds another key under the right id:
             /// `verify_root_keys` and `rewrap_all` unwrap a stored key to
             /// prove it, instead of trusting the id.
