@@ -132,6 +132,79 @@ async fn audit_inputs_are_bounded_on_a_non_strict_mariadb() {
     .await;
 }
 
+/// Every file of a SQLite database (the main file, its WAL and journal),
+/// read whole.
+fn sqlite_files(path: &str) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-journal", "-shm"] {
+        if let Ok(bytes) = std::fs::read(format!("{path}{suffix}")) {
+            all.extend(bytes);
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A destroyed version's wrapped key, and a shredded tenant's, are gone from
+/// the SQLite files (overwritten, with `secure_delete` on and the WAL
+/// checkpointed), not merely unlinked from their rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erased_wrapped_keys_leave_no_trace_in_sqlite_files() {
+    db::with_sqlite(|pool, store| async move {
+        let path: String =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let sealer = Sealer::builder(local_provider(), store.clone()).build();
+        let admin = sealer.admin();
+        for tenant in ["acme", "globex"] {
+            sealer.create_tenant(tenant).await.unwrap();
+            admin.rotate(tenant).await.unwrap();
+        }
+        let wrapped = |tenant: &'static str| {
+            let admin = admin.clone();
+            async move {
+                admin
+                    .describe(tenant)
+                    .await
+                    .unwrap()
+                    .keys
+                    .iter()
+                    .filter_map(|k| k.wrapped.as_ref().map(|w| w.as_bytes().to_vec()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let acme = wrapped("acme").await;
+        let globex = wrapped("globex").await;
+        assert_eq!((acme.len(), globex.len()), (2, 2));
+        let files = sqlite_files(&path);
+        assert!(
+            acme.iter().chain(&globex).all(|w| contains(&files, w)),
+            "the test cannot see the keys"
+        );
+
+        admin.destroy_version("acme", 1).await.unwrap();
+        admin.shred_tenant("globex").await.unwrap();
+        let files = sqlite_files(&path);
+        assert!(
+            !contains(&files, &acme[0]),
+            "acme v1's wrapped key is still in the files"
+        );
+        assert!(contains(&files, &acme[1]), "acme v2 is live");
+        for w in &globex {
+            assert!(
+                !contains(&files, w),
+                "a shredded tenant's wrapped key is still in the files"
+            );
+        }
+    })
+    .await;
+}
+
 /// Counts rows looked at, so a test can act while a job is under way.
 #[derive(Default)]
 struct Seen(AtomicU64);

@@ -490,6 +490,16 @@ where
             return Ok(false);
         }
         let statement = if to == KeyState::Destroyed {
+            if let Some(scrub) = &self.sql.scrub {
+                sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&scrub.secure_delete)))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&scrub.zero_key)))
+                    .bind(tenant.to_string())
+                    .bind(i64::from(version))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             &self.sql.destroy_key
         } else {
             &self.sql.update_key_state
@@ -508,7 +518,24 @@ where
         self.bump_generation(&mut tx, tenant).await?;
         self.append_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        if to == KeyState::Destroyed {
+            self.checkpoint().await;
+        }
         Ok(true)
+    }
+
+    /// SQLite: moves the WAL's pages into the database file and truncates
+    /// the WAL, so the page images from before an erasure leave it. Best
+    /// effort: a reader holding an old snapshot keeps them until it is done
+    /// (the next checkpoint takes them).
+    async fn checkpoint(&self) {
+        if let Some(scrub) = &self.sql.scrub
+            && let Err(e) = sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&scrub.checkpoint)))
+                .execute(&self.pool)
+                .await
+        {
+            tracing::debug!(error = %DbError::new(&e), "WAL checkpoint after an erasure failed");
+        }
     }
 
     async fn set_min_once(
@@ -555,6 +582,15 @@ where
             .bind(KeyState::Destroyed.as_str().to_string())
             .execute(&mut *tx)
             .await?;
+        if let Some(scrub) = &self.sql.scrub {
+            sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&scrub.secure_delete)))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&scrub.zero_tenant)))
+                .bind(tenant.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.erase_all_wrapped)))
             .bind(tenant.to_string())
             .execute(&mut *tx)
@@ -562,6 +598,7 @@ where
         self.bump_generation(&mut tx, tenant).await?;
         self.append_audit(&mut tx, audit).await?;
         tx.commit().await?;
+        self.checkpoint().await;
         Ok(true)
     }
 

@@ -4,6 +4,15 @@ use std::sync::Arc;
 
 use super::dialect::{Dialect, placeholders};
 
+/// SQLite's statements for erasing wrapped keys from the file, not only from
+/// their rows (see [`Statements::scrub`]).
+pub(crate) struct Scrub {
+    pub(crate) secure_delete: Arc<str>,
+    pub(crate) zero_key: Arc<str>,
+    pub(crate) zero_tenant: Arc<str>,
+    pub(crate) checkpoint: Arc<str>,
+}
+
 /// How many tenants one generation query reads.
 pub(crate) const GENERATIONS_CHUNK: usize = 64;
 
@@ -36,6 +45,11 @@ pub(crate) struct Statements {
     pub(crate) shred_tenant: Arc<str>,
     pub(crate) destroy_all_keys: Arc<str>,
     pub(crate) erase_all_wrapped: Arc<str>,
+    /// SQLite only: statements run in a destroying transaction before the
+    /// wrapped bytes are set to NULL, so that no copy of them stays in the
+    /// file's free space (`secure_delete`, then zeros over the bytes in
+    /// place); and the checkpoint that moves the result out of the WAL.
+    pub(crate) scrub: Option<Scrub>,
     pub(crate) select_wrapped: Arc<str>,
     pub(crate) update_wrapped: Arc<str>,
     pub(crate) select_audit_mac: Arc<str>,
@@ -84,7 +98,21 @@ impl Statements {
 
         let sql = |text: String| -> Arc<str> { Arc::from(placeholders(dialect, &text)) };
 
+        let scrub = (dialect == Dialect::Sqlite).then(|| Scrub {
+            secure_delete: sql("PRAGMA secure_delete = ON".into()),
+            zero_key: sql(format!(
+                "UPDATE {keys} SET wrapped = zeroblob(length(wrapped)) \
+                 WHERE tenant = ? AND version = ? AND wrapped IS NOT NULL"
+            )),
+            zero_tenant: sql(format!(
+                "UPDATE {keys} SET wrapped = zeroblob(length(wrapped)) \
+                 WHERE tenant = ? AND wrapped IS NOT NULL"
+            )),
+            checkpoint: sql("PRAGMA wal_checkpoint(TRUNCATE)".into()),
+        });
+
         Self {
+            scrub,
             dialect,
             prefix: prefix.to_string(),
             schema: schema.map(str::to_string),
