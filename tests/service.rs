@@ -49,7 +49,17 @@ struct Service {
 
 impl Service {
     fn start(dir: &Path, database_url: Option<&str>, admin_token: &str) -> Self {
+        Self::start_with(dir, database_url, admin_token, &[])
+    }
+
+    fn start_with(
+        dir: &Path,
+        database_url: Option<&str>,
+        admin_token: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(service_exe());
+        command.envs(env.iter().copied());
         command
             .args(["--listen", "127.0.0.1:0"])
             .env("FIELDSEAL_SERVICE_DIR", dir)
@@ -244,6 +254,7 @@ impl Direct {
         &self,
         root_key: &Path,
         tenant: &str,
+        integration: &str,
         column: &str,
         id: i64,
         bytes: &[u8],
@@ -258,12 +269,40 @@ impl Direct {
         .build();
         let ctx = Context::builder(tenant, "integrations", column)
             .row(id)
+            .extra("provider", integration)
             .build()
             .unwrap();
         let sealed = SealedValue::from_bytes(bytes)?;
         let opened = sealer.open(&ctx, &sealed).await?;
         use fieldseal::secrecy::ExposeSecret;
         Ok(opened.plaintext().expose_secret().to_vec())
+    }
+
+    /// Swaps the provider names of two of `tenant`'s rows.
+    async fn swap_providers(&self, tenant: &str, a: &str, b: &str) {
+        for (from, to) in [(a, "swap-tmp"), (b, a), ("swap-tmp", b)] {
+            const SQL: &str =
+                "UPDATE integrations SET provider = $1 WHERE tenant = $2 AND provider = $3";
+            let rows = match self {
+                Self::Sqlite(pool) => sqlx::query(SQL)
+                    .bind(to)
+                    .bind(tenant)
+                    .bind(from)
+                    .execute(pool)
+                    .await
+                    .unwrap()
+                    .rows_affected(),
+                Self::Postgres(pool) => sqlx::query(SQL)
+                    .bind(to)
+                    .bind(tenant)
+                    .bind(from)
+                    .execute(pool)
+                    .await
+                    .unwrap()
+                    .rows_affected(),
+            };
+            assert_eq!(rows, 1);
+        }
     }
 
     async fn close(self) {
@@ -457,6 +496,30 @@ async fn lifecycle(dir: &Path, database_url: Option<&str>, direct: Direct) {
         .post("/tenants/acme/integrations/github/use", Some(acme))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // The provider names of two rows swapped: using "github" picks the row
+    // that now says github, whose values were sealed for slack. They do not
+    // open: the provider is in the context, so slack's credentials are never
+    // sent to github.
+    direct.swap_providers("acme", "github", "slack").await;
+    for provider in ["github", "slack"] {
+        let (status, body) = service
+            .post(
+                &format!("/tenants/acme/integrations/{provider}/use"),
+                Some(acme),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{provider}: {body}"
+        );
+        assert_eq!(body["error"], "credential_unreadable");
+    }
+    direct.swap_providers("acme", "github", "slack").await;
+    let (status, body) = service
+        .post("/tenants/acme/integrations/github/use", Some(acme))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     // Rotation: a new primary; old rows keep working and move to the new key
     // as they are used.
@@ -553,14 +616,14 @@ async fn lifecycle(dir: &Path, database_url: Option<&str>, direct: Direct) {
     let (id, token, _, _) = direct.columns("acme", "github").await;
     let root_key = dir.join("root.key");
     let err = direct
-        .open_with_keys(&root_key, "acme", "refresh_token", id, &token)
+        .open_with_keys(&root_key, "acme", "github", "refresh_token", id, &token)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::TenantShredded { .. }), "{err}");
     // globex is untouched.
     let (id, token, _, _) = direct.columns("globex", "github").await;
     let opened = direct
-        .open_with_keys(&root_key, "globex", "refresh_token", id, &token)
+        .open_with_keys(&root_key, "globex", "github", "refresh_token", id, &token)
         .await
         .unwrap();
     assert_eq!(opened, stored[2].3.refresh_token.as_bytes());
@@ -632,6 +695,105 @@ async fn lifecycle(dir: &Path, database_url: Option<&str>, direct: Direct) {
             );
         }
     }
+}
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Slow clients, many clients, and a client that announces a large body it
+/// never sends: the service cuts off headers that take too long, holds at
+/// most `max_connections` connections, and answers a request with a wrong
+/// token without waiting for its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_unauthenticated_clients_hold_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let admin_token = marker("admin-token");
+    let service = Service::start_with(
+        dir.path(),
+        None,
+        &admin_token,
+        &[
+            ("FIELDSEAL_SERVICE_HEADER_TIMEOUT", "1s"),
+            ("FIELDSEAL_SERVICE_MAX_CONNECTIONS", "16"),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    let (status, _) = service
+        .post("/tenants/acme/tokens", Some(&admin_token))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let address = service.base.trim_start_matches("http://").to_string();
+    let pid = service.child.id();
+    let baseline = open_fds(pid);
+    assert!(baseline > 0, "cannot count the service's file descriptors");
+
+    // 64 clients that start a request and never finish its headers.
+    let mut slow = Vec::new();
+    for _ in 0..64 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    // The service holds at most 16 of them at any time, and cuts each off
+    // once its headers are late.
+    let started = std::time::Instant::now();
+    let mut most = 0;
+    let mut closed = 0;
+    while closed < slow.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{closed} of {} slow clients were cut off",
+            slow.len()
+        );
+        most = most.max(open_fds(pid).saturating_sub(baseline));
+        closed = 0;
+        for stream in &mut slow {
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(5), stream.read(&mut byte)).await {
+                Ok(Ok(0) | Err(_)) => closed += 1,
+                // A 408 before closing is also a cut-off.
+                Ok(Ok(_)) => closed += 1,
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        most <= 16 + 2,
+        "the service held {most} more descriptors than at rest"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "cut off too early"
+    );
+    let (status, body) = service.get("/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A wrong token with a body announced and never sent: refused at once.
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(
+            b"PUT /tenants/acme/integrations/github HTTP/1.1\r\nHost: x\r\n\
+              Authorization: Bearer fst_wrong\r\nContent-Type: application/json\r\n\
+              Content-Length: 60000\r\n\r\n{\"refresh_token\": \"",
+        )
+        .await
+        .unwrap();
+    let mut response = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut response))
+        .await
+        .expect("the service waited for the body of an unauthenticated request")
+        .unwrap();
+    let head = String::from_utf8_lossy(&response[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    drop(service);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +44,9 @@ impl std::fmt::Debug for AppState {
 
 type Shared = State<Arc<AppState>>;
 
+/// The largest request body read, in bytes.
+const MAX_BODY: usize = 64 * 1024;
+
 /// The routes.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -62,7 +65,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         // Credentials are small; refuse large bodies before reading them.
-        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         // One log line per request: method, path, status and latency. The
         // default span records neither headers (bearer tokens) nor bodies.
         .layer(
@@ -298,12 +301,21 @@ async fn put_integration(
     State(state): Shared,
     Path((tenant, provider)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
-    // Authenticate before reading the body, and never echo a parse error:
-    // serde's messages quote the input, which here is a secret.
+    // Authenticate before reading the body (the `Body` extractor reads
+    // nothing: the bytes are read below, after the token is checked), and
+    // never echo a parse error: serde's messages quote the input, which here
+    // is a secret.
     state.require_tenant(&headers, &tenant).await?;
     check_provider(&provider)?;
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_body",
+            format!("send at most {MAX_BODY} bytes"),
+        )
+    })?;
     let body: NewIntegration = serde_json::from_slice(&body).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -327,6 +339,7 @@ async fn put_integration(
         .upsert_integration(&tenant, &provider, now(), |id| {
             keys.seal(
                 &tenant,
+                &provider,
                 id,
                 body.refresh_token.as_bytes(),
                 body.api_secret.as_bytes(),
@@ -378,7 +391,7 @@ async fn list_integrations(
         items.push(
             match state
                 .vault
-                .open_hint(&tenant, row.id, &row.secret_hint)
+                .open_hint(&tenant, &row.provider, row.id, &row.secret_hint)
                 .await
             {
                 Ok(hint) => json!({
@@ -442,6 +455,7 @@ async fn use_integration(
         .vault
         .open(
             &tenant,
+            &provider,
             row.id,
             &row.refresh_token,
             &row.api_secret,

@@ -43,6 +43,10 @@
 //!   the root key lives in a KMS or HSM instead (`examples/aws_kms.rs`).
 //! - `--listen` / `FIELDSEAL_SERVICE_LISTEN` (default `127.0.0.1:8080`); the
 //!   first line on standard output is `listening on http://<address>`.
+//! - `--header-timeout` / `FIELDSEAL_SERVICE_HEADER_TIMEOUT` (default `10s`):
+//!   a client that has not sent a request's headers by then is cut off.
+//! - `--max-connections` / `FIELDSEAL_SERVICE_MAX_CONNECTIONS` (default
+//!   1024): connections open at once (see `serve.rs`).
 //! - `RUST_LOG` (default `info`): logs go to standard error.
 //!
 //! `--plaintext-baseline` builds the same service with plaintext columns, for
@@ -51,6 +55,7 @@
 
 mod api;
 mod db;
+mod serve;
 mod vault;
 
 use std::net::SocketAddr;
@@ -95,6 +100,23 @@ struct Args {
     /// Root key file (created if missing, never overwritten).
     #[arg(long, env = "FIELDSEAL_ROOT_KEY_FILE")]
     root_key_file: Option<PathBuf>,
+    /// How long a request's headers may take to arrive before the
+    /// connection is closed (`10s`).
+    #[arg(
+        long,
+        env = "FIELDSEAL_SERVICE_HEADER_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    header_timeout: Duration,
+    /// Connections open at once; beyond it, new ones wait in the listen
+    /// backlog.
+    #[arg(
+        long,
+        env = "FIELDSEAL_SERVICE_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    max_connections: usize,
     /// Store secrets in plaintext: the load test's baseline only.
     #[arg(long, hide = true)]
     plaintext_baseline: bool,
@@ -197,9 +219,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let address = listener.local_addr()?;
     println!("listening on http://{address}");
     tracing::info!(%address, database = state.db.kind(), "serving");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    let limits = serve::Limits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+    };
+    serve::serve(listener, api::router(state), limits, shutdown()).await;
     tracing::info!("stopped");
     Ok(())
 }

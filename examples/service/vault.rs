@@ -36,9 +36,16 @@ pub(crate) struct OpenedIntegration {
     pub(crate) resealed: Option<SealedColumns>,
 }
 
-/// Where a value lives: tenant, table, column and the row's id.
-fn context(tenant: &str, column: &str, id: i64) -> Result<Context, Error> {
-    Context::builder(tenant, TABLE, column).row(id).build()
+/// Where a value lives: tenant, table, column, the row's id, and the provider
+/// the row is for. The provider is in the context because the service picks
+/// the row by it: a row whose provider column was swapped with another row's
+/// (by someone with write access to the table) then fails to open, instead
+/// of handing one provider's credentials to another.
+fn context(tenant: &str, provider: &str, column: &str, id: i64) -> Result<Context, Error> {
+    Context::builder(tenant, TABLE, column)
+        .row(id)
+        .extra("provider", provider)
+        .build()
 }
 
 impl Vault {
@@ -67,6 +74,7 @@ impl Vault {
     pub(crate) async fn open(
         &self,
         tenant: &str,
+        provider: &str,
         id: i64,
         refresh_token: &[u8],
         api_secret: &[u8],
@@ -79,9 +87,9 @@ impl Vault {
                 resealed: None,
             });
         };
-        let token_ctx = context(tenant, "refresh_token", id)?;
-        let secret_ctx = context(tenant, "api_secret", id)?;
-        let hint_ctx = context(tenant, "secret_hint", id)?;
+        let token_ctx = context(tenant, provider, "refresh_token", id)?;
+        let secret_ctx = context(tenant, provider, "api_secret", id)?;
+        let hint_ctx = context(tenant, provider, "secret_hint", id)?;
         let token = SealedValue::from_bytes(refresh_token)?;
         let secret = SealedValue::from_bytes(api_secret)?;
         // `Sealer::open` reloads the tenant's keys if the value names a
@@ -125,6 +133,7 @@ impl Vault {
     pub(crate) async fn open_hint(
         &self,
         tenant: &str,
+        provider: &str,
         id: i64,
         secret_hint: &[u8],
     ) -> Result<String, Error> {
@@ -133,7 +142,7 @@ impl Vault {
         };
         let sealed = SealedValue::from_bytes(secret_hint)?;
         let opened = sealer
-            .open(&context(tenant, "secret_hint", id)?, &sealed)
+            .open(&context(tenant, provider, "secret_hint", id)?, &sealed)
             .await?;
         Ok(opened.into_secret_string()?.expose_secret().to_owned())
     }
@@ -148,6 +157,7 @@ impl TenantVault {
     pub(crate) fn seal(
         &self,
         tenant: &str,
+        provider: &str,
         id: i64,
         refresh_token: &[u8],
         api_secret: &[u8],
@@ -162,7 +172,7 @@ impl TenantVault {
         };
         let seal = |column, plaintext| -> Result<Vec<u8>, Error> {
             Ok(keys
-                .seal(&context(tenant, column, id)?, plaintext)?
+                .seal(&context(tenant, provider, column, id)?, plaintext)?
                 .into_bytes())
         };
         Ok(SealedColumns {
