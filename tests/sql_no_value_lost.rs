@@ -205,6 +205,19 @@ async fn erased_wrapped_keys_leave_no_trace_in_sqlite_files() {
     .await;
 }
 
+/// The total a job announced and the rows it reported since.
+#[derive(Default)]
+struct Totals(std::sync::Mutex<(u64, u64)>);
+
+impl Progress for Totals {
+    fn start(&self, _table: &str, rows: u64) {
+        *self.0.lock().unwrap() = (rows, 0);
+    }
+    fn advance(&self, _table: &str, rows: u64) {
+        self.0.lock().unwrap().1 += rows;
+    }
+}
+
 /// Counts rows looked at, so a test can act while a job is under way.
 #[derive(Default)]
 struct Seen(AtomicU64);
@@ -691,6 +704,167 @@ macro_rules! suite {
                         assert!(matches!(err, Error::InvalidContext { .. }), "U+{:04X}: {err}", u32::from(c));
                     }
                     assert_eq!(sealer.admin().tenants().await.unwrap(), vec!["acme".to_string()]);
+                })
+                .await;
+            }
+
+            /// `plan` before the key store exists, and dry runs, write
+            /// nothing; a run with nothing to do records no job; a run that
+            /// cannot unwrap its keys fails before it records one.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn plans_dry_runs_and_idle_runs_write_nothing() {
+                $with(|pool, _| async move {
+                    create(&pool).await;
+                    exec(&pool, &format!("ALTER TABLE accounts ADD plain {}", $text)).await;
+                    for id in 1..=20 {
+                        sqlx::query::<$db>(q("INSERT INTO accounts (id, tenant, plain) VALUES (?, ?, ?)"))
+                            .bind(id)
+                            .bind(if id % 2 == 0 { "acme" } else { "globex" })
+                            .bind(format!("token-{id}"))
+                            .execute(&pool)
+                            .await
+                            .unwrap();
+                    }
+                    let tables = || async {
+                        let sql = match stringify!($name) {
+                            "postgres" => "SELECT CAST(table_name AS TEXT) FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY 1",
+                            "sqlite" => "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1",
+                            _ => "SELECT CAST(table_name AS CHAR) FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY 1",
+                        };
+                        sqlx::query_scalar::<$db, String>(sqlx::AssertSqlSafe(sql.to_string()))
+                            .fetch_all(&pool)
+                            .await
+                            .unwrap()
+                            .into_iter()
+                            .filter(|t| !t.starts_with("fieldseal_") || t.contains("job"))
+                            .collect::<Vec<_>>()
+                    };
+                    let rows = || async {
+                        sqlx::query_as::<$db, (i64, Option<Vec<u8>>)>(q("SELECT id, token FROM accounts ORDER BY id"))
+                            .fetch_all(&pool)
+                            .await
+                            .unwrap()
+                    };
+                    let (tables_before, rows_before) = (tables().await, rows().await);
+                    // A key store whose tables do not exist yet.
+                    let store = fieldseal::SqlKeyStore::new(pool.clone()).with_table_prefix("fresh_").unwrap();
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    let spec = TableSpec::new("accounts", "id", KeyType::Integer)
+                        .tenant_column("tenant")
+                        .column(ColumnSpec::new("token", ColumnForm::Binary).migrate_from("plain"));
+                    let columns = SealedColumns::new(pool.clone(), sealer.clone(), vec![spec.clone()]).unwrap();
+                    let plan = columns.plan(&now_options()).await.unwrap();
+                    assert_eq!(plan.legacy(), 20);
+                    assert!(plan.estimated_migrate > Duration::ZERO);
+                    let mut dry = now_options();
+                    dry.dry_run = true;
+                    let report = columns.migrate(&dry).await.unwrap();
+                    assert_eq!(report.totals().written, 20);
+                    assert_eq!(tables().await, tables_before, "a plan or dry run created tables");
+                    assert_eq!(rows().await, rows_before);
+
+                    store.migrate().await.unwrap();
+                    let jobs = || async {
+                        sqlx::query_scalar::<$db, String>(q("SELECT id FROM fieldseal_jobs ORDER BY id"))
+                            .fetch_all(&pool)
+                            .await
+                            .unwrap_or_default()
+                    };
+                    let report = columns.migrate(&now_options()).await.unwrap();
+                    assert_eq!(report.totals().written, 20);
+                    assert_eq!(jobs().await, vec!["migrate:accounts:*".to_string()]);
+                    // Nothing to do: no job run, no job row.
+                    let report = columns.migrate(&now_options()).await.unwrap();
+                    assert_eq!(report.totals().written, 0);
+                    assert_eq!(report.tables[0].job, None);
+                    assert!(report.tables[0].complete);
+                    let report = columns.reseal(&now_options()).await.unwrap();
+                    assert_eq!((report.totals().written, report.totals().current), (0, 20));
+                    assert_eq!(report.tables[0].job, None);
+                    assert_eq!(jobs().await, vec!["migrate:accounts:*".to_string()]);
+                    // A wrong root key fails before any job row.
+                    sealer.admin().rotate("acme").await.unwrap();
+                    let wrong = Sealer::builder(
+                        fieldseal::LocalKeyProvider::new("test-root", fieldseal::RootKey::from_bytes(&mut [3; 32])).unwrap(),
+                        store.clone(),
+                    )
+                    .build();
+                    let err = SealedColumns::new(pool.clone(), wrong, vec![spec])
+                        .unwrap()
+                        .reseal(&now_options())
+                        .await
+                        .unwrap_err();
+                    assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
+                    assert_eq!(jobs().await, vec!["migrate:accounts:*".to_string()]);
+                })
+                .await;
+            }
+
+            /// Progress never passes the total it announced, even when
+            /// ranges are swept again; the values of a shredded tenant are
+            /// counted alike by plan, verify and re-seal, and are not
+            /// failures.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn progress_and_shredded_tenants_add_up() {
+                $with(|pool, store| async move {
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    create(&pool).await;
+                    for id in 1..=40 {
+                        insert(&pool, &sealer, id, if id % 2 == 0 { "acme" } else { "globex" }).await;
+                    }
+                    // Two values under v1 for each of acme's rows, which the
+                    // application swaps while the job runs.
+                    let mut pairs = Vec::new();
+                    for id in (2..=40).step_by(2) {
+                        let ctx = token_ctx("acme", id);
+                        let a = sealer.seal(&ctx, format!("token-{id}").as_bytes()).await.unwrap();
+                        let b = sealer.seal(&ctx, format!("token-{id}").as_bytes()).await.unwrap();
+                        pairs.push((id, a, b));
+                    }
+                    sealer.admin().rotate("acme").await.unwrap();
+                    sealer.admin().shred_tenant("globex").await.unwrap();
+                    let columns = SealedColumns::new(pool.clone(), sealer.clone(), vec![spec()]).unwrap();
+                    let plan = columns.plan(&now_options()).await.unwrap();
+                    let usage = &plan.columns[&("accounts".to_string(), "token".to_string())];
+                    assert!(usage["globex"].shredded);
+                    assert_eq!(usage["globex"].not_primary, 0);
+                    assert_eq!(plan.not_primary(), 20);
+                    let verify = columns.verify(&now_options()).await.unwrap();
+                    assert_eq!((verify.totals().shredded, verify.totals().failed), (20, 0));
+
+                    // The application rewrites acme's rows while the job runs,
+                    // so that ranges are swept again.
+                    let writer = {
+                        let pool = pool.clone();
+                        tokio::spawn(async move {
+                            for round in 0..40 {
+                                for (id, a, b) in &pairs {
+                                    let value = if round % 2 == 0 { a } else { b };
+                                    sqlx::query::<$db>(q("UPDATE accounts SET token = ? WHERE id = ?"))
+                                        .bind(value.clone())
+                                        .bind(*id)
+                                        .execute(&pool)
+                                        .await
+                                        .unwrap();
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        })
+                    };
+                    let seen = Arc::new(Totals::default());
+                    let mut o = now_options();
+                    o.batch = 4;
+                    o.max_rows_per_sec = Some(40);
+                    o.progress = Some(seen.clone());
+                    let report = columns.reseal(&o).await.unwrap();
+                    writer.await.unwrap();
+                    let (total, advanced) = *seen.0.lock().unwrap();
+                    assert!(report.totals().changed > 0, "the application never raced the job");
+                    assert!(advanced <= total, "progress reached {advanced} of {total}");
+                    assert_eq!(report.totals().shredded, 20);
+                    assert_eq!(report.totals().failed, 0, "{:?}", report.tables[0].failures);
+                    let verify = columns.verify(&now_options()).await.unwrap();
+                    assert_eq!((verify.totals().shredded, verify.totals().failed), (20, 0));
                 })
                 .await;
             }

@@ -113,8 +113,8 @@ enum Command {
     Reseal(JobArgs),
     /// Seal plaintext: from each column's `migrate_from` source column, or in
     /// place for columns with `migrate_in_place`. Creates the key store's
-    /// tables and each tenant's first key if missing (also in a dry run,
-    /// which writes no row).
+    /// tables and each tenant's first key if missing (a dry run creates
+    /// nothing and writes nothing).
     Migrate(JobArgs),
     /// Open every value (or a sample) and list the rows that do not open.
     Verify {
@@ -479,9 +479,9 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
         columns = columns.with_job_tables(prefix, config.jobs.schema.as_deref())?;
     }
     columns.check().await?;
-    if is_migrate(cli) {
+    if matches!(&cli.command, Command::Migrate(args) if !args.dry_run) {
         // Only once the configuration, the root key and the tables are known
-        // good: a refused command writes nothing.
+        // good: a refused command writes nothing, nor does a dry run.
         migrate_store().await?;
     }
     let progress: Arc<dyn fieldseal::Progress> = Arc::new(Bars::new(cli.quiet));
@@ -607,16 +607,11 @@ fn emit(cli: &Cli, value: Value, lines: impl FnOnce()) {
     }
 }
 
-/// Failed values, not counting those of shredded tenants: erased on purpose,
-/// they fail until the application deletes their rows, and must not turn
-/// every scheduled run red. (The counts per kind are this process's.)
+/// Failed values. Those of shredded tenants are not among them: erased on
+/// purpose, they are counted apart (`shredded`) by every command, and must not
+/// turn every scheduled run red.
 fn real_failures(report: &fieldseal::JobReport) -> u64 {
-    let shredded = report
-        .failures_by_kind()
-        .get("tenant_shredded")
-        .copied()
-        .unwrap_or(0);
-    report.totals().failed.saturating_sub(shredded)
+    report.totals().failed
 }
 
 fn finish_job(cli: &Cli, command: &str, verb: &str, report: &fieldseal::JobReport) -> Outcome {
@@ -829,6 +824,7 @@ fn plan_json(plan: &Plan) -> Value {
                 "plaintext": u.legacy,
                 "nulls": u.nulls,
                 "malformed": u.malformed,
+                "shredded": u.shredded,
             }));
         }
     }
@@ -867,11 +863,51 @@ fn output_plan(plan: &Plan) {
                 .map(|(v, n)| format!("v{v}:{n}"))
                 .collect::<Vec<_>>()
                 .join(" ");
+            let primary = if u.shredded {
+                "shredded".to_string()
+            } else {
+                u.primary.to_string()
+            };
             println!(
-                "{table:<24} {column:<20} {tenant:<16} {:>8} {versions:>22} {:>11} {:>10} {:>8} {:>9}",
-                u.primary, u.not_primary, u.legacy, u.nulls, u.malformed
+                "{table:<24} {column:<20} {tenant:<16} {primary:>8} {versions:>22} {:>11} {:>10} {:>8} {:>9}",
+                u.not_primary, u.legacy, u.nulls, u.malformed
             );
         }
+    }
+    // Totals per column, over every tenant.
+    for ((table, column), tenants) in &plan.columns {
+        let mut by_version: std::collections::BTreeMap<u32, u64> = Default::default();
+        let (mut sealed, mut shredded) = (0u64, 0u64);
+        for u in tenants.values() {
+            for (v, n) in &u.by_version {
+                *by_version.entry(*v).or_insert(0) += n;
+                sealed += n;
+                if u.shredded {
+                    shredded += n;
+                }
+            }
+        }
+        let sum = |f: fn(&fieldseal::ColumnUsage) -> u64| tenants.values().map(f).sum::<u64>();
+        let versions = by_version
+            .iter()
+            .map(|(v, n)| format!("v{v}:{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "total {table}.{column}: {} tenants, {sealed} sealed ({}), {} not under their \
+             tenant's primary, {} plaintext, {} NULL, {} malformed, {shredded} of shredded \
+             tenants",
+            tenants.len(),
+            if versions.is_empty() {
+                "none"
+            } else {
+                versions.as_str()
+            },
+            sum(|u| u.not_primary),
+            sum(|u| u.legacy),
+            sum(|u| u.nulls),
+            sum(|u| u.malformed),
+        );
     }
     println!(
         "reseal would write {} values (about {} with one worker); migrate would seal {} \

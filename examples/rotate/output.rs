@@ -129,6 +129,7 @@ pub(crate) fn job_json(report: &JobReport) -> Value {
             "failed": t.counts.failed,
             "nulls": t.counts.nulls,
             "plaintext": t.counts.legacy,
+            "shredded": t.counts.shredded,
             "failures_by_kind": t.failures_by_kind,
             "failures": t.failures.iter().map(|f| json!({
                 "column": f.column,
@@ -164,6 +165,7 @@ pub(crate) fn print_job(verb: &str, report: &JobReport) {
              application meanwhile, {} failed, {} NULL, {} plaintext{job}",
             t.table, c.scanned, c.written, c.current, c.changed, c.failed, c.nulls, c.legacy
         );
+        print_shredded(t);
         print_failures(t);
     }
 }
@@ -172,12 +174,27 @@ pub(crate) fn print_job(verb: &str, report: &JobReport) {
 pub(crate) fn print_verify(report: &JobReport) {
     for t in &report.tables {
         let c = &t.counts;
-        let opened = c.scanned.saturating_sub(c.failed + c.nulls + c.legacy);
+        let opened = c
+            .scanned
+            .saturating_sub(c.failed + c.nulls + c.legacy + c.shredded);
         println!(
             "{}: {} values, {opened} opened, {} failed, {} NULL, {} plaintext",
             t.table, c.scanned, c.failed, c.nulls, c.legacy
         );
+        print_shredded(t);
         print_failures(t);
+    }
+}
+
+/// Values of shredded tenants: not failures, the same count from every
+/// command.
+fn print_shredded(t: &fieldseal::TableReport) {
+    if t.counts.shredded > 0 {
+        println!(
+            "  {} values of shredded tenants: erased on purpose, never opened or \
+             re-sealed again; delete their rows when convenient",
+            t.counts.shredded
+        );
     }
 }
 

@@ -69,7 +69,8 @@ impl JobTables {
                  lease_until {int} NOT NULL, pass {int} NOT NULL, pass_changed {int} NOT NULL, \
                  scanned {int} NOT NULL, written {int} NOT NULL, current_rows {int} NOT NULL, \
                  changed {int} NOT NULL, failed {int} NOT NULL, nulls {int} NOT NULL, \
-                 legacy {int} NOT NULL, PRIMARY KEY (job, run, idx))",
+                 legacy {int} NOT NULL, shredded {int} NOT NULL DEFAULT 0, \
+                 PRIMARY KEY (job, run, idx))",
                 self.ranges
             ),
         ];
@@ -79,6 +80,22 @@ impl JobTables {
                 Err(e) if is_concurrent_create(&e) => {}
                 Err(e) => return Err(db_error(db, "creating the job tables", e)),
             }
+        }
+        // Job tables made before ranges counted the values of shredded
+        // tenants apart: add the column. Probed first, since an ALTER TABLE
+        // locks the table even when it then fails.
+        let probe = format!("SELECT shredded FROM {} WHERE 1 = 0", self.ranges);
+        if db.fetch(&probe, &[], &[Kind::Int]).await.is_ok() {
+            return Ok(());
+        }
+        let add = format!(
+            "ALTER TABLE {} ADD COLUMN shredded {int} NOT NULL DEFAULT 0",
+            self.ranges
+        );
+        match db.execute(&add, &[]).await {
+            Ok(_) => {}
+            Err(e) if is_duplicate_column(&e) || is_concurrent_create(&e) => {}
+            Err(e) => return Err(db_error(db, "upgrading the job tables", e)),
         }
         Ok(())
     }
@@ -134,6 +151,19 @@ impl JobTables {
     }
 }
 
+/// Whether an `ALTER TABLE … ADD COLUMN` failed because the column exists
+/// (PostgreSQL 42701, MySQL 1060 = 42S21, SQLite's message).
+fn is_duplicate_column(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("42701" | "42S21"))
+                || db.message().contains("duplicate column")
+                || db.message().contains("Duplicate column")
+        }
+        _ => false,
+    }
+}
+
 pub(crate) fn db_error(db: &Db, what: &str, err: sqlx::Error) -> Error {
     Error::store(
         format!("{what} failed in {}", db.name()),
@@ -183,6 +213,7 @@ pub(crate) struct BatchCounts {
     pub(crate) failed: u64,
     pub(crate) nulls: u64,
     pub(crate) legacy: u64,
+    pub(crate) shredded: u64,
 }
 
 /// The totals of a job run, summed over its ranges.
@@ -197,6 +228,7 @@ pub(crate) struct RunTotals {
     pub(crate) failed: u64,
     pub(crate) nulls: u64,
     pub(crate) legacy: u64,
+    pub(crate) shredded: u64,
 }
 
 /// A job this process works on.
@@ -501,7 +533,8 @@ impl Job {
                 "UPDATE {} SET cursor_key = ?, pass = ?, pass_changed = ?, state = ?, \
                  scanned = scanned + ?, written = written + ?, current_rows = current_rows + ?, \
                  changed = changed + ?, failed = failed + ?, nulls = nulls + ?, \
-                 legacy = legacy + ? WHERE job = ? AND run = ? AND idx = ?",
+                 legacy = legacy + ?, shredded = shredded + ? WHERE job = ? AND run = ? \
+                 AND idx = ?",
                 self.tables.ranges
             ),
             &[
@@ -518,6 +551,7 @@ impl Job {
                 Val::Int(to_i64(counts.failed)),
                 Val::Int(to_i64(counts.nulls)),
                 Val::Int(to_i64(counts.legacy)),
+                Val::Int(to_i64(counts.shredded)),
                 Val::Text(self.id.clone()),
                 Val::Int(self.run),
                 Val::Int(lease.idx),
@@ -580,7 +614,8 @@ impl Job {
         let rows = db
             .fetch(
                 &format!(
-                    "SELECT COUNT(*), {}, {}, {}, {}, {}, {}, {}, {} FROM {} WHERE job = ? AND run = ?",
+                    "SELECT COUNT(*), {}, {}, {}, {}, {}, {}, {}, {}, {} FROM {} \
+                     WHERE job = ? AND run = ?",
                     sum("CASE WHEN state = 'done' THEN 1 ELSE 0 END"),
                     sum("scanned"),
                     sum("written"),
@@ -589,10 +624,11 @@ impl Job {
                     sum("failed"),
                     sum("nulls"),
                     sum("legacy"),
+                    sum("shredded"),
                     self.tables.ranges
                 ),
                 &[Val::Text(self.id.clone()), Val::Int(self.run)],
-                &[Kind::Int; 9],
+                &[Kind::Int; 10],
             )
             .await
             .map_err(|e| db_error(db, "reading a job's totals", e))?;
@@ -608,6 +644,7 @@ impl Job {
             failed: at(6),
             nulls: at(7),
             legacy: at(8),
+            shredded: at(9),
         })
     }
 }

@@ -183,7 +183,9 @@ pub struct RowFailure {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Counts {
-    /// Values looked at (one per sealed column per row; NULLs included).
+    /// Values looked at (one per sealed column per row; NULLs included),
+    /// each once: a range swept again adds only what it writes, finds
+    /// changed or fails on.
     pub scanned: u64,
     /// Values written (in a dry run: that would be written).
     pub written: u64,
@@ -198,6 +200,10 @@ pub struct Counts {
     pub nulls: u64,
     /// Plaintext values in a text column (not sealed yet: `migrate` seals them).
     pub legacy: u64,
+    /// Values of shredded tenants: erased on purpose, never re-sealed or
+    /// migrated, and not failures (delete their rows when convenient). Plan,
+    /// verify, re-seal and migrate count them alike.
+    pub shredded: u64,
 }
 
 impl Counts {
@@ -209,6 +215,7 @@ impl Counts {
         self.failed += b.failed;
         self.nulls += b.nulls;
         self.legacy += b.legacy;
+        self.shredded += b.shredded;
     }
 }
 
@@ -254,6 +261,7 @@ impl JobReport {
             c.failed += b.failed;
             c.nulls += b.nulls;
             c.legacy += b.legacy;
+            c.shredded += b.shredded;
         }
         c
     }
@@ -288,6 +296,10 @@ pub struct ColumnUsage {
     pub nulls: u64,
     /// Values that are not sealed values at all.
     pub malformed: u64,
+    /// Whether the tenant is shredded: its sealed values (in
+    /// [`ColumnUsage::by_version`]) never open again, and nothing is
+    /// re-sealed or migrated for it.
+    pub shredded: bool,
 }
 
 /// The state of the configured tables, from `plan`. Nothing is written.
@@ -797,18 +809,15 @@ impl SealedColumns {
         options: &JobOptions,
     ) -> Result<TableReport> {
         let tenant = options.tenant.as_deref();
-        let total = self.count(t, tenant).await?;
-        if let Some(p) = &options.progress {
-            p.start(t.spec.table(), total);
-        }
-        let shared = Arc::new(Shared {
-            failures: Mutex::default(),
-            local: Mutex::default(),
-            limiter: options.max_rows_per_sec.map(Limiter::new),
-            sealers: Mutex::default(),
-            stop: AtomicBool::new(false),
-        });
         let table = t.spec.table().to_string();
+        if !options.dry_run
+            && let Some(report) = self.nothing_to_do(t, kind, options).await?
+        {
+            return Ok(report);
+        }
+        let total = self.count(t, tenant).await?;
+        let shared = Arc::new(Shared::new(options, true));
+        shared.start(&table, total);
         if options.dry_run {
             // One sweep, no job, no writes.
             let w = self.worker(t, kind, options, &shared, None);
@@ -818,17 +827,13 @@ impl SealedColumns {
                 let finished = rows.len() < options.batch;
                 let (_, counts) = w.process(&rows).await?;
                 shared.add(&counts);
-                if let Some(p) = &options.progress {
-                    p.advance(&table, rows.len() as u64);
-                }
+                shared.advance(&table, rows.len() as u64);
                 cursor = last.or(cursor);
                 if finished {
                     break;
                 }
             }
-            if let Some(p) = &options.progress {
-                p.finish(&table);
-            }
+            shared.finish(&table);
             return Ok(shared.report(&table, None, true));
         }
 
@@ -869,9 +874,7 @@ impl SealedColumns {
                 first_error.get_or_insert(e);
             }
         }
-        if let Some(p) = &options.progress {
-            p.finish(&table);
-        }
+        shared.finish(&table);
         if let Some(e) = first_error {
             return Err(e);
         }
@@ -890,8 +893,77 @@ impl SealedColumns {
             failed: totals.failed,
             nulls: totals.nulls,
             legacy: totals.legacy,
+            shredded: totals.shredded,
         };
         Ok(report)
+    }
+
+    /// Before a job run is recorded: from the values' headers, whether it
+    /// has anything to write. If not, its report (no job run: a scheduled
+    /// run with nothing to do leaves no job rows). If so, the keys of a
+    /// tenant it will write for are loaded first, so that a wrong root key
+    /// or an unreachable provider fails the run before it records anything.
+    async fn nothing_to_do(
+        &self,
+        t: &Arc<Table>,
+        kind: JobKind,
+        options: &JobOptions,
+    ) -> Result<Option<TableReport>> {
+        let tenant = options.tenant.as_deref();
+        let mut counts = Counts::default();
+        let mut first: Option<String> = None;
+        for (j, c) in t.spec.columns.iter().enumerate() {
+            if kind == JobKind::Migrate && c.migrate.is_none() {
+                continue;
+            }
+            for (name, u) in self.column_usage(t, j, tenant).await? {
+                let sealed: u64 = u.by_version.values().sum();
+                counts.scanned += sealed + u.legacy + u.nulls + u.malformed;
+                counts.nulls += u.nulls;
+                counts.failed += u.malformed;
+                if u.shredded {
+                    counts.shredded += sealed + u.legacy;
+                    continue;
+                }
+                // Malformed values are work too: the job lists them.
+                let work = u.malformed
+                    + match kind {
+                        JobKind::Reseal => {
+                            counts.current += sealed - u.not_primary;
+                            counts.legacy += u.legacy;
+                            u.not_primary
+                        }
+                        JobKind::Migrate => {
+                            counts.current += sealed;
+                            u.legacy
+                        }
+                    };
+                if work > 0 && first.is_none() {
+                    first = Some(name);
+                }
+            }
+        }
+        let Some(first) = first else {
+            return Ok(Some(TableReport {
+                table: t.spec.table().to_string(),
+                job: None,
+                complete: true,
+                counts,
+                failures_by_kind: BTreeMap::new(),
+                failures: Vec::new(),
+            }));
+        };
+        if !first.is_empty() {
+            match self
+                .sealer
+                .tenant_checked_now(&first, kind == JobKind::Migrate)
+                .await
+            {
+                Err(e) if is_fatal(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     fn worker(
@@ -947,16 +1019,10 @@ impl SealedColumns {
         let tenant = options.tenant.as_deref();
         for t in &self.tables {
             let table = t.spec.table().to_string();
-            let shared = Arc::new(Shared {
-                failures: Mutex::default(),
-                local: Mutex::default(),
-                limiter: options.max_rows_per_sec.map(Limiter::new),
-                sealers: Mutex::default(),
-                stop: AtomicBool::new(false),
-            });
+            let shared = Arc::new(Shared::new(options, true));
             let w = self.worker(t, JobKind::Reseal, options, &shared, None);
-            if let Some(p) = &options.progress {
-                p.start(
+            if options.progress.is_some() {
+                shared.start(
                     &table,
                     options.sample.unwrap_or(self.count(t, tenant).await?),
                 );
@@ -978,17 +1044,13 @@ impl SealedColumns {
                 let finished = options.sample.is_some() || rows.len() < options.batch;
                 let counts = w.verify_rows(&rows).await?;
                 shared.add(&counts);
-                if let Some(p) = &options.progress {
-                    p.advance(&table, rows.len() as u64);
-                }
+                shared.advance(&table, rows.len() as u64);
                 cursor = last.or(cursor);
                 if finished {
                     break;
                 }
             }
-            if let Some(p) = &options.progress {
-                p.finish(&table);
-            }
+            shared.finish(&table);
             report.tables.push(shared.report(&table, None, true));
         }
         Ok(report)
@@ -1061,15 +1123,28 @@ impl SealedColumns {
             }
             u.primary = match self.sealer.admin().describe(tenant).await {
                 Ok(record) if record.shredded_at.is_none() => record.latest_version(),
-                Ok(_) | Err(Error::UnknownTenant { .. } | Error::InvalidContext { .. }) => 0,
+                Ok(_) => {
+                    u.shredded = true;
+                    0
+                }
+                // No key store tables yet (`plan` before the first `migrate`):
+                // no tenant has keys.
+                Err(
+                    Error::UnknownTenant { .. }
+                    | Error::InvalidContext { .. }
+                    | Error::Schema { .. },
+                ) => 0,
                 Err(e) => return Err(e),
             };
-            u.not_primary = u
-                .by_version
-                .iter()
-                .filter(|(v, _)| **v != u.primary)
-                .map(|(_, n)| n)
-                .sum();
+            u.not_primary = if u.shredded {
+                0
+            } else {
+                u.by_version
+                    .iter()
+                    .filter(|(v, _)| **v != u.primary)
+                    .map(|(_, n)| n)
+                    .sum()
+            };
         }
         Ok(out)
     }
@@ -1087,6 +1162,9 @@ impl SealedColumns {
         let tenant = options.tenant.as_deref();
         let mut plan = Plan::default();
         let mut estimate = (0.0f64, 0.0f64);
+        // Tenants migrate gives a first key: one key store transaction each,
+        // about ten statements.
+        let mut new_tenants = std::collections::BTreeSet::new();
         for t in &self.tables {
             let table = t.spec.table().to_string();
             let rows = self.count(t, tenant).await?;
@@ -1097,14 +1175,33 @@ impl SealedColumns {
                 let usage = self.column_usage(t, j, tenant).await?;
                 stale += usage.values().map(|u| u.not_primary).sum::<u64>();
                 legacy += usage.values().map(|u| u.legacy).sum::<u64>();
+                new_tenants.extend(
+                    usage
+                        .iter()
+                        .filter(|(name, u)| {
+                            u.legacy > 0 && u.primary == 0 && !u.shredded && !name.is_empty()
+                        })
+                        .map(|(name, _)| name.clone()),
+                );
                 plan.columns
                     .insert((table.clone(), c.column().to_string()), usage);
             }
-            let (per_row, per_value) = self.sample_costs(t, options).await?;
+            let costs = self.sample_costs(t, options).await?;
             #[allow(clippy::cast_precision_loss)]
             {
-                estimate.0 += per_row * rows as f64 + per_value * stale as f64;
-                estimate.1 += per_row * rows as f64 + per_value * legacy as f64;
+                estimate.0 += costs.per_row * rows as f64 + costs.per_reseal * stale as f64;
+                estimate.1 += costs.per_row * rows as f64 + costs.per_migrate * legacy as f64;
+            }
+        }
+        if !new_tenants.is_empty() {
+            let started = Instant::now();
+            self.db
+                .fetch("SELECT 'x'", &[], &[Kind::Text])
+                .await
+                .map_err(|e| db_error(&self.db, "timing a round trip", e))?;
+            #[allow(clippy::cast_precision_loss)]
+            {
+                estimate.1 += started.elapsed().as_secs_f64() * 10.0 * new_tenants.len() as f64;
             }
         }
         plan.estimated_reseal = Duration::from_secs_f64(estimate.0.max(0.0));
@@ -1112,16 +1209,13 @@ impl SealedColumns {
         Ok(plan)
     }
 
-    /// Seconds per row read, and per value opened, sealed and written, from
-    /// one batch of `t` (its writes rolled back).
-    async fn sample_costs(&self, t: &Arc<Table>, options: &JobOptions) -> Result<(f64, f64)> {
-        let shared = Arc::new(Shared {
-            failures: Mutex::default(),
-            local: Mutex::default(),
-            limiter: None,
-            sealers: Mutex::default(),
-            stop: AtomicBool::new(false),
-        });
+    /// Seconds per row read, per value re-sealed (opened, sealed and
+    /// written) and per value migrated (sealed and written), timed on one
+    /// batch of `t` whose writes are rolled back. Migration is timed with a
+    /// throwaway in-memory key for each tenant (what sealing costs does not
+    /// depend on the key), so it can be estimated before any tenant has keys.
+    async fn sample_costs(&self, t: &Arc<Table>, options: &JobOptions) -> Result<SampleCosts> {
+        let shared = Arc::new(Shared::new(options, false));
         let mut sample = options.clone();
         sample.batch = options.batch.min(500);
         let w = self.worker(t, JobKind::Reseal, &sample, &shared, None);
@@ -1129,8 +1223,12 @@ impl SealedColumns {
         let (rows, _) = w.fetch(None, None).await?;
         let read = started.elapsed().as_secs_f64();
         if rows.is_empty() {
-            return Ok((0.0, 0.0));
+            return Ok(SampleCosts::default());
         }
+        #[allow(clippy::cast_precision_loss)]
+        let per_row = read / rows.len() as f64;
+
+        // Re-seal: the values already sealed.
         let started = Instant::now();
         let mut updates: Vec<Vec<Update>> = vec![Vec::new(); t.spec.columns.len()];
         for row in &rows {
@@ -1161,30 +1259,93 @@ impl SealedColumns {
                 }
             }
         }
-        let values: usize = updates.iter().map(Vec::len).sum();
-        if values > 0 {
-            let mut tx = self
-                .db
-                .begin()
-                .await
-                .map_err(|e| db_error(&self.db, "timing a sample write", e))?;
-            for (j, u) in updates.iter().enumerate() {
-                w.cas(&mut tx, j, u, false).await?;
+        let per_reseal = self
+            .timed_rollback(&w, &updates, |_| false, started)
+            .await?;
+
+        // Migrate: the plaintext still to seal, under throwaway keys.
+        let started = Instant::now();
+        let throwaway = Sealer::builder(
+            crate::provider::LocalKeyProvider::new(
+                "plan-sample",
+                crate::secret::RootKey::generate()?,
+            )?,
+            crate::store::MemoryKeyStore::new(),
+        )
+        .build();
+        let mut updates: Vec<Vec<Update>> = vec![Vec::new(); t.spec.columns.len()];
+        for row in &rows {
+            let Some(key) = t.row_key(row) else { continue };
+            for (j, c) in t.spec.columns.iter().enumerate() {
+                let plain = match (&c.migrate, parse_stored(c.form, t.sealed(row, j))) {
+                    (Some(spec::Migration::InPlace), Stored::Legacy(text)) => text,
+                    (Some(spec::Migration::From(_)), Stored::Null) => {
+                        match t.migration_source(row, j) {
+                            Some(Val::Text(text)) => text.clone(),
+                            _ => continue,
+                        }
+                    }
+                    _ => continue,
+                };
+                let (Some(tenant), Ok(ctx)) = (t.tenant(row), t.context(row, j)) else {
+                    continue;
+                };
+                let Ok(sealer) = throwaway.tenant(tenant).await else {
+                    continue;
+                };
+                let Ok(new) = sealer.seal_uncounted(&ctx, plain.as_bytes()) else {
+                    continue;
+                };
+                let Ok(indexes) = index_values(&sealer, c, plain.as_bytes()) else {
+                    continue;
+                };
+                if let Some(u) = updates.get_mut(j) {
+                    u.push((key.clone(), Val::Text(plain), c.encode(&new), indexes));
+                }
             }
-            tx.rollback()
-                .await
-                .map_err(|e| db_error(&self.db, "rolling back the sample write", e))?;
         }
-        let per_value = if values == 0 {
-            0.0
-        } else {
-            #[allow(clippy::cast_precision_loss)]
-            {
-                started.elapsed().as_secs_f64() / values as f64
-            }
+        let from_source = |j: usize| {
+            matches!(
+                t.spec.columns.get(j).and_then(|c| c.migrate.as_ref()),
+                Some(spec::Migration::From(_))
+            )
         };
+        let per_migrate = self
+            .timed_rollback(&w, &updates, from_source, started)
+            .await?;
+        Ok(SampleCosts {
+            per_row,
+            per_reseal,
+            per_migrate,
+        })
+    }
+
+    /// Writes `updates` in a transaction that is rolled back; returns the
+    /// seconds per value since `started` (0 with no value).
+    async fn timed_rollback(
+        &self,
+        w: &Worker,
+        updates: &[Vec<Update>],
+        from_source: impl Fn(usize) -> bool,
+        started: Instant,
+    ) -> Result<f64> {
+        let values: usize = updates.iter().map(Vec::len).sum();
+        if values == 0 {
+            return Ok(0.0);
+        }
+        let mut tx = self
+            .db
+            .begin()
+            .await
+            .map_err(|e| db_error(&self.db, "timing a sample write", e))?;
+        for (j, u) in updates.iter().enumerate() {
+            w.cas(&mut tx, j, u, from_source(j)).await?;
+        }
+        tx.rollback()
+            .await
+            .map_err(|e| db_error(&self.db, "rolling back the sample write", e))?;
         #[allow(clippy::cast_precision_loss)]
-        Ok((read / rows.len() as f64, per_value))
+        Ok(started.elapsed().as_secs_f64() / values as f64)
     }
 
     /// Per tenant and key version, how many values of every configured
@@ -1424,12 +1585,25 @@ impl SealedColumns {
     }
 }
 
+/// What a job costs per row and per value, from a timed sample.
+#[derive(Clone, Copy, Debug, Default)]
+struct SampleCosts {
+    per_row: f64,
+    per_reseal: f64,
+    per_migrate: f64,
+}
+
 /// State shared by the workers of one table in this process.
 struct Shared {
     failures: Mutex<(Vec<RowFailure>, BTreeMap<&'static str, u64>)>,
     local: Mutex<Counts>,
     limiter: Option<Limiter>,
     sealers: Mutex<HashMap<String, TenantSealer>>,
+    /// Tenants a dry run found without keys.
+    absent: Mutex<std::collections::HashSet<String>>,
+    progress: Option<Arc<dyn Progress>>,
+    /// The total given to the progress reports, and how much of it was shown.
+    shown: Mutex<(u64, u64)>,
     /// Set when one worker failed: the others stop at their next batch
     /// boundary. (Aborting a task in the middle of a query can leave its
     /// connection out of step with the server.)
@@ -1437,8 +1611,54 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(options: &JobOptions, limited: bool) -> Self {
+        Self {
+            failures: Mutex::default(),
+            local: Mutex::default(),
+            limiter: options
+                .max_rows_per_sec
+                .filter(|_| limited)
+                .map(Limiter::new),
+            sealers: Mutex::default(),
+            absent: Mutex::default(),
+            stop: AtomicBool::new(false),
+            progress: options.progress.clone(),
+            shown: Mutex::new((0, 0)),
+        }
+    }
+
     fn add(&self, counts: &BatchCounts) {
         lock(&self.local).add(counts);
+    }
+
+    /// Progress: work on `table` starts, about `rows` rows.
+    fn start(&self, table: &str, rows: u64) {
+        *lock(&self.shown) = (rows, 0);
+        if let Some(p) = &self.progress {
+            p.start(table, rows);
+        }
+    }
+
+    /// Progress: `rows` more rows looked at. Never past the total given to
+    /// `start`: rows swept again (after the application changed them) or
+    /// inserted since are not counted twice.
+    fn advance(&self, table: &str, rows: u64) {
+        let step = {
+            let mut shown = lock(&self.shown);
+            let step = rows.min(shown.0.saturating_sub(shown.1));
+            shown.1 += step;
+            step
+        };
+        if let (Some(p), true) = (&self.progress, step > 0) {
+            p.advance(table, step);
+        }
+    }
+
+    /// Progress: work on `table` is over.
+    fn finish(&self, table: &str) {
+        if let Some(p) = &self.progress {
+            p.finish(table);
+        }
     }
 
     fn fail(&self, table: &str, column: &str, key: Option<&Key>, error: &Error) {
@@ -1583,9 +1803,7 @@ impl Worker {
             };
             attempt = 0;
             self.shared.add(&counts);
-            if let Some(p) = &self.options.progress {
-                p.advance(&table, rows.len() as u64);
-            }
+            self.shared.advance(&table, rows.len() as u64);
             if done {
                 return Ok(());
             }
@@ -1604,6 +1822,17 @@ impl Worker {
         last: Option<Key>,
         finished: bool,
     ) -> Result<Option<(bool, BatchCounts)>> {
+        if lease.pass > 1 {
+            // A range swept again (the application changed rows under the
+            // first sweep): its values were counted then; count only what
+            // this sweep writes, finds changed, or fails on.
+            counts = BatchCounts {
+                written: counts.written,
+                changed: counts.changed,
+                failed: counts.failed,
+                ..BatchCounts::default()
+            };
+        }
         let mut tx = self
             .db
             .begin()
@@ -1737,6 +1966,7 @@ impl Worker {
                     Ok(Decision::Nothing) => counts.current += 1,
                     Ok(Decision::Null) => counts.nulls += 1,
                     Ok(Decision::Legacy) => counts.legacy += 1,
+                    Ok(Decision::WouldWrite) => counts.written += 1,
                     Ok(Decision::Write(expected, new, indexes)) => match (&key, updates.get_mut(j))
                     {
                         (Some(key), Some(u)) if self.options.dry_run => {
@@ -1747,6 +1977,8 @@ impl Worker {
                         _ => counts.failed += 1,
                     },
                     Err(e) if is_fatal(&e) => return Err(e),
+                    // Erased on purpose: not a failure, and never written.
+                    Err(Error::TenantShredded { .. }) => counts.shredded += 1,
                     Err(e) => {
                         counts.failed += 1;
                         self.shared
@@ -1793,6 +2025,21 @@ impl Worker {
                 Ok(Decision::Write(c.encode(&value), c.encode(&new), indexes))
             }
             (JobKind::Migrate, Stored::Sealed(_), _) => Ok(Decision::Nothing),
+            // A dry run creates no tenant and seals nothing: it says what a
+            // run would write, before any key store table need exist.
+            (JobKind::Migrate, Stored::Legacy(_), Some(spec::Migration::InPlace))
+                if self.options.dry_run =>
+            {
+                self.would_migrate(t.tenant(row)).await
+            }
+            (JobKind::Migrate, Stored::Null, Some(spec::Migration::From(_)))
+                if self.options.dry_run =>
+            {
+                match t.migration_source(row, j) {
+                    Some(Val::Text(_)) => self.would_migrate(t.tenant(row)).await,
+                    _ => Ok(Decision::Null),
+                }
+            }
             (JobKind::Migrate, Stored::Legacy(text), Some(spec::Migration::InPlace)) => {
                 let sealer = self.tenant_sealer(t.tenant(row), true).await?;
                 let ctx = t.context(row, j)?;
@@ -1821,6 +2068,25 @@ impl Worker {
         }
     }
 
+    /// In a dry run of `migrate`: whether a plaintext value of `tenant` would
+    /// be sealed (a tenant with no keys yet would get its first key). A
+    /// shredded tenant's values are not.
+    async fn would_migrate(&self, tenant: Option<&str>) -> Result<Decision> {
+        let tenant =
+            tenant.ok_or_else(|| Error::invalid_context("the row's tenant column is NULL"))?;
+        if lock(&self.shared.absent).contains(tenant) {
+            return Ok(Decision::WouldWrite);
+        }
+        match self.tenant_sealer(Some(tenant), false).await {
+            Ok(_) => Ok(Decision::WouldWrite),
+            Err(Error::UnknownTenant { .. } | Error::Schema { .. }) => {
+                lock(&self.shared.absent).insert(tenant.to_string());
+                Ok(Decision::WouldWrite)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens every value of `rows`, counting and reporting those that fail.
     async fn verify_rows(&self, rows: &[Vec<Val>]) -> Result<BatchCounts> {
         let t = &self.table;
@@ -1845,6 +2111,7 @@ impl Worker {
                     Ok(true) => counts.current += 1,
                     Ok(false) => counts.written += 1,
                     Err(e) if is_fatal(&e) => return Err(e),
+                    Err(Error::TenantShredded { .. }) => counts.shredded += 1,
                     Err(e) => {
                         counts.failed += 1;
                         self.shared
@@ -1933,6 +2200,8 @@ fn is_fatal(e: &Error) -> bool {
 
 enum Decision {
     Nothing,
+    /// A dry run's answer: a run would write this value.
+    WouldWrite,
     Null,
     Legacy,
     /// Write the new value (and its blind index values) where the expected
