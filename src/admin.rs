@@ -10,7 +10,7 @@ use crate::audit::{
 use crate::context::{check_existing_tenant, check_tenant};
 use crate::crypto::HmacKey;
 use crate::error::{Error, Result};
-use crate::provider::WrapContext;
+use crate::provider::{WrapContext, WrappedKey};
 use crate::sealer::Sealer;
 use crate::store::{InsertOutcome, KeyState, TenantRecord};
 use crate::telemetry;
@@ -90,6 +90,10 @@ pub struct RewrapReport {
     /// Whether the audit-chain key changed while this call worked on it (it is
     /// then still under another root key); run again.
     pub audit_key_skipped: bool,
+    /// Whether this call made the key store stop accepting keys wrapped
+    /// without its id ([`StoreIdentity::accepts_unbound`](crate::StoreIdentity::accepts_unbound)):
+    /// every key of an upgraded store is now bound to it.
+    pub unbound_refused: bool,
 }
 
 impl RewrapReport {
@@ -574,29 +578,32 @@ impl KeyAdmin {
                 )));
             }
             let mut report = RewrapReport::default();
+            let sealer = &self.sealer;
+            let bound_store = sealer.store_identity().await?.is_some();
+            // Done with: under `target` and, for a store with an identity,
+            // bound to it (a key wrapped before is re-wrapped with the store's
+            // id in its context, under the same root key).
+            let done =
+                |w: &WrappedKey| w.root_key_id() == target && (w.is_store_bound() || !bound_store);
             // A key already under `target` is skipped, so a root key file
             // holding another key under the right id would pass unnoticed:
             // the first such key is unwrapped to prove `target`.
             let mut target_proven = false;
+            let mut unbound_left = false;
 
             let audit_key = inner.store.load_audit_key().await?;
             if let Some(old) = &audit_key
-                && old.root_key_id() == target
+                && done(old)
             {
-                drop(
-                    inner
-                        .provider
-                        .unwrap(old, &WrapContext::audit_key(1))
-                        .await?,
-                );
+                drop(sealer.unwrap_key(old, WrapContext::audit_key(1)).await?);
                 target_proven = true;
             }
             if let Some(old) = audit_key
-                && old.root_key_id() != target
+                && !done(&old)
             {
                 let ctx = WrapContext::audit_key(1);
-                let key = inner.provider.unwrap(&old, &ctx).await?;
-                let new = inner.provider.wrap(&key, &ctx).await?;
+                let key = sealer.unwrap_key(&old, ctx).await?;
+                let new = sealer.wrap_key(&key, ctx).await?;
                 drop(key);
                 let audit = self
                     .audit(
@@ -609,6 +616,7 @@ impl KeyAdmin {
                 report.audit_key_rewrapped =
                     inner.store.rewrap_audit_key(&old, new, &audit).await?;
                 report.audit_key_skipped = !report.audit_key_rewrapped;
+                unbound_left |= report.audit_key_skipped && !old.is_store_bound();
             }
 
             let mut after: Option<(String, u32)> = None;
@@ -625,16 +633,16 @@ impl KeyAdmin {
                         continue;
                     };
                     let ctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
-                    if old.root_key_id() == target {
+                    if done(&old) {
                         if !target_proven {
-                            drop(inner.provider.unwrap(&old, &ctx).await?);
+                            drop(sealer.unwrap_key(&old, ctx).await?);
                             target_proven = true;
                         }
                         report.already_current += 1;
                         continue;
                     }
-                    let key = inner.provider.unwrap(&old, &ctx).await?;
-                    let new = inner.provider.wrap(&key, &ctx).await?;
+                    let key = sealer.unwrap_key(&old, ctx).await?;
+                    let new = sealer.wrap_key(&key, ctx).await?;
                     drop(key);
                     let audit = self
                         .audit(
@@ -652,11 +660,24 @@ impl KeyAdmin {
                         report.rewrapped += 1;
                     } else {
                         report.skipped += 1;
+                        unbound_left |= !old.is_store_bound();
                     }
                 }
                 if !full {
                     break;
                 }
+            }
+            // Every key bound to the store: it stops accepting keys wrapped
+            // without its id, so none copied in from another store unwraps.
+            if report.is_complete()
+                && !unbound_left
+                && let Some(identity) = inner.store.store_identity().await?
+                && identity.accepts_unbound
+            {
+                let audit = self
+                    .audit(AuditEvent::UnboundWrapsRefused, "", 0, String::new())
+                    .await?;
+                report.unbound_refused = inner.store.refuse_unbound_wraps(&audit).await?;
             }
             tracing::info!(
                 target,
@@ -689,9 +710,9 @@ impl KeyAdmin {
             let inner = &self.sealer.inner;
             let mut check = RootKeyCheck::default();
             if let Some(wrapped) = inner.store.load_audit_key().await? {
-                let key = inner
-                    .provider
-                    .unwrap(&wrapped, &WrapContext::audit_key(1))
+                let key = self
+                    .sealer
+                    .unwrap_key(&wrapped, WrapContext::audit_key(1))
                     .await?;
                 drop(key);
                 check
@@ -713,7 +734,7 @@ impl KeyAdmin {
                     let root = wrapped.root_key_id().to_string();
                     if !check.keys_per_root.contains_key(&root) {
                         let ctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
-                        drop(inner.provider.unwrap(&wrapped, &ctx).await?);
+                        drop(self.sealer.unwrap_key(&wrapped, ctx).await?);
                     }
                     *check.keys_per_root.entry(root).or_insert(0) += 1;
                 }
@@ -791,6 +812,11 @@ impl KeyAdmin {
             report
                 .mismatches
                 .extend(replay.mismatches(tenant, record.as_ref()));
+        }
+        if let Some(identity) = store.store_identity().await?
+            && let Some(m) = replay.store_mismatch(identity.accepts_unbound)
+        {
+            report.mismatches.push(m);
         }
         if replay.is_complete() || report.entries == 0 {
             for tenant in self.tenants().await? {

@@ -55,6 +55,8 @@ pub enum AuditEvent {
     KeyRewrapped,
     /// Entries up to a sequence number were pruned.
     AuditPruned,
+    /// The key store stopped accepting keys wrapped without its id.
+    UnboundWrapsRefused,
 }
 
 impl AuditEvent {
@@ -71,6 +73,7 @@ impl AuditEvent {
             Self::TenantRecreated => "tenant.recreated",
             Self::KeyRewrapped => "key.rewrapped",
             Self::AuditPruned => "audit.pruned",
+            Self::UnboundWrapsRefused => "store.unbound_wraps_refused",
         }
     }
 }
@@ -514,6 +517,8 @@ pub(crate) struct Replay {
     /// Whether the log starts at entry 1 (nothing pruned): then every tenant
     /// and every key version must have an entry that created it.
     complete: bool,
+    /// Whether the store stopped accepting keys wrapped without its id.
+    unbound_refused: bool,
 }
 
 #[derive(Debug, Default)]
@@ -530,6 +535,9 @@ impl Replay {
     pub(crate) fn apply(&mut self, entry: &AuditEntry) {
         if entry.seq == 1 {
             self.complete = true;
+        }
+        if entry.event == AuditEvent::UnboundWrapsRefused.as_str() {
+            self.unbound_refused = true;
         }
         if entry.tenant.is_empty() {
             return;
@@ -585,6 +593,20 @@ impl Replay {
     /// Whether the log starts at entry 1.
     pub(crate) fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// Where the store's identity disagrees with the log: a store that
+    /// accepts keys wrapped without its id again after the log recorded that
+    /// it stopped.
+    pub(crate) fn store_mismatch(&self, accepts_unbound: bool) -> Option<StateMismatch> {
+        (self.unbound_refused && accepts_unbound).then(|| StateMismatch {
+            tenant: String::new(),
+            version: 0,
+            reason: "the key store accepts keys wrapped without its id again, but the audit \
+                     log says it stopped (`store.unbound_wraps_refused`): a key copied from \
+                     another store would unwrap"
+                .into(),
+        })
     }
 
     /// Where the store's record of `tenant` (`None`: the store does not

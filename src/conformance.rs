@@ -508,6 +508,58 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
         self.shred_and_recreate(t).await;
         self.audit_chain().await;
         self.prune().await;
+        self.identity().await;
+    }
+
+    /// A store with an identity keeps it, and keeps each wrapped key's
+    /// store-bound mark with its bytes: returned as stored, and compared by
+    /// re-wraps.
+    async fn identity(&mut self) {
+        let Some(first) = must("store_identity", self.store.store_identity().await) else {
+            return;
+        };
+        if must("store_identity", self.store.store_identity().await).as_ref() != Some(&first) {
+            fail("store_identity changed between two calls");
+        }
+        let t = "conformance-d";
+        let bound = wrapped("bound").bound_to_store();
+        let audit = self.audit(AuditEvent::TenantCreated, t, 1);
+        let new = NewKeyVersion {
+            version: 1,
+            wrapped: bound.clone(),
+            created_at: Timestamp::now(),
+        };
+        must(
+            "insert_key_version",
+            self.store.insert_key_version(t, new, &audit).await,
+        );
+        let loaded = must("load_tenant", self.store.load_tenant(t).await)
+            .and_then(|r| r.keys.into_iter().next())
+            .and_then(|k| k.wrapped);
+        if loaded.as_ref().map(WrappedKey::is_store_bound) != Some(true) {
+            fail("a key stored as bound to the store came back unbound (or not at all)");
+        }
+        let listed = must(
+            "list_wrapped_keys",
+            self.store.list_wrapped_keys(None, 10_000).await,
+        )
+        .into_iter()
+        .find(|k| k.tenant == t)
+        .and_then(|k| k.key.wrapped);
+        if listed.as_ref().map(WrappedKey::is_store_bound) != Some(true) {
+            fail("list_wrapped_keys returned a bound key unbound");
+        }
+        // The same bytes without the mark are another key.
+        let audit = self.audit(AuditEvent::KeyRewrapped, t, 1);
+        let unbound_old = wrapped("bound");
+        if must(
+            "rewrap_key",
+            self.store
+                .rewrap_key(t, 1, &unbound_old, wrapped("other"), &audit)
+                .await,
+        ) {
+            fail("rewrap_key matched a bound key given as unbound");
+        }
     }
 
     async fn empty(&self) {

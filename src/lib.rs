@@ -63,7 +63,7 @@ pub use crate::{
     // Key stores.
     store::{
         InsertOutcome, KeyRecord, KeyState, KeyStatus, KeyStore, MemoryKeyStore, NewKeyVersion,
-        StoredKey, TenantRecord,
+        StoreIdentity, StoredKey, TenantRecord,
     },
     time::Timestamp,
 };

@@ -16,7 +16,7 @@ use crate::format::{Algorithm, SealedValue};
 use crate::keyring::{Keyring, Revocation, VersionEntry, VersionStatus};
 use crate::provider::{KeyProvider, WrapContext, WrappedKey};
 use crate::secret::{Migrating, Opened, TenantKey};
-use crate::store::{InsertOutcome, KeyState, KeyStore, NewKeyVersion, TenantRecord};
+use crate::store::{InsertOutcome, KeyState, KeyStore, NewKeyVersion, StoreIdentity, TenantRecord};
 use crate::telemetry::{self, CacheEvent, ObservedProvider, ObservedStore};
 use crate::time::Timestamp;
 
@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) label_tenant: bool,
     /// The audit-chain key, unwrapped on the first key change.
     audit_key: tokio::sync::OnceCell<HmacKey>,
+    /// The key store's identity, read on the first wrap or unwrap.
+    store_identity: tokio::sync::OnceCell<Option<StoreIdentity>>,
 }
 
 /// Configures a [`Sealer`].
@@ -186,6 +188,7 @@ impl SealerBuilder {
                 min_audit_retention: self.min_audit_retention,
                 label_tenant: self.label_tenant,
                 audit_key: tokio::sync::OnceCell::new(),
+                store_identity: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -554,11 +557,11 @@ impl Sealer {
                 let store = &self.inner.store;
                 let ctx = WrapContext::audit_key(1);
                 if let Some(wrapped) = store.load_audit_key().await? {
-                    let key = self.inner.provider.unwrap(&wrapped, &ctx).await?;
+                    let key = self.unwrap_key(&wrapped, ctx).await?;
                     return Ok(HmacKey::new(key.expose_secret()));
                 }
                 let key = TenantKey::generate()?;
-                let wrapped = self.inner.provider.wrap(&key, &ctx).await?;
+                let wrapped = self.wrap_key(&key, ctx).await?;
                 if store.insert_audit_key(wrapped).await? {
                     tracing::info!("created the audit-chain key");
                     return Ok(HmacKey::new(key.expose_secret()));
@@ -568,10 +571,72 @@ impl Sealer {
                     message: "the key store reported an audit key but does not return it".into(),
                     source: None,
                 })?;
-                let key = self.inner.provider.unwrap(&wrapped, &ctx).await?;
+                let key = self.unwrap_key(&wrapped, ctx).await?;
                 Ok(HmacKey::new(key.expose_secret()))
             })
             .await
+    }
+
+    /// The key store's identity, read once per sealer.
+    pub(crate) async fn store_identity(&self) -> Result<Option<&StoreIdentity>> {
+        let identity = self
+            .inner
+            .store_identity
+            .get_or_try_init(|| self.inner.store.store_identity())
+            .await?;
+        Ok(identity.as_ref())
+    }
+
+    /// Wraps `key` for `ctx` under the current root key, bound to the key
+    /// store when it has an identity (FORMAT.md §"Wrapped keys").
+    pub(crate) async fn wrap_key(
+        &self,
+        key: &TenantKey,
+        ctx: WrapContext<'_>,
+    ) -> Result<WrappedKey> {
+        match self.store_identity().await? {
+            Some(identity) => Ok(self
+                .inner
+                .provider
+                .wrap(key, &ctx.in_store(&identity.id))
+                .await?
+                .bound_to_store()),
+            None => self.inner.provider.wrap(key, &ctx).await,
+        }
+    }
+
+    /// Unwraps `wrapped` for `ctx`: with the key store's id in the context if
+    /// it is marked bound; without, only if the store has no identity or
+    /// still accepts keys wrapped before it had one.
+    pub(crate) async fn unwrap_key(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: WrapContext<'_>,
+    ) -> Result<TenantKey> {
+        match (self.store_identity().await?, wrapped.is_store_bound()) {
+            (Some(identity), true) => {
+                self.inner
+                    .provider
+                    .unwrap(wrapped, &ctx.in_store(&identity.id))
+                    .await
+            }
+            (Some(identity), false) if !identity.accepts_unbound => Err(Error::UnwrapFailed {
+                subject: format!(
+                    "{} (wrapped without this key store's id, which the store no longer \
+                     accepts)",
+                    ctx.describe()
+                ),
+                root_key_id: wrapped.root_key_id().to_string(),
+            }),
+            (None, true) => Err(Error::UnwrapFailed {
+                subject: format!(
+                    "{} (marked as wrapped with a key store id, but the store has none)",
+                    ctx.describe()
+                ),
+                root_key_id: wrapped.root_key_id().to_string(),
+            }),
+            _ => self.inner.provider.unwrap(wrapped, &ctx).await,
+        }
     }
 
     /// Reads the tenant from the store (creating its first key if asked) and
@@ -699,9 +764,7 @@ impl Sealer {
             "unwrapping tenant key"
         );
         let key = self
-            .inner
-            .provider
-            .unwrap(wrapped, &WrapContext::tenant_key(tenant, version))
+            .unwrap_key(wrapped, WrapContext::tenant_key(tenant, version))
             .await?;
         Ok(TenantKeyDeriver::new(key.expose_secret()))
     }
@@ -763,9 +826,7 @@ impl Sealer {
     ) -> Result<(NewKeyVersion, TenantKeyDeriver)> {
         let key = TenantKey::generate()?;
         let wrapped = self
-            .inner
-            .provider
-            .wrap(&key, &WrapContext::tenant_key(tenant, version))
+            .wrap_key(&key, WrapContext::tenant_key(tenant, version))
             .await?;
         Ok((
             NewKeyVersion {

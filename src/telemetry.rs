@@ -499,6 +499,16 @@ impl KeyStore for ObservedStore {
         self.call("rewrap_audit_key", "", None, call).await
     }
 
+    async fn store_identity(&self) -> Result<Option<crate::store::StoreIdentity>> {
+        self.call("store_identity", "", None, self.inner.store_identity())
+            .await
+    }
+
+    async fn refuse_unbound_wraps(&self, audit: &AuditAppend<'_>) -> Result<bool> {
+        let call = self.inner.refuse_unbound_wraps(audit);
+        self.call("refuse_unbound_wraps", "", None, call).await
+    }
+
     async fn audit_head(&self) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>> {
         self.call("audit_head", "", None, self.inner.audit_head())
             .await

@@ -1099,8 +1099,16 @@ fn wrap_ctx_json(ctx: &WrapContext<'_>) -> Value {
     } else {
         "tenant-key"
     };
-    json!({ "purpose": purpose, "tenant": ctx.tenant(), "version": ctx.version() })
+    match ctx.store_id() {
+        Some(store) => {
+            json!({ "purpose": purpose, "tenant": ctx.tenant(), "version": ctx.version(), "store": store })
+        }
+        None => json!({ "purpose": purpose, "tenant": ctx.tenant(), "version": ctx.version() }),
+    }
 }
+
+/// The key store id of the store-bound wrap vectors.
+const STORE_ID: &str = "5f0d3c1a9b2e4f6071829304a5b6c7d8";
 
 fn wrapped_keys() -> Value {
     let root = RootKey::from_bytes(&mut ROOT_KEY.clone());
@@ -1131,6 +1139,19 @@ fn wrapped_keys() -> Value {
             WrapContext::tenant_key(ZURICH, 1),
             key_of(ZURICH, 1),
             *b"wrap nonce 3",
+        ),
+        (
+            "acme's tenant key version 1, bound to a key store (schema version 2): the \
+             store id follows, length-prefixed",
+            WrapContext::tenant_key("acme", 1).in_store(STORE_ID),
+            key_of("acme", 1),
+            *b"wrap nonce 4",
+        ),
+        (
+            "the audit-chain key, bound to a key store",
+            WrapContext::audit_key(1).in_store(STORE_ID),
+            AUDIT_KEY,
+            *b"wrap nonce 5",
         ),
     ];
     let mut valid = Vec::new();
@@ -1232,6 +1253,34 @@ fn wrapped_keys() -> Value {
             WrapContext::tenant_key("acme", 1),
             acme.clone(),
             "root_key_not_configured",
+        ),
+        (
+            "vector 404 (bound to a store) unwrapped for another store",
+            ROOT_ID,
+            WrapContext::tenant_key("acme", 1).in_store("0000000000000000000000000000000a"),
+            wrapped_bytes[3].clone(),
+            "unwrap_failed",
+        ),
+        (
+            "vector 404 (bound to a store) unwrapped without a store",
+            ROOT_ID,
+            WrapContext::tenant_key("acme", 1),
+            wrapped_bytes[3].clone(),
+            "unwrap_failed",
+        ),
+        (
+            "vector 401 (no store) unwrapped as bound to a store",
+            ROOT_ID,
+            WrapContext::tenant_key("acme", 1).in_store(STORE_ID),
+            acme.clone(),
+            "unwrap_failed",
+        ),
+        (
+            "vector 405 (the audit key, bound to a store) unwrapped for another store",
+            ROOT_ID,
+            WrapContext::audit_key(1).in_store("0000000000000000000000000000000a"),
+            wrapped_bytes[4].clone(),
+            "unwrap_failed",
         ),
     ];
     let invalid: Vec<Value> = invalid_cases

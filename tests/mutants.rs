@@ -431,6 +431,10 @@ impl Model {
         ad.push(0);
         self.lp(&mut ad, s(&ctx["tenant"]));
         ad.extend_from_slice(&(ctx["version"].as_u64().unwrap() as u32).to_be_bytes());
+        // Bound to a key store: its id, length-prefixed.
+        if let Some(store) = ctx["store"].as_str() {
+            self.lp(&mut ad, store);
+        }
         ad
     }
 

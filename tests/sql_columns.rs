@@ -239,7 +239,7 @@ macro_rules! column_suite {
             async fn schema_problems_are_clear() {
                 $with(|pool, store| async move {
                     // A newer fieldseal migrated this database.
-                    sqlx::query::<$db>(q("UPDATE fieldseal_schema_version SET version = 2 WHERE id = 1"))
+                    sqlx::query::<$db>(q("UPDATE fieldseal_schema_version SET version = 3 WHERE id = 1"))
                         .execute(&pool)
                         .await
                         .unwrap();
@@ -247,7 +247,7 @@ macro_rules! column_suite {
                     let sealer = Sealer::builder(local_provider(), fresh).build();
                     let err = sealer.seal(&ctx("acme", 1), b"x").await.unwrap_err();
                     assert!(
-                        matches!(err, Error::Schema { found: Some(2), supported: 1, .. }),
+                        matches!(err, Error::Schema { found: Some(3), supported: 2, .. }),
                         "{err}"
                     );
                     assert!(err.to_string().contains("newer fieldseal"), "{err}");

@@ -869,6 +869,144 @@ macro_rules! suite {
                 .await;
             }
 
+            /// Two key stores under one root key: a key row, or the audit key
+            /// with the whole audit chain, copied from one into the other
+            /// does not unwrap there (every wrap names its store).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stores_sharing_a_root_key_are_not_interchangeable() {
+                $with(|pool, _| async move {
+                    let store = |prefix: &str| fieldseal::SqlKeyStore::new(pool.clone()).with_table_prefix(prefix).unwrap();
+                    let (a, b) = (store("a_"), store("b_"));
+                    a.migrate().await.unwrap();
+                    b.migrate().await.unwrap();
+                    let ia = fieldseal::KeyStore::store_identity(&a).await.unwrap().unwrap();
+                    let ib = fieldseal::KeyStore::store_identity(&b).await.unwrap().unwrap();
+                    assert_ne!(ia.id, ib.id);
+                    assert!(!ia.accepts_unbound && !ib.accepts_unbound);
+                    let in_a = Sealer::builder(local_provider(), a.clone()).build();
+                    let in_b = Sealer::builder(local_provider(), b.clone()).build();
+                    let value = in_a.seal(&token_ctx("acme", 1), b"a's secret").await.unwrap();
+                    in_b.create_tenant("acme").await.unwrap();
+                    assert!(in_a.admin().verify_audit().await.unwrap().is_intact());
+
+                    // A's key row into B's.
+                    for sql in [
+                        "UPDATE b_keys SET wrapped = (SELECT wrapped FROM a_keys WHERE tenant = 'acme' AND version = 1) \
+                         WHERE tenant = 'acme' AND version = 1",
+                    ] {
+                        exec(&pool, sql).await;
+                    }
+                    let fresh_b = Sealer::builder(local_provider(), b.clone()).build();
+                    let err = fresh_b.open(&token_ctx("acme", 1), &value).await.unwrap_err();
+                    assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
+
+                    // A's audit key and whole chain into B.
+                    for sql in [
+                        "DELETE FROM b_audit",
+                        "INSERT INTO b_audit SELECT * FROM a_audit",
+                        "DELETE FROM b_audit_head",
+                        "INSERT INTO b_audit_head SELECT * FROM a_audit_head",
+                        "DELETE FROM b_audit_key",
+                        "INSERT INTO b_audit_key SELECT * FROM a_audit_key",
+                    ] {
+                        exec(&pool, sql).await;
+                    }
+                    let fresh_b = Sealer::builder(local_provider(), b.clone()).build();
+                    match fresh_b.admin().verify_audit().await {
+                        Err(Error::UnwrapFailed { .. }) => {}
+                        other => panic!("a copied audit chain verified in another store: {other:?}"),
+                    }
+                })
+                .await;
+            }
+
+            /// A store upgraded from before stores had identities accepts the
+            /// keys wrapped without one until `rewrap_all` has bound every key
+            /// to it; then it refuses them, and turning that back on by SQL
+            /// is reported by `verify_audit`.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn keys_wrapped_before_store_ids_are_bound_then_refused() {
+                $with(|pool, store| async move {
+                    // A key of acme's wrapped the old way (no store in the
+                    // context), as an upgraded store holds it.
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    sealer.create_tenant("acme").await.unwrap();
+                    let key = fieldseal::TenantKey::generate().unwrap();
+                    let legacy = fieldseal::KeyProvider::wrap(
+                        &local_provider(),
+                        &key,
+                        &fieldseal::WrapContext::tenant_key("acme", 1),
+                    )
+                    .await
+                    .unwrap();
+                    sqlx::query::<$db>(q("UPDATE fieldseal_keys SET wrapped = ?, bound = 0 WHERE tenant = 'acme' AND version = 1"))
+                        .bind(legacy.as_bytes().to_vec())
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    let fresh = || Sealer::builder(local_provider(), store.clone()).build();
+                    // A store created with an identity refuses it.
+                    let err = fresh().tenant("acme").await.unwrap_err();
+                    assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
+                    assert!(err.to_string().contains("no longer accepts"), "{err}");
+                    // An upgraded one accepts it.
+                    exec(&pool, "UPDATE fieldseal_store SET accepts_unbound = 1").await;
+                    let value = fresh().seal(&token_ctx("acme", 1), b"old key").await.unwrap();
+                    // rewrap_all binds it to the store, then refuses unbound keys.
+                    let report = fresh().admin().rewrap_all("test-root").await.unwrap();
+                    assert_eq!(report.rewrapped, 1, "{report:?}");
+                    assert!(report.unbound_refused, "{report:?}");
+                    let identity = fieldseal::KeyStore::store_identity(&store).await.unwrap().unwrap();
+                    assert!(!identity.accepts_unbound);
+                    let opened = fresh().open(&token_ctx("acme", 1), &value).await.unwrap();
+                    assert_eq!(opened.plaintext().expose_secret(), b"old key");
+                    assert!(fresh().admin().verify_audit().await.unwrap().is_intact());
+                    // The old unbound row copied back is refused again.
+                    sqlx::query::<$db>(q("UPDATE fieldseal_keys SET wrapped = ?, bound = 0 WHERE tenant = 'acme' AND version = 1"))
+                        .bind(legacy.as_bytes().to_vec())
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    let err = fresh().open(&token_ctx("acme", 1), &value).await.unwrap_err();
+                    assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
+                    // Accepting them again by SQL is a mismatch with the log.
+                    exec(&pool, "UPDATE fieldseal_store SET accepts_unbound = 1").await;
+                    let report = fresh().admin().verify_audit().await.unwrap();
+                    assert!(
+                        report.mismatches.iter().any(|m| m.reason.contains("without its id again")),
+                        "{report:?}"
+                    );
+                })
+                .await;
+            }
+
+            /// `migrate` upgrades a store of schema version 1: the `bound`
+            /// columns, an identity that accepts the keys already there, and
+            /// version 2.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn migrate_upgrades_a_version_1_store() {
+                $with(|pool, store| async move {
+                    for sql in [
+                        "ALTER TABLE fieldseal_keys DROP COLUMN bound",
+                        "ALTER TABLE fieldseal_audit_key DROP COLUMN bound",
+                        "DROP TABLE fieldseal_store",
+                        "UPDATE fieldseal_schema_version SET version = 1",
+                    ] {
+                        exec(&pool, sql).await;
+                    }
+                    let fresh = store.clone();
+                    fresh.migrate().await.unwrap();
+                    fresh.migrate().await.unwrap();
+                    let identity = fieldseal::KeyStore::store_identity(&fresh).await.unwrap().unwrap();
+                    assert!(identity.accepts_unbound);
+                    let sealer = Sealer::builder(local_provider(), fresh.clone()).build();
+                    let value = sealer.seal(&token_ctx("acme", 1), b"after the upgrade").await.unwrap();
+                    let opened = Sealer::builder(local_provider(), fresh).build().open(&token_ctx("acme", 1), &value).await.unwrap();
+                    assert_eq!(opened.plaintext().expose_secret(), b"after the upgrade");
+                })
+                .await;
+            }
+
             /// A root key file that holds another key under the right id:
             /// `verify_root_keys` and `rewrap_all` unwrap a stored key to
             /// prove it, instead of trusting the id.

@@ -190,10 +190,14 @@ async fn length_limits() {
 
 fn wrap_context<'a>(v: &'a Value) -> WrapContext<'a> {
     let version = v["version"].as_u64().unwrap() as u32;
-    match s(&v["purpose"]) {
+    let ctx = match s(&v["purpose"]) {
         "tenant-key" => WrapContext::tenant_key(s(&v["tenant"]), version),
         "audit-key" => WrapContext::audit_key(version),
         other => panic!("unknown purpose {other}"),
+    };
+    match v["store"].as_str() {
+        Some(store) => ctx.in_store(store),
+        None => ctx,
     }
 }
 

@@ -753,8 +753,15 @@ async fn rewrap_root(cli: &Cli, sealer: &Sealer, target: &str) -> Outcome {
             "skipped": report.skipped,
             "audit_key_rewrapped": report.audit_key_rewrapped,
             "audit_key_skipped": report.audit_key_skipped,
+            "unbound_refused": report.unbound_refused,
             "complete": complete,
         }));
+        if report.unbound_refused && !cli.quiet {
+            eprintln!(
+                "every key is bound to this key store: it no longer accepts keys wrapped \
+                 without its id"
+            );
+        }
         if complete {
             break;
         }
@@ -781,9 +788,10 @@ async fn rewrap_root(cli: &Cli, sealer: &Sealer, target: &str) -> Outcome {
             }
         },
     );
+    let unbound_refused = passes.iter().any(|p| p["unbound_refused"] == true);
     Ok(if !complete {
         FAILED
-    } else if total_rewrapped == 0 && !audit_key_rewrapped {
+    } else if total_rewrapped == 0 && !audit_key_rewrapped && !unbound_refused {
         NOTHING
     } else {
         DONE

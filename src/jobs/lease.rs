@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::store::sql::dialect::{
-    DbError, Dialect, is_concurrent_create, is_missing_table, is_retryable, is_unique_violation,
+    DbError, Dialect, is_concurrent_create, is_duplicate_column, is_missing_table, is_retryable,
+    is_unique_violation,
 };
 
 use super::db::{Db, Kind, Tx, Val, now, quote};
@@ -148,19 +149,6 @@ impl JobTables {
             jobs.dedup();
             return Ok(jobs);
         }
-    }
-}
-
-/// Whether an `ALTER TABLE … ADD COLUMN` failed because the column exists
-/// (PostgreSQL 42701, MySQL 1060 = 42S21, SQLite's message).
-fn is_duplicate_column(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("42701" | "42S21"))
-                || db.message().contains("duplicate column")
-                || db.message().contains("Duplicate column")
-        }
-        _ => false,
     }
 }
 

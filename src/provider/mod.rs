@@ -29,7 +29,9 @@ pub(crate) use local::wrap_with_nonce;
 pub use pkcs11::{Pkcs11Provider, Pkcs11ProviderBuilder};
 
 /// What a wrapped key is: a tenant key (its tenant and version) or the key store's
-/// audit key.
+/// audit key, and, for a key store that has an identity
+/// ([`KeyStore::store_identity`](crate::KeyStore::store_identity)), which
+/// store holds it.
 ///
 /// Providers must bind it to the wrap — as AEAD associated data
 /// ([`WrapContext::aad`]) or as a KMS encryption context
@@ -39,6 +41,7 @@ pub struct WrapContext<'a> {
     purpose: Purpose,
     tenant: &'a str,
     version: u32,
+    store: Option<&'a str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +69,7 @@ impl<'a> WrapContext<'a> {
             purpose: Purpose::TenantKey,
             tenant,
             version,
+            store: None,
         }
     }
 
@@ -76,7 +80,22 @@ impl<'a> WrapContext<'a> {
             purpose: Purpose::AuditKey,
             tenant: "",
             version,
+            store: None,
         }
+    }
+
+    /// The same key, bound to the key store `store_id` too: a key wrapped so
+    /// does not unwrap for another store, even one under the same root key
+    /// (FORMAT.md §"Wrapped keys").
+    #[must_use]
+    pub fn in_store(mut self, store_id: &'a str) -> Self {
+        self.store = Some(store_id);
+        self
+    }
+
+    /// The key store the wrap is bound to, if any.
+    pub fn store_id(&self) -> Option<&'a str> {
+        self.store
     }
 
     /// `true` for the audit-chain key (whose tenant is empty), `false` for a
@@ -97,7 +116,8 @@ impl<'a> WrapContext<'a> {
 
     /// The canonical associated-data encoding (FORMAT.md §"Wrapped keys"):
     /// `"fieldseal/v1/" || purpose || 0x00 || u32be(len(tenant)) || tenant ||
-    /// u32be(version)`, where purpose is `tenant-key` or `audit-key`.
+    /// u32be(version)`, where purpose is `tenant-key` or `audit-key`; bound to
+    /// a store, followed by `u32be(len(store_id)) || store_id`.
     pub fn aad(&self) -> Vec<u8> {
         let label = self.purpose.label();
         let mut out = Vec::with_capacity(13 + label.len() + 9 + self.tenant.len());
@@ -112,6 +132,11 @@ impl<'a> WrapContext<'a> {
         );
         out.extend_from_slice(self.tenant.as_bytes());
         out.extend_from_slice(&self.version.to_be_bytes());
+        if let Some(store) = self.store {
+            // Store ids are at most 64 bytes (checked by `StoreIdentity`).
+            out.extend_from_slice(&u32::try_from(store.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(store.as_bytes());
+        }
         out
     }
 
@@ -119,14 +144,18 @@ impl<'a> WrapContext<'a> {
     /// (FORMAT.md §"Wrapped keys"): `fieldseal:purpose`, then, for a tenant key,
     /// `fieldseal:tenant`, then `fieldseal:version`. The audit-chain key has no
     /// tenant pair: KMS encryption context values must not be empty, and the
-    /// purpose already tells the two apart.
+    /// purpose already tells the two apart. Bound to a store, then
+    /// `fieldseal:store`.
     pub fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::with_capacity(3);
+        let mut out = Vec::with_capacity(4);
         out.push(("fieldseal:purpose", format!("{}/v1", self.purpose.label())));
         if self.purpose == Purpose::TenantKey {
             out.push(("fieldseal:tenant", self.tenant.to_string()));
         }
         out.push(("fieldseal:version", self.version.to_string()));
+        if let Some(store) = self.store {
+            out.push(("fieldseal:store", store.to_string()));
+        }
         out
     }
 
@@ -150,15 +179,33 @@ impl<'a> WrapContext<'a> {
 pub struct WrappedKey {
     root_key_id: String,
     bytes: Vec<u8>,
+    store_bound: bool,
 }
 
 impl WrappedKey {
-    /// A wrapped key from its root key id and provider bytes.
+    /// A wrapped key from its root key id and provider bytes, wrapped without
+    /// a store in its context.
     pub fn new(root_key_id: impl Into<String>, bytes: Vec<u8>) -> Self {
         Self {
             root_key_id: root_key_id.into(),
             bytes,
+            store_bound: false,
         }
+    }
+
+    /// The same key, marked as wrapped with its key store in the context
+    /// ([`WrapContext::in_store`]). fieldseal marks the keys it wraps so; a
+    /// [`KeyStore`](crate::KeyStore) with an identity keeps the mark with the
+    /// bytes and returns it with them.
+    #[must_use]
+    pub fn bound_to_store(mut self) -> Self {
+        self.store_bound = true;
+        self
+    }
+
+    /// Whether it was wrapped with its key store in the context.
+    pub fn is_store_bound(&self) -> bool {
+        self.store_bound
     }
 
     /// The id of the root key that wrapped it.
@@ -177,6 +224,7 @@ impl fmt::Debug for WrappedKey {
         f.debug_struct("WrappedKey")
             .field("root_key_id", &self.root_key_id)
             .field("len", &self.bytes.len())
+            .field("store_bound", &self.store_bound)
             .finish()
     }
 }

@@ -105,6 +105,51 @@ impl TenantRecord {
     }
 }
 
+/// Who a key store is. fieldseal wraps every key a store with an identity
+/// holds with the store's id in the wrap context
+/// ([`WrapContext::in_store`](crate::WrapContext::in_store)), so a key row,
+/// or the audit-chain key (and with it the whole audit chain), copied into
+/// another store under the same root key does not unwrap there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreIdentity {
+    /// 1 to 64 bytes of ASCII letters, digits, `-` and `_`, unique per store
+    /// and never changed (the SQL stores: 32 random hexadecimal digits, made
+    /// when the store is created).
+    pub id: String,
+    /// Whether keys wrapped without a store in their context (by a fieldseal
+    /// from before stores had identities) still unwrap. `false` for a store
+    /// created with an identity; an upgraded store accepts them until
+    /// [`KeyAdmin::rewrap_all`](crate::KeyAdmin::rewrap_all) has bound every
+    /// key to the store and turned it off.
+    pub accepts_unbound: bool,
+}
+
+impl StoreIdentity {
+    /// An identity.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) for an id that is empty, longer
+    /// than 64 bytes or holds anything but ASCII letters, digits, `-` and `_`.
+    pub fn new(id: impl Into<String>, accepts_unbound: bool) -> Result<Self> {
+        let id = id.into();
+        let ok = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(crate::Error::config(
+                "key store id: 1 to 64 ASCII letters, digits, `-` and `_`",
+            ));
+        }
+        Ok(Self {
+            id,
+            accepts_unbound,
+        })
+    }
+}
+
 /// A key version to create.
 #[derive(Clone, Debug)]
 pub struct NewKeyVersion {
@@ -358,6 +403,38 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     ///
     /// [`Error::Store`](crate::Error::Store).
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>>;
+
+    /// The store's identity, if it has one.
+    ///
+    /// A store that returns one promises to keep
+    /// [`WrappedKey::is_store_bound`] with the wrapped bytes wherever it
+    /// stores them (key versions, re-wraps, the audit key) and to return it
+    /// with them, and to compare it with the bytes in
+    /// [`rewrap_key`](KeyStore::rewrap_key) and
+    /// [`rewrap_audit_key`](KeyStore::rewrap_audit_key). The provided
+    /// implementation returns `None`: keys are wrapped without a store in
+    /// their context, and a store is interchangeable with any other under the
+    /// same root key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn store_identity(&self) -> Result<Option<StoreIdentity>> {
+        Ok(None)
+    }
+
+    /// Stops accepting keys wrapped without the store in their context
+    /// ([`StoreIdentity::accepts_unbound`] becomes `false`) and appends
+    /// `audit`, atomically. `false` if it already did not accept them (or the
+    /// store has no identity: the provided implementation).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](crate::Error::Store).
+    async fn refuse_unbound_wraps(&self, audit: &AuditAppend<'_>) -> Result<bool> {
+        let _ = audit;
+        Ok(false)
+    }
 
     /// The sequence number and MAC of the newest audit entry, as the store
     /// records them apart from the log (the SQL stores' head row, updated in

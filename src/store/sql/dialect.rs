@@ -233,6 +233,19 @@ pub(crate) fn is_missing_table(err: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether an `ALTER TABLE … ADD COLUMN` failed because the column exists
+/// (PostgreSQL 42701, MySQL 1060 = 42S21, SQLite's message).
+pub(crate) fn is_duplicate_column(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("42701" | "42S21"))
+                || db.message().contains("duplicate column")
+                || db.message().contains("Duplicate column")
+        }
+        _ => false,
+    }
+}
+
 /// Whether an insert failed on a unique or primary key (PostgreSQL 23505,
 /// MySQL 23000, SQLite 1555/2067).
 pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {

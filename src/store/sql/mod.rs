@@ -18,7 +18,10 @@ use sqlx::{
 };
 use subtle::ConstantTimeEq;
 
-use super::{InsertOutcome, KeyRecord, KeyState, KeyStore, NewKeyVersion, StoredKey, TenantRecord};
+use super::{
+    InsertOutcome, KeyRecord, KeyState, KeyStore, NewKeyVersion, StoreIdentity, StoredKey,
+    TenantRecord,
+};
 use crate::audit::{AUDIT_MAC_LEN, AuditAppend, AuditEntry};
 use crate::error::{Error, Result};
 use crate::provider::WrappedKey;
@@ -28,11 +31,14 @@ pub(crate) mod dialect;
 mod statements;
 
 pub use dialect::SqlDatabase;
-use dialect::{DbError, is_concurrent_create, is_missing_table, is_retryable, is_unique_violation};
+use dialect::{
+    DbError, is_concurrent_create, is_duplicate_column, is_missing_table, is_retryable,
+    is_unique_violation,
+};
 use statements::Statements;
 
 /// The schema version this build creates and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 /// How often a transaction that hit a deadlock or serialization failure is retried.
 const MAX_RETRIES: u32 = 12;
 
@@ -89,8 +95,9 @@ impl<DB: SqlDatabase> fmt::Debug for SqlKeyStore<DB> {
     }
 }
 
-/// A key version row: version, state, created, changed, root key id, wrapped.
-type KeyRow = (i64, String, i64, i64, Option<String>, Option<Vec<u8>>);
+/// A key version row: version, state, created, changed, root key id,
+/// wrapped, bound (to the store).
+type KeyRow = (i64, String, i64, i64, Option<String>, Option<Vec<u8>>, i64);
 
 impl<DB: SqlDatabase> SqlKeyStore<DB> {
     /// A store on `pool`, with tables named `fieldseal_*` (in the connection's
@@ -209,8 +216,18 @@ fn mac_from(bytes: &[u8]) -> [u8; AUDIT_MAC_LEN] {
 }
 
 /// A stored key version, or an error for a row no fieldseal writes.
+/// A stored wrapped key, with its `bound` column.
+fn wrapped_key(root: String, bytes: Vec<u8>, bound: i64) -> WrappedKey {
+    let key = WrappedKey::new(root, bytes);
+    if bound != 0 {
+        key.bound_to_store()
+    } else {
+        key
+    }
+}
+
 fn key_record(tenant: &str, row: KeyRow) -> Result<KeyRecord> {
-    let (version, state, created, changed, root, wrapped) = row;
+    let (version, state, created, changed, root, wrapped, bound) = row;
     let version = u32::try_from(version)
         .ok()
         .filter(|v| *v > 0)
@@ -227,7 +244,7 @@ fn key_record(tenant: &str, row: KeyRow) -> Result<KeyRecord> {
         state_changed_at: Timestamp::from_unix_seconds(changed),
         wrapped: match (root, wrapped) {
             (Some(root), Some(bytes)) if state != KeyState::Destroyed => {
-                Some(WrappedKey::new(root, bytes))
+                Some(wrapped_key(root, bytes, bound))
             }
             _ => None,
         },
@@ -255,16 +272,38 @@ where
     /// [`Error::Store`] if a statement fails (for example, missing privileges).
     pub async fn migrate(&self) -> Result<()> {
         for statement in self.sql.migration() {
-            let result = retry!(self, "creating the key store tables", async {
-                match sqlx::query::<DB>(AssertSqlSafe(Arc::clone(statement)))
-                    .execute(&self.pool)
-                    .await
-                {
-                    Err(err) if is_concurrent_create(&err) => Ok(()),
-                    other => other.map(|_| ()),
+            self.execute_ddl(statement, "creating the key store tables")
+                .await?;
+        }
+        let found: Option<i64> = retry!(self, "reading the key store schema version", async {
+            sqlx::query_scalar::<DB, i64>(AssertSqlSafe(Arc::clone(
+                &self.sql.select_schema_version,
+            )))
+            .fetch_optional(&self.pool)
+            .await
+        })?;
+        match found {
+            // Version 1 (a store from before stores had identities): add the
+            // `bound` columns, give the store an id that accepts the keys
+            // already wrapped without one, then record version 2.
+            Some(1) => {
+                for statement in &self.sql.upgrade_to_2 {
+                    self.execute_ddl(statement, "upgrading the key store tables")
+                        .await?;
                 }
-            });
-            result?;
+                self.insert_identity(true).await?;
+                retry!(self, "recording the key store schema version", async {
+                    sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.set_schema_version)))
+                        .bind(SCHEMA_VERSION)
+                        .bind(1i64)
+                        .execute(&self.pool)
+                        .await
+                        .map(|_| ())
+                })?;
+            }
+            // A new store: its keys are bound to it from the first one.
+            None => self.insert_identity(false).await?,
+            Some(_) => {}
         }
         retry!(self, "recording the key store schema version", async {
             sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.insert_schema_version)))
@@ -281,6 +320,35 @@ where
         })?;
         self.schema_checked.store(false, Ordering::Release);
         self.check_schema().await
+    }
+
+    /// Runs one idempotent DDL statement (another process may have run it,
+    /// or added the column, at the same moment).
+    async fn execute_ddl(&self, statement: &Arc<str>, what: &str) -> Result<()> {
+        retry!(self, what, async {
+            match sqlx::query::<DB>(AssertSqlSafe(Arc::clone(statement)))
+                .execute(&self.pool)
+                .await
+            {
+                Err(err) if is_concurrent_create(&err) || is_duplicate_column(&err) => Ok(()),
+                other => other.map(|_| ()),
+            }
+        })
+    }
+
+    /// Gives the store its identity (a random id) unless it has one.
+    async fn insert_identity(&self, accepts_unbound: bool) -> Result<()> {
+        let mut raw = [0u8; 16];
+        rand::fill(&mut raw);
+        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        retry!(self, "recording the key store's identity", async {
+            sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.insert_store)))
+                .bind(id.clone())
+                .bind(i64::from(accepts_unbound))
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+        })
     }
 
     /// Checks (once, while it succeeds) that the tables exist with the schema
@@ -455,6 +523,7 @@ where
             .bind(new.created_at.unix_seconds())
             .bind(new.wrapped.root_key_id().to_string())
             .bind(new.wrapped.as_bytes().to_vec())
+            .bind(i64::from(new.wrapped.is_store_bound()))
             .execute(&mut *tx)
             .await?;
         if DB::rows_affected(&inserted) == 0 {
@@ -614,7 +683,7 @@ where
         if self.lock_tenant(&mut tx, tenant, false).await?.is_none() {
             return Ok(false);
         }
-        let current = sqlx::query_as::<DB, (Option<String>, Option<Vec<u8>>)>(AssertSqlSafe(
+        let current = sqlx::query_as::<DB, (Option<String>, Option<Vec<u8>>, i64)>(AssertSqlSafe(
             self.sql.select_wrapped.clone(),
         ))
         .bind(tenant.to_string())
@@ -623,8 +692,10 @@ where
         .await?;
         let unchanged = matches!(
             &current,
-            Some((Some(root), Some(bytes)))
-                if root == old.root_key_id() && bytes.as_slice() == old.as_bytes()
+            Some((Some(root), Some(bytes), bound))
+                if root == old.root_key_id()
+                    && bytes.as_slice() == old.as_bytes()
+                    && (*bound != 0) == old.is_store_bound()
         );
         if !unchanged {
             return Ok(false);
@@ -632,6 +703,7 @@ where
         sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.update_wrapped)))
             .bind(new.root_key_id().to_string())
             .bind(new.as_bytes().to_vec())
+            .bind(i64::from(new.is_store_bound()))
             .bind(tenant.to_string())
             .bind(i64::from(version))
             .execute(&mut *tx)
@@ -652,8 +724,10 @@ where
         let updated = sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.update_audit_key)))
             .bind(new.root_key_id().to_string())
             .bind(new.as_bytes().to_vec())
+            .bind(i64::from(new.is_store_bound()))
             .bind(old.root_key_id().to_string())
             .bind(old.as_bytes().to_vec())
+            .bind(i64::from(old.is_store_bound()))
             .execute(&mut *tx)
             .await?;
         if DB::rows_affected(&updated) == 0 {
@@ -749,6 +823,7 @@ where
                     row.try_get(6).map_err(get)?,
                     row.try_get(7).map_err(get)?,
                     row.try_get(8).map_err(get)?,
+                    row.try_get(9).map_err(get)?,
                 ),
             )?;
             record.keys.push(key);
@@ -870,6 +945,7 @@ where
                     i64,
                     Option<String>,
                     Option<Vec<u8>>,
+                    i64,
                 ),
             >(AssertSqlSafe(Arc::clone(&self.sql.list_wrapped)))
             .bind(tenant.clone())
@@ -881,9 +957,12 @@ where
         })?;
         rows.into_iter()
             .map(
-                |(tenant, version, state, created, changed, root, wrapped)| {
-                    key_record(&tenant, (version, state, created, changed, root, wrapped))
-                        .map(|key| StoredKey { tenant, key })
+                |(tenant, version, state, created, changed, root, wrapped, bound)| {
+                    key_record(
+                        &tenant,
+                        (version, state, created, changed, root, wrapped, bound),
+                    )
+                    .map(|key| StoredKey { tenant, key })
                 },
             )
             .collect()
@@ -908,13 +987,13 @@ where
     async fn load_audit_key(&self) -> Result<Option<WrappedKey>> {
         self.check_schema().await?;
         let row = retry!(self, "reading the audit key", async {
-            sqlx::query_as::<DB, (String, Vec<u8>)>(AssertSqlSafe(Arc::clone(
+            sqlx::query_as::<DB, (String, Vec<u8>, i64)>(AssertSqlSafe(Arc::clone(
                 &self.sql.select_audit_key,
             )))
             .fetch_optional(&self.pool)
             .await
         })?;
-        Ok(row.map(|(root, bytes)| WrappedKey::new(root, bytes)))
+        Ok(row.map(|(root, bytes, bound)| wrapped_key(root, bytes, bound)))
     }
 
     async fn insert_audit_key(&self, wrapped: WrappedKey) -> Result<bool> {
@@ -923,6 +1002,7 @@ where
             match sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.insert_audit_key)))
                 .bind(wrapped.root_key_id().to_string())
                 .bind(wrapped.as_bytes().to_vec())
+                .bind(i64::from(wrapped.is_store_bound()))
                 .execute(&self.pool)
                 .await
             {
@@ -946,6 +1026,37 @@ where
             "re-wrapping the audit key",
             self.rewrap_audit_key_once(old, &new, audit)
         )
+    }
+
+    async fn store_identity(&self) -> Result<Option<StoreIdentity>> {
+        self.check_schema().await?;
+        let row = retry!(self, "reading the key store's identity", async {
+            sqlx::query_as::<DB, (String, i64)>(AssertSqlSafe(Arc::clone(&self.sql.select_store)))
+                .fetch_optional(&self.pool)
+                .await
+        })?;
+        // `migrate` gives every store its identity: one without was altered.
+        let (id, accepts) =
+            row.ok_or_else(|| bad_row("the key store's identity row is missing".into()))?;
+        StoreIdentity::new(id, accepts != 0)
+            .map(Some)
+            .map_err(|_| bad_row("the key store's identity is malformed".into()))
+    }
+
+    async fn refuse_unbound_wraps(&self, audit: &AuditAppend<'_>) -> Result<bool> {
+        self.check_schema().await?;
+        retry!(self, "refusing unbound wrapped keys", async {
+            let mut tx = self.begin().await?;
+            let updated = sqlx::query::<DB>(AssertSqlSafe(Arc::clone(&self.sql.refuse_unbound)))
+                .execute(&mut *tx)
+                .await?;
+            if DB::rows_affected(&updated) == 0 {
+                return Ok(false);
+            }
+            self.append_audit(&mut tx, audit).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     async fn audit_head(&self) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>> {

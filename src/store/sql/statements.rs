@@ -63,6 +63,12 @@ pub(crate) struct Statements {
     pub(crate) insert_audit_key: Arc<str>,
     pub(crate) update_audit_key: Arc<str>,
     pub(crate) select_audit: Arc<str>,
+    /// Schema version 2: the store's identity, and the `bound` columns.
+    pub(crate) select_store: Arc<str>,
+    pub(crate) insert_store: Arc<str>,
+    pub(crate) refuse_unbound: Arc<str>,
+    pub(crate) upgrade_to_2: Vec<Arc<str>>,
+    pub(crate) set_schema_version: Arc<str>,
 }
 
 impl Statements {
@@ -77,6 +83,7 @@ impl Statements {
         let audit = qualify("audit");
         let head = qualify("audit_head");
         let audit_key = qualify("audit_key");
+        let store = qualify("store");
         let lock = dialect.for_update();
 
         // `INSERT … unless the row exists`. On MySQL the no-op update takes the
@@ -119,7 +126,9 @@ impl Statements {
             migration: migration(
                 dialect,
                 schema,
-                &[&version_t, &tenants, &keys, &audit, &head, &audit_key],
+                &[
+                    &version_t, &tenants, &keys, &audit, &head, &audit_key, &store,
+                ],
             ),
             insert_schema_version: sql(insert_if_absent(&version_t, "id, version", "1, ?", "id")),
             select_schema_version: sql(format!("SELECT version FROM {version_t} WHERE id = 1")),
@@ -151,8 +160,8 @@ impl Statements {
             // the version is new, and the primary key backs that up.
             insert_key: sql(format!(
                 "INSERT INTO {keys} \
-                 (tenant, version, state, created_at, state_changed_at, root_key_id, wrapped) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)"
+                 (tenant, version, state, created_at, state_changed_at, root_key_id, wrapped, \
+                 bound) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             )),
             unshred_tenant: sql(format!(
                 "UPDATE {tenants} SET shredded_at = NULL WHERE tenant = ?"
@@ -178,16 +187,17 @@ impl Statements {
                 "UPDATE {keys} SET root_key_id = NULL, wrapped = NULL WHERE tenant = ?"
             )),
             select_wrapped: sql(format!(
-                "SELECT root_key_id, wrapped FROM {keys} WHERE tenant = ? AND version = ?"
+                "SELECT root_key_id, wrapped, bound FROM {keys} WHERE tenant = ? AND version = ?"
             )),
             update_wrapped: sql(format!(
-                "UPDATE {keys} SET root_key_id = ?, wrapped = ? WHERE tenant = ? AND version = ?"
+                "UPDATE {keys} SET root_key_id = ?, wrapped = ?, bound = ? \
+                 WHERE tenant = ? AND version = ?"
             )),
             select_audit_mac: sql(format!("SELECT mac FROM {audit} WHERE seq = ?")),
             delete_audit_through: sql(format!("DELETE FROM {audit} WHERE seq <= ?")),
             load_tenant: sql(format!(
                 "SELECT t.shredded_at, t.min_decryption_version, t.generation, k.version, k.state, \
-                 k.created_at, k.state_changed_at, k.root_key_id, k.wrapped \
+                 k.created_at, k.state_changed_at, k.root_key_id, k.wrapped, k.bound \
                  FROM {tenants} t LEFT JOIN {keys} k ON k.tenant = t.tenant \
                  WHERE t.tenant = ? ORDER BY k.version"
             )),
@@ -197,26 +207,53 @@ impl Statements {
                 vec!["?"; GENERATIONS_CHUNK].join(", ")
             )),
             list_wrapped: sql(format!(
-                "SELECT tenant, version, state, created_at, state_changed_at, root_key_id, wrapped \
-                 FROM {keys} WHERE wrapped IS NOT NULL \
+                "SELECT tenant, version, state, created_at, state_changed_at, root_key_id, wrapped, \
+                 bound FROM {keys} WHERE wrapped IS NOT NULL \
                  AND (tenant > ? OR (tenant = ? AND version > ?)) \
                  ORDER BY tenant, version LIMIT ?"
             )),
             select_audit_key: sql(format!(
-                "SELECT root_key_id, wrapped FROM {audit_key} WHERE id = 1"
+                "SELECT root_key_id, wrapped, bound FROM {audit_key} WHERE id = 1"
             )),
             // A plain INSERT: the caller must learn whether its key won (a
             // unique violation says another process stored one first).
             insert_audit_key: sql(format!(
-                "INSERT INTO {audit_key} (id, root_key_id, wrapped) VALUES (1, ?, ?)"
+                "INSERT INTO {audit_key} (id, root_key_id, wrapped, bound) VALUES (1, ?, ?, ?)"
             )),
             update_audit_key: sql(format!(
-                "UPDATE {audit_key} SET root_key_id = ?, wrapped = ? \
-                 WHERE id = 1 AND root_key_id = ? AND wrapped = ?"
+                "UPDATE {audit_key} SET root_key_id = ?, wrapped = ?, bound = ? \
+                 WHERE id = 1 AND root_key_id = ? AND wrapped = ? AND bound = ?"
             )),
             select_audit: sql(format!(
                 "SELECT seq, occurred_at, event, tenant, version, actor, detail, mac FROM {audit} \
                  WHERE seq > ? ORDER BY seq LIMIT ?"
+            )),
+            select_store: sql(format!(
+                "SELECT store_id, accepts_unbound FROM {store} WHERE id = 1"
+            )),
+            insert_store: sql(insert_if_absent(
+                &store,
+                "id, store_id, accepts_unbound",
+                "1, ?, ?",
+                "id",
+            )),
+            refuse_unbound: sql(format!(
+                "UPDATE {store} SET accepts_unbound = 0 WHERE id = 1 AND accepts_unbound <> 0"
+            )),
+            upgrade_to_2: [&keys, &audit_key]
+                .iter()
+                .map(|t| {
+                    let int = match dialect {
+                        Dialect::Sqlite => "INTEGER",
+                        Dialect::Postgres | Dialect::MySql => "BIGINT",
+                    };
+                    sql(format!(
+                        "ALTER TABLE {t} ADD COLUMN bound {int} NOT NULL DEFAULT 0"
+                    ))
+                })
+                .collect(),
+            set_schema_version: sql(format!(
+                "UPDATE {version_t} SET version = ? WHERE id = 1 AND version = ?"
             )),
             schema_table: version_t,
             keys_table: keys,
@@ -229,8 +266,8 @@ impl Statements {
     }
 }
 
-fn migration(dialect: Dialect, schema: Option<&str>, tables: &[&String; 6]) -> Vec<Arc<str>> {
-    let [version_t, tenants, keys, audit, head, audit_key] = *tables;
+fn migration(dialect: Dialect, schema: Option<&str>, tables: &[&String; 7]) -> Vec<Arc<str>> {
+    let [version_t, tenants, keys, audit, head, audit_key, store] = *tables;
     // Tenant ids compare byte for byte everywhere: MySQL needs a binary
     // collation for that (its default collations ignore case; even binary ones
     // ignore trailing spaces, which tenant ids may not have).
@@ -273,6 +310,7 @@ fn migration(dialect: Dialect, schema: Option<&str>, tables: &[&String; 6]) -> V
          state_changed_at {int} NOT NULL, \
          root_key_id {short} NULL, \
          wrapped {bytes} NULL, \
+         bound {int} NOT NULL DEFAULT 0, \
          PRIMARY KEY (tenant, version)){suffix}"
     ));
     out.push(format!(
@@ -292,7 +330,15 @@ fn migration(dialect: Dialect, schema: Option<&str>, tables: &[&String; 6]) -> V
     ));
     out.push(format!(
         "CREATE TABLE IF NOT EXISTS {audit_key} (\
-         id INTEGER NOT NULL PRIMARY KEY, root_key_id {short} NOT NULL, wrapped {bytes} NOT NULL){suffix}"
+         id INTEGER NOT NULL PRIMARY KEY, root_key_id {short} NOT NULL, wrapped {bytes} NOT NULL, \
+         bound {int} NOT NULL DEFAULT 0){suffix}"
+    ));
+    // Schema version 2: who this store is (its keys are wrapped with its id in
+    // their context), and whether keys wrapped before that still unwrap.
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {store} (\
+         id INTEGER NOT NULL PRIMARY KEY, store_id {short} NOT NULL, \
+         accepts_unbound {int} NOT NULL){suffix}"
     ));
     out.into_iter().map(Arc::from).collect()
 }
