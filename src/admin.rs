@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::audit::{
     AuditAppend, AuditEntry, AuditEvent, AuditReport, Replay, Verifier, pruned_detail,
 };
-use crate::context::{check_existing_tenant, check_tenant};
+use crate::context::{check_existing_tenant, check_new_tenant};
 use crate::crypto::HmacKey;
 use crate::error::{Error, Result};
 use crate::provider::{WrapContext, WrappedKey};
@@ -514,7 +514,7 @@ impl KeyAdmin {
     pub async fn recreate_tenant(&self, tenant: &str) -> Result<u32> {
         let label = self.sealer.inner.label_tenant;
         telemetry::admin("recreate_tenant", tenant, label, async move {
-            check_tenant(tenant)?;
+            check_new_tenant(tenant)?;
             let record = self.describe(tenant).await?;
             if record.shredded_at.is_none() {
                 return Err(Error::refused(format!(
@@ -803,31 +803,67 @@ impl KeyAdmin {
         if let Some(head) = head {
             verifier.check_head(head, head_mac);
         }
-        let mut report = verifier.finish();
-        if report.broken.is_some() {
-            return Ok(report);
+        if verifier.is_broken() {
+            return Ok(verifier.finish());
         }
-        for tenant in replay.tenants() {
-            let record = store.load_tenant(tenant).await?;
-            report
-                .mismatches
-                .extend(replay.mismatches(tenant, record.as_ref()));
+        if verifier.last_seq() == 0 {
+            // No entry ever: every key the store holds lacks one.
+            replay.mark_complete();
         }
-        if let Some(identity) = store.store_identity().await?
-            && let Some(m) = replay.store_mismatch(identity.accepts_unbound)
-        {
-            report.mismatches.push(m);
-        }
-        if replay.is_complete() || report.entries == 0 {
+        // Every tenant the log names, and (when the log is whole) every
+        // tenant the store holds keys of.
+        let mut suspects: Vec<String> = replay.tenants().map(str::to_string).collect();
+        if replay.is_complete() {
             for tenant in self.tenants().await? {
                 if !replay.knows(&tenant) {
-                    let record = store.load_tenant(&tenant).await?;
-                    report
-                        .mismatches
-                        .extend(replay.mismatches(&tenant, record.as_ref()));
+                    suspects.push(tenant);
                 }
             }
         }
+        // A tenant changed after the walk read the log disagrees with it until
+        // the log's newer entries are read too: read them, verified, and look
+        // at the tenants that disagreed again, until they agree or the log
+        // has nothing newer.
+        let mut mismatches = Vec::new();
+        for round in 0..5 {
+            mismatches.clear();
+            for tenant in &suspects {
+                let record = store.load_tenant(tenant).await?;
+                mismatches.extend(replay.mismatches(tenant, record.as_ref()));
+            }
+            if let Some(identity) = store.store_identity().await?
+                && let Some(m) = replay.store_mismatch(identity.accepts_unbound)
+            {
+                mismatches.push(m);
+            }
+            if mismatches.is_empty() || round == 4 {
+                break;
+            }
+            let mut newer = 0;
+            loop {
+                let page = store.audit_entries(verifier.last_seq(), PAGE).await?;
+                let full = page.len() >= PAGE;
+                for entry in &page {
+                    if !verifier.check(entry) {
+                        return Ok(verifier.finish());
+                    }
+                    replay.apply(entry);
+                    newer += 1;
+                }
+                if !full {
+                    break;
+                }
+            }
+            if newer == 0 {
+                break;
+            }
+            suspects = mismatches.iter().map(|m| m.tenant.clone()).collect();
+            suspects.sort();
+            suspects.dedup();
+            suspects.retain(|t| !t.is_empty());
+        }
+        let mut report = verifier.finish();
+        report.mismatches = mismatches;
         Ok(report)
     }
 
@@ -958,9 +994,33 @@ mod tests {
         let provider = LocalKeyProvider::new("root", RootKey::generate().unwrap()).unwrap();
         let sealer = Sealer::builder(provider, MemoryKeyStore::new()).build();
         let old = "acme\u{200B}corp";
-        // As an earlier release would have created it: the key ring loader
-        // itself does not judge the id.
-        sealer.keyring(old, true).await.unwrap();
+        // As an earlier release would have created it: straight into the
+        // store, since every creation path of this one judges the id.
+        let key = crate::TenantKey::generate().unwrap();
+        let wrapped = sealer
+            .wrap_key(&key, crate::WrapContext::tenant_key(old, 1))
+            .await
+            .unwrap();
+        let audit = crate::AuditAppend::new(
+            sealer.audit_key().await.unwrap(),
+            crate::AuditEvent::TenantCreated,
+            old,
+            1,
+            None,
+            String::new(),
+        )
+        .unwrap();
+        let new = crate::NewKeyVersion {
+            version: 1,
+            wrapped,
+            created_at: crate::Timestamp::now(),
+        };
+        sealer
+            .inner
+            .store
+            .insert_key_version(old, new, &audit)
+            .await
+            .unwrap();
 
         let err = sealer.tenant(old).await.unwrap_err();
         assert!(matches!(err, Error::InvalidContext { .. }), "{err}");

@@ -454,6 +454,16 @@ impl<'a> Verifier<'a> {
         false
     }
 
+    /// Whether a link broke.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.report.broken.is_some()
+    }
+
+    /// The sequence number of the last entry verified (0 before any).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.report.last_seq
+    }
+
     /// Checks the log against the store's head row, read before the walk:
     /// `mac` is the MAC of entry `seq` as the walk found it (`None` if the
     /// walk found no such entry).
@@ -593,6 +603,11 @@ impl Replay {
     /// Whether the log starts at entry 1.
     pub(crate) fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// Takes the log as whole (it never had an entry).
+    pub(crate) fn mark_complete(&mut self) {
+        self.complete = true;
     }
 
     /// Where the store's identity disagrees with the log: a store that

@@ -282,6 +282,35 @@ pub(crate) fn check_tenant(tenant: &str) -> Result<()> {
     check_tenant_unicode(tenant)
 }
 
+/// The rules for a tenant that is being created (explicitly, on first use, or
+/// recreated): [`check_tenant`], and no invisible code point (FORMAT.md
+/// §"Context rules", rule 4). Opening and sealing for a tenant that exists
+/// check only [`check_tenant`], so a tenant created before rule 4 keeps
+/// working.
+pub(crate) fn check_new_tenant(tenant: &str) -> Result<()> {
+    check_tenant(tenant)?;
+    for c in tenant.chars() {
+        let cp = u32::from(c);
+        if DEFAULT_IGNORABLE
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&cp))
+        {
+            return Err(Error::invalid_context(format!(
+                "tenant id contains U+{cp:04X}, a default-ignorable code point (invisible: a \
+                 variation selector, a joiner or a filler), which would make two tenant ids \
+                 look the same"
+            )));
+        }
+        if INVISIBLE_FILLERS.contains(&cp) {
+            return Err(Error::invalid_context(format!(
+                "tenant id contains U+{cp:04X}, which renders as blank space, so two tenant \
+                 ids would look the same"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Code points with the Unicode `Default_Ignorable_Code_Point` property
 /// (DerivedCoreProperties.txt; the list has not changed since Unicode 7.0),
 /// inclusive ranges. Renderers show none of them.
@@ -314,24 +343,6 @@ fn check_tenant_unicode(tenant: &str) -> Result<()> {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
     for c in tenant.chars() {
-        let cp = u32::from(c);
-        if DEFAULT_IGNORABLE
-            .iter()
-            .any(|(lo, hi)| (*lo..=*hi).contains(&cp))
-            && c.general_category() != GeneralCategory::Format
-        {
-            return Err(Error::invalid_context(format!(
-                "tenant id contains U+{cp:04X}, a default-ignorable code point (invisible: a \
-                 variation selector, a joiner or a filler), which would make two tenant ids \
-                 look the same"
-            )));
-        }
-        if INVISIBLE_FILLERS.contains(&cp) {
-            return Err(Error::invalid_context(format!(
-                "tenant id contains U+{cp:04X}, which renders as blank space, so two tenant \
-                 ids would look the same"
-            )));
-        }
         let why = match c.general_category() {
             GeneralCategory::Control => "a control character (Unicode category Cc)",
             GeneralCategory::Format => {

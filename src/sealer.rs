@@ -304,7 +304,13 @@ impl Sealer {
     ) -> Result<TenantSealer> {
         check_tenant_id(tenant)?;
         let create = create && self.inner.create_tenants;
-        let keyring = self.keyring_with(tenant, create, None, true).await?;
+        let mut keyring = self.keyring_with(tenant, create, None, true).await?;
+        // A cache miss may have joined a load that began before a change:
+        // compare once more, and reload if the store moved on.
+        if self.inner.store.tenant_generation(tenant).await? != Some(keyring.generation) {
+            let stale = self.inner.cache.invalidate(tenant);
+            keyring = self.keyring_with(tenant, create, stale, false).await?;
+        }
         self.handle(tenant, keyring)
     }
 
@@ -780,6 +786,9 @@ impl Sealer {
         event: AuditEvent,
         actor: Option<&str>,
     ) -> Result<(WrappedKey, TenantKeyDeriver)> {
+        if event == AuditEvent::TenantCreated {
+            crate::context::check_new_tenant(tenant)?;
+        }
         let (new, deriver) = self.new_key_version(tenant, version).await?;
         let wrapped = new.wrapped.clone();
         let audit_key = self.audit_key().await?;

@@ -225,7 +225,8 @@ impl RootKey {
                 return Err(fail(
                     format!(
                         "the file's mode is {mode:04o}: its group or others can read or write \
-                         it; make it private to its owner (chmod 600)"
+                         it; make it private to its owner (chmod 600; for a Kubernetes secret \
+                         volume, defaultMode: 0400)"
                     ),
                     None,
                 ));

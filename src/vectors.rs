@@ -964,13 +964,9 @@ fn invalid_contexts() -> Vec<(&'static str, Ctx)> {
     ]
 }
 
-/// Tenant ids refused since the default-ignorable rule (FORMAT.md, tenant id
-/// rule 4): appended after the earlier vectors, whose ids stay as they were.
-fn invisible_tenant_ids() -> Vec<(&'static str, Ctx)> {
-    let tenant = |t: &str| Ctx {
-        tenant: t.to_string(),
-        ..ctx_row_42()
-    };
+/// Tenant ids that may not be created (FORMAT.md, tenant id rule 4).
+fn invisible_tenant_ids() -> Vec<(&'static str, String)> {
+    let tenant = |t: &str| t.to_string();
     vec![
         (
             "tenant id with U+FE0F VARIATION SELECTOR-16 (Mn, default-ignorable)",
@@ -1607,19 +1603,29 @@ fn build() -> Value {
         }));
     }
 
-    for (comment, ctx) in invisible_tenant_ids() {
-        assert!(
-            matches!(ctx.build(), Err(Error::InvalidContext { .. })),
-            "{comment}"
-        );
-        contexts.push(json!({
-            "id": 201 + contexts.len(),
-            "comment": comment,
-            "context": ctx.json(),
-            "sealed": hex::encode(sealed[0].0.as_bytes()),
-            "expect": "invalid_context",
-        }));
-    }
+    // Rule 4 applies to creating a tenant: a context naming such an id
+    // builds (a tenant from before the rule keeps opening), and creating it
+    // is refused.
+    let new_tenants: Vec<Value> = invisible_tenant_ids()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (comment, tenant))| {
+            assert!(
+                matches!(
+                    crate::context::check_new_tenant(&tenant),
+                    Err(Error::InvalidContext { .. })
+                ),
+                "{comment}"
+            );
+            assert!(crate::context::check_tenant(&tenant).is_ok(), "{comment}");
+            json!({
+                "id": 241 + i,
+                "comment": comment,
+                "tenant": tenant,
+                "expect": "invalid_context",
+            })
+        })
+        .collect();
 
     json!({
         "format": "fieldseal sealed value, format version 1 (docs/FORMAT.md)",
@@ -1633,6 +1639,7 @@ fn build() -> Value {
         "valid": valid,
         "invalid": invalid_json,
         "invalid_contexts": contexts,
+        "invalid_new_tenants": new_tenants,
         "large": large(&sealed),
         "wrapped_keys": wrapped_keys(),
         "audit_chain": audit(),

@@ -171,6 +171,23 @@ impl Model {
         out.extend_from_slice(s.as_bytes());
     }
 
+    /// Rule 4, for a tenant being created: no Default_Ignorable_Code_Point
+    /// (DerivedCoreProperties.txt), and not U+2800, which renders blank.
+    fn check_new_tenant(&self, t: &str) -> Outcome<()> {
+        self.check_tenant(t)?;
+        let ignorable = |c: char| {
+            matches!(u32::from(c),
+                0xAD | 0x34F | 0x61C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+                | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164
+                | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3
+                | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF | 0x2800)
+        };
+        if self.has(Fault::NoUnicodeTenantRules) || !t.chars().any(ignorable) {
+            return Ok(());
+        }
+        Err("invalid_context")
+    }
+
     fn check_tenant(&self, t: &str) -> Outcome<()> {
         if t.is_empty() || t.len() > 255 {
             return Err("invalid_context");
@@ -181,21 +198,11 @@ impl Model {
         if self.has(Fault::NoUnicodeTenantRules) {
             return Ok(());
         }
-        // Default_Ignorable_Code_Point (DerivedCoreProperties.txt), and
-        // U+2800, which renders blank.
-        let ignorable = |c: char| {
-            matches!(u32::from(c),
-                0xAD | 0x34F | 0x61C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
-                | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164
-                | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3
-                | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF | 0x2800)
-        };
         let bad = t.chars().any(|c| {
-            ignorable(c)
-                || matches!(
-                    c.general_category(),
-                    GeneralCategory::Format | GeneralCategory::Unassigned
-                )
+            matches!(
+                c.general_category(),
+                GeneralCategory::Format | GeneralCategory::Unassigned
+            )
         });
         if bad || !unicode_normalization::is_nfc(t) {
             return Err("invalid_context");
@@ -632,6 +639,16 @@ fn disagreements(model: &Model, vectors: &Value, first_only: bool) -> Vec<(u64, 
                 ),
             );
         }
+    }
+    for v in vectors["invalid_new_tenants"].as_array().unwrap() {
+        let t = s(&v["tenant"]);
+        check(
+            &mut out,
+            &v["id"],
+            model.check_tenant(t).is_ok()
+                && model.check_new_tenant(t).err() == Some(s(&v["expect"])),
+            "a context for it builds, and creating it is refused",
+        );
     }
     let wrapped = &vectors["wrapped_keys"];
     let root = &wrapped["root_keys"][0];

@@ -718,6 +718,7 @@ async fn slow_and_unauthenticated_clients_hold_nothing() {
         &admin_token,
         &[
             ("FIELDSEAL_SERVICE_HEADER_TIMEOUT", "1s"),
+            ("FIELDSEAL_SERVICE_IDLE_TIMEOUT", "1s"),
             ("FIELDSEAL_SERVICE_MAX_CONNECTIONS", "16"),
             ("RUST_LOG", "warn"),
         ],
@@ -793,6 +794,25 @@ async fn slow_and_unauthenticated_clients_hold_nothing() {
         .unwrap();
     let head = String::from_utf8_lossy(&response[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+
+    // A kept-alive connection left idle after its request is closed.
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = stream.read(&mut response).await.unwrap();
+    assert!(String::from_utf8_lossy(&response[..n]).starts_with("HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut response).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle kept-alive connection stayed open");
     drop(service);
 }
 

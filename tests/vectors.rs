@@ -164,6 +164,30 @@ async fn invalid_contexts_are_refused_before_the_value_is_read() {
     }
 }
 
+/// Rule 4 of the tenant id rules applies to creating a tenant: a context
+/// naming such an id still builds (a tenant created before the rule keeps
+/// opening its values), and creating it is refused, explicitly or on first
+/// use.
+#[tokio::test]
+async fn invisible_tenant_ids_cannot_be_created() {
+    let vectors = load();
+    let cases = vectors["invalid_new_tenants"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for v in cases {
+        let tenant = s(&v["tenant"]);
+        let ctx = Context::builder(tenant, "integrations", "refresh_token")
+            .row(42)
+            .build()
+            .unwrap_or_else(|e| panic!("vector {}: {e}", v["id"]));
+        let sealer = common::sealer();
+        let err = sealer.create_tenant(tenant).await.unwrap_err();
+        assert_eq!(kind(&err), s(&v["expect"]), "vector {}: {err}", v["id"]);
+        let err = sealer.seal(&ctx, b"x").await.unwrap_err();
+        assert_eq!(kind(&err), s(&v["expect"]), "vector {}: {err}", v["id"]);
+        assert!(sealer.admin().tenants().await.unwrap().is_empty());
+    }
+}
+
 #[tokio::test]
 async fn length_limits() {
     let vectors = load();

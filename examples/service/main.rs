@@ -47,6 +47,10 @@
 //!   a client that has not sent a request's headers by then is cut off.
 //! - `--max-connections` / `FIELDSEAL_SERVICE_MAX_CONNECTIONS` (default
 //!   1024): connections open at once (see `serve.rs`).
+//! - `--idle-timeout` / `FIELDSEAL_SERVICE_IDLE_TIMEOUT` (default `30s`): a
+//!   connection that sends and receives nothing for that long is closed.
+//! - `--request-timeout` / `FIELDSEAL_SERVICE_REQUEST_TIMEOUT` (default
+//!   `30s`): a request, body included, that takes longer gets 408.
 //! - `RUST_LOG` (default `info`): logs go to standard error.
 //!
 //! `--plaintext-baseline` builds the same service with plaintext columns, for
@@ -117,6 +121,23 @@ struct Args {
         default_value_t = 1024
     )]
     max_connections: usize,
+    /// How long a connection may send and receive nothing before it is
+    /// closed (`30s`).
+    #[arg(
+        long,
+        env = "FIELDSEAL_SERVICE_IDLE_TIMEOUT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    idle_timeout: Duration,
+    /// How long one request may take, body included (`30s`).
+    #[arg(
+        long,
+        env = "FIELDSEAL_SERVICE_REQUEST_TIMEOUT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    request_timeout: Duration,
     /// Store secrets in plaintext: the load test's baseline only.
     #[arg(long, hide = true)]
     plaintext_baseline: bool,
@@ -222,8 +243,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limits = serve::Limits {
         header_timeout: args.header_timeout,
         max_connections: args.max_connections,
+        idle_timeout: args.idle_timeout,
     };
-    serve::serve(listener, api::router(state), limits, shutdown()).await;
+    let router = api::router(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        args.request_timeout,
+    ));
+    serve::serve(listener, router, limits, shutdown()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -10,6 +10,10 @@
 //! - **A cap on open connections.** At [`Limits::max_connections`], the loop
 //!   stops accepting: new connections wait in the kernel's listen backlog,
 //!   holding no file descriptor of this process, until one closes.
+//! - **An idle timeout.** A connection on which nothing is read or written
+//!   for [`Limits::idle_timeout`] is closed: a kept-alive connection left
+//!   idle after its requests, or a body that stalls, frees its slot. (A body
+//!   sent a byte at a time is bounded by the request timeout in `api.rs`.)
 //!
 //! Shutdown is graceful: the loop stops accepting, each connection finishes
 //! its request in flight, then closes.
@@ -34,6 +38,8 @@ pub(crate) struct Limits {
     pub(crate) header_timeout: Duration,
     /// Connections open at once.
     pub(crate) max_connections: usize,
+    /// How long a connection may go without reading or writing a byte.
+    pub(crate) idle_timeout: Duration,
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then waits for
@@ -78,7 +84,8 @@ pub(crate) async fn serve(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+            let connection = builder.serve_connection(io, service);
             tokio::pin!(connection);
             let outcome = tokio::select! {
                 outcome = connection.as_mut() => outcome,
@@ -97,4 +104,90 @@ pub(crate) async fn serve(
     drop(listener);
     let _ = stop.send(true);
     while connections.join_next().await.is_some() {}
+}
+
+/// A stream that fails with `TimedOut` once nothing was read or written on
+/// it for a while.
+struct IdleTimeout<S> {
+    inner: S,
+    idle: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    /// Progress was made: the idle time starts again.
+    fn touched(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// `Pending` from the stream: an error once the idle time is up.
+    fn pending<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connection idle for too long",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            std::task::Poll::Pending => this.pending(cx),
+            ready => {
+                this.touched();
+                ready
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_write(cx, buf) {
+            std::task::Poll::Pending => this.pending(cx),
+            ready => {
+                this.touched();
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }

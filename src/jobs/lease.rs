@@ -495,6 +495,20 @@ impl Job {
         Ok(n == 1)
     }
 
+    /// Extends the lease, in a transaction of its own, if this worker still
+    /// holds it and it has not expired; `false` if it lost it.
+    pub(crate) async fn renew(&self, db: &Db, lease: &Lease) -> Result<bool> {
+        let mut tx = db
+            .begin()
+            .await
+            .map_err(|e| db_error(db, "renewing a lease", e))?;
+        let held = self.fence(db, &mut tx, lease).await?;
+        tx.commit()
+            .await
+            .map_err(|e| db_error(db, "renewing a lease", e))?;
+        Ok(held)
+    }
+
     /// In `tx`, after the batch's row updates: records the range's progress.
     /// `finished`: the range has no rows after `cursor`. Returns the new
     /// cursor (the range is swept again from its start when the application

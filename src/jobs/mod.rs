@@ -148,6 +148,21 @@ impl JobOptions {
         if self.max_rows_per_sec == Some(0) {
             return Err(Error::config("max_rows_per_sec: at least 1"));
         }
+        if let Some(rate) = self.max_rows_per_sec {
+            // One batch waits batch / rate seconds for the rate limit: it
+            // must fit well inside the lease that covers it.
+            #[allow(clippy::cast_precision_loss)]
+            let wait = self.batch as f64 / rate as f64;
+            if wait * 2.0 >= self.lease.as_secs_f64() {
+                return Err(Error::config(format!(
+                    "max_rows_per_sec: at {rate} rows per second a batch of {} rows takes \
+                     {wait:.1} s, more than half the lease ({} s); lower the batch size or \
+                     raise the lease",
+                    self.batch,
+                    self.lease.as_secs()
+                )));
+            }
+        }
         if let Some(t) = &self.tenant {
             crate::context::check_tenant(t)?;
         }
@@ -200,9 +215,11 @@ pub struct Counts {
     pub nulls: u64,
     /// Plaintext values in a text column (not sealed yet: `migrate` seals them).
     pub legacy: u64,
-    /// Values of shredded tenants: erased on purpose, never re-sealed or
-    /// migrated, and not failures (delete their rows when convenient). Plan,
-    /// verify, re-seal and migrate count them alike.
+    /// Sealed values of shredded tenants: erased on purpose, never re-sealed,
+    /// and not failures (delete their rows when convenient). Plan, verify,
+    /// re-seal and migrate count them alike. (A shredded tenant's plaintext
+    /// is not erased: `migrate` reports each such value as a failure, since it
+    /// cannot seal it; delete those rows.)
     pub shredded: u64,
 }
 
@@ -722,8 +739,8 @@ impl SealedColumns {
         self.run(JobKind::Migrate, options).await
     }
 
-    /// Before `migrate` seals anything into column `j` of `t`: opens a random
-    /// sample of the values already sealed there (by the application) under
+    /// Before `migrate` seals anything into column `j` of `t`: opens a sample
+    /// (the first 64 in key order) of the values already sealed there (by the application) under
     /// the configured recipe, and refuses if any does not open. Values sealed
     /// under a wrong recipe would open for `migrate` itself but never for the
     /// application. A column with no sealed value yet cannot be checked.
@@ -762,7 +779,10 @@ impl SealedColumns {
             match outcome {
                 Ok(_) => opened += 1,
                 Err(e) if is_fatal(&e) => return Err(e),
-                Err(e @ (Error::OpenFailed | Error::InvalidContext { .. })) => {
+                // Only a value that does not open says the recipe is wrong: a
+                // row whose context cannot be built (a NULL tenant or row id)
+                // fails in the run itself, listed with its key.
+                Err(e @ Error::OpenFailed) => {
                     let key = t.row_key(row).map(|k| k.to_text()).unwrap_or_default();
                     failed.push((key, e));
                 }
@@ -922,7 +942,15 @@ impl SealedColumns {
                 counts.nulls += u.nulls;
                 counts.failed += u.malformed;
                 if u.shredded {
-                    counts.shredded += sealed + u.legacy;
+                    // Its sealed values are erased on purpose; its plaintext
+                    // is not erased at all: `migrate` reports each such value
+                    // (it cannot seal it), and `reseal` counts it.
+                    counts.shredded += sealed;
+                    match kind {
+                        JobKind::Migrate if u.legacy > 0 && first.is_none() => first = Some(name),
+                        JobKind::Migrate => {}
+                        JobKind::Reseal => counts.legacy += u.legacy,
+                    }
                     continue;
                 }
                 // Malformed values are work too: the job lists them.
@@ -1227,6 +1255,10 @@ impl SealedColumns {
         }
         #[allow(clippy::cast_precision_loss)]
         let per_row = read / rows.len() as f64;
+        // The timed writes are rolled back, which a table that does not take
+        // part in transactions (a MySQL table on MyISAM, say) ignores: there
+        // they are made to match no row instead (and cost a little less).
+        let rolls_back = self.rolls_back(t).await?;
 
         // Re-seal: the values already sealed.
         let started = Instant::now();
@@ -1260,7 +1292,7 @@ impl SealedColumns {
             }
         }
         let per_reseal = self
-            .timed_rollback(&w, &updates, |_| false, started)
+            .timed_rollback(&w, &mut updates, |_| false, rolls_back, started)
             .await?;
 
         // Migrate: the plaintext still to seal, under throwaway keys.
@@ -1311,7 +1343,7 @@ impl SealedColumns {
             )
         };
         let per_migrate = self
-            .timed_rollback(&w, &updates, from_source, started)
+            .timed_rollback(&w, &mut updates, from_source, rolls_back, started)
             .await?;
         Ok(SampleCosts {
             per_row,
@@ -1320,18 +1352,61 @@ impl SealedColumns {
         })
     }
 
+    /// Whether a write to `t` in a transaction that is rolled back leaves
+    /// nothing behind: always on PostgreSQL and SQLite; on MySQL, for InnoDB
+    /// tables only.
+    async fn rolls_back(&self, t: &Table) -> Result<bool> {
+        use crate::store::sql::dialect::Dialect;
+        if self.db.dialect() != Dialect::MySql {
+            return Ok(true);
+        }
+        let (schema, name) = split_schema(t.spec.table());
+        let rows = self
+            .db
+            .fetch(
+                "SELECT CAST(ENGINE AS CHAR) FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+                &[
+                    schema.map_or(Val::Null, |s| Val::Text(s.into())),
+                    Val::Text(name.into()),
+                ],
+                &[Kind::Text],
+            )
+            .await
+            .map_err(|e| db_error(&self.db, "reading a table's storage engine", e))?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(Val::as_text)
+            .is_some_and(|engine| engine.eq_ignore_ascii_case("InnoDB")))
+    }
+
     /// Writes `updates` in a transaction that is rolled back; returns the
-    /// seconds per value since `started` (0 with no value).
+    /// seconds per value since `started` (0 with no value). Unless the table
+    /// `rolls_back`, each write expects a value no row holds, so that it
+    /// writes nothing.
     async fn timed_rollback(
         &self,
         w: &Worker,
-        updates: &[Vec<Update>],
+        updates: &mut [Vec<Update>],
         from_source: impl Fn(usize) -> bool,
+        rolls_back: bool,
         started: Instant,
     ) -> Result<f64> {
         let values: usize = updates.iter().map(Vec::len).sum();
         if values == 0 {
             return Ok(0.0);
+        }
+        if !rolls_back {
+            let mut marker = [0u8; 32];
+            rand::fill(&mut marker);
+            let marker = format!("fieldseal plan, matches no row: {}", hex(&marker));
+            for (_, expected, _, _) in updates.iter_mut().flatten() {
+                *expected = match expected {
+                    Val::Bytes(_) => Val::Bytes(marker.clone().into_bytes()),
+                    _ => Val::Text(marker.clone()),
+                };
+            }
         }
         let mut tx = self
             .db
@@ -1488,6 +1563,15 @@ impl SealedColumns {
                                 r.in_use.insert(version, now);
                                 continue;
                             }
+                            // And no job started meanwhile: one that read the
+                            // tenant's keys before a rotation could commit a
+                            // batch under this version after the count.
+                            let busy =
+                                jobs_writing(&self.job_tables.live_jobs(&self.db).await?, &tenant);
+                            if !busy.is_empty() {
+                                r.jobs_running = busy;
+                                break;
+                            }
                             admin.destroy_version(&tenant, version).await?;
                         }
                         r.destroyed.push(version);
@@ -1601,6 +1685,8 @@ struct Shared {
     sealers: Mutex<HashMap<String, TenantSealer>>,
     /// Tenants a dry run found without keys.
     absent: Mutex<std::collections::HashSet<String>>,
+    /// Tenants found shredded, and when.
+    shredded: Mutex<HashMap<String, Timestamp>>,
     progress: Option<Arc<dyn Progress>>,
     /// The total given to the progress reports, and how much of it was shown.
     shown: Mutex<(u64, u64)>,
@@ -1621,6 +1707,7 @@ impl Shared {
                 .map(Limiter::new),
             sealers: Mutex::default(),
             absent: Mutex::default(),
+            shredded: Mutex::default(),
             stop: AtomicBool::new(false),
             progress: options.progress.clone(),
             shown: Mutex::new((0, 0)),
@@ -1750,12 +1837,29 @@ impl Worker {
         // for long; one indexed read per idle worker per poll.
         let poll =
             (self.options.lease / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
+        // Leases this worker lost in a row without committing a batch.
+        let mut lost = 0u32;
         loop {
             if self.shared.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
             match job.claim(&self.db).await? {
-                Some(lease) => self.work(&job, lease).await?,
+                Some(lease) => {
+                    if self.work(&job, lease).await? {
+                        lost = 0;
+                    } else {
+                        lost += 1;
+                        if lost >= 3 {
+                            return Err(Error::refused(format!(
+                                "job `{}`: this worker lost its lease {lost} times in a row \
+                                 before committing a batch: a batch takes longer than the \
+                                 lease ({} s); raise the lease or lower the batch size",
+                                job.id,
+                                self.options.lease.as_secs()
+                            )));
+                        }
+                    }
+                }
                 None => {
                     if job.try_complete(&self.db).await? {
                         return Ok(());
@@ -1768,18 +1872,32 @@ impl Worker {
         }
     }
 
-    /// Works through one leased range, batch by batch.
-    async fn work(&mut self, job: &Job, mut lease: Lease) -> Result<()> {
+    /// Works through one leased range, batch by batch. `false` if the lease
+    /// was lost before any batch was committed.
+    async fn work(&mut self, job: &Job, mut lease: Lease) -> Result<bool> {
         let table = self.table.spec.table().to_string();
         let mut attempt = 0;
+        let mut committed = false;
+        // When the lease was last extended (claimed, renewed, or by a commit).
+        let mut extended = Instant::now();
         loop {
             if self.shared.stop.load(Ordering::Relaxed) {
-                return Ok(());
+                return Ok(true);
             }
             let (rows, last) = self
                 .fetch(lease.cursor.as_ref(), lease.upper.as_ref())
                 .await?;
             let finished = rows.len() < self.options.batch;
+            // The rate limit may have waited in `fetch`: once a third of the
+            // lease has gone, renew it before the batch is worked on, so that
+            // its commit finds it live.
+            if extended.elapsed() * 3 >= self.options.lease {
+                if !job.renew(&self.db, &lease).await? {
+                    tracing::info!(job = %job.id, range = lease.idx, "lease lost before the batch");
+                    return Ok(committed);
+                }
+                extended = Instant::now();
+            }
             self.revalidate(&rows).await?;
             let (updates, counts) = self.process(&rows).await?;
             let outcome = self
@@ -1787,10 +1905,11 @@ impl Worker {
                 .await;
             let (done, counts) = match outcome {
                 Ok(Some(written)) => written,
-                // The lease was taken over: another worker has the range.
+                // The lease expired or was taken over: nothing of the batch
+                // was written, and the range is someone's (or claimable).
                 Ok(None) => {
-                    tracing::info!(job = %job.id, range = lease.idx, "lease taken over by another worker");
-                    return Ok(());
+                    tracing::info!(job = %job.id, range = lease.idx, "lease lost");
+                    return Ok(committed);
                 }
                 // A deadlock or serialization failure: nothing of the batch
                 // was committed; read it again and retry.
@@ -1802,10 +1921,12 @@ impl Worker {
                 Err(e) => return Err(e),
             };
             attempt = 0;
+            committed = true;
+            extended = Instant::now();
             self.shared.add(&counts);
             self.shared.advance(&table, rows.len() as u64);
             if done {
-                return Ok(());
+                return Ok(true);
             }
         }
     }
@@ -1910,9 +2031,25 @@ impl Worker {
         if let Some(s) = lock(&self.shared.sealers).get(tenant) {
             return Ok(s.clone());
         }
+        // Shredded is for good: asked once per job, not once per value.
+        if let Some(at) = lock(&self.shared.shredded).get(tenant) {
+            return Err(Error::TenantShredded {
+                tenant: tenant.to_string(),
+                shredded_at: *at,
+            });
+        }
         // Checked against the key store now, never a cached snapshot from
         // before the batch: the handle decides the version the batch writes.
-        let s = self.sealer.tenant_checked_now(tenant, create).await?;
+        let s = match self.sealer.tenant_checked_now(tenant, create).await {
+            Err(Error::TenantShredded { shredded_at, .. }) => {
+                lock(&self.shared.shredded).insert(tenant.to_string(), shredded_at);
+                return Err(Error::TenantShredded {
+                    tenant: tenant.to_string(),
+                    shredded_at,
+                });
+            }
+            other => other?,
+        };
         lock(&self.shared.sealers).insert(tenant.to_string(), s.clone());
         Ok(s)
     }
@@ -1976,9 +2113,8 @@ impl Worker {
                         (Some(key), Some(u)) => u.push((key.clone(), expected, new, indexes)),
                         _ => counts.failed += 1,
                     },
+                    Ok(Decision::Shredded) => counts.shredded += 1,
                     Err(e) if is_fatal(&e) => return Err(e),
-                    // Erased on purpose: not a failure, and never written.
-                    Err(Error::TenantShredded { .. }) => counts.shredded += 1,
                     Err(e) => {
                         counts.failed += 1;
                         self.shared
@@ -2003,7 +2139,11 @@ impl Worker {
             (JobKind::Reseal, Stored::Null, _) => Ok(Decision::Null),
             (JobKind::Reseal, Stored::Legacy(_), _) => Ok(Decision::Legacy),
             (JobKind::Reseal, Stored::Sealed(value), _) => {
-                let sealer = self.tenant_sealer(t.tenant(row), false).await?;
+                let sealer = match self.tenant_sealer(t.tenant(row), false).await {
+                    // Erased on purpose: not a failure, and never written.
+                    Err(Error::TenantShredded { .. }) => return Ok(Decision::Shredded),
+                    other => other?,
+                };
                 if value.key_version() == sealer.primary_version() {
                     return Ok(Decision::Nothing);
                 }
@@ -2024,7 +2164,13 @@ impl Worker {
                 let indexes = index_values(&sealer, c, plain)?;
                 Ok(Decision::Write(c.encode(&value), c.encode(&new), indexes))
             }
-            (JobKind::Migrate, Stored::Sealed(_), _) => Ok(Decision::Nothing),
+            (JobKind::Migrate, Stored::Sealed(_), _) => {
+                // Counted as its tenant is: shredded or not.
+                match self.tenant_sealer(t.tenant(row), false).await {
+                    Err(Error::TenantShredded { .. }) => Ok(Decision::Shredded),
+                    _ => Ok(Decision::Nothing),
+                }
+            }
             // A dry run creates no tenant and seals nothing: it says what a
             // run would write, before any key store table need exist.
             (JobKind::Migrate, Stored::Legacy(_), Some(spec::Migration::InPlace))
@@ -2111,6 +2257,8 @@ impl Worker {
                     Ok(true) => counts.current += 1,
                     Ok(false) => counts.written += 1,
                     Err(e) if is_fatal(&e) => return Err(e),
+                    // A sealed value of a shredded tenant (only sealed values
+                    // are opened here): erased on purpose.
                     Err(Error::TenantShredded { .. }) => counts.shredded += 1,
                     Err(e) => {
                         counts.failed += 1;
@@ -2202,6 +2350,8 @@ enum Decision {
     Nothing,
     /// A dry run's answer: a run would write this value.
     WouldWrite,
+    /// A sealed value of a shredded tenant: erased on purpose.
+    Shredded,
     Null,
     Legacy,
     /// Write the new value (and its blind index values) where the expected

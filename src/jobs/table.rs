@@ -229,8 +229,9 @@ impl Table {
         )
     }
 
-    /// Up to `limit` rows, chosen at random, whose column `j` holds a value
-    /// that looks sealed (any bytes for a binary column, text starting with
+    /// The first `limit` rows, in key order (the same ones on every run, read
+    /// through the primary key's index), whose column `j` holds a value that
+    /// looks sealed (any bytes for a binary column, text starting with
     /// `fs:` for a text column).
     pub(crate) fn sealed_sample_sql(
         &self,
@@ -252,14 +253,10 @@ impl Table {
         } else {
             format!("{cond} AND {sealed}")
         };
-        let random = match self.dialect {
-            Dialect::MySql => "RAND()",
-            Dialect::Postgres | Dialect::Sqlite => "random()",
-        };
         (
             format!(
-                "SELECT {} FROM {}{cond} ORDER BY {random} LIMIT {limit}",
-                self.select, self.name
+                "SELECT {} FROM {}{cond} ORDER BY {} LIMIT {limit}",
+                self.select, self.name, self.key
             ),
             binds,
         )

@@ -154,26 +154,30 @@ impl std::fmt::Display for DbError {
 
 impl std::error::Error for DbError {}
 
-/// `message` with the contents of single-quoted strings replaced by `…`,
-/// and `0x…`/`\x…` hex runs cut: a database quotes values, never names,
-/// that way (names are in double quotes or backticks).
+/// `message` without the values a database may quote in it: everything from
+/// the first single quote on is cut (MySQL quotes values without escaping
+/// the quotes inside them, so no pairing of quotes is safe), the contents of
+/// double quotes are replaced by `…` (PostgreSQL quotes names, and some
+/// values, so), and `0x…`/`\x…` hex runs are cut.
 fn redact_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut chars = message.chars().peekable();
-    let mut in_quote = false;
+    let mut in_double = false;
     while let Some(c) = chars.next() {
-        if in_quote {
-            if c == '\'' {
-                in_quote = false;
-                out.push_str("…'");
-            }
-            continue;
-        }
         match c {
             '\'' => {
-                in_quote = true;
-                out.push('\'');
+                out.push_str("'…");
+                break;
             }
+            '"' if in_double => {
+                in_double = false;
+                out.push_str("…\"");
+            }
+            '"' => {
+                in_double = true;
+                out.push('"');
+            }
+            _ if in_double => {}
             '0' | '\\' if matches!(chars.peek(), Some('x' | 'X')) => {
                 out.push(c);
                 if let Some(x) = chars.next() {
@@ -187,7 +191,7 @@ fn redact_values(message: &str) -> String {
             _ => out.push(c),
         }
     }
-    if in_quote {
+    if in_double {
         out.push('…');
     }
     out
@@ -290,17 +294,23 @@ mod tests {
     fn database_messages_lose_their_values() {
         assert_eq!(
             redact_values("Duplicate entry 'acme-2' for key 'PRIMARY'"),
-            "Duplicate entry '…' for key '…'"
+            "Duplicate entry '…"
+        );
+        // MySQL does not escape a quote inside a value.
+        assert_eq!(
+            redact_values("Duplicate entry 'a'b' for key 'k'"),
+            "Duplicate entry '…"
         );
         assert_eq!(
-            redact_values(r#"invalid byte sequence for encoding "UTF8": 0xe9 0x74"#),
-            r#"invalid byte sequence for encoding "UTF8": 0x… 0x…"#
+            redact_values(r#"invalid input syntax for type uuid: "secret-value""#),
+            r#"invalid input syntax for type uuid: "…""#
         );
         assert_eq!(
-            redact_values(r"row (\x0102ff, 'it''s')"),
-            r"row (\x…, '…''…')"
+            redact_values("invalid byte sequence for encoding: 0xe9 0x74"),
+            "invalid byte sequence for encoding: 0x… 0x…"
         );
-        assert_eq!(redact_values("cut 'here"), "cut '…");
+        assert_eq!(redact_values(r"row (\x0102ff)"), r"row (\x…)");
+        assert_eq!(redact_values("cut \"here"), "cut \"…");
         assert_eq!(redact_values("0 rows, x = 10"), "0 rows, x = 10");
     }
 }
