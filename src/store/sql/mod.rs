@@ -275,14 +275,7 @@ where
             self.execute_ddl(statement, "creating the key store tables")
                 .await?;
         }
-        let found: Option<i64> = retry!(self, "reading the key store schema version", async {
-            sqlx::query_scalar::<DB, i64>(AssertSqlSafe(Arc::clone(
-                &self.sql.select_schema_version,
-            )))
-            .fetch_optional(&self.pool)
-            .await
-        })?;
-        match found {
+        match self.schema_version().await? {
             // Version 1 (a store from before stores had identities): add the
             // `bound` columns, give the store an id that accepts the keys
             // already wrapped without one, then record version 2.
@@ -351,20 +344,24 @@ where
         })
     }
 
+    /// The schema version recorded in the store (`None` before `migrate`).
+    async fn schema_version(&self) -> Result<Option<i64>> {
+        retry!(self, "reading the key store schema version", async {
+            sqlx::query_scalar::<DB, i64>(AssertSqlSafe(Arc::clone(
+                &self.sql.select_schema_version,
+            )))
+            .fetch_optional(&self.pool)
+            .await
+        })
+    }
+
     /// Checks (once, while it succeeds) that the tables exist with the schema
     /// version this build reads.
     async fn check_schema(&self) -> Result<()> {
         if self.schema_checked.load(Ordering::Acquire) {
             return Ok(());
         }
-        let found: Option<i64> = retry!(self, "reading the key store schema version", async {
-            sqlx::query_scalar::<DB, i64>(AssertSqlSafe(Arc::clone(
-                &self.sql.select_schema_version,
-            )))
-            .fetch_optional(&self.pool)
-            .await
-        })?;
-        match found {
+        match self.schema_version().await? {
             Some(SCHEMA_VERSION) => {
                 self.schema_checked.store(true, Ordering::Release);
                 Ok(())
