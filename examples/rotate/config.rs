@@ -44,14 +44,20 @@ pub(crate) struct Database {
 /// A root key: a local key (`id` and `file` or `env`), an AWS KMS key
 /// (`kms_key`, optionally `kms_region` and `kms_endpoint`; the key's ARN is its
 /// id) or a PKCS#11 key (`pkcs11_module`, `pkcs11_token`, `pkcs11_key`, and
-/// the PIN from `pkcs11_pin_env`; its id is `pkcs11:` and the label). The
-/// current one is `[root_key]`; older ones, still unwrapping while keys are
-/// re-wrapped, are `[[root_key.previous]]`.
+/// the PIN from `pkcs11_pin_env`; its id is `pkcs11:` and the label) or a
+/// Vault / OpenBao Transit key (`vault_addr`, `vault_key`, optionally
+/// `vault_mount`, the token from `vault_token_env`; every version Vault still
+/// decrypts with is a root key, `transit:<mount>/<key>:v<n>`). The current one
+/// is `[root_key]`; older ones, still unwrapping while keys are re-wrapped,
+/// are `[[root_key.previous]]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 // Built without `aws-kms` or `pkcs11`, their fields are parsed (so that the
 // error names the missing feature) but not read.
-#[cfg_attr(not(all(feature = "aws-kms", feature = "pkcs11")), allow(dead_code))]
+#[cfg_attr(
+    not(all(feature = "aws-kms", feature = "pkcs11", feature = "vault-transit")),
+    allow(dead_code)
+)]
 pub(crate) struct RootKeyConfig {
     pub(crate) id: Option<String>,
     pub(crate) file: Option<PathBuf>,
@@ -63,6 +69,10 @@ pub(crate) struct RootKeyConfig {
     pub(crate) pkcs11_token: Option<String>,
     pub(crate) pkcs11_key: Option<String>,
     pub(crate) pkcs11_pin_env: Option<String>,
+    pub(crate) vault_addr: Option<String>,
+    pub(crate) vault_key: Option<String>,
+    pub(crate) vault_mount: Option<String>,
+    pub(crate) vault_token_env: Option<String>,
     #[serde(default)]
     pub(crate) previous: Vec<RootKeyConfig>,
 }
@@ -368,8 +378,9 @@ impl Config {
         let local = r.file.is_some() || r.env.is_some();
         let kms = r.kms_key.is_some();
         let pkcs11 = r.pkcs11_module.is_some() || r.pkcs11_key.is_some();
-        match (local, kms, pkcs11) {
-            (true, false, false) => {
+        let vault = r.vault_addr.is_some() || r.vault_key.is_some();
+        match (local, kms, pkcs11, vault) {
+            (true, false, false, false) => {
                 let key = match (&r.file, &r.env) {
                     (Some(file), None) => RootKey::from_file(self.resolve(file)),
                     (None, Some(var)) => RootKey::from_env(var),
@@ -382,13 +393,13 @@ impl Config {
                 let provider = LocalKeyProvider::new(id, key).map_err(|e| fail(e.to_string()))?;
                 Ok(Arc::new(provider))
             }
-            (false, true, false) => {
+            (false, true, false, false) => {
                 if r.id.is_some() {
                     return Err(fail("`id` is the KMS key's ARN; remove `id`".into()));
                 }
                 kms_provider(r).await.map_err(|e| fail(e.to_string()))
             }
-            (false, false, true) => {
+            (false, false, true, false) => {
                 if r.id.is_some() {
                     return Err(fail(
                         "`id` is `pkcs11:` and the key's label; remove `id`".into(),
@@ -398,9 +409,18 @@ impl Config {
                     .await
                     .map_err(|e| fail(e.to_string()))
             }
+            (false, false, false, true) => {
+                if r.id.is_some() {
+                    return Err(fail(
+                        "`id` is `transit:<mount>/<key>:v<n>`, one per version; remove `id`".into(),
+                    ));
+                }
+                vault_provider(r).await.map_err(|e| fail(e.to_string()))
+            }
             _ => Err(fail(
-                "give exactly one key source: `file` or `env` (with `id`), `kms_key`, or \
-                 `pkcs11_module` with `pkcs11_token` and `pkcs11_key`"
+                "give exactly one key source: `file` or `env` (with `id`), `kms_key`, \
+                 `pkcs11_module` with `pkcs11_token` and `pkcs11_key`, or `vault_addr` with \
+                 `vault_key`"
                     .into(),
             )),
         }
@@ -557,4 +577,33 @@ impl Column {
         }
         Ok(c)
     }
+}
+
+#[cfg(feature = "vault-transit")]
+async fn vault_provider(
+    r: &RootKeyConfig,
+) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
+    let (Some(addr), Some(key)) = (&r.vault_addr, &r.vault_key) else {
+        return Err("a Vault Transit root key needs `vault_addr` and `vault_key`".into());
+    };
+    let var = r.vault_token_env.as_deref().unwrap_or("VAULT_TOKEN");
+    let token = std::env::var(var).map_err(|_| {
+        format!("the Vault token: set the environment variable {var} (`vault_token_env`)")
+    })?;
+    let mut builder = fieldseal::VaultTransitProvider::builder(addr, key)
+        .token(fieldseal::secrecy::SecretString::from(token));
+    if let Some(mount) = &r.vault_mount {
+        builder = builder.mount(mount);
+    }
+    Ok(Arc::new(builder.build().await?))
+}
+
+#[cfg(not(feature = "vault-transit"))]
+async fn vault_provider(
+    _: &RootKeyConfig,
+) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
+    Err(
+        "this runner was built without Vault Transit support: add `--features vault-transit`"
+            .into(),
+    )
 }

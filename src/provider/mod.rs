@@ -18,6 +18,8 @@ mod chain;
 mod local;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
+#[cfg(feature = "vault-transit")]
+mod vault_transit;
 
 #[cfg(feature = "aws-kms")]
 pub use aws_kms::{AwsKmsProvider, AwsKmsProviderBuilder};
@@ -27,6 +29,8 @@ pub use local::LocalKeyProvider;
 pub(crate) use local::wrap_with_nonce;
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::{Pkcs11Provider, Pkcs11ProviderBuilder};
+#[cfg(feature = "vault-transit")]
+pub use vault_transit::{VaultTransitProvider, VaultTransitProviderBuilder};
 
 /// What a wrapped key is: a tenant key (its tenant and version) or the key store's
 /// audit key, and, for a key store that has an identity
