@@ -868,15 +868,9 @@ impl KeyAdmin {
     }
 
     /// Verifies the chain in order, stopping at the first broken link or, with
-    /// `until`, at the first entry at or after that time. Returns the report and
-    /// the last verified entry before `until`.
-    async fn walk_audit(&self, until: Option<i64>) -> Result<(AuditReport, Option<AuditEntry>)> {
-        let (verifier, before_until) = self.walk_audit_with(until, &mut |_| {}).await?;
-        Ok((verifier.finish(), before_until))
-    }
-
-    /// As [`KeyAdmin::walk_audit`], calling `each` with every verified entry,
-    /// and returning the verifier.
+    /// `until`, at the first entry at or after that time, calling `each` with
+    /// every verified entry. Returns the verifier and the last verified entry
+    /// before `until`.
     async fn walk_audit_with(
         &self,
         until: Option<i64>,
@@ -951,8 +945,13 @@ impl KeyAdmin {
             let cutoff = Timestamp::now()
                 .unix_seconds()
                 .saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
-            let (report, through) = self.walk_audit(Some(cutoff)).await?;
-            if let Some(broken) = report.broken {
+            let mut refusal = false;
+            let (verifier, through) = self
+                .walk_audit_with(Some(cutoff), &mut |entry| {
+                    refusal |= entry.event == AuditEvent::UnboundWrapsRefused.as_str();
+                })
+                .await?;
+            if let Some(broken) = verifier.finish().broken {
                 return Err(Error::refused(format!(
                     "the audit chain is broken at entry {} ({}); nothing was pruned",
                     broken.seq, broken.reason
@@ -961,14 +960,30 @@ impl KeyAdmin {
             let Some(through) = through else {
                 return Ok(0);
             };
+            let store = &self.sealer.inner.store;
+            // The entry recording that the store refuses unbound keys is
+            // about to go: restate it after the cut, unless the store accepts
+            // them again (then the log is the evidence: keep it).
+            if refusal
+                && let Some(identity) = store.store_identity().await?
+                && identity.accepts_unbound
+            {
+                return Err(Error::refused(
+                    "the key store accepts keys wrapped without its id again, but the audit log \
+                     says it stopped: nothing was pruned (run verify_audit and investigate)",
+                ));
+            }
             let audit = self
                 .audit(AuditEvent::AuditPruned, "", 0, pruned_detail(&through))
                 .await?;
-            self.sealer
-                .inner
-                .store
-                .prune_audit(through.seq, &through.mac, &audit)
-                .await
+            let deleted = store.prune_audit(through.seq, &through.mac, &audit).await?;
+            if refusal && deleted > 0 {
+                let audit = self
+                    .audit(AuditEvent::UnboundWrapsRefused, "", 0, "restated after pruning".into())
+                    .await?;
+                store.refuse_unbound_wraps(&audit).await?;
+            }
+            Ok(deleted)
         })
         .await
     }

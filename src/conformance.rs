@@ -77,6 +77,11 @@ pub async fn check_key_provider(provider: &(dyn KeyProvider + 'static)) {
         WrapContext::tenant_key("conformance-b", 1),
         WrapContext::tenant_key("conformance-é", u32::MAX),
         WrapContext::audit_key(1),
+        // The same, bound to a key store: a wrap for one store opens in no
+        // other, nor without a store.
+        WrapContext::tenant_key("conformance-a", 1).in_store("0123456789abcdef0123456789abcdef"),
+        WrapContext::tenant_key("conformance-a", 1).in_store("fedcba9876543210fedcba9876543210"),
+        WrapContext::audit_key(1).in_store("0123456789abcdef0123456789abcdef"),
     ];
     let mut wrapped = Vec::new();
     for ctx in &contexts {
@@ -115,13 +120,13 @@ pub async fn check_key_provider(provider: &(dyn KeyProvider + 'static)) {
                 Ok(_) => fail(format!(
                     "a key wrapped for {} unwrapped as {}",
                     contexts_describe(&contexts, i),
-                    other.describe()
+                    contexts_describe(&contexts, j)
                 )),
                 Err(err) => fail(format!(
                     "a key wrapped for {} and unwrapped as {} failed with `{}` instead of \
                      unwrap_failed: {err}",
                     contexts_describe(&contexts, i),
-                    other.describe(),
+                    contexts_describe(&contexts, j),
                     err.kind()
                 )),
             }
@@ -250,7 +255,10 @@ fn check_error_is_clean(err: &Error, key: &TenantKey, wrapped: &WrappedKey) {
 fn contexts_describe(contexts: &[WrapContext<'_>], i: usize) -> String {
     contexts
         .get(i)
-        .map_or_else(String::new, WrapContext::describe)
+        .map_or_else(String::new, |ctx| match ctx.store_id() {
+            Some(store) => format!("{} in store `{store}`", ctx.describe()),
+            None => ctx.describe(),
+        })
 }
 
 fn describe_result<T>(result: &Result<T, Error>) -> String {

@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     audit_key: tokio::sync::OnceCell<HmacKey>,
     /// The key store's identity, read on the first wrap or unwrap.
     store_identity: tokio::sync::OnceCell<Option<StoreIdentity>>,
+    /// Set once the store was seen refusing unbound keys after the cached
+    /// identity was read.
+    unbound_refused: std::sync::atomic::AtomicBool,
 }
 
 /// Configures a [`Sealer`].
@@ -189,6 +192,7 @@ impl SealerBuilder {
                 label_tenant: self.label_tenant,
                 audit_key: tokio::sync::OnceCell::new(),
                 store_identity: tokio::sync::OnceCell::new(),
+                unbound_refused: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -570,7 +574,24 @@ impl Sealer {
                 let wrapped = self.wrap_key(&key, ctx).await?;
                 if store.insert_audit_key(wrapped).await? {
                     tracing::info!("created the audit-chain key");
-                    return Ok(HmacKey::new(key.expose_secret()));
+                    let key = HmacKey::new(key.expose_secret());
+                    // A store that refuses unbound keys from its creation
+                    // says so in its log's first entry, so that accepting
+                    // them later by SQL is a mismatch `verify_audit` reports.
+                    if let Some(identity) = self.store_identity().await?
+                        && !identity.accepts_unbound
+                    {
+                        let audit = AuditAppend::new(
+                            &key,
+                            AuditEvent::UnboundWrapsRefused,
+                            "",
+                            0,
+                            None,
+                            String::new(),
+                        )?;
+                        store.refuse_unbound_wraps(&audit).await?;
+                    }
+                    return Ok(key);
                 }
                 // Another process created it first: use theirs.
                 let wrapped = store.load_audit_key().await?.ok_or_else(|| Error::Store {
@@ -591,6 +612,26 @@ impl Sealer {
             .get_or_try_init(|| self.inner.store.store_identity())
             .await?;
         Ok(identity.as_ref())
+    }
+
+    /// Whether the key store still accepts keys wrapped without its id. Read
+    /// again from the store while the cached identity says it does (a store
+    /// stops accepting them, never starts again): a process started before
+    /// `rewrap_all` refused them refuses them too, from its next load.
+    async fn accepts_unbound(&self, cached: &StoreIdentity) -> Result<bool> {
+        if !cached.accepts_unbound || self.inner.unbound_refused.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let accepts = self
+            .inner
+            .store
+            .store_identity()
+            .await?
+            .is_none_or(|now| now.accepts_unbound);
+        if !accepts {
+            self.inner.unbound_refused.store(true, Ordering::Release);
+        }
+        Ok(accepts)
     }
 
     /// Wraps `key` for `ctx` under the current root key, bound to the key
@@ -626,14 +667,16 @@ impl Sealer {
                     .unwrap(wrapped, &ctx.in_store(&identity.id))
                     .await
             }
-            (Some(identity), false) if !identity.accepts_unbound => Err(Error::UnwrapFailed {
-                subject: format!(
-                    "{} (wrapped without this key store's id, which the store no longer \
+            (Some(identity), false) if !self.accepts_unbound(identity).await? => {
+                Err(Error::UnwrapFailed {
+                    subject: format!(
+                        "{} (wrapped without this key store's id, which the store no longer \
                      accepts)",
-                    ctx.describe()
-                ),
-                root_key_id: wrapped.root_key_id().to_string(),
-            }),
+                        ctx.describe()
+                    ),
+                    root_key_id: wrapped.root_key_id().to_string(),
+                })
+            }
             (None, true) => Err(Error::UnwrapFailed {
                 subject: format!(
                     "{} (marked as wrapped with a key store id, but the store has none)",

@@ -719,6 +719,7 @@ async fn slow_and_unauthenticated_clients_hold_nothing() {
         &[
             ("FIELDSEAL_SERVICE_HEADER_TIMEOUT", "1s"),
             ("FIELDSEAL_SERVICE_IDLE_TIMEOUT", "1s"),
+            ("FIELDSEAL_SERVICE_REQUEST_TIMEOUT", "1s"),
             ("FIELDSEAL_SERVICE_MAX_CONNECTIONS", "16"),
             ("RUST_LOG", "warn"),
         ],
@@ -858,5 +859,37 @@ async fn service_lifecycle_on_postgres() {
     .unwrap();
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Timeouts the server cannot keep are refused at start, naming the flag:
+/// an idle timeout shorter than the request timeout (it would cut off a
+/// request still being answered), zero, or one so far off it could overflow
+/// the clock.
+#[test]
+fn timeouts_it_cannot_keep_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, expected) in [
+        (
+            &["--idle-timeout", "5s", "--request-timeout", "30s"][..],
+            "shorter than --request-timeout",
+        ),
+        (&["--header-timeout", "0s"][..], "--header-timeout"),
+        (&["--idle-timeout", "100000000days"][..], "--idle-timeout"),
+    ] {
+        let output = Command::new(service_exe())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("FIELDSEAL_SERVICE_DIR", dir.path())
+            .env(
+                "FIELDSEAL_SERVICE_ADMIN_TOKEN",
+                "a-long-enough-admin-token-for-tests",
+            )
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} started");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }

@@ -847,6 +847,60 @@ macro_rules! suite {
                     let err = columns.reseal(&slow).await.unwrap_err();
                     assert!(matches!(err, Error::Config { .. }), "{err}");
                     assert!(err.to_string().contains("half the lease"), "{err}");
+                    // The workers share the rate: four of them wait four
+                    // times as long for one batch.
+                    let mut shared = now_options();
+                    shared.lease = Duration::from_secs(6);
+                    shared.batch = 8;
+                    shared.max_rows_per_sec = Some(8);
+                    shared.workers = 1;
+                    columns.reseal(&shared).await.unwrap();
+                    shared.workers = 4;
+                    let err = columns.reseal(&shared).await.unwrap_err();
+                    assert!(err.to_string().contains("shared by 4 workers"), "{err}");
+                })
+                .await;
+            }
+
+            /// The check that a run's keys unwrap, before it records a job,
+            /// probes a tenant that is not shredded: a shredded tenant's
+            /// plaintext sorting first does not let a wrong root key through.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_wrong_root_key_fails_before_a_job_row_past_a_shredded_tenant() {
+                $with(|pool, store| async move {
+                    create(&pool).await;
+                    exec(&pool, &format!("ALTER TABLE accounts ADD plain {}", $text)).await;
+                    let sealer = Sealer::builder(local_provider(), store.clone()).build();
+                    sealer.create_tenant("aaa").await.unwrap();
+                    sealer.create_tenant("zed").await.unwrap();
+                    sealer.admin().shred_tenant("aaa").await.unwrap();
+                    for (id, tenant) in [(1, "aaa"), (2, "zed")] {
+                        sqlx::query::<$db>(q("INSERT INTO accounts (id, tenant, plain) VALUES (?, ?, 'token')"))
+                            .bind(id)
+                            .bind(tenant)
+                            .execute(&pool)
+                            .await
+                            .unwrap();
+                    }
+                    let wrong = Sealer::builder(
+                        fieldseal::LocalKeyProvider::new("test-root", fieldseal::RootKey::from_bytes(&mut [3; 32])).unwrap(),
+                        store.clone(),
+                    )
+                    .build();
+                    let spec = TableSpec::new("accounts", "id", KeyType::Integer)
+                        .tenant_column("tenant")
+                        .column(ColumnSpec::new("token", ColumnForm::Binary).migrate_from("plain"));
+                    let err = SealedColumns::new(pool.clone(), wrong, vec![spec])
+                        .unwrap()
+                        .migrate(&now_options())
+                        .await
+                        .unwrap_err();
+                    assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
+                    let jobs = sqlx::query_scalar::<$db, String>(q("SELECT id FROM fieldseal_jobs"))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap_or_default();
+                    assert!(jobs.is_empty(), "{jobs:?}");
                 })
                 .await;
             }
@@ -1029,6 +1083,83 @@ macro_rules! suite {
                         report.mismatches.iter().any(|m| m.reason.contains("without its id again")),
                         "{report:?}"
                     );
+                })
+                .await;
+            }
+
+            /// A store created refusing keys wrapped without its id says so in
+            /// its log's first entry: accepting them by SQL is reported by
+            /// `verify_audit`, refused by `prune_audit`, and still reported
+            /// after the entry that said so was pruned.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_new_store_made_to_accept_unbound_keys_is_reported() {
+                $with(|pool, store| async move {
+                    let sealer = || {
+                        Sealer::builder(local_provider(), store.clone())
+                            .min_audit_retention(Duration::ZERO)
+                            .build()
+                    };
+                    sealer().create_tenant("acme").await.unwrap();
+                    let entries = sealer().admin().audit_entries(0, 10).await.unwrap();
+                    assert_eq!(entries.first().map(|e| e.event.as_str()), Some("store.unbound_wraps_refused"));
+                    assert!(sealer().admin().verify_audit().await.unwrap().is_intact());
+                    exec(&pool, "UPDATE fieldseal_store SET accepts_unbound = 1").await;
+                    let report = sealer().admin().verify_audit().await.unwrap();
+                    assert!(
+                        report.mismatches.iter().any(|m| m.reason.contains("without its id again")),
+                        "{report:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                    let err = sealer().admin().prune_audit(Duration::ZERO).await.unwrap_err();
+                    assert!(matches!(err, Error::Refused { .. }), "{err}");
+                    // Pruned while the store refuses: the refusal is restated.
+                    exec(&pool, "UPDATE fieldseal_store SET accepts_unbound = 0").await;
+                    assert!(sealer().admin().prune_audit(Duration::ZERO).await.unwrap() > 0);
+                    exec(&pool, "UPDATE fieldseal_store SET accepts_unbound = 1").await;
+                    let report = sealer().admin().verify_audit().await.unwrap();
+                    assert!(
+                        report.mismatches.iter().any(|m| m.reason.contains("without its id again")),
+                        "{report:?}"
+                    );
+                })
+                .await;
+            }
+
+            /// A process that read the store's identity while it accepted
+            /// unbound keys refuses them once `rewrap_all` (in another
+            /// process) made the store refuse them.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_running_sealer_sees_the_store_refuse_unbound_keys() {
+                $with(|pool, store| async move {
+                    exec(&pool, "UPDATE fieldseal_store SET accepts_unbound = 1").await;
+                    let fresh = || Sealer::builder(local_provider(), store.clone()).build();
+                    fresh().create_tenant("beta").await.unwrap();
+                    let key = fieldseal::TenantKey::generate().unwrap();
+                    let legacy = fieldseal::KeyProvider::wrap(
+                        &local_provider(),
+                        &key,
+                        &fieldseal::WrapContext::tenant_key("beta", 1),
+                    )
+                    .await
+                    .unwrap();
+                    let set_legacy = || async {
+                        sqlx::query::<$db>(q("UPDATE fieldseal_keys SET wrapped = ?, bound = 0 WHERE tenant = 'beta' AND version = 1"))
+                            .bind(legacy.as_bytes().to_vec())
+                            .execute(&pool)
+                            .await
+                            .unwrap();
+                    };
+                    set_legacy().await;
+                    let value = fresh().seal(&token_ctx("beta", 1), b"beta's").await.unwrap();
+                    // A long-running process: it has read the identity.
+                    let running = fresh();
+                    running.seal(&token_ctx("acme", 1), b"acme's").await.unwrap();
+                    let report = fresh().admin().rewrap_all("test-root").await.unwrap();
+                    assert!(report.unbound_refused, "{report:?}");
+                    // The unbound row put back: the running process refuses it.
+                    set_legacy().await;
+                    let err = running.open(&token_ctx("beta", 1), &value).await.unwrap_err();
+                    assert!(matches!(err, Error::UnwrapFailed { .. }), "{err}");
                 })
                 .await;
             }

@@ -48,7 +48,9 @@
 //! - `--max-connections` / `FIELDSEAL_SERVICE_MAX_CONNECTIONS` (default
 //!   1024): connections open at once (see `serve.rs`).
 //! - `--idle-timeout` / `FIELDSEAL_SERVICE_IDLE_TIMEOUT` (default `30s`): a
-//!   connection that sends and receives nothing for that long is closed.
+//!   connection that sends and receives nothing for that long is closed. At
+//!   least the request timeout (a request being answered sends nothing
+//!   either); every timeout is between 1 ms and 1 day.
 //! - `--request-timeout` / `FIELDSEAL_SERVICE_REQUEST_TIMEOUT` (default
 //!   `30s`): a request, body included, that takes longer gets 408.
 //! - `RUST_LOG` (default `info`): logs go to standard error.
@@ -149,6 +151,7 @@ const ADMIN_TOKEN_ENV: &str = "FIELDSEAL_SERVICE_ADMIN_TOKEN";
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    check_timeouts(&args)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // At DEBUG and below, a line as each span closes: fieldseal's provider,
     // store and admin spans with their duration (docs/OBSERVABILITY.md).
@@ -275,4 +278,31 @@ async fn shutdown() {
         () = ctrl_c => {}
         () = term => {}
     }
+}
+
+/// Refuses timeouts the server cannot keep: zero, beyond a day (a deadline so
+/// far off is a typo, and could overflow the clock), or an idle timeout
+/// shorter than the request timeout (it would cut off requests still being
+/// answered).
+fn check_timeouts(args: &Args) -> Result<(), String> {
+    let range = Duration::from_millis(1)..=Duration::from_secs(86_400);
+    for (name, t) in [
+        ("--header-timeout", args.header_timeout),
+        ("--idle-timeout", args.idle_timeout),
+        ("--request-timeout", args.request_timeout),
+    ] {
+        if !range.contains(&t) {
+            return Err(format!(
+                "{name}: {t:?} is out of range; use 1ms to 1day (for example 30s)"
+            ));
+        }
+    }
+    if args.idle_timeout < args.request_timeout {
+        return Err(format!(
+            "--idle-timeout ({:?}) is shorter than --request-timeout ({:?}): a request still \
+             being answered would be cut off; raise it",
+            args.idle_timeout, args.request_timeout
+        ));
+    }
+    Ok(())
 }

@@ -149,15 +149,17 @@ impl JobOptions {
             return Err(Error::config("max_rows_per_sec: at least 1"));
         }
         if let Some(rate) = self.max_rows_per_sec {
-            // One batch waits batch / rate seconds for the rate limit: it
-            // must fit well inside the lease that covers it.
+            // The workers share the rate: one batch may wait workers × batch
+            // / rate seconds for it, which must fit well inside the lease
+            // that covers the batch.
             #[allow(clippy::cast_precision_loss)]
-            let wait = self.batch as f64 / rate as f64;
+            let wait = (self.workers as f64) * (self.batch as f64) / rate as f64;
             if wait * 2.0 >= self.lease.as_secs_f64() {
                 return Err(Error::config(format!(
-                    "max_rows_per_sec: at {rate} rows per second a batch of {} rows takes \
-                     {wait:.1} s, more than half the lease ({} s); lower the batch size or \
-                     raise the lease",
+                    "max_rows_per_sec: at {rate} rows per second shared by {} workers, a batch \
+                     of {} rows may take {wait:.1} s, more than half the lease ({} s); lower \
+                     the batch size or the workers, or raise the lease",
+                    self.workers,
                     self.batch,
                     self.lease.as_secs()
                 )));
@@ -931,6 +933,8 @@ impl SealedColumns {
     ) -> Result<Option<TableReport>> {
         let tenant = options.tenant.as_deref();
         let mut counts = Counts::default();
+        // Whether there is work, and a tenant (not shredded) it is for.
+        let mut work_found = false;
         let mut first: Option<String> = None;
         for (j, c) in t.spec.columns.iter().enumerate() {
             if kind == JobKind::Migrate && c.migrate.is_none() {
@@ -947,8 +951,7 @@ impl SealedColumns {
                     // (it cannot seal it), and `reseal` counts it.
                     counts.shredded += sealed;
                     match kind {
-                        JobKind::Migrate if u.legacy > 0 && first.is_none() => first = Some(name),
-                        JobKind::Migrate => {}
+                        JobKind::Migrate => work_found |= u.legacy > 0,
                         JobKind::Reseal => counts.legacy += u.legacy,
                     }
                     continue;
@@ -966,12 +969,13 @@ impl SealedColumns {
                             u.legacy
                         }
                     };
-                if work > 0 && first.is_none() {
-                    first = Some(name);
+                if work > 0 {
+                    work_found = true;
+                    first.get_or_insert(name);
                 }
             }
         }
-        let Some(first) = first else {
+        if !work_found {
             return Ok(Some(TableReport {
                 table: t.spec.table().to_string(),
                 job: None,
@@ -980,8 +984,8 @@ impl SealedColumns {
                 failures_by_kind: BTreeMap::new(),
                 failures: Vec::new(),
             }));
-        };
-        if !first.is_empty() {
+        }
+        if let Some(first) = first.filter(|f| !f.is_empty()) {
             match self
                 .sealer
                 .tenant_checked_now(&first, kind == JobKind::Migrate)
@@ -1683,7 +1687,7 @@ struct Shared {
     local: Mutex<Counts>,
     limiter: Option<Limiter>,
     sealers: Mutex<HashMap<String, TenantSealer>>,
-    /// Tenants a dry run found without keys.
+    /// Tenants found without keys (by a dry run, or behind a sealed value).
     absent: Mutex<std::collections::HashSet<String>>,
     /// Tenants found shredded, and when.
     shredded: Mutex<HashMap<String, Timestamp>>,
@@ -2165,9 +2169,23 @@ impl Worker {
                 Ok(Decision::Write(c.encode(&value), c.encode(&new), indexes))
             }
             (JobKind::Migrate, Stored::Sealed(_), _) => {
-                // Counted as its tenant is: shredded or not.
-                match self.tenant_sealer(t.tenant(row), false).await {
+                // Counted as its tenant is: shredded or not. A tenant the
+                // store does not know is asked about once per job.
+                let tenant = t.tenant(row);
+                if tenant.is_some_and(|t| lock(&self.shared.absent).contains(t)) {
+                    return Ok(Decision::Nothing);
+                }
+                match self.tenant_sealer(tenant, false).await {
                     Err(Error::TenantShredded { .. }) => Ok(Decision::Shredded),
+                    // A dry run needs no key store tables.
+                    Err(Error::Schema { .. }) if self.options.dry_run => Ok(Decision::Nothing),
+                    Err(e) if is_fatal(&e) => Err(e),
+                    Err(Error::UnknownTenant { .. }) => {
+                        if let Some(t) = tenant {
+                            lock(&self.shared.absent).insert(t.to_string());
+                        }
+                        Ok(Decision::Nothing)
+                    }
                     _ => Ok(Decision::Nothing),
                 }
             }

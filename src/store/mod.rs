@@ -424,9 +424,13 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     }
 
     /// Stops accepting keys wrapped without the store in their context
-    /// ([`StoreIdentity::accepts_unbound`] becomes `false`) and appends
-    /// `audit`, atomically. `false` if it already did not accept them (or the
-    /// store has no identity: the provided implementation).
+    /// ([`StoreIdentity::accepts_unbound`] becomes `false`) once it holds none
+    /// (a key written meanwhile by a process of an earlier release would
+    /// never unwrap again), and appends `audit`, atomically. A store that
+    /// already refuses them appends `audit` too (a store created refusing
+    /// records so in its log). `true` if the store refuses them and `audit`
+    /// was appended; `false` if it still holds an unbound key, or has no
+    /// identity (the provided implementation), and nothing changed.
     ///
     /// # Errors
     ///

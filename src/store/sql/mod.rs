@@ -1048,7 +1048,18 @@ where
                 .execute(&mut *tx)
                 .await?;
             if DB::rows_affected(&updated) == 0 {
-                return Ok(false);
+                // Either an unbound key is still there (nothing changes), or
+                // the store refused them already: a store created refusing
+                // records so in its log too.
+                let accepts = sqlx::query_as::<DB, (String, i64)>(AssertSqlSafe(Arc::clone(
+                    &self.sql.select_store,
+                )))
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_none_or(|(_, accepts)| accepts != 0);
+                if accepts {
+                    return Ok(false);
+                }
             }
             self.append_audit(&mut tx, audit).await?;
             tx.commit().await?;
@@ -1117,5 +1128,77 @@ where
             "pruning the audit log",
             self.prune_once(through, through_mac, audit)
         )
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    use super::SqlKeyStore;
+    use crate::audit::{AuditAppend, AuditEvent};
+    use crate::crypto::HmacKey;
+    use crate::store::KeyStore;
+
+    /// A store stops accepting unbound keys only once it holds none: a key
+    /// written without the store's id after `rewrap_all` bound the others (by
+    /// a process of an earlier release still running) is never stranded.
+    #[tokio::test]
+    async fn refusal_waits_for_the_last_unbound_key() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let store = SqlKeyStore::new(pool.clone());
+        store.migrate().await.unwrap();
+        let exec = |sql: &'static str| {
+            let pool = pool.clone();
+            async move { sqlx::query(sql).execute(&pool).await.unwrap() }
+        };
+        // As an upgraded store, with a key an old process wrote unbound.
+        exec("UPDATE fieldseal_store SET accepts_unbound = 1").await;
+        exec(
+            "INSERT INTO fieldseal_tenants (tenant, min_decryption_version) \
+             VALUES ('acme', 0)",
+        )
+        .await;
+        exec(
+            "INSERT INTO fieldseal_keys (tenant, version, state, created_at, state_changed_at, \
+             root_key_id, wrapped, bound) VALUES ('acme', 1, 'active', 0, 0, 'root', x'00', 0)",
+        )
+        .await;
+        let key = HmacKey::new(&[7; 32]);
+        let audit = || {
+            AuditAppend::new(
+                &key,
+                AuditEvent::UnboundWrapsRefused,
+                "",
+                0,
+                None,
+                String::new(),
+            )
+            .unwrap()
+        };
+        assert!(!store.refuse_unbound_wraps(&audit()).await.unwrap());
+        let identity = store.store_identity().await.unwrap().unwrap();
+        assert!(identity.accepts_unbound, "refused with an unbound key left");
+        assert_eq!(store.audit_head().await.unwrap().unwrap().0, 0);
+        // Bound: now it refuses, and says so in the log.
+        exec("UPDATE fieldseal_keys SET bound = 1").await;
+        assert!(store.refuse_unbound_wraps(&audit()).await.unwrap());
+        assert!(
+            !store
+                .store_identity()
+                .await
+                .unwrap()
+                .unwrap()
+                .accepts_unbound
+        );
+        assert_eq!(store.audit_head().await.unwrap().unwrap().0, 1);
+        // A store that already refuses records it again when asked (a store
+        // created refusing, at its log's first entry).
+        assert!(store.refuse_unbound_wraps(&audit()).await.unwrap());
+        assert_eq!(store.audit_head().await.unwrap().unwrap().0, 2);
     }
 }

@@ -237,8 +237,13 @@ impl Statements {
                 "1, ?, ?",
                 "id",
             )),
+            // Only once no unbound key is left: one written meanwhile (by a
+            // process of an earlier release still running) would never
+            // unwrap again.
             refuse_unbound: sql(format!(
-                "UPDATE {store} SET accepts_unbound = 0 WHERE id = 1 AND accepts_unbound <> 0"
+                "UPDATE {store} SET accepts_unbound = 0 WHERE id = 1 AND accepts_unbound <> 0 \
+                 AND NOT EXISTS (SELECT 1 FROM {keys} WHERE bound = 0 AND wrapped IS NOT NULL) \
+                 AND NOT EXISTS (SELECT 1 FROM {audit_key} WHERE bound = 0)"
             )),
             upgrade_to_2: [&keys, &audit_key]
                 .iter()
