@@ -537,12 +537,12 @@ impl SealedColumns {
         for (i, t) in self.tables.iter().enumerate() {
             if let Err(e) = self.db.fetch(&t.probe_sql(), &[], t.kinds()).await {
                 return Err(match &e {
-                    sqlx::Error::Database(d) => Error::config(format!(
+                    sqlx::Error::Database(_) => Error::config(format!(
                         "tables[{i}]: table `{}` or one of its configured columns does not \
                          exist or cannot be read ({} says: {})",
                         t.spec.table(),
                         self.db.name(),
-                        d.message()
+                        crate::store::sql::dialect::DbError::new(&e)
                     )),
                     _ => db_error(&self.db, "reading the configured tables", e),
                 });

@@ -176,7 +176,11 @@ macro_rules! retry {
                 Ok(value) => break Ok(value),
                 Err(err) if attempt < MAX_RETRIES && is_retryable(&err) => {
                     attempt += 1;
-                    tracing::debug!(attempt, error = %err, "retrying key store transaction");
+                    tracing::debug!(
+                        attempt,
+                        error = %DbError::new(&err),
+                        "retrying key store transaction"
+                    );
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(err) => break Err($self.error($what, err)),
