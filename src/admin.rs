@@ -10,6 +10,7 @@ use crate::audit::{
 use crate::context::{check_existing_tenant, check_new_tenant};
 use crate::crypto::HmacKey;
 use crate::error::{Error, Result};
+use crate::ledger::{LedgerEntry, LedgerReplay, NO_STORE_ID, ShredLedger};
 use crate::provider::{WrapContext, WrappedKey};
 use crate::sealer::Sealer;
 use crate::store::{InsertOutcome, KeyState, TenantRecord};
@@ -463,44 +464,226 @@ impl KeyAdmin {
     /// # Security
     ///
     /// Irreversible. Key store backups taken before this call still hold the
-    /// wrapped keys: expire them on the same schedule as your erasure promise.
+    /// wrapped keys: expire them on the same schedule as your erasure promise,
+    /// and configure a [`ShredLedger`]
+    /// ([`SealerBuilder::shred_ledger`](crate::SealerBuilder::shred_ledger)):
+    /// each shred is then appended to it once committed, and
+    /// [`KeyAdmin::replay_shred_ledger`] after a restore destroys the keys
+    /// again.
     ///
     /// # Errors
     ///
-    /// [`Error::TenantShredded`] if it already was; [`Error::UnknownTenant`];
-    /// store errors.
+    /// [`Error::TenantShredded`] if it already was (with a ledger, the shred's
+    /// entry is appended first if the ledger lacks it);
+    /// [`Error::UnknownTenant`]; [`Error::ShredLedger`] if the shred committed
+    /// but its ledger entry could not be written (shred again once the file
+    /// is fixed); store errors.
     pub async fn shred_tenant(&self, tenant: &str) -> Result<Timestamp> {
         let label = self.sealer.inner.label_tenant;
         telemetry::admin("shred_tenant", tenant, label, async move {
-            self.live(tenant).await?;
-            let audit = self
-                .audit(AuditEvent::TenantShredded, tenant, 0, String::new())
-                .await?;
-            let at = audit.at();
-            let shredded = self.sealer.inner.store.shred_tenant(tenant, &audit).await?;
-            if shredded {
-                self.sealer.inner.cache.revocation(tenant).shred(at);
-            }
-            self.sealer.inner.cache.invalidate(tenant);
-            if !shredded {
-                // Another process shredded it first: stop this process's snapshots
-                // too, and report it.
-                let err = self.live(tenant).await.err().unwrap_or_else(|| {
-                    Error::refused(format!("tenant `{tenant}` changed during the shred; retry"))
-                });
-                if let Error::TenantShredded { shredded_at, .. } = &err {
-                    self.sealer
-                        .inner
-                        .cache
-                        .revocation(tenant)
-                        .shred(*shredded_at);
+            let result = self.shred_once(tenant).await;
+            if let Some(ledger) = &self.sealer.inner.shred_ledger {
+                match &result {
+                    Ok(at) => self.record_shred(ledger, tenant, Some(*at)).await?,
+                    // Shredded before: its entry may be what is missing.
+                    Err(Error::TenantShredded { .. }) => {
+                        self.record_shred(ledger, tenant, None).await?;
+                    }
+                    Err(_) => {}
                 }
-                return Err(err);
             }
-            tracing::info!(tenant, "shredded tenant");
-            Ok(at)
+            result
         })
         .await
+    }
+
+    /// Appends the shred of `tenant` to `ledger`: `at` for a shred this call
+    /// made, `None` for one made before (appended only if the ledger lacks
+    /// it).
+    async fn record_shred(
+        &self,
+        ledger: &ShredLedger,
+        tenant: &str,
+        at: Option<Timestamp>,
+    ) -> Result<()> {
+        let store = &self.sealer.inner.store;
+        let Some(record) = store.load_tenant(tenant).await? else {
+            return Ok(());
+        };
+        let entry = LedgerEntry {
+            store_id: self.ledger_store_id().await?,
+            at: at.or(record.shredded_at).unwrap_or_else(Timestamp::now),
+            through: shredded_through(&record),
+            tenant: tenant.to_string(),
+        };
+        let key = self.sealer.audit_key().await?;
+        if at.is_none() && ledger.path().exists() {
+            let read = ledger.read(key)?;
+            if read.entries.iter().any(|(_, e)| {
+                e.store_id == entry.store_id
+                    && e.tenant == entry.tenant
+                    && e.through >= entry.through
+            }) {
+                return Ok(());
+            }
+        }
+        ledger.append(key, &entry).map_err(|err| match err {
+            Error::ShredLedger {
+                path,
+                reason,
+                source,
+            } => Error::ShredLedger {
+                path,
+                reason: format!(
+                    "tenant `{tenant}` was shredded at {}, but its entry could not be \
+                     appended ({reason}): until it is, restoring a backup from before then \
+                     brings the tenant back; fix the file, then shred the tenant again (that \
+                     appends the missing entry)",
+                    entry.at
+                ),
+                source,
+            },
+            other => other,
+        })?;
+        tracing::info!(tenant, ledger = %ledger.path().display(), "shred recorded in the ledger");
+        Ok(())
+    }
+
+    /// The key store id ledger entries name.
+    async fn ledger_store_id(&self) -> Result<String> {
+        Ok(self
+            .sealer
+            .store_identity()
+            .await?
+            .map_or_else(|| NO_STORE_ID.to_string(), |i| i.id.clone()))
+    }
+
+    /// After restoring the key store's database from a backup: destroys
+    /// again the keys of every tenant `ledger` says was shredded, so the
+    /// restore brings none back. Run it before anything opens a value.
+    ///
+    /// Each entry destroys the versions its shred destroyed (up to the
+    /// highest version it names): a tenant re-created after its shred keeps
+    /// its newer versions. Entries already in effect, of tenants the store
+    /// does not know, or of other key stores, change nothing. Lines whose MAC
+    /// does not verify under the store's audit key are refused, not applied,
+    /// and listed in [`LedgerReplay::rejected`]. Running it again does
+    /// nothing more.
+    ///
+    /// # Security
+    ///
+    /// A restored backup also holds keys the ledger cannot name: those of a
+    /// shred whose entry was lost. Keep the ledger with its own backups, and
+    /// compare the audit log's `tenant.shredded` entries with it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShredLedger`] if the file cannot be read or is not a shred
+    /// ledger; [`Error::Refused`] if a tenant changed during the replay (run
+    /// it again); provider and store errors.
+    pub async fn replay_shred_ledger(&self, ledger: &ShredLedger) -> Result<LedgerReplay> {
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("replay_shred_ledger", "", label, async move {
+            let store = &self.sealer.inner.store;
+            let key = self.sealer.audit_key().await?;
+            let read = ledger.read(key)?;
+            let store_id = self.ledger_store_id().await?;
+            let mut report = LedgerReplay {
+                rejected: read.rejected,
+                ..LedgerReplay::default()
+            };
+            for (_, entry) in read.entries {
+                report.entries += 1;
+                if entry.store_id != store_id {
+                    report.other_stores += 1;
+                    continue;
+                }
+                let tenant = entry.tenant.as_str();
+                let Some(record) = store.load_tenant(tenant).await? else {
+                    report.absent += 1;
+                    continue;
+                };
+                let pending: Vec<(u32, KeyState)> = record
+                    .keys
+                    .iter()
+                    .filter(|k| k.version <= entry.through && k.wrapped.is_some())
+                    .map(|k| (k.version, k.state))
+                    .collect();
+                if pending.is_empty() {
+                    report.already += 1;
+                    continue;
+                }
+                let detail = format!("replayed from the shred ledger: shredded at {}", entry.at);
+                let changed = |what: &str| {
+                    Error::refused(format!(
+                        "tenant `{tenant}` changed while the shred ledger was replayed ({what}); \
+                         run the replay again"
+                    ))
+                };
+                if record.latest_version() <= entry.through {
+                    // Every version it has: the shred as it was.
+                    let audit = self
+                        .audit(AuditEvent::TenantShredded, tenant, 0, detail)
+                        .await?;
+                    let at = audit.at();
+                    if !store.shred_tenant(tenant, &audit).await? {
+                        return Err(changed("it was shredded meanwhile"));
+                    }
+                    self.sealer.inner.cache.revocation(tenant).shred(at);
+                } else {
+                    // Re-created after its shred: only the versions shredded.
+                    for (version, state) in pending {
+                        let audit = self
+                            .audit(AuditEvent::KeyDestroyed, tenant, version, detail.clone())
+                            .await?;
+                        if !store
+                            .update_key_state(tenant, version, state, KeyState::Destroyed, &audit)
+                            .await?
+                        {
+                            return Err(changed("a key version changed state"));
+                        }
+                    }
+                }
+                self.sealer.inner.cache.invalidate(tenant);
+                tracing::warn!(tenant, shredded_at = %entry.at, "shred replayed from the ledger");
+                if !report.shredded.iter().any(|t| t == tenant) {
+                    report.shredded.push(tenant.to_string());
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    /// Shreds `tenant` (see [`KeyAdmin::shred_tenant`]).
+    async fn shred_once(&self, tenant: &str) -> Result<Timestamp> {
+        self.live(tenant).await?;
+        let audit = self
+            .audit(AuditEvent::TenantShredded, tenant, 0, String::new())
+            .await?;
+        let at = audit.at();
+        let shredded = self.sealer.inner.store.shred_tenant(tenant, &audit).await?;
+        if shredded {
+            self.sealer.inner.cache.revocation(tenant).shred(at);
+        }
+        self.sealer.inner.cache.invalidate(tenant);
+        if !shredded {
+            // Another process shredded it first: stop this process's snapshots
+            // too, and report it.
+            let err = self.live(tenant).await.err().unwrap_or_else(|| {
+                Error::refused(format!("tenant `{tenant}` changed during the shred; retry"))
+            });
+            if let Error::TenantShredded { shredded_at, .. } = &err {
+                self.sealer
+                    .inner
+                    .cache
+                    .revocation(tenant)
+                    .shred(*shredded_at);
+            }
+            return Err(err);
+        }
+        tracing::info!(tenant, "shredded tenant");
+        Ok(at)
     }
 
     /// Gives a shredded tenant a fresh key, so it can seal again. Its old values
@@ -995,6 +1178,19 @@ impl fmt::Debug for KeyAdmin {
             .field("actor", &self.actor)
             .finish_non_exhaustive()
     }
+}
+
+/// The highest key version a shred of the tenant in `record` destroyed: the
+/// one below its lowest version still holding a key (a re-creation after the
+/// shred adds versions above), or its highest.
+fn shredded_through(record: &TenantRecord) -> u32 {
+    record
+        .keys
+        .iter()
+        .filter(|k| k.wrapped.is_some())
+        .map(|k| k.version)
+        .min()
+        .map_or_else(|| record.latest_version(), |v| v.saturating_sub(1))
 }
 
 #[cfg(test)]

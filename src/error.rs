@@ -251,6 +251,18 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The shred ledger could not be written or read.
+    #[error("shred ledger {}: {reason}", path.display())]
+    ShredLedger {
+        /// The ledger's path.
+        path: PathBuf,
+        /// What went wrong, and what to do.
+        reason: String,
+        /// The underlying I/O error, if any.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+
     /// A configuration value is invalid.
     #[error("invalid configuration: {reason}")]
     Config {
@@ -346,6 +358,7 @@ impl Error {
             Self::RootKey { .. } => "root_key",
             Self::RootKeyFileExists { .. } => "root_key_file_exists",
             Self::Config { .. } => "config",
+            Self::ShredLedger { .. } => "shred_ledger",
             Self::NotUtf8 => "not_utf8",
             Self::IncompleteSearch { .. } => "incomplete_search",
             Self::NotIndexable { .. } => "not_indexable",

@@ -30,6 +30,7 @@ mod format;
 #[cfg(feature = "_sql")]
 mod jobs;
 mod keyring;
+mod ledger;
 mod provider;
 mod sealer;
 mod secret;
@@ -54,6 +55,8 @@ pub use crate::{
     error::{BoxError, Error, Result},
     // The sealed-value format.
     format::{Algorithm, MAX_PLAINTEXT_LEN, OVERHEAD, SealedValue},
+    // The shred ledger: erasure that survives restores.
+    ledger::{LedgerLine, LedgerReplay, ShredLedger},
     // Root key providers.
     provider::{KeyProvider, LocalKeyProvider, ProviderChain, WrapContext, WrappedKey},
     // The handles.

@@ -67,6 +67,8 @@ pub(crate) struct Inner {
     create_tenants: bool,
     revalidate_after: Option<Duration>,
     min_audit_retention: Duration,
+    /// Where shreds are recorded outside the database, if anywhere.
+    pub(crate) shred_ledger: Option<crate::ledger::ShredLedger>,
     /// Whether metrics carry a `tenant` label (feature `metrics`).
     pub(crate) label_tenant: bool,
     /// The audit-chain key, unwrapped on the first key change.
@@ -89,6 +91,7 @@ pub struct SealerBuilder {
     create_tenants: bool,
     revalidate_after: Option<Duration>,
     min_audit_retention: Duration,
+    shred_ledger: Option<crate::ledger::ShredLedger>,
     label_tenant: bool,
 }
 
@@ -154,6 +157,20 @@ impl SealerBuilder {
         self
     }
 
+    /// Records every shred in `ledger`, a file outside the database (default:
+    /// none), so that a database restored from a backup can be shredded
+    /// again with [`KeyAdmin::replay_shred_ledger`].
+    ///
+    /// # Security
+    ///
+    /// Without a ledger, restoring a backup taken before a shred brings the
+    /// tenant back for as long as the root key that wrapped its keys exists.
+    /// See [`ShredLedger`](crate::ShredLedger) for where to keep it.
+    pub fn shred_ledger(mut self, ledger: crate::ledger::ShredLedger) -> Self {
+        self.shred_ledger = Some(ledger);
+        self
+    }
+
     /// Whether sealing for a tenant with no keys creates its first key (default
     /// `true`). When `false`, such a seal fails with
     /// [`Error::UnknownTenant`] until the tenant is created with
@@ -189,6 +206,7 @@ impl SealerBuilder {
                 create_tenants: self.create_tenants,
                 revalidate_after: self.revalidate_after,
                 min_audit_retention: self.min_audit_retention,
+                shred_ledger: self.shred_ledger,
                 label_tenant: self.label_tenant,
                 audit_key: tokio::sync::OnceCell::new(),
                 store_identity: tokio::sync::OnceCell::new(),
@@ -228,6 +246,7 @@ impl Sealer {
             create_tenants: true,
             revalidate_after: None,
             min_audit_retention: DEFAULT_MIN_AUDIT_RETENTION,
+            shred_ledger: None,
             label_tenant: false,
         }
     }

@@ -862,3 +862,63 @@ columns = [{{ column = "refresh_token", form = "binary" }}]
     })
     .await;
 }
+
+/// `shred` appends to the configured ledger; after the database is restored
+/// from a backup taken before the shred, the tenant's values open again until
+/// `shred --replay` erases it again (refused without `--yes`; a second run
+/// has nothing to do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shred_replay_erases_again_after_a_restore() {
+    let app = App::new(12).await;
+    app.write_config(&format!("shred_ledger = \"shreds.ledger\"\n{CONFIG}"));
+    let backup = app.dir.path().join("backup.db");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "VACUUM INTO '{}'",
+        backup.display()
+    )))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let r = app.run(&["shred", "--tenant", "acme", "--yes"]);
+    assert_eq!(r.code, DONE, "{}", r.stderr);
+    assert!(!r.stderr.contains("no shred_ledger"), "{}", r.stderr);
+    assert!(app.dir.path().join("shreds.ledger").exists());
+
+    // The restore.
+    app.pool.close().await;
+    let db = app.dir.path().join("app.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(&backup, &db).unwrap();
+    let r = app.run(&["verify"]);
+    assert_eq!(r.code, DONE, "{}", r.stdout);
+    assert!(!r.stdout.contains("of shredded tenants"), "{}", r.stdout);
+
+    let r = app.run(&["shred", "--replay", "shreds.ledger"]);
+    assert_eq!(r.code, USAGE);
+    assert!(r.stderr.contains("--yes"), "{}", r.stderr);
+    let r = app.run(&["shred", "--replay", "shreds.ledger", "--yes"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("tenant acme: shredded again"),
+        "{}",
+        r.stdout
+    );
+    let r = app.run(&["--json", "shred", "--replay", "shreds.ledger", "--yes"]);
+    assert_eq!(r.code, NOTHING, "{}", r.stdout);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["already"], 1, "{}", r.stdout);
+    let r = app.run(&["verify"]);
+    assert!(r.stdout.contains("of shredded tenants"), "{}", r.stdout);
+
+    // Without a ledger, a shred says what a restore would do.
+    app.write_config(CONFIG);
+    let r = app.run(&["shred", "--tenant", "globex", "--yes"]);
+    assert_eq!(r.code, DONE, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no shred_ledger is configured"),
+        "{}",
+        r.stderr
+    );
+}

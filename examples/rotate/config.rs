@@ -26,6 +26,9 @@ pub(crate) struct Config {
     pub(crate) jobs: JobsConfig,
     #[serde(default)]
     pub(crate) tables: Vec<Table>,
+    /// The shred ledger: every `shred` is appended to it (a file kept away
+    /// from the database's backups).
+    pub(crate) shred_ledger: Option<PathBuf>,
     /// The directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub(crate) base: PathBuf,
@@ -303,7 +306,7 @@ impl Config {
         })
     }
 
-    fn resolve(&self, p: &Path) -> PathBuf {
+    pub(crate) fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
         } else {

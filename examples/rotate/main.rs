@@ -30,7 +30,7 @@
 mod config;
 mod output;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fieldseal::{
     Error, JobOptions, KeyProvider, KeyStore, Plan, RetireReport, SealedColumns, Sealer,
-    SqlDatabase, SqlKeyStore, Timestamp,
+    ShredLedger, SqlDatabase, SqlKeyStore, Timestamp,
 };
 use serde_json::{Value, json};
 
@@ -147,11 +147,17 @@ enum Command {
     /// Re-wrap every tenant key (and the audit key) under the current root
     /// key, until all are.
     RewrapRoot,
-    /// Erase a tenant: destroy every key version, so its values never open.
+    /// Erase a tenant: destroy every key version, so its values never open
+    /// (and append it to the `shred_ledger` file, if configured). After
+    /// restoring the database from a backup, `shred --replay LEDGER` erases
+    /// again every tenant the ledger says was shredded.
     Shred {
         /// The tenant to erase.
-        #[arg(long)]
-        tenant: String,
+        #[arg(long, required_unless_present = "replay", conflicts_with = "replay")]
+        tenant: Option<String>,
+        /// Replay this shred ledger over a restored database.
+        #[arg(long, value_name = "LEDGER")]
+        replay: Option<PathBuf>,
         /// Confirm: this cannot be undone.
         #[arg(long)]
         yes: bool,
@@ -438,13 +444,17 @@ fn sealer(
     provider: Arc<dyn KeyProvider>,
     store: impl KeyStore + 'static,
 ) -> Sealer {
-    Sealer::builder(provider, store)
+    let builder = Sealer::builder(provider, store)
         .algorithm(config.algorithm())
         .cache_ttl(cache_ttl(config))
         // Only `migrate` gives a tenant its first key: every other command
         // works on tenants that already have one.
-        .create_tenants_on_first_use(is_migrate(cli))
-        .build()
+        .create_tenants_on_first_use(is_migrate(cli));
+    match &config.shred_ledger {
+        Some(path) => builder.shred_ledger(ShredLedger::new(config.resolve(path))),
+        None => builder,
+    }
+    .build()
 }
 
 /// Runs the command. `migrate_store` creates the key store's tables; only the
@@ -468,7 +478,16 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
         Command::RewrapRoot => {
             return rewrap_root(cli, &sealer, provider.current_root_key_id()).await;
         }
-        Command::Shred { tenant, yes } => return shred(cli, &sealer, tenant, *yes).await,
+        Command::Shred {
+            tenant: Some(tenant),
+            yes,
+            ..
+        } => return shred(cli, &sealer, tenant, *yes, config.shred_ledger.is_some()).await,
+        Command::Shred {
+            replay: Some(ledger),
+            yes,
+            ..
+        } => return replay(cli, &sealer, &config.resolve(ledger), *yes).await,
         _ => {}
     }
 
@@ -798,7 +817,7 @@ async fn rewrap_root(cli: &Cli, sealer: &Sealer, target: &str) -> Outcome {
     })
 }
 
-async fn shred(cli: &Cli, sealer: &Sealer, tenant: &str, yes: bool) -> Outcome {
+async fn shred(cli: &Cli, sealer: &Sealer, tenant: &str, yes: bool, has_ledger: bool) -> Outcome {
     if !yes {
         return Err(Failure::Usage(format!(
             "shred destroys every key of tenant `{tenant}`, so none of its values can be opened \
@@ -810,12 +829,82 @@ async fn shred(cli: &Cli, sealer: &Sealer, tenant: &str, yes: bool) -> Outcome {
         .actor("rotate shred (command line)")
         .shred_tenant(tenant)
         .await?;
+    if !has_ledger {
+        eprintln!(
+            "note: no shred_ledger is configured: restoring a backup taken before now brings \
+             tenant `{tenant}` back while its root key exists (see OPERATIONS.md, \"Erasure and \
+             backups\")"
+        );
+    }
     emit(
         cli,
         json!({ "command": "shred", "tenant": tenant, "shredded_at": at.to_string() }),
         || println!("tenant {tenant}: every key version destroyed at {at}"),
     );
     Ok(DONE)
+}
+
+/// `shred --replay LEDGER`: after a restore, erases again every tenant the
+/// ledger says was shredded. Exit 0 if it erased any, 3 if the ledger was
+/// already in effect, 1 if a line was refused (the others are applied).
+async fn replay(cli: &Cli, sealer: &Sealer, ledger: &Path, yes: bool) -> Outcome {
+    if !yes {
+        return Err(Failure::Usage(
+            "shred --replay destroys the keys of every tenant the ledger names as shredded, \
+             so none of their values can be opened again; pass --yes to confirm"
+                .into(),
+        ));
+    }
+    let report = sealer
+        .admin()
+        .actor("rotate shred --replay (command line)")
+        .replay_shred_ledger(&ShredLedger::new(ledger))
+        .await?;
+    let rejected: Vec<Value> = report
+        .rejected
+        .iter()
+        .map(|r| json!({ "line": r.line, "reason": r.reason }))
+        .collect();
+    emit(
+        cli,
+        json!({
+            "command": "shred --replay",
+            "entries": report.entries,
+            "shredded": report.shredded,
+            "already": report.already,
+            "absent": report.absent,
+            "other_stores": report.other_stores,
+            "rejected": rejected,
+        }),
+        || {
+            for tenant in &report.shredded {
+                println!("tenant {tenant}: shredded again (the restore had brought its keys back)");
+            }
+            println!(
+                "{} entries: {} tenants shredded again, {} already in effect, {} of tenants \
+                 this store does not know, {} of other key stores",
+                report.entries,
+                report.shredded.len(),
+                report.already,
+                report.absent,
+                report.other_stores
+            );
+            for r in &report.rejected {
+                eprintln!("line {}: refused: {}", r.line, r.reason);
+            }
+        },
+    );
+    if !report.is_clean() {
+        return Err(Failure::Failed(format!(
+            "{} ledger lines were refused (see above): nothing was done for them",
+            report.rejected.len()
+        )));
+    }
+    Ok(if report.shredded.is_empty() {
+        NOTHING
+    } else {
+        DONE
+    })
 }
 
 fn plan_json(plan: &Plan) -> Value {
