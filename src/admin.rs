@@ -1,6 +1,7 @@
 //! Key lifecycle operations: rotation, state changes, shredding, root key
 //! rotation and the audit log.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -71,6 +72,24 @@ pub struct Rotation {
     /// `true` if this call created the new version; `false` if a concurrent
     /// rotation (in this or another process) created it first.
     pub created: bool,
+}
+
+/// What [`KeyAdmin::retire_root_keys`] did, root key by root key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RootKeyRetirement {
+    /// Root keys destroyed, and the time from which each unwraps nothing.
+    pub destroyed: Vec<(String, Timestamp)>,
+    /// Root keys found unused and marked so: their retention starts now.
+    pub marked_unused: Vec<String>,
+    /// Root keys marked unused whose retention has not passed, and when it
+    /// does.
+    pub waiting: Vec<(String, Timestamp)>,
+    /// Root keys that live keys are still wrapped under, and how many (run
+    /// [`KeyAdmin::rewrap_all`] to the current root key).
+    pub in_use: Vec<(String, u64)>,
+    /// Root keys the provider refused to destroy, and why.
+    pub blocked: Vec<(String, String)>,
 }
 
 /// What [`KeyAdmin::rewrap_all`] did.
@@ -928,6 +947,202 @@ impl KeyAdmin {
             Ok(check)
         })
         .await
+    }
+
+    /// Starts a new root-key epoch: the provider creates a new root key
+    /// ([`KeyProvider::create_root_key`](crate::KeyProvider::create_root_key))
+    /// and the audit log records it (`root_key.created`). Returns its id.
+    ///
+    /// This sealer's provider keeps wrapping under the old key: build a
+    /// sealer on a new provider (the runner's `rotate-root` does, then
+    /// re-wraps), call [`KeyAdmin::rewrap_all`] with the new id, and restart
+    /// the application's processes so they wrap under it. Once no live key
+    /// is under the old root key, [`KeyAdmin::retire_root_keys`] destroys it
+    /// after the backup retention.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] if the provider cannot create root keys, or the
+    /// store cannot record audit entries on their own; provider and store
+    /// errors.
+    pub async fn create_root_key(&self) -> Result<String> {
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("create_root_key", "", label, async move {
+            let id = self.sealer.inner.provider.create_root_key().await?;
+            let audit = self
+                .audit(AuditEvent::RootKeyCreated, "", 0, id.clone())
+                .await?;
+            self.sealer.inner.store.record_audit(&audit).await?;
+            tracing::info!(root_key = %id, "root key created for a new epoch");
+            Ok(id)
+        })
+        .await
+    }
+
+    /// Retires the root keys no live key is wrapped under, in two steps a
+    /// scheduled run takes one at a time:
+    ///
+    /// 1. A root key other than the current one that no stored key (nor the
+    ///    audit-chain key) is wrapped under is marked unused in the audit log
+    ///    (`root_key.unused`): from then on no new backup holds a key wrapped
+    ///    under it.
+    /// 2. Once marked at least `retention` ago (your backup retention: every
+    ///    backup that can hold a key wrapped under it has then expired), and
+    ///    after proving again that no live key is wrapped under it, it is
+    ///    destroyed in the provider
+    ///    ([`KeyProvider::destroy_root_key`](crate::KeyProvider::destroy_root_key))
+    ///    and the log records when it stops unwrapping (`root_key.destroyed`).
+    ///
+    /// A key wrapped under a marked root key that comes back (a restored
+    /// backup, re-wrapped since) cancels the mark: the retention starts again
+    /// once it is gone. Root keys are taken oldest first.
+    ///
+    /// # Security
+    ///
+    /// This is what makes an erasure reach every backup: a shredded tenant's
+    /// keys in a backup unwrap under a root key that no longer exists. It is
+    /// also irreversible for every backup older than `retention`: a backup
+    /// kept longer than `retention` loses every key wrapped under a destroyed
+    /// root key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] if `retention` is shorter than the sealer's minimum
+    /// audit retention (the same floor, against unit mistakes), or the audit
+    /// chain is broken (nothing is destroyed); provider and store errors.
+    /// A root key the provider refuses to destroy is reported in
+    /// [`RootKeyRetirement::blocked`], not as an error.
+    pub async fn retire_root_keys(&self, retention: Duration) -> Result<RootKeyRetirement> {
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("retire_root_keys", "", label, async move {
+            let minimum = self.sealer.min_audit_retention();
+            if retention < minimum {
+                return Err(Error::refused(format!(
+                    "refusing a backup retention of {}s: the minimum is {}s (a 35-day retention \
+                     is `Duration::from_secs(35 * 86_400)`)",
+                    retention.as_secs(),
+                    minimum.as_secs()
+                )));
+            }
+            let provider = &self.sealer.inner.provider;
+            let current = provider.current_root_key_id().to_string();
+            let mut candidates: Vec<String> = provider
+                .root_key_ids()
+                .into_iter()
+                .filter(|id| *id != current)
+                .map(str::to_string)
+                .collect();
+            // The provider lists its keys newest first.
+            candidates.reverse();
+            let mut report = RootKeyRetirement::default();
+            if candidates.is_empty() {
+                return Ok(report);
+            }
+            // When each root key was marked unused, from the verified log; a
+            // re-wrap away from it after the mark means it was in use again.
+            let mut marks: BTreeMap<String, Timestamp> = BTreeMap::new();
+            let mut destroyed: BTreeSet<String> = BTreeSet::new();
+            let (verifier, _) = self
+                .walk_audit_with(None, &mut |e| {
+                    let event = e.event.as_str();
+                    if event == AuditEvent::RootKeyUnused.as_str() {
+                        marks.insert(e.detail.clone(), e.at);
+                    } else if event == AuditEvent::RootKeyDestroyed.as_str() {
+                        if let Some(id) = e.detail.split(' ').next() {
+                            destroyed.insert(id.to_string());
+                        }
+                    } else if event == AuditEvent::KeyRewrapped.as_str()
+                        && let Some((from, _)) = e.detail.split_once(" -> ")
+                    {
+                        marks.remove(from);
+                    }
+                })
+                .await?;
+            if let Some(broken) = verifier.finish().broken {
+                return Err(Error::refused(format!(
+                    "the audit chain is broken at entry {} ({}); no root key was retired",
+                    broken.seq, broken.reason
+                )));
+            }
+            let mut in_use = self.keys_per_root().await?;
+            let now = Timestamp::now();
+            let retention_secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+            for id in candidates {
+                if destroyed.contains(&id) {
+                    continue;
+                }
+                if let Some(&keys) = in_use.get(&id) {
+                    report.in_use.push((id, keys));
+                    continue;
+                }
+                let Some(&marked) = marks.get(&id) else {
+                    let audit = self
+                        .audit(AuditEvent::RootKeyUnused, "", 0, id.clone())
+                        .await?;
+                    self.sealer.inner.store.record_audit(&audit).await?;
+                    tracing::info!(root_key = %id, "root key unused: its backup retention starts");
+                    report.marked_unused.push(id);
+                    continue;
+                };
+                let due = marked.unix_seconds().saturating_add(retention_secs);
+                if now.unix_seconds() < due {
+                    report.waiting.push((id, Timestamp::from_unix_seconds(due)));
+                    continue;
+                }
+                // Proved again right before: a key may have come back since.
+                in_use = self.keys_per_root().await?;
+                if let Some(&keys) = in_use.get(&id) {
+                    report.in_use.push((id, keys));
+                    continue;
+                }
+                match provider.destroy_root_key(&id).await {
+                    Ok(gone) => {
+                        let audit = self
+                            .audit(
+                                AuditEvent::RootKeyDestroyed,
+                                "",
+                                0,
+                                format!("{id} {}", gone.unix_seconds()),
+                            )
+                            .await?;
+                        self.sealer.inner.store.record_audit(&audit).await?;
+                        tracing::warn!(root_key = %id, %gone, "root key destroyed");
+                        report.destroyed.push((id, gone));
+                    }
+                    Err(Error::Refused { reason }) => report.blocked.push((id, reason)),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    /// How many stored keys (and the audit-chain key) are wrapped under each
+    /// root key.
+    async fn keys_per_root(&self) -> Result<BTreeMap<String, u64>> {
+        let store = &self.sealer.inner.store;
+        let mut out = BTreeMap::new();
+        if let Some(wrapped) = store.load_audit_key().await? {
+            out.insert(wrapped.root_key_id().to_string(), 1);
+        }
+        let mut after: Option<(String, u32)> = None;
+        loop {
+            let page = store
+                .list_wrapped_keys(after.as_ref().map(|(t, v)| (t.as_str(), *v)), PAGE)
+                .await?;
+            let full = page.len() >= PAGE;
+            for stored in page {
+                after = Some((stored.tenant.clone(), stored.key.version));
+                if let Some(wrapped) = stored.key.wrapped {
+                    *out.entry(wrapped.root_key_id().to_string()).or_insert(0) += 1;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Reads audit entries with sequence numbers after `after`, at most `limit`.

@@ -57,6 +57,14 @@ pub enum AuditEvent {
     AuditPruned,
     /// The key store stopped accepting keys wrapped without its id.
     UnboundWrapsRefused,
+    /// A root key was created for a new epoch (detail: its id).
+    RootKeyCreated,
+    /// No live key is wrapped under a root key any more (detail: its id):
+    /// backup retention for it starts.
+    RootKeyUnused,
+    /// A root key was destroyed in the provider (detail: its id, and when it
+    /// stops unwrapping for good).
+    RootKeyDestroyed,
 }
 
 impl AuditEvent {
@@ -74,6 +82,9 @@ impl AuditEvent {
             Self::KeyRewrapped => "key.rewrapped",
             Self::AuditPruned => "audit.pruned",
             Self::UnboundWrapsRefused => "store.unbound_wraps_refused",
+            Self::RootKeyCreated => "root_key.created",
+            Self::RootKeyUnused => "root_key.unused",
+            Self::RootKeyDestroyed => "root_key.destroyed",
         }
     }
 }

@@ -43,7 +43,7 @@ mod vectors;
 // The public API, in full.
 pub use crate::{
     // Key lifecycle operations and the audit log.
-    admin::{KeyAdmin, RewrapReport, RootKeyCheck, Rotation},
+    admin::{KeyAdmin, RewrapReport, RootKeyCheck, RootKeyRetirement, Rotation},
     audit::{
         AUDIT_MAC_LEN, AuditAppend, AuditBreak, AuditEntry, AuditEvent, AuditReport, StateMismatch,
     },

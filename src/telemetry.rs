@@ -349,6 +349,14 @@ impl KeyProvider for ObservedProvider {
         let call = self.inner.unwrap(wrapped, ctx);
         timed(Component::Provider, "unwrap", span, self.tenant(ctx), call).await
     }
+
+    async fn create_root_key(&self) -> Result<String> {
+        self.inner.create_root_key().await
+    }
+
+    async fn destroy_root_key(&self, id: &str) -> Result<crate::Timestamp> {
+        self.inner.destroy_root_key(id).await
+    }
 }
 
 /// The application's key store, observed: every call in a span, counted and
@@ -502,6 +510,11 @@ impl KeyStore for ObservedStore {
     async fn store_identity(&self) -> Result<Option<crate::store::StoreIdentity>> {
         self.call("store_identity", "", None, self.inner.store_identity())
             .await
+    }
+
+    async fn record_audit(&self, audit: &AuditAppend<'_>) -> Result<()> {
+        let call = self.inner.record_audit(audit);
+        self.call("record_audit", "", None, call).await
     }
 
     async fn refuse_unbound_wraps(&self, audit: &AuditAppend<'_>) -> Result<bool> {

@@ -4,9 +4,10 @@
 //! prints why it is skipped).
 //!
 //! - the conformance kit;
-//! - the lifecycle on SQLite and PostgreSQL: seal, rotate the Transit key in
-//!   Vault, re-wrap every tenant key under the new version, then trim the old
-//!   version: a backup of the key store taken before the re-wrap no longer
+//! - the lifecycle on SQLite and PostgreSQL: seal, start a new root-key epoch
+//!   (`KeyAdmin::create_root_key` rotates the Transit key), re-wrap every
+//!   tenant key under the new version, then retire the old version
+//!   (`KeyAdmin::retire_root_keys` trims it away): a backup of the key store taken before the re-wrap no longer
 //!   unwraps (the Transit version was its root key), the live store does;
 //! - the wrap context is bound (Transit's associated data);
 //! - errors name what to fix and never show the token.
@@ -66,25 +67,6 @@ impl Vault {
         self.post(&format!("keys/{name}"), json!({ "type": kind }))
             .await;
         name
-    }
-
-    async fn rotate(&self, key: &str) {
-        self.post(&format!("keys/{key}/rotate"), json!({})).await;
-    }
-
-    /// Destroys every version below `version`: the minimum decryption version
-    /// raised, then the versions trimmed away for good.
-    async fn trim_below(&self, key: &str, version: u32) {
-        self.post(
-            &format!("keys/{key}/config"),
-            json!({ "min_decryption_version": version, "min_encryption_version": version }),
-        )
-        .await;
-        self.post(
-            &format!("keys/{key}/trim"),
-            json!({ "min_available_version": version }),
-        )
-        .await;
     }
 
     async fn provider(&self, key: &str) -> VaultTransitProvider {
@@ -196,18 +178,29 @@ async fn epochs_erase_old_backups<S: KeyStore + Clone + 'static>(vault: &Vault, 
             .ends_with(":v1")
     }));
 
-    vault.rotate(&key).await;
+    // A new epoch: the provider rotates the Transit key.
+    let created = sealer.admin().create_root_key().await.unwrap();
+    assert!(created.ends_with(":v2"), "{created}");
     let v2 = vault.provider(&key).await;
-    assert!(v2.current_root_key_id().ends_with(":v2"));
+    assert_eq!(v2.current_root_key_id(), created);
     assert_eq!(v2.root_key_ids().len(), 2);
-    let target = v2.current_root_key_id().to_string();
-    let moved = Sealer::builder(v2, store.clone()).build();
-    let report = moved.admin().rewrap_all(&target).await.unwrap();
+    let moved = Sealer::builder(v2, store.clone())
+        .min_audit_retention(std::time::Duration::ZERO)
+        .build();
+    let report = moved.admin().rewrap_all(&created).await.unwrap();
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(report.rewrapped, 3);
     assert!(report.audit_key_rewrapped);
 
-    vault.trim_below(&key, 2).await;
+    // Retired: marked unused, then, once the retention has passed, trimmed
+    // away in Vault.
+    let retention = std::time::Duration::from_secs(1);
+    let r = moved.admin().retire_root_keys(retention).await.unwrap();
+    assert_eq!(r.marked_unused.len(), 1, "{r:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = moved.admin().retire_root_keys(retention).await.unwrap();
+    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    assert!(r.destroyed[0].0.ends_with(":v1"), "{r:?}");
     let v2_only = vault.provider(&key).await;
     assert_eq!(v2_only.root_key_ids().len(), 1);
     // The live store: every value opens.

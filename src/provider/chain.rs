@@ -120,6 +120,33 @@ impl KeyProvider for ProviderChain {
             id: wrapped.root_key_id().to_string(),
         })
     }
+
+    /// Created by the current provider.
+    async fn create_root_key(&self) -> Result<String> {
+        match self.providers.first() {
+            Some(provider) => provider.create_root_key().await,
+            None => Err(Error::config("the provider chain is empty")),
+        }
+    }
+
+    /// Destroyed by the provider that holds it.
+    async fn destroy_root_key(&self, id: &str) -> Result<crate::Timestamp> {
+        if id == self.current_root_key_id() {
+            return Err(Error::refused(format!(
+                "root key `{id}` is the current root key: it is never destroyed"
+            )));
+        }
+        match self
+            .providers
+            .iter()
+            .find(|provider| provider.root_key_ids().contains(&id))
+        {
+            Some(provider) => provider.destroy_root_key(id).await,
+            None => Err(Error::refused(format!(
+                "no provider in the chain holds root key `{id}`"
+            ))),
+        }
+    }
 }
 
 /// A shared provider is a provider: the same KMS client can serve a
@@ -140,6 +167,14 @@ impl<P: KeyProvider + ?Sized> KeyProvider for Arc<P> {
 
     async fn unwrap(&self, wrapped: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey> {
         (**self).unwrap(wrapped, ctx).await
+    }
+
+    async fn create_root_key(&self) -> Result<String> {
+        (**self).create_root_key().await
+    }
+
+    async fn destroy_root_key(&self, id: &str) -> Result<crate::Timestamp> {
+        (**self).destroy_root_key(id).await
     }
 }
 

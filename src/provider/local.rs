@@ -1,6 +1,7 @@
 //! The local root key provider: root keys held in process memory.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use rand::Rng as _;
@@ -45,6 +46,9 @@ pub struct LocalKeyProvider {
     current: String,
     /// All root keys, the current one first.
     keys: Vec<(String, RootKey)>,
+    /// For [`LocalKeyProvider::from_dir`]: the directory and the name its
+    /// key files start with.
+    dir: Option<(PathBuf, String)>,
 }
 
 impl LocalKeyProvider {
@@ -63,6 +67,7 @@ impl LocalKeyProvider {
         Ok(Self {
             current: id.clone(),
             keys: vec![(id, key)],
+            dir: None,
         })
     }
 
@@ -84,12 +89,84 @@ impl LocalKeyProvider {
         Ok(self)
     }
 
+    /// A provider whose root keys are the files `<name>-e<N>.key` in `dir`
+    /// (key files as [`RootKey::from_file`] reads them), one per epoch: the
+    /// highest `N` is current, the others unwrap. Its root key ids are the
+    /// file names without `.key`. [`KeyProvider::create_root_key`] writes the
+    /// next epoch's file; [`KeyProvider::destroy_root_key`] overwrites and
+    /// removes an older one.
+    ///
+    /// Create the first with [`RootKey::create_file`]
+    /// (`dir/<name>-e1.key`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RootKey`] if the directory cannot be read, holds no key file
+    /// of that name, or a key file is refused (see [`RootKey::from_file`]);
+    /// [`Error::Config`] if `name` is not a valid root key id.
+    pub fn from_dir(dir: impl AsRef<Path>, name: &str) -> Result<Self> {
+        let dir = dir.as_ref();
+        check_root_key_id(name)?;
+        let epochs = epoch_files(dir, name)?;
+        let Some(&(newest, _)) = epochs.last() else {
+            return Err(Error::RootKey {
+                origin: dir.display().to_string(),
+                reason: format!(
+                    "no root key file `{name}-e<N>.key` in the directory; create the first \
+                     with RootKey::create_file(\"{}\")",
+                    dir.join(format!("{name}-e1.key")).display()
+                ),
+                source: None,
+            });
+        };
+        let mut keys = Vec::with_capacity(epochs.len());
+        for (n, path) in epochs.iter().rev() {
+            keys.push((format!("{name}-e{n}"), RootKey::from_file(path)?));
+        }
+        Ok(Self {
+            current: format!("{name}-e{newest}"),
+            keys,
+            dir: Some((dir.to_path_buf(), name.to_string())),
+        })
+    }
+
     fn key(&self, id: &str) -> Option<&RootKey> {
         self.keys
             .iter()
             .find(|(known, _)| known == id)
             .map(|(_, key)| key)
     }
+}
+
+/// The epoch key files `<name>-e<N>.key` in `dir`, by `N` ascending (`N` in
+/// its canonical decimal form, from 1).
+fn epoch_files(dir: &Path, name: &str) -> Result<Vec<(u32, PathBuf)>> {
+    let unreadable = |e: std::io::Error| Error::RootKey {
+        origin: dir.display().to_string(),
+        reason: "the root key directory cannot be read".into(),
+        source: Some(e),
+    };
+    let prefix = format!("{name}-e");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        let file_name = entry.file_name();
+        let Some(n) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|f| f.strip_suffix(".key"))
+            .and_then(|n| {
+                n.parse::<u32>()
+                    .ok()
+                    .filter(|v| *v > 0 && v.to_string() == n)
+            })
+        else {
+            continue;
+        };
+        out.push((n, entry.path()));
+    }
+    out.sort_by_key(|(n, _)| *n);
+    Ok(out)
 }
 
 /// The local wrapped form (FORMAT.md §"Wrapped keys"):
@@ -189,6 +266,75 @@ impl KeyProvider for LocalKeyProvider {
         )
         .map_err(|()| failed())?;
         TenantKey::from_slice(key.as_slice())
+    }
+
+    /// With [`LocalKeyProvider::from_dir`]: writes the next epoch's key file
+    /// (readable by its owner only; never over an existing file).
+    async fn create_root_key(&self) -> Result<String> {
+        let Some((dir, name)) = &self.dir else {
+            return Err(Error::refused(format!(
+                "root key `{}` was given in memory, so its provider cannot create root keys: \
+                 use LocalKeyProvider::from_dir, or create a key file and configure it",
+                self.current
+            )));
+        };
+        // From the directory, not from memory: another process may have
+        // created one since this provider was built.
+        let next = epoch_files(dir, name)?
+            .last()
+            .map_or(Some(1), |(n, _)| n.checked_add(1))
+            .ok_or_else(|| Error::refused("every epoch number is used"))?;
+        let id = format!("{name}-e{next}");
+        RootKey::create_file(dir.join(format!("{id}.key")))?;
+        Ok(id)
+    }
+
+    /// With [`LocalKeyProvider::from_dir`]: overwrites the key file with
+    /// zeros, syncs it and removes it. This process's copy in memory goes
+    /// when the provider is dropped.
+    async fn destroy_root_key(&self, id: &str) -> Result<crate::Timestamp> {
+        let Some((dir, name)) = &self.dir else {
+            return Err(Error::refused(format!(
+                "root key `{id}` was given in memory: there is no file to destroy"
+            )));
+        };
+        let newest = epoch_files(dir, name)?
+            .last()
+            .map(|(n, _)| format!("{name}-e{n}"));
+        if id == self.current || newest.as_deref() == Some(id) {
+            return Err(Error::refused(format!(
+                "root key `{id}` is the current root key: it is never destroyed"
+            )));
+        }
+        if self.key(id).is_none() {
+            return Err(Error::refused(format!(
+                "root key `{id}` is not one of this provider's key files"
+            )));
+        }
+        let path = dir.join(format!("{id}.key"));
+        let failed = |e: std::io::Error| Error::RootKey {
+            origin: path.display().to_string(),
+            reason: "the key file cannot be overwritten and removed".into(),
+            source: Some(e),
+        };
+        let len = std::fs::metadata(&path).map_err(failed)?.len();
+        {
+            use std::io::Write as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(failed)?;
+            let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+            file.write_all(&zeros)
+                .and_then(|()| file.sync_all())
+                .map_err(failed)?;
+        }
+        std::fs::remove_file(&path).map_err(failed)?;
+        #[cfg(unix)]
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed)?;
+        Ok(crate::Timestamp::now())
     }
 }
 

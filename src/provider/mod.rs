@@ -302,6 +302,51 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// do not unwrap (wrong key, altered or moved record);
     /// [`Error::Provider`](crate::Error::Provider) if the KMS call fails.
     async fn unwrap(&self, wrapped: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey>;
+
+    /// Creates a root key for a new epoch in the provider's backend and
+    /// returns its id. This provider goes on wrapping under its current key:
+    /// a provider built afterwards (a restarted process, the runner's next
+    /// command) wraps under the new one, and
+    /// [`KeyAdmin::rewrap_all`](crate::KeyAdmin::rewrap_all) moves every key
+    /// to it. See [`KeyAdmin::create_root_key`](crate::KeyAdmin::create_root_key).
+    ///
+    /// # Errors
+    ///
+    /// The provided implementation refuses ([`Error::Refused`](crate::Error::Refused)):
+    /// the provider cannot create root keys, so create one in its backend and
+    /// configure it as current. Provider errors.
+    async fn create_root_key(&self) -> Result<String> {
+        Err(crate::Error::refused(format!(
+            "the key provider holding root key `{}` cannot create root keys: create one in its \
+             backend and configure it as the current root key",
+            self.current_root_key_id()
+        )))
+    }
+
+    /// Destroys root key `id` in the provider's backend, or schedules its
+    /// destruction, and returns the time from which it unwraps nothing, ever
+    /// (now, or the end of the backend's deletion window). Never the current
+    /// root key.
+    ///
+    /// # Security
+    ///
+    /// Every key wrapped under `id`, in the database and in every backup of
+    /// it, becomes useless: call it through
+    /// [`KeyAdmin::retire_root_keys`](crate::KeyAdmin::retire_root_keys), which
+    /// first proves that no live key is wrapped under it and waits out the
+    /// backup retention.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`](crate::Error::Refused) for the current root key, a
+    /// root key this provider does not hold, or (the provided implementation)
+    /// a provider that cannot destroy root keys; provider errors.
+    async fn destroy_root_key(&self, id: &str) -> Result<crate::Timestamp> {
+        Err(crate::Error::refused(format!(
+            "the key provider holding root key `{id}` cannot destroy root keys: destroy it in \
+             its backend"
+        )))
+    }
 }
 
 /// Checks a root key id against FORMAT.md §"Wrapped keys": 1 to 255 bytes of

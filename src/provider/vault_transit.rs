@@ -152,9 +152,31 @@ impl VaultTransitProvider {
         action: &str,
         body: Option<Zeroizing<String>>,
     ) -> Result<Zeroizing<Vec<u8>>> {
+        self.call_url(self.url(action), action, body).await
+    }
+
+    /// A call on the key itself: `keys/<key>` followed by `suffix`
+    /// (`/rotate`, `/config`, `/trim`).
+    async fn call_key(&self, suffix: &str, body: Zeroizing<String>) -> Result<Zeroizing<Vec<u8>>> {
+        let url = format!(
+            "{}/v1/{}/keys/{}{suffix}",
+            self.address.trim_end_matches('/'),
+            self.mount,
+            self.key
+        );
+        self.call_url(url, suffix.trim_start_matches('/'), Some(body))
+            .await
+    }
+
+    async fn call_url(
+        &self,
+        url: String,
+        action: &str,
+        body: Option<Zeroizing<String>>,
+    ) -> Result<Zeroizing<Vec<u8>>> {
         let mut request = match &body {
-            Some(_) => self.client.post(self.url(action)),
-            None => self.client.get(self.url(action)),
+            Some(_) => self.client.post(url),
+            None => self.client.get(url),
         }
         .header("X-Vault-Token", self.token.expose_secret());
         if let Some(ns) = &self.namespace {
@@ -355,11 +377,16 @@ impl VaultTransitProviderBuilder {
 }
 
 impl VaultTransitProvider {
+    /// The key's description (`GET keys/<key>`).
+    async fn describe_key(&self) -> Result<serde_json::Value> {
+        let body = self.call("keys", None).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::provider("Vault Transit: the key's description is not JSON", e))
+    }
+
     /// The key's versions Vault decrypts with, newest first.
     async fn read_versions(&self) -> Result<Vec<u32>> {
-        let body = self.call("keys", None).await?;
-        let info: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| Error::provider("Vault Transit: the key's description is not JSON", e))?;
+        let info = self.describe_key().await?;
         let field = |name: &str| info.get("data").and_then(|d| d.get(name));
         let ty = field("type").and_then(|t| t.as_str()).unwrap_or_default();
         if ty != "aes256-gcm96" {
@@ -475,5 +502,70 @@ impl KeyProvider for VaultTransitProvider {
         let plaintext = data_field(&reply, "plaintext").ok_or_else(failed)?;
         let bytes = Zeroizing::new(STANDARD.decode(plaintext).map_err(|_| failed())?);
         TenantKey::from_slice(&bytes).map_err(|_| failed())
+    }
+
+    /// Rotates the Transit key (`keys/<key>/rotate`): its new version is the
+    /// new epoch's root key.
+    async fn create_root_key(&self) -> Result<String> {
+        self.call_key("/rotate", Zeroizing::new("{}".into()))
+            .await?;
+        let latest = self.read_versions().await?;
+        latest
+            .first()
+            .map(|v| self.id_of(*v))
+            .ok_or_else(|| provider_error("Vault Transit: no latest version after rotating"))
+    }
+
+    /// Raises the key's `min_decryption_version` (and `min_encryption_version`)
+    /// past the version and trims it away (`keys/<key>/trim`): Vault deletes
+    /// it for good. Only the oldest version Vault still holds: older ones go
+    /// first, so each destruction takes exactly one root key.
+    async fn destroy_root_key(&self, id: &str) -> Result<crate::Timestamp> {
+        let Some(version) = self.version_of(id) else {
+            return Err(Error::refused(format!(
+                "root key `{id}` is not a version of Transit key `{}` that this provider holds",
+                self.key
+            )));
+        };
+        let info = self.describe_key().await?;
+        let field = |name: &str| {
+            info.get("data")
+                .and_then(|d| d.get(name))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        let latest = field("latest_version");
+        let v = u64::from(version);
+        if v >= latest {
+            return Err(Error::refused(format!(
+                "root key `{id}` is the current version of Transit key `{}`: it is never \
+                 destroyed",
+                self.key
+            )));
+        }
+        let oldest = field("min_available_version").max(1);
+        if oldest > v {
+            // Trimmed already (by another process, or by hand).
+            return Ok(crate::Timestamp::now());
+        }
+        if oldest < v {
+            return Err(Error::refused(format!(
+                "Transit key `{}` still holds versions older than root key `{id}`: destroy \
+                 `{}` first (a trim takes every older version with it)",
+                self.key,
+                self.id_of(u32::try_from(oldest).unwrap_or(u32::MAX))
+            )));
+        }
+        let keep = v + 1;
+        let config = serde_json::json!({
+            "min_decryption_version": field("min_decryption_version").max(keep),
+            "min_encryption_version": field("min_encryption_version").max(keep),
+        });
+        self.call_key("/config", Zeroizing::new(config.to_string()))
+            .await?;
+        let trim = serde_json::json!({ "min_available_version": keep });
+        self.call_key("/trim", Zeroizing::new(trim.to_string()))
+            .await?;
+        Ok(crate::Timestamp::now())
     }
 }

@@ -185,6 +185,11 @@ impl KeyStore for MemoryKeyStore {
         Ok(true)
     }
 
+    async fn record_audit(&self, audit: &AuditAppend<'_>) -> Result<()> {
+        self.lock()?.append(audit);
+        Ok(())
+    }
+
     async fn shred_tenant(&self, tenant: &str, audit: &AuditAppend<'_>) -> Result<bool> {
         let mut state = self.lock()?;
         let Some(record) = state.tenants.get_mut(tenant) else {

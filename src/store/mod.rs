@@ -440,6 +440,22 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
         Ok(false)
     }
 
+    /// Appends `audit` on its own: an event that changes nothing the store
+    /// holds (a root key created or destroyed in the provider).
+    ///
+    /// # Errors
+    ///
+    /// The provided implementation refuses
+    /// ([`Error::Refused`](crate::Error::Refused)): root-key epochs need a
+    /// store that records them. [`Error::Store`](crate::Error::Store).
+    async fn record_audit(&self, audit: &AuditAppend<'_>) -> Result<()> {
+        let _ = audit;
+        Err(crate::Error::refused(
+            "this key store cannot record an audit entry on its own (KeyStore::record_audit), \
+             which root-key epochs need",
+        ))
+    }
+
     /// The sequence number and MAC of the newest audit entry, as the store
     /// records them apart from the log (the SQL stores' head row, updated in
     /// the transaction of each append), so that

@@ -104,6 +104,12 @@ pub async fn second_postgres_pool(first: &PgPool) -> PgPool {
         .fetch_one(first)
         .await
         .unwrap();
+    second_postgres_pool_for(&url, &search_path).await
+}
+
+/// A pool on schema `search_path` of the server at `url`.
+pub async fn second_postgres_pool_for(url: &str, search_path: &str) -> PgPool {
+    let search_path = search_path.to_string();
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
         .after_connect(move |conn, _| {
@@ -115,7 +121,7 @@ pub async fn second_postgres_pool(first: &PgPool) -> PgPool {
                 Ok(())
             })
         })
-        .connect(&url)
+        .connect(url)
         .await
         .unwrap()
 }

@@ -1044,6 +1044,15 @@ where
             .map_err(|_| bad_row("the key store's identity is malformed".into()))
     }
 
+    async fn record_audit(&self, audit: &AuditAppend<'_>) -> Result<()> {
+        self.check_schema().await?;
+        retry!(self, "recording an audit entry", async {
+            let mut tx = self.begin().await?;
+            self.append_audit(&mut tx, audit).await?;
+            tx.commit().await
+        })
+    }
+
     async fn refuse_unbound_wraps(&self, audit: &AuditAppend<'_>) -> Result<bool> {
         self.check_schema().await?;
         retry!(self, "refusing unbound wrapped keys", async {

@@ -1,0 +1,291 @@
+//! Root-key epochs: a new root key per epoch, every live key re-wrapped under
+//! it, and the old one destroyed once no live key is under it and the backup
+//! retention has passed. Then no backup of any age opens a shredded tenant's
+//! keys; a backup younger than the retention restores.
+//!
+//! Local key files in a directory (`LocalKeyProvider::from_dir`), on SQLite
+//! (backups with `VACUUM INTO`) and PostgreSQL (backups as copies of the key
+//! table); Transit epochs are in `tests/vault_transit.rs`.
+
+mod common;
+#[path = "common/db.rs"]
+mod db;
+
+use std::path::Path;
+use std::time::Duration;
+
+use fieldseal::secrecy::ExposeSecret;
+use fieldseal::{
+    Context, Error, KeyProvider, LocalKeyProvider, RootKey, SealedValue, Sealer, SqlKeyStore,
+};
+
+fn ctx(tenant: &str, id: i64) -> Context {
+    Context::builder(tenant, "accounts", "token")
+        .row(id)
+        .build()
+        .unwrap()
+}
+
+fn provider(dir: &Path) -> LocalKeyProvider {
+    LocalKeyProvider::from_dir(dir, "root").unwrap()
+}
+
+fn sealer(dir: &Path, store: impl fieldseal::KeyStore + 'static) -> Sealer {
+    Sealer::builder(provider(dir), store)
+        .min_audit_retention(Duration::ZERO)
+        .build()
+}
+
+/// A database whose key store can be backed up and restored.
+enum Db {
+    Sqlite {
+        dir: std::path::PathBuf,
+        pool: sqlx::SqlitePool,
+    },
+    Postgres {
+        url: String,
+        schema: String,
+        pool: sqlx::PgPool,
+        dir: std::path::PathBuf,
+    },
+}
+
+impl Db {
+    fn sealer(&self, keys: &Path) -> Sealer {
+        match self {
+            Db::Sqlite { pool, .. } => sealer(keys, SqlKeyStore::new(pool.clone())),
+            Db::Postgres { pool, schema, .. } => sealer(
+                keys,
+                SqlKeyStore::new(pool.clone()).with_schema(schema).unwrap(),
+            ),
+        }
+    }
+
+    async fn backup(&self, name: &str) {
+        match self {
+            Db::Sqlite { dir, pool } => {
+                let path = dir.join(format!("{name}.db"));
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "VACUUM INTO '{}'",
+                    path.display()
+                )))
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+            Db::Postgres {
+                url, schema, dir, ..
+            } => {
+                let status = std::process::Command::new("pg_dump")
+                    .args(["--schema", schema, "--no-owner", "--file"])
+                    .arg(dir.join(format!("{name}.sql")))
+                    .arg(url)
+                    .status()
+                    .expect("pg_dump must be installed where FIELDSEAL_TEST_POSTGRES_URL is set");
+                assert!(status.success());
+            }
+        }
+    }
+
+    /// Puts backup `name` in place of the database, as a new connection pool.
+    async fn restore(&mut self, name: &str) {
+        match self {
+            Db::Sqlite { dir, pool } => {
+                pool.close().await;
+                let db = dir.join("app.db");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+                }
+                std::fs::copy(dir.join(format!("{name}.db")), &db).unwrap();
+                *pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                    .await
+                    .unwrap();
+            }
+            Db::Postgres {
+                url,
+                schema,
+                pool,
+                dir,
+            } => {
+                let fresh = db::second_postgres_pool(pool).await;
+                pool.close().await;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                    .execute(&fresh)
+                    .await
+                    .unwrap();
+                let status = std::process::Command::new("psql")
+                    .args(["--quiet", "--set", "ON_ERROR_STOP=1", "--file"])
+                    .arg(dir.join(format!("{name}.sql")))
+                    .arg(&*url)
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .expect("psql must be installed where FIELDSEAL_TEST_POSTGRES_URL is set");
+                assert!(status.success());
+                fresh.close().await;
+                *pool = db::second_postgres_pool_for(url, schema).await;
+            }
+        }
+    }
+}
+
+/// Values of acme (shredded later) and globex (kept), as sealed in epoch 1.
+struct Values {
+    acme: SealedValue,
+    globex: SealedValue,
+}
+
+/// The cycle: seal in epoch 1, back up (B1); shred acme; a new epoch, every
+/// key re-wrapped; back up (B2); restoring B1 now would bring acme back (the
+/// negative control); retire: epoch 1's key is marked unused, then destroyed
+/// once the retention has passed. Restoring B1 then opens nothing under the
+/// destroyed key (it is older than the retention); restoring B2 opens globex,
+/// and acme stays shredded.
+async fn epochs(mut db: Db) {
+    let keys = tempfile::tempdir().unwrap();
+    RootKey::create_file(keys.path().join("root-e1.key")).unwrap();
+    let a = db.sealer(keys.path());
+    let values = Values {
+        acme: a.seal(&ctx("acme", 1), b"acme's").await.unwrap(),
+        globex: a.seal(&ctx("globex", 2), b"globex's").await.unwrap(),
+    };
+    db.backup("b1").await;
+    a.admin().shred_tenant("acme").await.unwrap();
+
+    // A new epoch: created, then every live key re-wrapped by a sealer on
+    // the new provider.
+    assert_eq!(a.admin().create_root_key().await.unwrap(), "root-e2");
+    let b = db.sealer(keys.path());
+    let report = b.admin().rewrap_all("root-e2").await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    // One unwrap and one wrap per live key version, never per value.
+    assert_eq!(report.rewrapped, 1, "{report:?}"); // globex's version 1
+    assert!(report.audit_key_rewrapped, "{report:?}");
+    db.backup("b2").await;
+
+    // The negative control: without destroying epoch 1's key, B1 brings
+    // acme back.
+    db.restore("b1").await;
+    let opened = db
+        .sealer(keys.path())
+        .open(&ctx("acme", 1), &values.acme)
+        .await
+        .unwrap();
+    assert_eq!(opened.plaintext().expose_secret(), b"acme's");
+    db.restore("b2").await;
+
+    // Retire: marked unused, waiting, then destroyed.
+    let b = db.sealer(keys.path());
+    let retention = Duration::from_secs(1);
+    let r = b.admin().retire_root_keys(retention).await.unwrap();
+    assert_eq!(r.marked_unused, vec!["root-e1".to_string()], "{r:?}");
+    let r = b.admin().retire_root_keys(retention).await.unwrap();
+    assert_eq!(r.waiting.len() + r.destroyed.len(), 1, "{r:?}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = b.admin().retire_root_keys(retention).await.unwrap();
+    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    assert_eq!(r.destroyed[0].0, "root-e1");
+    assert!(!keys.path().join("root-e1.key").exists());
+    assert!(b.admin().verify_audit().await.unwrap().is_intact());
+    let events: Vec<String> = b
+        .admin()
+        .audit_entries(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    for event in ["root_key.created", "root_key.unused", "root_key.destroyed"] {
+        assert!(events.iter().any(|e| e == event), "{event}: {events:?}");
+    }
+    // Nothing left to do.
+    let r = b.admin().retire_root_keys(retention).await.unwrap();
+    assert!(
+        r.destroyed.is_empty() && r.marked_unused.is_empty(),
+        "{r:?}"
+    );
+
+    // B1, older than the retention: nothing under the destroyed key opens,
+    // and the error names it.
+    db.restore("b1").await;
+    let restored = db.sealer(keys.path());
+    for (tenant, value, id) in [("acme", &values.acme, 1), ("globex", &values.globex, 2)] {
+        let err = restored.open(&ctx(tenant, id), value).await.unwrap_err();
+        assert!(
+            matches!(err, Error::RootKeyNotConfigured { ref id } if id == "root-e1"),
+            "{tenant}: {err}"
+        );
+    }
+    // B2: globex opens, acme stays shredded.
+    db.restore("b2").await;
+    let restored = db.sealer(keys.path());
+    let opened = restored
+        .open(&ctx("globex", 2), &values.globex)
+        .await
+        .unwrap();
+    assert_eq!(opened.plaintext().expose_secret(), b"globex's");
+    let err = restored
+        .open(&ctx("acme", 1), &values.acme)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TenantShredded { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    SqlKeyStore::new(pool.clone()).migrate().await.unwrap();
+    epochs(Db::Sqlite {
+        dir: dir.path().to_path_buf(),
+        pool,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_on_postgres() {
+    db::with_postgres(|pool, _| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let pool = db::second_postgres_pool(&pool).await;
+        epochs(Db::Postgres {
+            url: std::env::var(db::POSTGRES_URL).unwrap(),
+            schema,
+            pool,
+            dir: dir.path().to_path_buf(),
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn from_dir_names_keys_by_epoch_and_refuses_an_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = LocalKeyProvider::from_dir(dir.path(), "root").unwrap_err();
+    assert!(err.to_string().contains("root-e1.key"), "{err}");
+    RootKey::create_file(dir.path().join("root-e1.key")).unwrap();
+    // Files of other names, or non-canonical epoch numbers, are ignored.
+    std::fs::write(dir.path().join("root-e01.key"), "x").unwrap();
+    std::fs::write(dir.path().join("other-e7.key"), "x").unwrap();
+    let p = provider(dir.path());
+    assert_eq!(p.current_root_key_id(), "root-e1");
+    let id = p.create_root_key().await.unwrap();
+    assert_eq!(id, "root-e2");
+    // The provider built before keeps wrapping under its key; a new one
+    // wraps under the new epoch's and unwraps both.
+    assert_eq!(p.current_root_key_id(), "root-e1");
+    let p2 = provider(dir.path());
+    assert_eq!(p2.root_key_ids(), vec!["root-e2", "root-e1"]);
+    // The current key is never destroyed; an older one is overwritten and
+    // removed.
+    let err = p2.destroy_root_key("root-e2").await.unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
+    p2.destroy_root_key("root-e1").await.unwrap();
+    assert!(!dir.path().join("root-e1.key").exists());
+    assert_eq!(provider(dir.path()).root_key_ids(), vec!["root-e2"]);
+}
