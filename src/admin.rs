@@ -529,41 +529,56 @@ impl KeyAdmin {
         let Some(record) = store.load_tenant(tenant).await? else {
             return Ok(());
         };
-        let entry = LedgerEntry {
-            store_id: self.ledger_store_id().await?,
-            at: at.or(record.shredded_at).unwrap_or_else(Timestamp::now),
-            through: shredded_through(&record),
-            tenant: tenant.to_string(),
-        };
-        let key = self.sealer.audit_key().await?;
-        if at.is_none() && ledger.path().exists() {
-            let read = ledger.read(key)?;
-            if read.entries.iter().any(|(_, e)| {
-                e.store_id == entry.store_id
-                    && e.tenant == entry.tenant
-                    && e.through >= entry.through
-            }) {
-                return Ok(());
+        let shredded_at = at.or(record.shredded_at).unwrap_or_else(Timestamp::now);
+        let result = async {
+            // The log's head right after the shred: where this store's history
+            // stood, so that a replay can tell a restore of this store (whose
+            // log is shorter) from another copy of it (whose log differs).
+            let (head_seq, head_mac) = store.audit_head().await?.unwrap_or((0, [0; 32]));
+            let entry = LedgerEntry {
+                store_id: self.ledger_store_id().await?,
+                at: shredded_at,
+                through: shredded_through(&record),
+                tenant: tenant.to_string(),
+                head_seq,
+                head_mac,
+            };
+            let key = self.sealer.audit_key().await?;
+            if at.is_none() && ledger.path().exists() {
+                let read = ledger.read(key, &entry.store_id)?;
+                if read
+                    .entries
+                    .iter()
+                    .any(|(_, e)| e.tenant == entry.tenant && e.through >= entry.through)
+                {
+                    return Ok(());
+                }
             }
+            ledger.append(key, &entry)
         }
-        ledger.append(key, &entry).map_err(|err| match err {
-            Error::ShredLedger {
-                path,
-                reason,
-                source,
-            } => Error::ShredLedger {
-                path,
+        .await;
+        if let Err(err) = result {
+            // The shred committed: say so, whatever failed.
+            let reason = match &err {
+                Error::ShredLedger { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            let source = match err {
+                Error::ShredLedger { source, .. } => source,
+                _ => None,
+            };
+            return Err(Error::ShredLedger {
+                path: ledger.path().to_path_buf(),
                 reason: format!(
-                    "tenant `{tenant}` was shredded at {}, but its entry could not be \
-                     appended ({reason}): until it is, restoring a backup from before then \
-                     brings the tenant back; fix the file, then shred the tenant again (that \
-                     appends the missing entry)",
-                    entry.at
+                    "tenant `{tenant}` was shredded at {shredded_at}, but its entry could not \
+                     be appended ({reason}): until it is, restoring a backup from before then \
+                     brings the tenant back; fix the cause, then run the shred again while the \
+                     tenant is still shredded (it then only appends the missing entry; never \
+                     after re-creating the tenant, which would destroy its new keys)"
                 ),
                 source,
-            },
-            other => other,
-        })?;
+            });
+        }
         tracing::info!(tenant, ledger = %ledger.path().display(), "shred recorded in the ledger");
         Ok(())
     }
@@ -582,8 +597,11 @@ impl KeyAdmin {
     /// restore brings none back. Run it before anything opens a value.
     ///
     /// Each entry destroys the versions its shred destroyed (up to the
-    /// highest version it names): a tenant re-created after its shred keeps
-    /// its newer versions. Entries already in effect, of tenants the store
+    /// highest version it names, made no later than the shred): a tenant
+    /// re-created after its shred, or an id used again after the restore,
+    /// keeps its newer keys. A line recorded by another copy of this store (a
+    /// clone sharing the ledger, whose audit log went another way) is
+    /// refused. Entries already in effect, of tenants the store
     /// does not know, or of other key stores, change nothing. Lines whose MAC
     /// does not verify under the store's audit key are refused, not applied,
     /// and listed in [`LedgerReplay::rejected`]. Running it again does
@@ -605,33 +623,68 @@ impl KeyAdmin {
         telemetry::admin("replay_shred_ledger", "", label, async move {
             let store = &self.sealer.inner.store;
             let key = self.sealer.audit_key().await?;
-            let read = ledger.read(key)?;
             let store_id = self.ledger_store_id().await?;
+            let read = ledger.read(key, &store_id)?;
+            // Where this store's log stood before the replay wrote to it.
+            let head = store.audit_head().await?.map_or(0, |(seq, _)| seq);
             let mut report = LedgerReplay {
                 rejected: read.rejected,
+                other_stores: read.other_stores,
                 ..LedgerReplay::default()
             };
-            for (_, entry) in read.entries {
+            for (line, entry) in read.entries {
                 report.entries += 1;
-                if entry.store_id != store_id {
-                    report.other_stores += 1;
-                    continue;
-                }
                 let tenant = entry.tenant.as_str();
                 let Some(record) = store.load_tenant(tenant).await? else {
                     report.absent += 1;
                     continue;
                 };
+                // Only keys the shred destroyed: up to its highest version,
+                // and made no later than the shred (a tenant id used again
+                // after the restore has newer keys, which are kept).
                 let pending: Vec<(u32, KeyState)> = record
                     .keys
                     .iter()
-                    .filter(|k| k.version <= entry.through && k.wrapped.is_some())
+                    .filter(|k| {
+                        k.version <= entry.through
+                            && k.wrapped.is_some()
+                            && k.created_at <= entry.at
+                    })
                     .map(|k| (k.version, k.state))
                     .collect();
                 if pending.is_empty() {
                     report.already += 1;
                     continue;
                 }
+                // A log that has the entry the shred was followed by, with
+                // another MAC, is another history: a copy of this store
+                // (cloned, sharing the ledger) shredded it, not this one.
+                if entry.head_seq > 0 && entry.head_seq <= head {
+                    let ours = store.audit_entries(entry.head_seq - 1, 1).await?;
+                    if let Some(e) = ours.first().filter(|e| e.seq == entry.head_seq)
+                        && !bool::from(subtle::ConstantTimeEq::ct_eq(
+                            e.mac.as_slice(),
+                            entry.head_mac.as_slice(),
+                        ))
+                    {
+                        report.rejected.push(crate::ledger::LedgerLine {
+                            line,
+                            reason: format!(
+                                "tenant `{tenant}`: this key store's audit log holds another \
+                                 entry {} than the one that followed the shred, so the shred \
+                                 happened in another copy of this store (a clone sharing the \
+                                 ledger), or entries were written after the restore before \
+                                 this replay; nothing was done for it",
+                                entry.head_seq
+                            ),
+                        });
+                        continue;
+                    }
+                }
+                let full = record
+                    .keys
+                    .iter()
+                    .all(|k| k.version <= entry.through && k.created_at <= entry.at);
                 let detail = format!("replayed from the shred ledger: shredded at {}", entry.at);
                 let changed = |what: &str| {
                     Error::refused(format!(
@@ -639,7 +692,7 @@ impl KeyAdmin {
                          run the replay again"
                     ))
                 };
-                if record.latest_version() <= entry.through {
+                if full {
                     // Every version it has: the shred as it was.
                     let audit = self
                         .audit(AuditEvent::TenantShredded, tenant, 0, detail)

@@ -127,9 +127,10 @@ impl ShredLedger {
         Ok(last == *b"\n")
     }
 
-    /// Reads every line: the entries whose MAC verifies under `key`, and the
-    /// lines refused, with their line numbers.
-    pub(crate) fn read(&self, key: &HmacKey) -> Result<ReadLedger> {
+    /// Reads every line: the entries of key store `store_id` whose MAC
+    /// verifies under `key`, the lines refused (with their line numbers), and
+    /// how many lines name other key stores.
+    pub(crate) fn read(&self, key: &HmacKey, store_id: &str) -> Result<ReadLedger> {
         let file = std::fs::File::open(&self.path)
             .map_err(|e| self.error("cannot be opened for reading", Some(e)))?;
         let mut reader = BufReader::new(file);
@@ -159,6 +160,12 @@ impl ShredLedger {
                 }
                 // The last line, cut short (a crash mid-append): its shred
                 // was committed, so the operator must look at it.
+                if number == 1 {
+                    return Err(self.error(
+                        format!("its first line is not `{HEADER}`: not a shred ledger"),
+                        None,
+                    ));
+                }
                 out.rejected.push(LedgerLine {
                     line: number,
                     reason: "incomplete line (a write cut short)".into(),
@@ -166,15 +173,8 @@ impl ShredLedger {
                 break;
             }
             line.pop();
-            let Ok(text) = std::str::from_utf8(&line) else {
-                out.rejected.push(LedgerLine {
-                    line: number,
-                    reason: "not UTF-8".into(),
-                });
-                continue;
-            };
             if number == 1 {
-                if text != HEADER {
+                if line != HEADER.as_bytes() {
                     return Err(self.error(
                         format!("its first line is not `{HEADER}`: not a shred ledger"),
                         None,
@@ -182,15 +182,41 @@ impl ShredLedger {
                 }
                 continue;
             }
-            if out.entries.len() >= MAX_ENTRIES {
+            if out.entries.len() + out.rejected.len() >= MAX_ENTRIES {
                 return Err(self.error(format!("more than {MAX_ENTRIES} entries"), None));
             }
-            match LedgerEntry::parse(text, key) {
-                Ok(entry) => out.entries.push((number, entry)),
-                Err(reason) => out.rejected.push(LedgerLine {
-                    line: number,
-                    reason,
-                }),
+            let reject = |reason: String| LedgerLine {
+                line: number,
+                reason,
+            };
+            let Ok(text) = std::str::from_utf8(&line) else {
+                out.rejected.push(reject("not UTF-8".into()));
+                continue;
+            };
+            match LedgerEntry::parse(text) {
+                Err(reason) => out.rejected.push(reject(reason)),
+                Ok((entry, mac)) => {
+                    let verifies = bool::from(entry.mac(key).ct_eq(&mac));
+                    match (entry.store_id == store_id, verifies) {
+                        (true, true) => out.entries.push((number, entry)),
+                        // Another store's line, under its own audit key.
+                        (false, false) => out.other_stores += 1,
+                        (true, false) => out.rejected.push(reject(
+                            "its MAC does not verify under this key store's audit key \
+                             (altered, or forged)"
+                                .into(),
+                        )),
+                        // This store's audit key, another store id: this
+                        // store's id changed since the shred (or was changed).
+                        (false, true) => out.rejected.push(reject(format!(
+                            "its MAC verifies under this key store's audit key but it names \
+                             key store `{}`, not this store's `{store_id}`: the store's id \
+                             changed since the shred (a backup from before store ids, \
+                             migrated again, or an altered id); nothing was done for it",
+                            entry.store_id
+                        ))),
+                    }
+                }
             }
         }
         if number == 0 {
@@ -208,11 +234,13 @@ impl fmt::Debug for ShredLedger {
     }
 }
 
-/// A ledger as read: its verified entries and the lines refused.
+/// A ledger as read: its verified entries of one store, the lines refused,
+/// and how many lines name other stores.
 #[derive(Debug, Default)]
 pub(crate) struct ReadLedger {
     pub(crate) entries: Vec<(usize, LedgerEntry)>,
     pub(crate) rejected: Vec<LedgerLine>,
+    pub(crate) other_stores: u64,
 }
 
 /// A line of a shred ledger that was refused.
@@ -225,19 +253,24 @@ pub struct LedgerLine {
     pub reason: String,
 }
 
-/// One shred: every key version of `tenant` up to `through` was destroyed at
-/// `at`, in the key store `store_id`.
+/// One shred: every key version of `tenant` up to `through` created at or
+/// before `at` was destroyed at `at`, in the key store `store_id`, whose audit
+/// log had entry `head_seq` with MAC `head_mac` right after (0 and zeros: a
+/// store that keeps no head).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct LedgerEntry {
     pub(crate) store_id: String,
     pub(crate) at: Timestamp,
     pub(crate) through: u32,
     pub(crate) tenant: String,
+    pub(crate) head_seq: u64,
+    pub(crate) head_mac: [u8; 32],
 }
 
 impl LedgerEntry {
     /// `HMAC(audit key, "fieldseal/v1/shred-ledger" || lp(store_id) ||
-    /// i64be(at) || u32be(through) || lp(tenant))`.
+    /// i64be(at) || u32be(through) || lp(tenant) || u64be(head_seq) ||
+    /// head_mac)`.
     fn mac(&self, key: &HmacKey) -> [u8; 32] {
         let lp = |s: &str| {
             let mut v = Vec::with_capacity(4 + s.len());
@@ -251,34 +284,33 @@ impl LedgerEntry {
             &self.at.unix_seconds().to_be_bytes(),
             &self.through.to_be_bytes(),
             &lp(&self.tenant),
+            &self.head_seq.to_be_bytes(),
+            &self.head_mac,
         ])
     }
 
-    /// `<store id> <unix seconds> <through> <tenant, hex> <mac, hex>`.
-    fn line(&self, key: &HmacKey) -> String {
+    /// `<store id> <unix seconds> <through> <tenant, hex> <head seq> <head
+    /// mac, hex> <mac, hex>`.
+    pub(crate) fn line(&self, key: &HmacKey) -> String {
         format!(
-            "{} {} {} {} {}",
+            "{} {} {} {} {} {} {}",
             self.store_id,
             self.at.unix_seconds(),
             self.through,
             hex(self.tenant.as_bytes()),
+            self.head_seq,
+            hex(&self.head_mac),
             hex(&self.mac(key))
         )
     }
 
-    fn parse(text: &str, key: &HmacKey) -> std::result::Result<Self, String> {
-        let mut fields = text.split(' ');
-        let (Some(store_id), Some(at), Some(through), Some(tenant), Some(mac), None) = (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ) else {
-            return Err("not five fields separated by single spaces".into());
+    /// The entry a line holds, and the MAC it carries (not yet verified).
+    fn parse(text: &str) -> std::result::Result<(Self, [u8; 32]), String> {
+        let fields: Vec<&str> = text.split(' ').collect();
+        let [store_id, at, through, tenant, head_seq, head_mac, mac] = fields.as_slice() else {
+            return Err("not seven fields separated by single spaces".into());
         };
-        let valid_store = store_id == NO_STORE_ID
+        let valid_store = *store_id == NO_STORE_ID
             || (!store_id.is_empty()
                 && store_id.len() <= 64
                 && store_id
@@ -293,23 +325,22 @@ impl LedgerEntry {
             .and_then(|b| String::from_utf8(b).ok())
             .filter(|t| !t.is_empty())
             .ok_or("malformed tenant")?;
+        let head_seq = canonical::<u64>(head_seq).ok_or("malformed audit entry number")?;
+        let head_mac: [u8; 32] = unhex(head_mac)
+            .and_then(|b| b.try_into().ok())
+            .ok_or("malformed audit entry MAC")?;
         let mac: [u8; 32] = unhex(mac)
             .and_then(|b| b.try_into().ok())
             .ok_or("malformed MAC")?;
         let entry = Self {
-            store_id: store_id.to_string(),
+            store_id: (*store_id).to_string(),
             at: Timestamp::from_unix_seconds(at),
             through,
             tenant,
+            head_seq,
+            head_mac,
         };
-        if !bool::from(entry.mac(key).ct_eq(&mac)) {
-            return Err(
-                "its MAC does not verify under this key store's audit key (altered, or \
-                 written for another store)"
-                    .into(),
-            );
-        }
-        Ok(entry)
+        Ok((entry, mac))
     }
 }
 
@@ -379,6 +410,20 @@ mod tests {
             at: Timestamp::from_unix_seconds(1_780_000_000),
             through: 3,
             tenant: "acme café".into(),
+            head_seq: 17,
+            head_mac: [5; 32],
+        }
+    }
+
+    const STORE: &str = "0123456789abcdef0123456789abcdef";
+
+    /// A line as `read` judges it for this store.
+    fn judge(line: &str, key: &HmacKey) -> Result<(), String> {
+        let (entry, mac) = LedgerEntry::parse(line)?;
+        if entry.store_id == STORE && bool::from(entry.mac(key).ct_eq(&mac)) {
+            Ok(())
+        } else {
+            Err("MAC".into())
         }
     }
 
@@ -386,9 +431,11 @@ mod tests {
     fn lines_round_trip_and_every_field_is_bound() {
         let key = HmacKey::new(&[1; 32]);
         let line = entry().line(&key);
-        assert_eq!(LedgerEntry::parse(&line, &key), Ok(entry()));
+        let (parsed, _) = LedgerEntry::parse(&line).unwrap();
+        assert_eq!(parsed, entry());
+        assert_eq!(judge(&line, &key), Ok(()));
         // Another key refuses it.
-        assert!(LedgerEntry::parse(&line, &HmacKey::new(&[2; 32])).is_err());
+        assert!(judge(&line, &HmacKey::new(&[2; 32])).is_err());
         // Each field changed (the MAC kept) is refused.
         let fields: Vec<&str> = line.split(' ').collect();
         let changed = [
@@ -396,11 +443,13 @@ mod tests {
             "1780000001",
             "4",
             "61636d65",
+            "18",
+            "0606060606060606060606060606060606060606060606060606060606060606",
         ];
         for (i, new) in changed.iter().enumerate() {
             let mut f = fields.clone();
             f[i] = new;
-            let err = LedgerEntry::parse(&f.join(" "), &key).unwrap_err();
+            let err = judge(&f.join(" "), &key).unwrap_err();
             assert!(err.contains("MAC"), "{err}");
         }
         // Non-canonical forms are refused before the MAC.
@@ -411,7 +460,7 @@ mod tests {
             format!("{line} "),
             line.replacen(' ', "  ", 1),
         ] {
-            assert!(LedgerEntry::parse(&bad, &key).is_err(), "{bad}");
+            assert!(LedgerEntry::parse(&bad).is_err(), "{bad}");
         }
     }
 
@@ -433,7 +482,7 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let read = ledger.read(&key).unwrap();
+        let read = ledger.read(&key, STORE).unwrap();
         assert_eq!(read.entries.len(), 2);
         assert!(read.rejected.is_empty());
         // A forged line and a cut-short last line are named, not applied.
@@ -442,7 +491,7 @@ mod tests {
         text.push('\n');
         text.push_str("0123");
         std::fs::write(ledger.path(), text).unwrap();
-        let read = ledger.read(&key).unwrap();
+        let read = ledger.read(&key, STORE).unwrap();
         assert_eq!(read.entries.len(), 2);
         let lines: Vec<usize> = read.rejected.iter().map(|r| r.line).collect();
         assert_eq!(lines, vec![4, 5]);
@@ -450,13 +499,19 @@ mod tests {
         let mut third = entry();
         third.tenant = "initech".into();
         ledger.append(&key, &third).unwrap();
-        let read = ledger.read(&key).unwrap();
+        let read = ledger.read(&key, STORE).unwrap();
         assert_eq!(read.entries.len(), 3);
         assert_eq!(read.entries[2].1.tenant, "initech");
         // Not a ledger at all.
         std::fs::write(ledger.path(), "hello\n").unwrap();
-        assert!(matches!(ledger.read(&key), Err(Error::ShredLedger { .. })));
+        assert!(matches!(
+            ledger.read(&key, STORE),
+            Err(Error::ShredLedger { .. })
+        ));
         std::fs::write(ledger.path(), vec![b'x'; 4096]).unwrap();
-        assert!(matches!(ledger.read(&key), Err(Error::ShredLedger { .. })));
+        assert!(matches!(
+            ledger.read(&key, STORE),
+            Err(Error::ShredLedger { .. })
+        ));
     }
 }

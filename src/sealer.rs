@@ -646,7 +646,7 @@ impl Sealer {
             .store
             .store_identity()
             .await?
-            .is_none_or(|now| now.accepts_unbound);
+            .is_some_and(|now| now.accepts_unbound);
         if !accepts {
             self.inner.unbound_refused.store(true, Ordering::Release);
         }

@@ -895,17 +895,19 @@ async fn shred_replay_erases_again_after_a_restore() {
     assert_eq!(r.code, DONE, "{}", r.stdout);
     assert!(!r.stdout.contains("of shredded tenants"), "{}", r.stdout);
 
-    let r = app.run(&["shred", "--replay", "shreds.ledger"]);
+    let ledger = app.dir.path().join("shreds.ledger");
+    let ledger = ledger.to_str().unwrap();
+    let r = app.run(&["shred", "--replay", ledger]);
     assert_eq!(r.code, USAGE);
     assert!(r.stderr.contains("--yes"), "{}", r.stderr);
-    let r = app.run(&["shred", "--replay", "shreds.ledger", "--yes"]);
+    let r = app.run(&["shred", "--replay", ledger, "--yes"]);
     assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
     assert!(
         r.stdout.contains("tenant acme: shredded again"),
         "{}",
         r.stdout
     );
-    let r = app.run(&["--json", "shred", "--replay", "shreds.ledger", "--yes"]);
+    let r = app.run(&["--json", "shred", "--replay", ledger, "--yes"]);
     assert_eq!(r.code, NOTHING, "{}", r.stdout);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(report["already"], 1, "{}", r.stdout);

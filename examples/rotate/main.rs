@@ -487,7 +487,7 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
             replay: Some(ledger),
             yes,
             ..
-        } => return replay(cli, &sealer, &config.resolve(ledger), *yes).await,
+        } => return replay(cli, &sealer, ledger, *yes).await,
         _ => {}
     }
 
