@@ -924,3 +924,51 @@ async fn shred_replay_erases_again_after_a_restore() {
         r.stderr
     );
 }
+
+/// Root-key epochs from the command line: a key directory as the root key
+/// source, `rotate-root` creates the next epoch's key file and re-wraps
+/// every key under it, `retire-root` marks the old root keys unused and
+/// waits out the retention before destroying any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_root_and_retire_root_run_the_epochs() {
+    let app = App::new(9).await;
+    let keys = app.dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    RootKey::create_file(keys.join("cli-root-e1.key")).unwrap();
+    app.write_config(&CONFIG.replace(
+        "[root_key]\nid = \"cli-root\"\nfile = \"root.key\"",
+        "[root_key]\nid = \"cli-root\"\ndir = \"keys\"\n\
+         [[root_key.previous]]\nid = \"cli-root\"\nfile = \"root.key\"",
+    ));
+    let r = app.run(&["rewrap-root"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("cli-root-e1"), "{}", r.stdout);
+
+    let r = app.run(&["rotate-root"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    assert!(keys.join("cli-root-e2.key").exists());
+    assert!(
+        r.stdout.contains("under root key cli-root-e2"),
+        "{}",
+        r.stdout
+    );
+
+    let r = app.run(&["retire-root", "--retention", "1h"]);
+    assert_eq!(r.code, FAILED, "{}", r.stderr);
+    assert!(r.stderr.contains("the minimum is 86400s"), "{}", r.stderr);
+    let r = app.run(&["--json", "retire-root", "--retention", "30d"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        report["marked_unused"],
+        serde_json::json!(["cli-root", "cli-root-e1"]),
+        "{}",
+        r.stdout
+    );
+    let r = app.run(&["retire-root", "--retention", "30d"]);
+    assert_eq!(r.code, NOTHING, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("destroyed by a run from"), "{}", r.stdout);
+    assert!(keys.join("cli-root-e1.key").exists());
+    let r = app.run(&["verify"]);
+    assert_eq!(r.code, DONE, "{}", r.stdout);
+}

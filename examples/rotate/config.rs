@@ -44,7 +44,8 @@ pub(crate) struct Database {
     pub(crate) url_env: Option<String>,
 }
 
-/// A root key: a local key (`id` and `file` or `env`), an AWS KMS key
+/// A root key: a local key (`id` and `file` or `env`), a directory of local
+/// epoch keys (`dir`, files `<id>-e<N>.key`), an AWS KMS key
 /// (`kms_key`, optionally `kms_region` and `kms_endpoint`; the key's ARN is its
 /// id) or a PKCS#11 key (`pkcs11_module`, `pkcs11_token`, `pkcs11_key`, and
 /// the PIN from `pkcs11_pin_env`; its id is `pkcs11:` and the label) or a
@@ -65,6 +66,8 @@ pub(crate) struct RootKeyConfig {
     pub(crate) id: Option<String>,
     pub(crate) file: Option<PathBuf>,
     pub(crate) env: Option<String>,
+    /// A directory of epoch key files `<id>-e<N>.key` (`id` names them).
+    pub(crate) dir: Option<PathBuf>,
     pub(crate) kms_key: Option<String>,
     pub(crate) kms_region: Option<String>,
     pub(crate) kms_endpoint: Option<String>,
@@ -378,21 +381,26 @@ impl Config {
         let fail = |message: String| -> Box<dyn std::error::Error> {
             Box::new(err(format!("{what}: {message}")))
         };
-        let local = r.file.is_some() || r.env.is_some();
+        let local = r.file.is_some() || r.env.is_some() || r.dir.is_some();
         let kms = r.kms_key.is_some();
         let pkcs11 = r.pkcs11_module.is_some() || r.pkcs11_key.is_some();
         let vault = r.vault_addr.is_some() || r.vault_key.is_some();
         match (local, kms, pkcs11, vault) {
             (true, false, false, false) => {
-                let key = match (&r.file, &r.env) {
-                    (Some(file), None) => RootKey::from_file(self.resolve(file)),
-                    (None, Some(var)) => RootKey::from_env(var),
-                    _ => return Err(fail("give `file` or `env`, not both".into())),
-                }
-                .map_err(|e| fail(e.to_string()))?;
                 let Some(id) = &r.id else {
                     return Err(fail("a local root key needs its `id`".into()));
                 };
+                let key = match (&r.file, &r.env, &r.dir) {
+                    (Some(file), None, None) => RootKey::from_file(self.resolve(file)),
+                    (None, Some(var), None) => RootKey::from_env(var),
+                    (None, None, Some(dir)) => {
+                        let provider = LocalKeyProvider::from_dir(self.resolve(dir), id)
+                            .map_err(|e| fail(e.to_string()))?;
+                        return Ok(Arc::new(provider));
+                    }
+                    _ => return Err(fail("give one of `file`, `env` or `dir`".into())),
+                }
+                .map_err(|e| fail(e.to_string()))?;
                 let provider = LocalKeyProvider::new(id, key).map_err(|e| fail(e.to_string()))?;
                 Ok(Arc::new(provider))
             }

@@ -56,7 +56,7 @@ const NOTHING: u8 = 3;
 
 /// Rotate tenant keys, re-seal, migrate, verify and retire the sealed columns
 /// of a database.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(name = "rotate", version, about)]
 struct Cli {
     /// The configuration file.
@@ -81,7 +81,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 enum Command {
     /// Check that the configured tables, columns and key columns exist.
     Check,
@@ -147,6 +147,21 @@ enum Command {
     /// Re-wrap every tenant key (and the audit key) under the current root
     /// key, until all are.
     RewrapRoot,
+    /// Start a new root-key epoch: create a new root key in the provider
+    /// (a local key directory's next file, a new Transit key version), then
+    /// re-wrap every key under it as `rewrap-root` does. Restart the
+    /// application afterwards so it wraps under the new key.
+    RotateRoot,
+    /// Retire old root keys: mark those no live key is wrapped under, and
+    /// destroy in the provider those marked at least --retention ago (your
+    /// backup retention). Exit 0 if it marked or destroyed one, 3 if not.
+    RetireRoot {
+        /// How long backups are kept: a root key is destroyed only once every
+        /// backup that can hold a key wrapped under it has expired (at least
+        /// one day).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Duration,
+    },
     /// Erase a tenant: destroy every key version, so its values never open
     /// (and append it to the `shred_ledger` file, if configured). After
     /// restoring the database from a backup, `shred --replay LEDGER` erases
@@ -165,7 +180,7 @@ enum Command {
 }
 
 /// Options of the jobs that go over rows.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 struct JobArgs {
     /// Only this tenant's rows.
     #[arg(long)]
@@ -246,7 +261,18 @@ fn main() -> ExitCode {
             return ExitCode::from(FAILED);
         }
     };
-    match runtime.block_on(run(&cli)) {
+    let outcome = runtime.block_on(async {
+        let code = run(&cli).await?;
+        if !matches!(cli.command, Command::RotateRoot) {
+            return Ok(code);
+        }
+        // The new root key exists: a provider built now wraps under it, so
+        // the re-wrap runs as `rewrap-root` with the configuration read anew.
+        let mut rewrap = cli.clone();
+        rewrap.command = Command::RewrapRoot;
+        run(&rewrap).await
+    });
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(Failure::Usage(message)) => {
             eprintln!("error: {message}");
@@ -478,6 +504,18 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
         Command::RewrapRoot => {
             return rewrap_root(cli, &sealer, provider.current_root_key_id()).await;
         }
+        Command::RotateRoot => {
+            let id = sealer
+                .admin()
+                .actor("rotate rotate-root (command line)")
+                .create_root_key()
+                .await?;
+            if !cli.quiet {
+                eprintln!("root key {id} created for a new epoch; re-wrapping every key under it");
+            }
+            return Ok(DONE);
+        }
+        Command::RetireRoot { retention } => return retire_root(cli, &sealer, *retention).await,
         Command::Shred {
             tenant: Some(tenant),
             yes,
@@ -594,7 +632,11 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
                 NOTHING
             })
         }
-        Command::Rotate { .. } | Command::RewrapRoot | Command::Shred { .. } => Ok(DONE),
+        Command::Rotate { .. }
+        | Command::RewrapRoot
+        | Command::RotateRoot
+        | Command::RetireRoot { .. }
+        | Command::Shred { .. } => Ok(DONE),
     }
 }
 
@@ -842,6 +884,53 @@ async fn shred(cli: &Cli, sealer: &Sealer, tenant: &str, yes: bool, has_ledger: 
         || println!("tenant {tenant}: every key version destroyed at {at}"),
     );
     Ok(DONE)
+}
+
+/// `retire-root --retention AGE`.
+async fn retire_root(cli: &Cli, sealer: &Sealer, retention: Duration) -> Outcome {
+    let r = sealer
+        .admin()
+        .actor("rotate retire-root (command line)")
+        .retire_root_keys(retention)
+        .await?;
+    let pairs = |v: &[(String, Timestamp)]| -> Vec<Value> {
+        v.iter()
+            .map(|(id, at)| json!({ "root_key": id, "at": at.to_string() }))
+            .collect()
+    };
+    emit(
+        cli,
+        json!({
+            "command": "retire-root",
+            "destroyed": pairs(&r.destroyed),
+            "marked_unused": r.marked_unused,
+            "waiting": pairs(&r.waiting),
+            "in_use": r.in_use.iter().map(|(id, n)| json!({ "root_key": id, "keys": n })).collect::<Vec<_>>(),
+            "blocked": r.blocked.iter().map(|(id, why)| json!({ "root_key": id, "reason": why })).collect::<Vec<_>>(),
+        }),
+        || {
+            for (id, at) in &r.destroyed {
+                println!("root key {id}: destroyed; it unwraps nothing from {at}");
+            }
+            for id in &r.marked_unused {
+                println!("root key {id}: no key is wrapped under it; its retention starts now");
+            }
+            for (id, at) in &r.waiting {
+                println!("root key {id}: unused; destroyed by a run from {at}");
+            }
+            for (id, n) in &r.in_use {
+                println!("root key {id}: {n} keys still wrapped under it (run rewrap-root)");
+            }
+            for (id, why) in &r.blocked {
+                println!("root key {id}: not destroyed: {why}");
+            }
+        },
+    );
+    Ok(if r.destroyed.is_empty() && r.marked_unused.is_empty() {
+        NOTHING
+    } else {
+        DONE
+    })
 }
 
 /// `shred --replay LEDGER`: after a restore, erases again every tenant the
