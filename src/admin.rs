@@ -1095,11 +1095,24 @@ impl KeyAdmin {
             // re-wrap away from it after the mark means it was in use again.
             let mut marks: BTreeMap<String, Timestamp> = BTreeMap::new();
             let mut destroyed: BTreeSet<String> = BTreeSet::new();
-            let (verifier, _) = self
+            let mut newest = Timestamp::from_unix_seconds(i64::MIN);
+            // Read before the log, as verify_audit does: a log whose newest
+            // entries (a re-wrap that cancels a mark) were deleted is broken.
+            let head = self.sealer.inner.store.audit_head().await?;
+            let mut head_mac = None;
+            let (mut verifier, _) = self
                 .walk_audit_with(None, &mut |e| {
+                    if head.is_some_and(|(seq, _)| seq == e.seq) {
+                        head_mac = Some(e.mac);
+                    }
+                    newest = newest.max(e.at);
                     let event = e.event.as_str();
                     if event == AuditEvent::RootKeyUnused.as_str() {
                         marks.insert(e.detail.clone(), e.at);
+                    } else if event == AuditEvent::RootKeyCreated.as_str() {
+                        // An id made again starts afresh.
+                        marks.remove(&e.detail);
+                        destroyed.remove(&e.detail);
                     } else if event == AuditEvent::RootKeyDestroyed.as_str() {
                         if let Some(id) = e.detail.split(' ').next() {
                             destroyed.insert(id.to_string());
@@ -1107,14 +1120,26 @@ impl KeyAdmin {
                     } else if event == AuditEvent::KeyRewrapped.as_str()
                         && let Some((from, _)) = e.detail.split_once(" -> ")
                     {
-                        marks.remove(from);
+                        // `<from> -> <to>`, or `audit key <from> -> <to>`.
+                        marks.remove(from.strip_prefix("audit key ").unwrap_or(from));
                     }
                 })
                 .await?;
+            if let Some(head) = head {
+                verifier.check_head(head, head_mac);
+            }
             if let Some(broken) = verifier.finish().broken {
                 return Err(Error::refused(format!(
                     "the audit chain is broken at entry {} ({}); no root key was retired",
                     broken.seq, broken.reason
+                )));
+            }
+            // A clock behind the log's would start retentions late and end
+            // them early.
+            if Timestamp::now() < newest {
+                return Err(Error::refused(format!(
+                    "this host's clock is behind the audit log's newest entry ({newest}); no \
+                     root key was retired: fix the clock"
                 )));
             }
             let mut in_use = self.keys_per_root().await?;
@@ -1160,6 +1185,17 @@ impl KeyAdmin {
                             .await?;
                         self.sealer.inner.store.record_audit(&audit).await?;
                         tracing::warn!(root_key = %id, %gone, "root key destroyed");
+                        // A process still wrapping under it (not restarted
+                        // since the epoch began) may have stored a key in
+                        // the moment before: say so, loudly.
+                        if let Some(&keys) = self.keys_per_root().await?.get(&id) {
+                            return Err(Error::refused(format!(
+                                "root key `{id}` was destroyed, but {keys} keys were wrapped \
+                                 under it meanwhile by a process still using it as its current \
+                                 root key: restore the key from a copy if you have one, restart \
+                                 every process on the current epoch's key, and run rewrap-root"
+                            )));
+                        }
                         report.destroyed.push((id, gone));
                     }
                     Err(Error::Refused { reason }) => report.blocked.push((id, reason)),

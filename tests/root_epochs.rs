@@ -285,7 +285,27 @@ async fn from_dir_names_keys_by_epoch_and_refuses_an_empty_directory() {
     // removed.
     let err = p2.destroy_root_key("root-e2").await.unwrap_err();
     assert!(matches!(err, Error::Refused { .. }), "{err}");
+    // A link is never followed: refused, nothing destroyed.
+    #[cfg(unix)]
+    {
+        let link = dir.path().join("root-e1.key");
+        let real = dir.path().join("elsewhere.key");
+        std::fs::rename(&link, &real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = p2.destroy_root_key("root-e1").await.unwrap_err();
+        assert!(matches!(err, Error::Refused { .. }), "{err}");
+        std::fs::remove_file(&link).unwrap();
+        std::fs::rename(&real, &link).unwrap();
+    }
     p2.destroy_root_key("root-e1").await.unwrap();
     assert!(!dir.path().join("root-e1.key").exists());
     assert_eq!(provider(dir.path()).root_key_ids(), vec!["root-e2"]);
+    // The provider built before still holds e1 in memory as its current key,
+    // but never wraps under it again.
+    let key = fieldseal::TenantKey::generate().unwrap();
+    let err = p
+        .wrap(&key, &fieldseal::WrapContext::tenant_key("acme", 1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("was destroyed"), "{err}");
 }

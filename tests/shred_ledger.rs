@@ -118,37 +118,54 @@ async fn after_restore(restored: &Sealer, ledger: &Path, before: &Before) {
     assert_eq!(again.already, 2);
 }
 
+/// A SQLite pool on the file at `path`, created if missing.
+async fn connect(path: &Path) -> SqlitePool {
+    SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap()
+}
+
+/// A migrated key store on a new SQLite file.
+async fn new_store(path: &Path) -> (SqlitePool, SqlKeyStore<sqlx::Sqlite>) {
+    let pool = connect(path).await;
+    let store = SqlKeyStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    (pool, store)
+}
+
+/// A consistent copy of the database behind `pool`.
+async fn backup_to(pool: &SqlitePool, path: &Path) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "VACUUM INTO '{}'",
+        path.display()
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The restore: `backup` in place of the database file `db` (closed first).
+async fn restore(pool: SqlitePool, backup: &Path, db: &Path) -> SqlitePool {
+    pool.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(backup, db).unwrap();
+    connect(db).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_sqlite_file_does_not_bring_a_shredded_tenant_back() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("shreds.ledger");
     let db = dir.path().join("app.db");
     let backup = dir.path().join("backup.db");
-    let connect = |path: &Path| {
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        async move { SqlitePool::connect(&url).await.unwrap() }
-    };
-    let pool = connect(&db).await;
-    let store = SqlKeyStore::new(pool.clone());
-    store.migrate().await.unwrap();
+    let (pool, store) = new_store(&db).await;
     let live = sealer(store, &ledger);
     let before = before_backup(&live).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "VACUUM INTO '{}'",
-        backup.display()
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    backup_to(&pool, &backup).await;
     after_backup(&live).await;
-    pool.close().await;
-
-    // The restore: the backup file in place of the database.
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::copy(&backup, &db).unwrap();
-    let pool = connect(&db).await;
+    let pool = restore(pool, &backup, &db).await;
     let restored = sealer(SqlKeyStore::new(pool.clone()), &ledger);
     after_restore(&restored, &ledger, &before).await;
     pool.close().await;
@@ -280,30 +297,13 @@ async fn a_tenant_id_used_again_after_a_restore_keeps_its_new_keys() {
     let ledger = dir.path().join("shreds.ledger");
     let db = dir.path().join("app.db");
     let backup = dir.path().join("backup.db");
-    let connect = |path: &Path| {
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        async move { SqlitePool::connect(&url).await.unwrap() }
-    };
-    let pool = connect(&db).await;
-    let store = SqlKeyStore::new(pool.clone());
-    store.migrate().await.unwrap();
+    let (pool, store) = new_store(&db).await;
     let live = sealer(store, &ledger);
     live.seal(&ctx("globex", 1), b"x").await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "VACUUM INTO '{}'",
-        backup.display()
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    backup_to(&pool, &backup).await;
     live.seal(&ctx("acme", 1), b"short-lived").await.unwrap();
     live.admin().shred_tenant("acme").await.unwrap();
-    pool.close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::copy(&backup, &db).unwrap();
-    let pool = connect(&db).await;
+    let pool = restore(pool, &backup, &db).await;
     // After the restore (a second later: times are in seconds) the id is used
     // again, before the replay runs.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -329,22 +329,12 @@ async fn a_clone_sharing_the_ledger_does_not_shred_the_original() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("shreds.ledger");
     let (prod_db, staging_db) = (dir.path().join("prod.db"), dir.path().join("staging.db"));
-    let connect = |path: &Path| {
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        async move { SqlitePool::connect(&url).await.unwrap() }
-    };
     let prod_pool = connect(&prod_db).await;
     let store = SqlKeyStore::new(prod_pool.clone());
     store.migrate().await.unwrap();
     let prod = sealer(store, &ledger);
     let value = prod.seal(&ctx("acme", 1), b"prod's").await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "VACUUM INTO '{}'",
-        staging_db.display()
-    )))
-    .execute(&prod_pool)
-    .await
-    .unwrap();
+    backup_to(&prod_pool, &staging_db).await;
     // Both go on; staging shreds acme, prod creates a tenant.
     prod.create_tenant("globex").await.unwrap();
     let staging_pool = connect(&staging_db).await;

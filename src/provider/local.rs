@@ -169,6 +169,16 @@ fn epoch_files(dir: &Path, name: &str) -> Result<Vec<(u32, PathBuf)>> {
     Ok(out)
 }
 
+/// Syncs a directory, so that a file created, renamed or removed in it stays
+/// so after a crash.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// The local wrapped form (FORMAT.md §"Wrapped keys"):
 /// `0x01 || nonce || AES-256-GCM(root, nonce, wrap_AD, key) || tag`. Only the
 /// test-vector generator chooses the nonce.
@@ -226,6 +236,22 @@ impl KeyProvider for LocalKeyProvider {
             .ok_or_else(|| Error::RootKeyNotConfigured {
                 id: self.current.clone(),
             })?;
+        // From a key directory: a key whose file was destroyed (by
+        // `retire-root` in another process) never wraps again, though this
+        // process still holds it in memory.
+        if let Some((dir, _)) = &self.dir
+            && !dir.join(format!("{}.key", self.current)).is_file()
+        {
+            return Err(Error::RootKey {
+                origin: dir.display().to_string(),
+                reason: format!(
+                    "root key `{}`, this process's current root key, was destroyed (its file is \
+                     gone): restart the process so that it loads the current epoch's key",
+                    self.current
+                ),
+                source: None,
+            });
+        }
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let bytes = wrap_with_nonce(root, &nonce, key, ctx)?;
@@ -269,7 +295,9 @@ impl KeyProvider for LocalKeyProvider {
     }
 
     /// With [`LocalKeyProvider::from_dir`]: writes the next epoch's key file
-    /// (readable by its owner only; never over an existing file).
+    /// (readable by its owner only; never over an existing file): first under
+    /// a temporary name, synced, read back, then renamed into place and the
+    /// directory synced, so a crash leaves either no new key or a whole one.
     async fn create_root_key(&self) -> Result<String> {
         let Some((dir, name)) = &self.dir else {
             return Err(Error::refused(format!(
@@ -285,55 +313,109 @@ impl KeyProvider for LocalKeyProvider {
             .map_or(Some(1), |(n, _)| n.checked_add(1))
             .ok_or_else(|| Error::refused("every epoch number is used"))?;
         let id = format!("{name}-e{next}");
-        RootKey::create_file(dir.join(format!("{id}.key")))?;
+        let path = dir.join(format!("{id}.key"));
+        let temporary = dir.join(format!("{id}.key.new"));
+        let failed = |e: std::io::Error| Error::RootKey {
+            origin: path.display().to_string(),
+            reason: "the new key file cannot be put in place".into(),
+            source: Some(e),
+        };
+        // A temporary file left by a crash is not a key anyone used.
+        let _ = std::fs::remove_file(&temporary);
+        let key = RootKey::create_file(&temporary)?;
+        let back = RootKey::from_file(&temporary)?;
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            key.expose().as_slice(),
+            back.expose().as_slice(),
+        )) {
+            return Err(Error::RootKey {
+                origin: temporary.display().to_string(),
+                reason: "the new key file does not read back as written".into(),
+                source: None,
+            });
+        }
+        if path.exists() {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(Error::RootKeyFileExists { path });
+        }
+        std::fs::rename(&temporary, &path).map_err(failed)?;
+        sync_dir(dir).map_err(failed)?;
         Ok(id)
     }
 
-    /// With [`LocalKeyProvider::from_dir`]: overwrites the key file with
-    /// zeros, syncs it and removes it. This process's copy in memory goes
-    /// when the provider is dropped.
+    /// With [`LocalKeyProvider::from_dir`]: only an older epoch file of this
+    /// provider's name, a regular file (no link) holding the key this
+    /// provider holds under that id. It is renamed away first (so no process
+    /// loads it again, and a crash leaves no half-written key file), then
+    /// overwritten with zeros, synced and removed. Copies elsewhere (backups
+    /// of the directory, other hosts, snapshots) are yours to remove; this
+    /// process's copy in memory goes when the provider is dropped.
     async fn destroy_root_key(&self, id: &str) -> Result<crate::Timestamp> {
         let Some((dir, name)) = &self.dir else {
             return Err(Error::refused(format!(
                 "root key `{id}` was given in memory: there is no file to destroy"
             )));
         };
-        let newest = epoch_files(dir, name)?
-            .last()
-            .map(|(n, _)| format!("{name}-e{n}"));
+        let epochs = epoch_files(dir, name)?;
+        let newest = epochs.last().map(|(n, _)| format!("{name}-e{n}"));
         if id == self.current || newest.as_deref() == Some(id) {
             return Err(Error::refused(format!(
                 "root key `{id}` is the current root key: it is never destroyed"
             )));
         }
-        if self.key(id).is_none() {
+        let Some((_, path)) = epochs.iter().find(|(n, _)| format!("{name}-e{n}") == id) else {
             return Err(Error::refused(format!(
-                "root key `{id}` is not one of this provider's key files"
+                "root key `{id}` is not one of the key files `{name}-e<N>.key` in {}",
+                dir.display()
             )));
-        }
-        let path = dir.join(format!("{id}.key"));
+        };
+        let Some(held) = self.key(id) else {
+            return Err(Error::refused(format!(
+                "root key `{id}` was not loaded by this provider; build it again"
+            )));
+        };
         let failed = |e: std::io::Error| Error::RootKey {
             origin: path.display().to_string(),
-            reason: "the key file cannot be overwritten and removed".into(),
+            reason: "the key file cannot be destroyed".into(),
             source: Some(e),
         };
-        let len = std::fs::metadata(&path).map_err(failed)?.len();
+        let meta = std::fs::symlink_metadata(path).map_err(failed)?;
+        #[cfg(unix)]
+        let links = std::os::unix::fs::MetadataExt::nlink(&meta);
+        #[cfg(not(unix))]
+        let links = 1;
+        if !meta.file_type().is_file() || links != 1 {
+            return Err(Error::refused(format!(
+                "{} is a link, or not a regular file: destroy it by hand",
+                path.display()
+            )));
+        }
+        let on_disk = RootKey::from_file(path)?;
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            on_disk.expose().as_slice(),
+            held.expose().as_slice(),
+        )) {
+            return Err(Error::refused(format!(
+                "{} does not hold the key this provider holds as `{id}`: nothing was destroyed",
+                path.display()
+            )));
+        }
+        let len = usize::try_from(meta.len()).unwrap_or(0);
+        let doomed = dir.join(format!("{id}.key.destroyed"));
+        std::fs::rename(path, &doomed).map_err(failed)?;
+        sync_dir(dir).map_err(failed)?;
         {
             use std::io::Write as _;
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
-                .open(&path)
+                .open(&doomed)
                 .map_err(failed)?;
-            let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
-            file.write_all(&zeros)
+            file.write_all(&vec![0u8; len])
                 .and_then(|()| file.sync_all())
                 .map_err(failed)?;
         }
-        std::fs::remove_file(&path).map_err(failed)?;
-        #[cfg(unix)]
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(failed)?;
+        std::fs::remove_file(&doomed).map_err(failed)?;
+        sync_dir(dir).map_err(failed)?;
         Ok(crate::Timestamp::now())
     }
 }

@@ -59,7 +59,15 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `decrypt` per cache miss; never one per sealed value.
 ///
 /// **Permissions.** `read` on `<mount>/keys/<key>`, `update` on
-/// `<mount>/encrypt/<key>` and `<mount>/decrypt/<key>`.
+/// `<mount>/encrypt/<key>` and `<mount>/decrypt/<key>`; for root-key epochs
+/// ([`KeyAdmin::create_root_key`](crate::KeyAdmin::create_root_key),
+/// [`KeyAdmin::retire_root_keys`](crate::KeyAdmin::retire_root_keys)) also
+/// `update` on `<mount>/keys/<key>/rotate`, `<mount>/keys/<key>/config` and
+/// `<mount>/keys/<key>/trim`. Give each key store its own Transit key: a
+/// version retired for one store would be destroyed under the others. If a
+/// destruction stops between raising the minimum versions and the trim, the
+/// version no longer decrypts but is not yet deleted: trim it by hand
+/// (`min_available_version` = the key's `min_decryption_version`).
 ///
 /// # Security
 ///
