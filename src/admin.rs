@@ -92,6 +92,47 @@ pub struct RootKeyRetirement {
     pub blocked: Vec<(String, String)>,
 }
 
+/// What became of one root key, as [`KeyAdmin::erasure_report`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RootKeyFate {
+    /// Live keys may be wrapped under it (it is current, or not yet marked
+    /// unused).
+    InUse,
+    /// Marked unused at `since`: destroyed by a `retire_root_keys` run once
+    /// the backup retention has passed.
+    Unused {
+        /// When it was marked.
+        since: Timestamp,
+    },
+    /// Destroyed: it unwraps nothing from `gone`.
+    Destroyed {
+        /// From when.
+        gone: Timestamp,
+    },
+}
+
+/// When a shredded tenant becomes unrecoverable from every backup: see
+/// [`KeyAdmin::erasure_report`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ErasureReport {
+    /// The tenant.
+    pub tenant: String,
+    /// When it was last shredded (`None`: it is not shredded).
+    pub shredded_at: Option<Timestamp>,
+    /// Every root key that may have wrapped one of its keys (any root key
+    /// not created after the shred), and its fate.
+    pub root_keys: Vec<(String, RootKeyFate)>,
+    /// From when no backup of any age yields its keys: when the last of
+    /// those root keys was destroyed. `None` while one still exists.
+    pub unrecoverable_from: Option<Timestamp>,
+    /// With a retention given and every such root key unused or destroyed:
+    /// the earliest time a `retire_root_keys` run can have destroyed them
+    /// all.
+    pub expected_from: Option<Timestamp>,
+}
+
 /// What [`KeyAdmin::rewrap_all`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1203,6 +1244,121 @@ impl KeyAdmin {
                 }
             }
             Ok(report)
+        })
+        .await
+    }
+
+    /// When tenant `tenant`, shredded, becomes unrecoverable from every
+    /// backup of any age: every root key that may have wrapped one of its
+    /// keys (from the verified audit log: any root key not created after the
+    /// shred, including the provider's and those named by re-wrap entries),
+    /// what became of each, and the date the last one was (or, given the
+    /// backup `retention`, can be) destroyed. OPERATIONS.md, "Root-key
+    /// epochs", gives the bound this computes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownTenant`]; [`Error::Refused`] if the audit chain is
+    /// broken; store errors.
+    pub async fn erasure_report(
+        &self,
+        tenant: &str,
+        retention: Option<Duration>,
+    ) -> Result<ErasureReport> {
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("erasure_report", tenant, label, async move {
+            let record = self.describe(tenant).await?;
+            let mut created: BTreeMap<String, Timestamp> = BTreeMap::new();
+            let mut marks: BTreeMap<String, Timestamp> = BTreeMap::new();
+            let mut gone: BTreeMap<String, Timestamp> = BTreeMap::new();
+            let mut seen: BTreeSet<String> = BTreeSet::new();
+            let (verifier, _) = self
+                .walk_audit_with(None, &mut |e| {
+                    let event = e.event.as_str();
+                    if event == AuditEvent::RootKeyCreated.as_str() {
+                        created.insert(e.detail.clone(), e.at);
+                        marks.remove(&e.detail);
+                        gone.remove(&e.detail);
+                    } else if event == AuditEvent::RootKeyUnused.as_str() {
+                        marks.insert(e.detail.clone(), e.at);
+                    } else if event == AuditEvent::RootKeyDestroyed.as_str() {
+                        let mut parts = e.detail.split(' ');
+                        if let (Some(id), Some(at)) = (parts.next(), parts.next()) {
+                            let at = at.parse().map_or(e.at, Timestamp::from_unix_seconds);
+                            gone.insert(id.to_string(), at);
+                        }
+                    } else if event == AuditEvent::KeyRewrapped.as_str()
+                        && let Some((from, to)) = e.detail.split_once(" -> ")
+                    {
+                        let from = from.strip_prefix("audit key ").unwrap_or(from);
+                        marks.remove(from);
+                        if e.tenant == tenant {
+                            seen.insert(from.to_string());
+                            seen.insert(to.to_string());
+                        }
+                    }
+                })
+                .await?;
+            if let Some(broken) = verifier.finish().broken {
+                return Err(Error::refused(format!(
+                    "the audit chain is broken at entry {} ({}): no erasure report",
+                    broken.seq, broken.reason
+                )));
+            }
+            let provider = &self.sealer.inner.provider;
+            let mut ids: BTreeSet<String> = seen;
+            ids.extend(provider.root_key_ids().into_iter().map(str::to_string));
+            ids.extend(created.keys().cloned());
+            ids.extend(gone.keys().cloned());
+            let shredded_at = record.shredded_at;
+            // A root key created after the shred never wrapped its keys.
+            ids.retain(|id| match (shredded_at, created.get(id)) {
+                (Some(shred), Some(at)) => *at <= shred,
+                _ => true,
+            });
+            let mut root_keys = Vec::new();
+            for id in ids {
+                let fate = match (gone.get(&id), marks.get(&id)) {
+                    (Some(&gone), _) => RootKeyFate::Destroyed { gone },
+                    (None, Some(&since)) if id != provider.current_root_key_id() => {
+                        RootKeyFate::Unused { since }
+                    }
+                    _ => RootKeyFate::InUse,
+                };
+                root_keys.push((id, fate));
+            }
+            let mut unrecoverable_from = None;
+            let mut expected_from = None;
+            if shredded_at.is_some() {
+                let mut all_gone = Some(Timestamp::from_unix_seconds(i64::MIN));
+                let mut all_due = Some(Timestamp::from_unix_seconds(i64::MIN));
+                let retention = retention.map(|r| i64::try_from(r.as_secs()).unwrap_or(i64::MAX));
+                for (_, fate) in &root_keys {
+                    let (gone, due) = match fate {
+                        RootKeyFate::Destroyed { gone } => (Some(*gone), Some(*gone)),
+                        RootKeyFate::Unused { since } => (
+                            None,
+                            retention.map(|r| {
+                                Timestamp::from_unix_seconds(since.unix_seconds().saturating_add(r))
+                            }),
+                        ),
+                        RootKeyFate::InUse => (None, None),
+                    };
+                    all_gone = all_gone.zip(gone).map(|(a, b)| a.max(b));
+                    all_due = all_due.zip(due).map(|(a, b)| a.max(b));
+                }
+                if !root_keys.is_empty() {
+                    unrecoverable_from = all_gone;
+                    expected_from = all_due;
+                }
+            }
+            Ok(ErasureReport {
+                tenant: tenant.to_string(),
+                shredded_at,
+                root_keys,
+                unrecoverable_from,
+                expected_from,
+            })
         })
         .await
     }

@@ -43,7 +43,10 @@ mod vectors;
 // The public API, in full.
 pub use crate::{
     // Key lifecycle operations and the audit log.
-    admin::{KeyAdmin, RewrapReport, RootKeyCheck, RootKeyRetirement, Rotation},
+    admin::{
+        ErasureReport, KeyAdmin, RewrapReport, RootKeyCheck, RootKeyFate, RootKeyRetirement,
+        Rotation,
+    },
     audit::{
         AUDIT_MAC_LEN, AuditAppend, AuditBreak, AuditEntry, AuditEvent, AuditReport, StateMismatch,
     },

@@ -151,8 +151,11 @@ async fn epochs(mut db: Db) {
     db.backup("b1").await;
     a.admin().shred_tenant("acme").await.unwrap();
 
-    // A new epoch: created, then every live key re-wrapped by a sealer on
-    // the new provider.
+    // A new epoch (a second later: audit times are in seconds, and a root
+    // key made in the second of the shred counts as one that may have
+    // wrapped its keys): created, then every live key re-wrapped by a sealer
+    // on the new provider.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(a.admin().create_root_key().await.unwrap(), "root-e2");
     let b = db.sealer(keys.path());
     let report = b.admin().rewrap_all("root-e2").await.unwrap();
@@ -178,12 +181,40 @@ async fn epochs(mut db: Db) {
     let retention = Duration::from_secs(1);
     let r = b.admin().retire_root_keys(retention).await.unwrap();
     assert_eq!(r.marked_unused, vec!["root-e1".to_string()], "{r:?}");
+    // The erasure report: acme's keys were only ever under root-e1 (root-e2
+    // came after the shred), marked unused, not yet destroyed.
+    let report = b
+        .admin()
+        .erasure_report("acme", Some(retention))
+        .await
+        .unwrap();
+    assert!(report.shredded_at.is_some());
+    assert_eq!(report.root_keys.len(), 1, "{report:?}");
+    assert_eq!(report.root_keys[0].0, "root-e1");
+    assert!(matches!(
+        report.root_keys[0].1,
+        fieldseal::RootKeyFate::Unused { .. }
+    ));
+    assert_eq!(report.unrecoverable_from, None);
+    assert!(report.expected_from.is_some(), "{report:?}");
     let r = b.admin().retire_root_keys(retention).await.unwrap();
     assert_eq!(r.waiting.len() + r.destroyed.len(), 1, "{r:?}");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = b.admin().retire_root_keys(retention).await.unwrap();
     assert_eq!(r.destroyed.len(), 1, "{r:?}");
     assert_eq!(r.destroyed[0].0, "root-e1");
+    let report = b.admin().erasure_report("acme", None).await.unwrap();
+    assert_eq!(
+        report.unrecoverable_from,
+        Some(r.destroyed[0].1),
+        "{report:?}"
+    );
+    // A tenant that was never shredded has no such date.
+    let report = b.admin().erasure_report("globex", None).await.unwrap();
+    assert_eq!(
+        (report.shredded_at, report.unrecoverable_from),
+        (None, None)
+    );
     assert!(!keys.path().join("root-e1.key").exists());
     assert!(b.admin().verify_audit().await.unwrap().is_intact());
     let events: Vec<String> = b

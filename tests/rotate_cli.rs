@@ -965,6 +965,20 @@ async fn rotate_root_and_retire_root_run_the_epochs() {
         "{}",
         r.stdout
     );
+    let r = app.run(&["shred", "--tenant", "acme", "--yes"]);
+    assert_eq!(r.code, DONE, "{}", r.stderr);
+    let r = app.run(&[
+        "--json",
+        "erasure-report",
+        "--tenant",
+        "acme",
+        "--retention",
+        "30d",
+    ]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(report["shredded_at"].is_string(), "{}", r.stdout);
+    assert!(report["unrecoverable_from"].is_null(), "{}", r.stdout);
     let r = app.run(&["retire-root", "--retention", "30d"]);
     assert_eq!(r.code, NOTHING, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("destroyed by a run from"), "{}", r.stdout);

@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use fieldseal::{
-    Error, JobOptions, KeyProvider, KeyStore, Plan, RetireReport, SealedColumns, Sealer,
-    ShredLedger, SqlDatabase, SqlKeyStore, Timestamp,
+    Error, JobOptions, KeyProvider, KeyStore, Plan, RetireReport, RootKeyFate, SealedColumns,
+    Sealer, ShredLedger, SqlDatabase, SqlKeyStore, Timestamp,
 };
 use serde_json::{Value, json};
 
@@ -152,6 +152,18 @@ enum Command {
     /// re-wrap every key under it as `rewrap-root` does. Restart the
     /// application afterwards so it wraps under the new key.
     RotateRoot,
+    /// When a shredded tenant becomes unrecoverable from every backup: the
+    /// root keys that may have wrapped its keys, what became of each, and
+    /// the date (OPERATIONS.md, "Root-key epochs").
+    ErasureReport {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The backup retention `retire-root` runs with, to say when the
+        /// root keys marked unused can be destroyed.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<Duration>,
+    },
     /// Retire old root keys: mark those no live key is wrapped under, and
     /// destroy in the provider those marked at least --retention ago (your
     /// backup retention). Exit 0 if it marked or destroyed one, 3 if not.
@@ -516,6 +528,9 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
             return Ok(DONE);
         }
         Command::RetireRoot { retention } => return retire_root(cli, &sealer, *retention).await,
+        Command::ErasureReport { tenant, retention } => {
+            return erasure_report(cli, &sealer, tenant, *retention).await;
+        }
         Command::Shred {
             tenant: Some(tenant),
             yes,
@@ -636,6 +651,7 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
         | Command::RewrapRoot
         | Command::RotateRoot
         | Command::RetireRoot { .. }
+        | Command::ErasureReport { .. }
         | Command::Shred { .. } => Ok(DONE),
     }
 }
@@ -882,6 +898,67 @@ async fn shred(cli: &Cli, sealer: &Sealer, tenant: &str, yes: bool, has_ledger: 
         cli,
         json!({ "command": "shred", "tenant": tenant, "shredded_at": at.to_string() }),
         || println!("tenant {tenant}: every key version destroyed at {at}"),
+    );
+    Ok(DONE)
+}
+
+/// `erasure-report --tenant T [--retention AGE]`.
+async fn erasure_report(
+    cli: &Cli,
+    sealer: &Sealer,
+    tenant: &str,
+    retention: Option<Duration>,
+) -> Outcome {
+    let r = sealer.admin().erasure_report(tenant, retention).await?;
+    let fate = |f: &RootKeyFate| match f {
+        RootKeyFate::InUse => ("in use".to_string(), None),
+        RootKeyFate::Unused { since } => ("unused".to_string(), Some(since.to_string())),
+        RootKeyFate::Destroyed { gone } => ("destroyed".to_string(), Some(gone.to_string())),
+        _ => ("unknown".to_string(), None),
+    };
+    let keys: Vec<Value> = r
+        .root_keys
+        .iter()
+        .map(|(id, f)| {
+            let (state, at) = fate(f);
+            json!({ "root_key": id, "state": state, "at": at })
+        })
+        .collect();
+    let when = |t: Option<Timestamp>| t.map(|t| t.to_string());
+    emit(
+        cli,
+        json!({
+            "command": "erasure-report",
+            "tenant": tenant,
+            "shredded_at": when(r.shredded_at),
+            "root_keys": keys,
+            "unrecoverable_from": when(r.unrecoverable_from),
+            "expected_from": when(r.expected_from),
+        }),
+        || {
+            let Some(shred) = r.shredded_at else {
+                println!("tenant {tenant} is not shredded");
+                return;
+            };
+            println!("tenant {tenant}: shredded at {shred}");
+            for (id, f) in &r.root_keys {
+                match fate(f) {
+                    (state, Some(at)) => println!("  root key {id}: {state} since {at}"),
+                    (state, None) => println!("  root key {id}: {state}"),
+                }
+            }
+            match (r.unrecoverable_from, r.expected_from) {
+                (Some(at), _) => println!("unrecoverable from every backup since {at}"),
+                (None, Some(at)) => println!(
+                    "unrecoverable from every backup once retire-root destroys the keys above, \
+                     from {at}"
+                ),
+                (None, None) => println!(
+                    "recoverable from backups while a root key above is in use: run rotate-root, \
+                     then retire-root"
+                ),
+            }
+        },
     );
     Ok(DONE)
 }
