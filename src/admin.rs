@@ -133,6 +133,9 @@ pub struct ErasureReport {
     pub expected_from: Option<Timestamp>,
 }
 
+/// A wrapped key and its owner (`None`: the audit-chain key).
+type WrappedSample = (Option<(String, u32)>, WrappedKey);
+
 /// What [`KeyAdmin::rewrap_all`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1003,40 +1006,14 @@ impl KeyAdmin {
     pub async fn verify_root_keys(&self) -> Result<RootKeyCheck> {
         let label = self.sealer.inner.label_tenant;
         telemetry::admin("verify_root_keys", "", label, async move {
-            let inner = &self.sealer.inner;
             let mut check = RootKeyCheck::default();
-            if let Some(wrapped) = inner.store.load_audit_key().await? {
-                let key = self
-                    .sealer
-                    .unwrap_key(&wrapped, WrapContext::audit_key(1))
-                    .await?;
-                drop(key);
-                check
-                    .keys_per_root
-                    .insert(wrapped.root_key_id().to_string(), 1);
-            }
-            let mut after: Option<(String, u32)> = None;
-            loop {
-                let page = inner
-                    .store
-                    .list_wrapped_keys(after.as_ref().map(|(t, v)| (t.as_str(), *v)), PAGE)
-                    .await?;
-                let full = page.len() >= PAGE;
-                for stored in page {
-                    after = Some((stored.tenant.clone(), stored.key.version));
-                    let Some(wrapped) = stored.key.wrapped else {
-                        continue;
-                    };
-                    let root = wrapped.root_key_id().to_string();
-                    if !check.keys_per_root.contains_key(&root) {
-                        let ctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
-                        drop(self.sealer.unwrap_key(&wrapped, ctx).await?);
-                    }
-                    *check.keys_per_root.entry(root).or_insert(0) += 1;
-                }
-                if !full {
-                    break;
-                }
+            for (root, (keys, (owner, wrapped))) in self.scan_roots().await? {
+                let ctx = match &owner {
+                    Some((tenant, version)) => WrapContext::tenant_key(tenant, *version),
+                    None => WrapContext::audit_key(1),
+                };
+                drop(self.sealer.unwrap_key(&wrapped, ctx).await?);
+                check.keys_per_root.insert(root, keys);
             }
             Ok(check)
         })
@@ -1366,10 +1343,22 @@ impl KeyAdmin {
     /// How many stored keys (and the audit-chain key) are wrapped under each
     /// root key.
     async fn keys_per_root(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(self
+            .scan_roots()
+            .await?
+            .into_iter()
+            .map(|(root, (keys, _))| (root, keys))
+            .collect())
+    }
+
+    /// For each root key that stored keys are wrapped under: how many, and
+    /// the first of them (the audit-chain key first; its owner `None`, a
+    /// tenant key's its tenant and version).
+    async fn scan_roots(&self) -> Result<BTreeMap<String, (u64, WrappedSample)>> {
         let store = &self.sealer.inner.store;
-        let mut out = BTreeMap::new();
+        let mut out: BTreeMap<String, (u64, WrappedSample)> = BTreeMap::new();
         if let Some(wrapped) = store.load_audit_key().await? {
-            out.insert(wrapped.root_key_id().to_string(), 1);
+            out.insert(wrapped.root_key_id().to_string(), (1, (None, wrapped)));
         }
         let mut after: Option<(String, u32)> = None;
         loop {
@@ -1379,9 +1368,12 @@ impl KeyAdmin {
             let full = page.len() >= PAGE;
             for stored in page {
                 after = Some((stored.tenant.clone(), stored.key.version));
-                if let Some(wrapped) = stored.key.wrapped {
-                    *out.entry(wrapped.root_key_id().to_string()).or_insert(0) += 1;
-                }
+                let Some(wrapped) = stored.key.wrapped else {
+                    continue;
+                };
+                out.entry(wrapped.root_key_id().to_string())
+                    .or_insert_with(|| (0, (Some((stored.tenant, stored.key.version)), wrapped)))
+                    .0 += 1;
             }
             if !full {
                 break;
