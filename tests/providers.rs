@@ -10,6 +10,7 @@ mod common;
 #[path = "common/db.rs"]
 mod db;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -138,10 +139,15 @@ fn hsm_session(hsm: &Hsm) -> cryptoki::session::Session {
 /// Makes a new AES-256 key in the token with the given protection; returns
 /// its label.
 fn create_hsm_key(hsm: &Hsm, sensitive: bool, extractable: bool) -> String {
+    let label = format!("test-key-{:016x}", rand::random::<u64>());
+    create_hsm_key_labelled(hsm, &label, sensitive, extractable);
+    label
+}
+
+fn create_hsm_key_labelled(hsm: &Hsm, label: &str, sensitive: bool, extractable: bool) {
     use cryptoki::mechanism::Mechanism;
     use cryptoki::object::Attribute;
 
-    let label = format!("test-key-{:016x}", rand::random::<u64>());
     hsm_session(hsm)
         .generate_key(
             &Mechanism::AesKeyGen,
@@ -157,7 +163,6 @@ fn create_hsm_key(hsm: &Hsm, sensitive: bool, extractable: bool) -> String {
             ],
         )
         .unwrap();
-    label
 }
 
 /// Imports a known AES-256 value into the token (sensitive and not
@@ -354,7 +359,181 @@ async fn moved_row(
     );
 }
 
+/// Root-key epochs through a provider that `build` makes afresh each time
+/// (as a restarted process does): seal in epoch 1 and keep a copy of the key
+/// rows (the backup); create epoch 2, re-wrap every key under it; retire
+/// epoch 1 (marked unused, then destroyed once a one-second retention has
+/// passed). The store opens everything; a provider built afterwards holds
+/// only epoch 2, and unwraps no key of the backup. Returns epoch 1's key id
+/// and the time the provider said it unwraps nothing from.
+async fn epochs_cycle<S, F, Fut>(build: F, store: S) -> (String, fieldseal::Timestamp)
+where
+    S: KeyStore + Clone + 'static,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn KeyProvider>>,
+{
+    let first = build().await;
+    let epoch1 = first.current_root_key_id().to_string();
+    let sealer = Sealer::builder(Arc::clone(&first), store.clone()).build();
+    let mut values = Vec::new();
+    for (i, tenant) in ["acme", "globex", "initech"].into_iter().enumerate() {
+        let c = ctx(tenant, i as i64);
+        let value = sealer.seal(&c, tenant.as_bytes()).await.unwrap();
+        values.push((c, value, tenant));
+    }
+    let backup = store.list_wrapped_keys(None, 1000).await.unwrap();
+    assert!(
+        backup
+            .iter()
+            .all(|k| k.key.wrapped.as_ref().unwrap().root_key_id() == epoch1)
+    );
+
+    let created = sealer.admin().create_root_key().await.unwrap();
+    assert_ne!(created, epoch1);
+    // This provider goes on wrapping under its key; a new one takes epoch 2.
+    assert_eq!(first.current_root_key_id(), epoch1);
+    let second = build().await;
+    assert_eq!(second.current_root_key_id(), created);
+    assert_eq!(
+        second.root_key_ids(),
+        vec![created.as_str(), epoch1.as_str()]
+    );
+    let moved = Sealer::builder(Arc::clone(&second), store.clone())
+        .min_audit_retention(Duration::ZERO)
+        .build();
+    let report = moved.admin().rewrap_all(&created).await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.rewrapped, 3);
+
+    // The current key is never destroyed, a key this provider does not hold
+    // neither.
+    let err = second.destroy_root_key(&created).await.unwrap_err();
+    assert!(err.to_string().contains("never destroyed"), "{err}");
+    assert!(second.destroy_root_key("no-such-key").await.is_err());
+
+    let retention = Duration::from_secs(1);
+    let r = moved.admin().retire_root_keys(retention).await.unwrap();
+    assert_eq!(r.marked_unused, vec![epoch1.clone()], "{r:?}");
+    assert!(r.destroyed.is_empty(), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = moved.admin().retire_root_keys(retention).await.unwrap();
+    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    let (destroyed, from) = r.destroyed[0].clone();
+    assert_eq!(destroyed, epoch1);
+
+    let third = build().await;
+    assert_eq!(third.root_key_ids(), vec![created.as_str()]);
+    let live = Sealer::builder(Arc::clone(&third), store.clone()).build();
+    for (c, value, tenant) in &values {
+        let opened = live.open(c, value).await.unwrap();
+        assert_eq!(opened.plaintext().expose_secret(), tenant.as_bytes());
+    }
+    assert!(live.admin().verify_audit().await.unwrap().is_intact());
+    for stored in &backup {
+        let wrapped = stored.key.wrapped.as_ref().unwrap();
+        let wctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
+        let err = third.unwrap(wrapped, &wctx).await.unwrap_err();
+        assert!(matches!(err, Error::RootKeyNotConfigured { .. }), "{err}");
+    }
+    // A third epoch numbers on from the highest.
+    let created3 = live.admin().create_root_key().await.unwrap();
+    let fourth = build().await;
+    assert_eq!(
+        fourth.root_key_ids(),
+        vec![created3.as_str(), created.as_str()]
+    );
+    (destroyed, from)
+}
+
+/// [`epochs_cycle`] on a fresh SQLite or PostgreSQL key store (`None`: no
+/// PostgreSQL server configured).
+async fn epochs_on<F, Fut>(build: F, postgres: bool) -> Option<(String, fieldseal::Timestamp)>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Arc<dyn KeyProvider>> + Send,
+{
+    let out = Arc::new(std::sync::Mutex::new(None));
+    let o = Arc::clone(&out);
+    if postgres {
+        with_postgres(|_, store| async move {
+            let done = epochs_cycle(build, store).await;
+            *o.lock().unwrap() = Some(done);
+        })
+        .await;
+    } else {
+        with_sqlite(|_, store| async move {
+            let done = epochs_cycle(build, store).await;
+            *o.lock().unwrap() = Some(done);
+        })
+        .await;
+    }
+    out.lock().unwrap().take()
+}
+
 // --- AWS KMS against the emulator ----------------------------------------------
+
+async fn kms_epochs(endpoint: &str, name: &str) -> AwsKmsProvider {
+    AwsKmsProvider::epochs(name)
+        .sdk_config(&sdk_config(endpoint, "us-east-1").await)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Epoch keys named by aliases: the first made by hand, the next by the
+/// provider; the old one scheduled for deletion (moto keeps decrypting with
+/// a key pending deletion, so the test asks KMS for its state and date) and
+/// its alias removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_epochs_erase_old_backups() {
+    let Some(endpoint) = kms_endpoint() else {
+        return;
+    };
+    let client = aws_sdk_kms::Client::new(&sdk_config(&endpoint, "us-east-1").await);
+    for postgres in [false, true] {
+        let name = format!("fieldseal-test-{:016x}", rand::random::<u64>());
+        // No epoch yet: the error says how to make the first.
+        let err = AwsKmsProvider::epochs(&name)
+            .sdk_config(&sdk_config(&endpoint, "us-east-1").await)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("alias/{name}-e1")),
+            "{err}"
+        );
+        let first = create_kms_key(&endpoint).await;
+        client
+            .create_alias()
+            .alias_name(format!("alias/{name}-e1"))
+            .target_key_id(&first)
+            .send()
+            .await
+            .unwrap();
+        let (e, n) = (endpoint.clone(), name.clone());
+        let build = move || {
+            let (e, n) = (e.clone(), n.clone());
+            async move { Arc::new(kms_epochs(&e, &n).await) as Arc<dyn KeyProvider> }
+        };
+        let Some((destroyed, from)) = epochs_on(build, postgres).await else {
+            continue;
+        };
+        assert_eq!(destroyed, first);
+        let meta = client.describe_key().key_id(&first).send().await.unwrap();
+        let meta = meta.key_metadata().unwrap();
+        assert_eq!(
+            meta.key_state(),
+            Some(&aws_sdk_kms::types::KeyState::PendingDeletion)
+        );
+        let deletion = meta.deletion_date().unwrap().secs();
+        assert_eq!(from.unix_seconds(), deletion);
+        let week = fieldseal::Timestamp::now().unix_seconds() + 7 * 86_400;
+        assert!((week - deletion).abs() < 600, "{from}");
+        let aliases = client.list_aliases().key_id(&first).send().await.unwrap();
+        assert!(aliases.aliases().is_empty(), "{aliases:?}");
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kms_lifecycle_on_sqlite_and_postgres() {
@@ -855,6 +1034,69 @@ async fn pkcs11_lifecycle_on_sqlite_and_postgres() {
     let (o, n) = (Arc::clone(&old), Arc::clone(&new));
     with_sqlite(|_, store| lifecycle(o, n, store)).await;
     with_postgres(|_, store| lifecycle(old, new, store)).await;
+}
+
+/// Epoch keys by label: the first made with the token's tools, the next
+/// generated by the provider in the token, the old one destroyed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pkcs11_epochs_erase_old_backups() {
+    let Some(hsm) = hsm() else {
+        return;
+    };
+    for postgres in [false, true] {
+        let name = format!("epochs-{:016x}", rand::random::<u64>());
+        let builder = || {
+            Pkcs11Provider::builder(&hsm.module)
+                .token(&hsm.token)
+                .pin(SecretString::from(hsm.pin.clone()))
+                .epochs(&name)
+        };
+        let err = builder().build().await.unwrap_err();
+        assert!(err.to_string().contains(&format!("{name}-e1")), "{err}");
+        let err = builder().key(&hsm.key).build().await.unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        // A key that can leave the token is refused as an epoch's key too.
+        create_hsm_key_labelled(&hsm, &format!("{name}-e1"), true, true);
+        let err = builder().build().await.unwrap_err();
+        assert!(err.to_string().contains("can leave the token"), "{err}");
+        let session = hsm_session(&hsm);
+        for handle in session
+            .find_objects(&[cryptoki::object::Attribute::Label(
+                format!("{name}-e1").into_bytes(),
+            )])
+            .unwrap()
+        {
+            session.destroy_object(handle).unwrap();
+        }
+        drop(session);
+        create_hsm_key_labelled(&hsm, &format!("{name}-e1"), true, false);
+        let h = hsm.clone();
+        let n = name.clone();
+        let build = move || {
+            let (h, n) = (h.clone(), n.clone());
+            async move {
+                let provider = Pkcs11Provider::builder(&h.module)
+                    .token(&h.token)
+                    .pin(SecretString::from(h.pin.clone()))
+                    .epochs(&n)
+                    .build()
+                    .await
+                    .unwrap();
+                Arc::new(provider) as Arc<dyn KeyProvider>
+            }
+        };
+        let Some((destroyed, _)) = epochs_on(build, postgres).await else {
+            continue;
+        };
+        assert_eq!(destroyed, format!("pkcs11:{name}-e1"));
+        // Gone from the token, as its own tools see it.
+        let found = hsm_session(&hsm)
+            .find_objects(&[cryptoki::object::Attribute::Label(
+                format!("{name}-e1").into_bytes(),
+            )])
+            .unwrap();
+        assert!(found.is_empty());
+    }
 }
 
 #[tokio::test]

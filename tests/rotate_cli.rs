@@ -986,3 +986,65 @@ async fn rotate_root_and_retire_root_run_the_epochs() {
     let r = app.run(&["verify"]);
     assert_eq!(r.code, DONE, "{}", r.stdout);
 }
+
+/// Epochs from AWS KMS keys (`kms_epochs`, on the emulator): `rotate-root`
+/// creates the next epoch's key and alias in KMS and re-wraps every key
+/// under it; `retire-root` marks the old root keys unused.
+#[cfg(feature = "aws-kms")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_root_creates_aws_kms_epoch_keys() {
+    let Some(endpoint) = db::server_url("FIELDSEAL_TEST_KMS_ENDPOINT") else {
+        return;
+    };
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .load()
+        .await;
+    let kms = aws_sdk_kms::Client::new(&config);
+    let first = kms.create_key().send().await.unwrap();
+    let first = first.key_metadata().unwrap().arn().unwrap().to_string();
+    let name = format!("cli-{:016x}", rand::random::<u64>());
+    kms.create_alias()
+        .alias_name(format!("alias/{name}-e1"))
+        .target_key_id(&first)
+        .send()
+        .await
+        .unwrap();
+    let app = App::new(9).await;
+    app.write_config(&CONFIG.replace(
+        "[root_key]\nid = \"cli-root\"\nfile = \"root.key\"",
+        &format!(
+            "[root_key]\nkms_epochs = \"{name}\"\nkms_region = \"us-east-1\"\n\
+             kms_endpoint = \"{endpoint}\"\n\
+             [[root_key.previous]]\nid = \"cli-root\"\nfile = \"root.key\""
+        ),
+    ));
+    let r = app.run(&["rewrap-root"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains(&first), "{}", r.stdout);
+
+    let r = app.run(&["rotate-root"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    let second = kms
+        .describe_key()
+        .key_id(format!("alias/{name}-e2"))
+        .send()
+        .await
+        .unwrap();
+    let second = second.key_metadata().unwrap().arn().unwrap().to_string();
+    assert!(
+        r.stdout.contains(&format!("under root key {second}")),
+        "{}",
+        r.stdout
+    );
+    let r = app.run(&["--json", "retire-root", "--retention", "1d"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let mut marked: Vec<String> =
+        serde_json::from_value(report["marked_unused"].clone()).unwrap();
+    marked.sort();
+    assert_eq!(marked, vec![first, "cli-root".to_string()], "{}", r.stdout);
+    let r = app.run(&["verify"]);
+    assert_eq!(r.code, DONE, "{}", r.stdout);
+}

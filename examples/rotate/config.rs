@@ -45,11 +45,14 @@ pub(crate) struct Database {
 }
 
 /// A root key: a local key (`id` and `file` or `env`), a directory of local
-/// epoch keys (`dir`, files `<id>-e<N>.key`), an AWS KMS key
-/// (`kms_key`, optionally `kms_region` and `kms_endpoint`; the key's ARN is its
-/// id) or a PKCS#11 key (`pkcs11_module`, `pkcs11_token`, `pkcs11_key`, and
-/// the PIN from `pkcs11_pin_env`; its id is `pkcs11:` and the label) or a
-/// Vault / OpenBao Transit key (`vault_addr`, `vault_key`, optionally
+/// epoch keys (`dir`, files `<id>-e<N>.key`), an AWS KMS key (`kms_key`,
+/// optionally `kms_region` and `kms_endpoint`; the key's ARN is its id), AWS
+/// KMS epoch keys (`kms_epochs` instead of `kms_key`: the keys named by the
+/// aliases `alias/<kms_epochs>-e<N>`, optionally `kms_deletion_window_days`),
+/// a PKCS#11 key (`pkcs11_module`, `pkcs11_token`, `pkcs11_key`, and the PIN
+/// from `pkcs11_pin_env`; its id is `pkcs11:` and the label; or
+/// `pkcs11_epochs` instead of `pkcs11_key`: the keys labelled
+/// `<pkcs11_epochs>-e<N>`) or a Vault / OpenBao Transit key (`vault_addr`, `vault_key`, optionally
 /// `vault_mount`, the token from `vault_token_env`; every version Vault still
 /// decrypts with is a root key, `transit:<mount>/<key>:v<n>`). The current one
 /// is `[root_key]`; older ones, still unwrapping while keys are re-wrapped,
@@ -69,11 +72,14 @@ pub(crate) struct RootKeyConfig {
     /// A directory of epoch key files `<id>-e<N>.key` (`id` names them).
     pub(crate) dir: Option<PathBuf>,
     pub(crate) kms_key: Option<String>,
+    pub(crate) kms_epochs: Option<String>,
+    pub(crate) kms_deletion_window_days: Option<u8>,
     pub(crate) kms_region: Option<String>,
     pub(crate) kms_endpoint: Option<String>,
     pub(crate) pkcs11_module: Option<PathBuf>,
     pub(crate) pkcs11_token: Option<String>,
     pub(crate) pkcs11_key: Option<String>,
+    pub(crate) pkcs11_epochs: Option<String>,
     pub(crate) pkcs11_pin_env: Option<String>,
     pub(crate) vault_addr: Option<String>,
     pub(crate) vault_key: Option<String>,
@@ -245,10 +251,14 @@ impl std::error::Error for ConfigError {}
 async fn kms_provider(
     r: &RootKeyConfig,
 ) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
-    let Some(key) = &r.kms_key else {
-        return Err("no `kms_key`".into());
+    let mut builder = match (&r.kms_key, &r.kms_epochs) {
+        (Some(key), None) => fieldseal::AwsKmsProvider::builder(key),
+        (None, Some(name)) => fieldseal::AwsKmsProvider::epochs(name),
+        _ => return Err("give one of `kms_key` and `kms_epochs`".into()),
     };
-    let mut builder = fieldseal::AwsKmsProvider::builder(key);
+    if let Some(days) = r.kms_deletion_window_days {
+        builder = builder.deletion_window_days(days);
+    }
     if let Some(region) = &r.kms_region {
         builder = builder.region(region);
     }
@@ -382,8 +392,9 @@ impl Config {
             Box::new(err(format!("{what}: {message}")))
         };
         let local = r.file.is_some() || r.env.is_some() || r.dir.is_some();
-        let kms = r.kms_key.is_some();
-        let pkcs11 = r.pkcs11_module.is_some() || r.pkcs11_key.is_some();
+        let kms = r.kms_key.is_some() || r.kms_epochs.is_some();
+        let pkcs11 =
+            r.pkcs11_module.is_some() || r.pkcs11_key.is_some() || r.pkcs11_epochs.is_some();
         let vault = r.vault_addr.is_some() || r.vault_key.is_some();
         match (local, kms, pkcs11, vault) {
             (true, false, false, false) => {
@@ -430,8 +441,8 @@ impl Config {
             }
             _ => Err(fail(
                 "give exactly one key source: `file` or `env` (with `id`), `kms_key`, \
-                 `pkcs11_module` with `pkcs11_token` and `pkcs11_key`, or `vault_addr` with \
-                 `vault_key`"
+                 `kms_epochs`, `pkcs11_module` with `pkcs11_token` and `pkcs11_key` or \
+                 `pkcs11_epochs`, or `vault_addr` with `vault_key`"
                     .into(),
             )),
         }
@@ -442,16 +453,15 @@ impl Config {
         &self,
         r: &RootKeyConfig,
     ) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
-        let (Some(module), Some(token), Some(key)) =
-            (&r.pkcs11_module, &r.pkcs11_token, &r.pkcs11_key)
-        else {
-            return Err(
-                "a PKCS#11 root key needs `pkcs11_module`, `pkcs11_token` and `pkcs11_key`".into(),
-            );
+        let (Some(module), Some(token)) = (&r.pkcs11_module, &r.pkcs11_token) else {
+            return Err("a PKCS#11 root key needs `pkcs11_module` and `pkcs11_token`".into());
         };
-        let mut builder = fieldseal::Pkcs11Provider::builder(self.resolve(module))
-            .token(token)
-            .key(key);
+        let builder = fieldseal::Pkcs11Provider::builder(self.resolve(module)).token(token);
+        let mut builder = match (&r.pkcs11_key, &r.pkcs11_epochs) {
+            (Some(key), None) => builder.key(key),
+            (None, Some(name)) => builder.epochs(name),
+            _ => return Err("give one of `pkcs11_key` and `pkcs11_epochs`".into()),
+        };
         if let Some(var) = &r.pkcs11_pin_env {
             builder = builder.pin_from_env(var);
         }

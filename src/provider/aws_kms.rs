@@ -21,6 +21,8 @@ use crate::secret::TenantKey;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default number of attempts per call (the first and two retries).
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The default waiting period of a scheduled key deletion: KMS's shortest.
+const DEFAULT_DELETION_WINDOW_DAYS: i32 = 7;
 
 /// Root keys in AWS KMS: tenant keys are wrapped by `Encrypt` and unwrapped by
 /// `Decrypt` under a symmetric KMS key, and the root key never leaves KMS.
@@ -82,6 +84,9 @@ pub struct AwsKmsProvider {
     client: aws_sdk_kms::Client,
     /// Key ARNs, the current one first, with the name each was configured by.
     keys: Vec<KmsKey>,
+    /// With [`AwsKmsProvider::epochs`]: the name of the epoch aliases.
+    epochs: Option<String>,
+    deletion_window_days: i32,
     region: String,
     timeout: Duration,
     max_attempts: u32,
@@ -90,12 +95,16 @@ pub struct AwsKmsProvider {
 struct KmsKey {
     configured: String,
     arn: String,
+    /// The epoch whose alias (`alias/<name>-e<N>`) names the key.
+    epoch: Option<u32>,
 }
 
 /// Configures an [`AwsKmsProvider`]; made by [`AwsKmsProvider::builder`].
 #[must_use = "call `build().await` to get a provider"]
 pub struct AwsKmsProviderBuilder {
     current: String,
+    epochs: bool,
+    deletion_window_days: i32,
     previous: Vec<String>,
     region: Option<String>,
     endpoint_url: Option<String>,
@@ -110,6 +119,8 @@ impl AwsKmsProvider {
     pub fn builder(key: impl Into<String>) -> AwsKmsProviderBuilder {
         AwsKmsProviderBuilder {
             current: key.into(),
+            epochs: false,
+            deletion_window_days: DEFAULT_DELETION_WINDOW_DAYS,
             previous: Vec::new(),
             region: None,
             endpoint_url: None,
@@ -117,6 +128,27 @@ impl AwsKmsProvider {
             timeout: DEFAULT_TIMEOUT,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
+    }
+
+    /// Starts configuring a provider whose root keys are one KMS key per
+    /// epoch, each named by the alias `alias/<name>-e<N>` (`N` from 1):
+    /// [`build`](AwsKmsProviderBuilder::build) finds them with
+    /// `ListAliases`, makes the highest `N` current and unwraps with the
+    /// others. [`KeyProvider::create_root_key`] creates the next epoch's key
+    /// and its alias; [`KeyProvider::destroy_root_key`] schedules an older
+    /// one's deletion and removes its alias.
+    ///
+    /// Create the first epoch by hand: `aws kms create-key`, then `aws kms
+    /// create-alias --alias-name alias/<name>-e1 --target-key-id <key id>`.
+    /// Give each key store its own name.
+    ///
+    /// **Permissions**, beyond those of [`builder`](Self::builder):
+    /// `kms:ListAliases`; for epochs `kms:CreateKey` and `kms:CreateAlias`;
+    /// for their destruction `kms:ScheduleKeyDeletion` and `kms:DeleteAlias`.
+    pub fn epochs(name: impl Into<String>) -> AwsKmsProviderBuilder {
+        let mut builder = Self::builder(name);
+        builder.epochs = true;
+        builder
     }
 
     fn held(&self, root_key_id: &str) -> Option<&KmsKey> {
@@ -169,6 +201,10 @@ impl AwsKmsProvider {
                          key for the identity this process runs as (key policy or IAM \
                          policy; the encryption context keys are fieldseal:purpose, \
                          fieldseal:tenant and fieldseal:version) — {detail}"
+                    ),
+                    "AlreadyExistsException" => format!(
+                        "AWS KMS {action} on `{key}` failed: it already exists (another process \
+                         made it at the same moment): run again — {detail}"
                     ),
                     "NotFoundException" => format!(
                         "AWS KMS key `{key}` was not found in region {region}: check the key \
@@ -281,6 +317,16 @@ impl AwsKmsProviderBuilder {
         self
     }
 
+    /// With [`AwsKmsProvider::epochs`]: the waiting period, in days (7 to
+    /// 30; default 7, KMS's shortest), of the deletions that
+    /// [`KeyProvider::destroy_root_key`] schedules. Until it ends KMS can
+    /// still cancel a deletion, so it counts in the erasure bound
+    /// (OPERATIONS.md §"Erasure through backups").
+    pub fn deletion_window_days(mut self, days: u8) -> Self {
+        self.deletion_window_days = i32::from(days);
+        self
+    }
+
     /// Loads the AWS configuration and checks every configured key with
     /// `DescribeKey`.
     ///
@@ -321,16 +367,34 @@ impl AwsKmsProviderBuilder {
                  or call `AwsKmsProviderBuilder::region`",
             ));
         };
+        if !(7..=30).contains(&self.deletion_window_days) {
+            return Err(Error::config(format!(
+                "the AWS KMS deletion window is {} days: KMS takes 7 to 30",
+                self.deletion_window_days
+            )));
+        }
         let mut provider = AwsKmsProvider {
             client: aws_sdk_kms::Client::from_conf(config),
             keys: Vec::new(),
+            epochs: None,
+            deletion_window_days: self.deletion_window_days,
             region,
             timeout: self.timeout,
             max_attempts: self.max_attempts,
         };
-        for configured in std::iter::once(self.current).chain(self.previous) {
+        let mut configured = Vec::new();
+        if self.epochs {
+            configured = provider.epoch_keys(&self.current).await?;
+            provider.epochs = Some(self.current);
+        } else {
+            configured.push((self.current, None));
+        }
+        configured.extend(self.previous.into_iter().map(|key| (key, None)));
+        for (configured, epoch) in configured {
             check_root_key_id(&configured)?;
-            let arn = provider.describe(&configured).await?;
+            let Some(arn) = provider.describe(&configured, epoch.is_some()).await? else {
+                continue;
+            };
             if let Some(known) = provider.keys.iter().find(|k| k.arn == arn) {
                 return Err(Error::config(format!(
                     "AWS KMS keys `{}` and `{configured}` are the same key ({arn}); configure \
@@ -338,16 +402,89 @@ impl AwsKmsProviderBuilder {
                     known.configured
                 )));
             }
-            provider.keys.push(KmsKey { configured, arn });
+            provider.keys.push(KmsKey {
+                configured,
+                arn,
+                epoch,
+            });
         }
         Ok(provider)
     }
 }
 
 impl AwsKmsProvider {
+    /// The epoch aliases `alias/<name>-e<N>`, by `N` ascending: each alias
+    /// with its epoch.
+    async fn epoch_aliases(&self, name: &str) -> Result<Vec<(String, u32)>> {
+        let valid = name.len() <= 200
+            && !name.is_empty()
+            && !name.starts_with("aws/")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b));
+        if !valid {
+            return Err(Error::config(format!(
+                "AWS KMS epoch name {name:?} is invalid: use 1 to 200 ASCII letters, digits and \
+                 `/_-`, not starting with `aws/`"
+            )));
+        }
+        let prefix = format!("alias/{name}-e");
+        let mut found = Vec::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .client
+                .list_aliases()
+                .set_marker(marker)
+                .limit(100)
+                .send()
+                .await
+                .map_err(|err| {
+                    self.call_error("ListAliases", &format!("{prefix}<N>"), None, err)
+                })?;
+            for alias in page.aliases() {
+                let Some(alias_name) = alias.alias_name() else {
+                    continue;
+                };
+                if let Some(n) = alias_name
+                    .strip_prefix(&prefix)
+                    .and_then(super::epoch_number)
+                {
+                    found.push((alias_name.to_string(), n));
+                }
+            }
+            marker = page.next_marker().map(str::to_string);
+            if !page.truncated() || marker.is_none() {
+                break;
+            }
+        }
+        found.sort_by_key(|(_, n)| *n);
+        Ok(found)
+    }
+
+    /// The epoch keys of `name` to configure, the newest first: each alias
+    /// with its epoch.
+    async fn epoch_keys(&self, name: &str) -> Result<Vec<(String, Option<u32>)>> {
+        let aliases = self.epoch_aliases(name).await?;
+        if aliases.is_empty() {
+            return Err(Error::config(format!(
+                "AWS KMS has no alias `alias/{name}-e<N>` in region {}: create the first epoch's \
+                 key (`aws kms create-key`) and name it `alias/{name}-e1` (`aws kms \
+                 create-alias`)",
+                self.region
+            )));
+        }
+        Ok(aliases
+            .into_iter()
+            .rev()
+            .map(|(alias, n)| (alias, Some(n)))
+            .collect())
+    }
+
     /// Resolves a configured key to its ARN and checks that it can wrap and
-    /// unwrap.
-    async fn describe(&self, configured: &str) -> Result<String> {
+    /// unwrap. An epoch key other than the newest that is pending deletion
+    /// is `None`: it was destroyed.
+    async fn describe(&self, configured: &str, epoch: bool) -> Result<Option<String>> {
         let output = self
             .client
             .describe_key()
@@ -365,6 +502,12 @@ impl AwsKmsProvider {
         check_root_key_id(&arn)?;
         match meta.key_state() {
             Some(KeyState::Enabled) | None if meta.enabled() => {}
+            Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion)
+                if epoch && !self.keys.is_empty() =>
+            {
+                tracing::debug!(key = configured, "an epoch's root key is pending deletion");
+                return Ok(None);
+            }
             Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion) => {
                 let when = meta
                     .deletion_date()
@@ -405,8 +548,15 @@ impl AwsKmsProvider {
                 meta.key_usage().map_or("unknown", |u| u.as_str()),
             )));
         }
-        Ok(arn)
+        Ok(Some(arn))
     }
+}
+
+/// The key id in a key ARN, for `ScheduleKeyDeletion`: a deletion is only
+/// ever scheduled in the key's own account, and moto (the emulator CI runs)
+/// fails on ARNs there.
+fn key_id_of(arn: &str) -> &str {
+    arn.rsplit_once(":key/").map_or(arn, |(_, id)| id)
 }
 
 fn encryption_context(ctx: &WrapContext<'_>) -> HashMap<String, String> {
@@ -424,6 +574,7 @@ impl fmt::Debug for AwsKmsProvider {
                 "previous",
                 &self.root_key_ids().get(1..).unwrap_or_default(),
             )
+            .field("epochs", &self.epochs)
             .field("region", &self.region)
             .field("timeout", &self.timeout)
             .field("max_attempts", &self.max_attempts)
@@ -435,6 +586,8 @@ impl fmt::Debug for AwsKmsProviderBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AwsKmsProviderBuilder")
             .field("current", &self.current)
+            .field("epochs", &self.epochs)
+            .field("deletion_window_days", &self.deletion_window_days)
             .field("previous", &self.previous)
             .field("region", &self.region)
             .field("endpoint_url", &self.endpoint_url)
@@ -513,5 +666,138 @@ impl KeyProvider for AwsKmsProvider {
                 plaintext.len()
             ))
         })
+    }
+
+    /// With [`AwsKmsProvider::epochs`]: creates a symmetric encryption key
+    /// and names it `alias/<name>-e<N>`, `N` one above the highest epoch
+    /// alias in KMS (`CreateKey`, `CreateAlias`); returns its ARN. A key
+    /// whose alias could not be created is scheduled for deletion at once.
+    async fn create_root_key(&self) -> Result<String> {
+        let Some(name) = &self.epochs else {
+            return Err(Error::refused(format!(
+                "the AWS KMS provider of root key `{}` was configured with one key, not with \
+                 epochs: build it with AwsKmsProvider::epochs(name) (keys named by the aliases \
+                 alias/<name>-e<N>), or create a key and configure it as current",
+                self.current_root_key_id()
+            )));
+        };
+        let next = match self.epoch_aliases(name).await?.last() {
+            Some((_, n)) => n
+                .checked_add(1)
+                .ok_or_else(|| Error::refused("every epoch number is used"))?,
+            None => 1,
+        };
+        let alias = format!("alias/{name}-e{next}");
+        let created = self
+            .client
+            .create_key()
+            .key_spec(KeySpec::SymmetricDefault)
+            .key_usage(KeyUsageType::EncryptDecrypt)
+            .description(format!("fieldseal root key: epoch {next} of {name}"))
+            .send()
+            .await
+            .map_err(|err| self.call_error("CreateKey", &alias, None, err))?;
+        let Some(arn) = created.key_metadata().and_then(|m| m.arn()) else {
+            return Err(Error::Provider {
+                message: format!("AWS KMS CreateKey for `{alias}` returned no key ARN"),
+                source: None,
+            });
+        };
+        let arn = arn.to_string();
+        check_root_key_id(&arn)?;
+        if let Err(err) = self
+            .client
+            .create_alias()
+            .alias_name(&alias)
+            .target_key_id(&arn)
+            .send()
+            .await
+        {
+            // Nameless, the key would never be used nor found again.
+            let _ = self
+                .client
+                .schedule_key_deletion()
+                .key_id(key_id_of(&arn))
+                .pending_window_in_days(DEFAULT_DELETION_WINDOW_DAYS)
+                .send()
+                .await;
+            return Err(self.call_error("CreateAlias", &alias, None, err));
+        }
+        tracing::info!(alias, key = arn, "created an epoch's root key in AWS KMS");
+        Ok(arn)
+    }
+
+    /// With [`AwsKmsProvider::epochs`]: schedules the deletion of an older
+    /// epoch's key (`ScheduleKeyDeletion`, with the configured window) and
+    /// removes its alias; returns the end of the window, from which KMS
+    /// holds the key no more. A key already pending deletion returns its
+    /// date. Keys configured with
+    /// [`previous`](AwsKmsProviderBuilder::previous) are refused: schedule
+    /// their deletion in KMS once they are out of the configuration.
+    async fn destroy_root_key(&self, id: &str) -> Result<crate::Timestamp> {
+        let Some(key) = self.held(id) else {
+            return Err(Error::refused(format!(
+                "root key `{id}` is not an AWS KMS key this provider holds"
+            )));
+        };
+        if key.arn == self.current_root_key_id() {
+            return Err(Error::refused(format!(
+                "root key `{id}` is the current AWS KMS key: it is never destroyed"
+            )));
+        }
+        let (Some(name), Some(n)) = (&self.epochs, key.epoch) else {
+            return Err(Error::refused(format!(
+                "AWS KMS key `{id}` is configured as a previous key, not as an epoch's key: \
+                 remove it from the configuration, then schedule its deletion in KMS (`aws \
+                 kms schedule-key-deletion`)"
+            )));
+        };
+        let window = i64::from(self.deletion_window_days) * 86_400;
+        let scheduled = self
+            .client
+            .schedule_key_deletion()
+            .key_id(key_id_of(&key.arn))
+            .pending_window_in_days(self.deletion_window_days)
+            .send()
+            .await;
+        let deleted_from = match scheduled {
+            Ok(out) => out.deletion_date().map(|d| d.secs()),
+            Err(err) if err.code() == Some("KMSInvalidStateException") => {
+                // Scheduled already (by another process): its own date.
+                let described = self
+                    .client
+                    .describe_key()
+                    .key_id(&key.arn)
+                    .send()
+                    .await
+                    .map_err(|e| self.call_error("DescribeKey", &key.arn, None, e))?;
+                let meta = described.key_metadata();
+                if meta.and_then(|m| m.key_state()) != Some(&KeyState::PendingDeletion) {
+                    return Err(self.call_error("ScheduleKeyDeletion", &key.arn, None, err));
+                }
+                meta.and_then(|m| m.deletion_date()).map(|d| d.secs())
+            }
+            Err(err) => return Err(self.call_error("ScheduleKeyDeletion", &key.arn, None, err)),
+        };
+        let alias = format!("alias/{name}-e{n}");
+        if let Err(err) = self.client.delete_alias().alias_name(&alias).send().await
+            && err.code() != Some("NotFoundException")
+        {
+            // The key is pending deletion: a provider built later skips it.
+            tracing::warn!(
+                alias,
+                error = %DisplayErrorContext(&err),
+                "could not remove the alias of an epoch key pending deletion"
+            );
+        }
+        tracing::info!(
+            alias,
+            key = key.arn,
+            "scheduled an epoch's root key for deletion"
+        );
+        let now = crate::Timestamp::now().unix_seconds();
+        Ok(crate::Timestamp::from_unix_seconds(
+            deleted_from.unwrap_or(now.saturating_add(window)),
+        ))
     }
 }

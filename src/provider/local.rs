@@ -155,11 +155,7 @@ fn epoch_files(dir: &Path, name: &str) -> Result<Vec<(u32, PathBuf)>> {
             .to_str()
             .and_then(|f| f.strip_prefix(&prefix))
             .and_then(|f| f.strip_suffix(".key"))
-            .and_then(|n| {
-                n.parse::<u32>()
-                    .ok()
-                    .filter(|v| *v > 0 && v.to_string() == n)
-            })
+            .and_then(super::epoch_number)
         else {
             continue;
         };

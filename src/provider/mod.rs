@@ -349,6 +349,14 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     }
 }
 
+/// An epoch number as it appears in a root key's name (`<name>-e<N>`): its
+/// canonical decimal form, from 1.
+pub(crate) fn epoch_number(n: &str) -> Option<u32> {
+    n.parse::<u32>()
+        .ok()
+        .filter(|v| *v > 0 && v.to_string() == n)
+}
+
 /// Checks a root key id against FORMAT.md §"Wrapped keys": 1 to 255 bytes of
 /// ASCII letters, digits and `-_.:/`.
 pub(crate) fn check_root_key_id(id: &str) -> Result<()> {

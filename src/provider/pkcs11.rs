@@ -118,6 +118,8 @@ struct Inner {
     pin: SecretString,
     /// Root keys, the current one first.
     keys: Vec<HsmKey>,
+    /// With [`Pkcs11ProviderBuilder::epochs`]: the name of the epoch keys.
+    epochs: Option<String>,
     idle: Mutex<Vec<Session>>,
     sessions: usize,
     permits: Arc<Semaphore>,
@@ -127,6 +129,9 @@ struct Inner {
 struct HsmKey {
     id: String,
     handle: ObjectHandle,
+    /// The epoch of a key labelled `<name>-e<N>` with
+    /// [`Pkcs11ProviderBuilder::epochs`].
+    epoch: Option<u32>,
 }
 
 /// Configures a [`Pkcs11Provider`]; made by [`Pkcs11Provider::builder`].
@@ -135,6 +140,7 @@ pub struct Pkcs11ProviderBuilder {
     module: PathBuf,
     token: Option<String>,
     keys: Vec<String>,
+    epochs: Option<String>,
     pin: PinSource,
     sessions: usize,
     timeout: Duration,
@@ -153,6 +159,7 @@ impl Pkcs11Provider {
             module: module.into(),
             token: None,
             keys: Vec::new(),
+            epochs: None,
             pin: PinSource::Env(DEFAULT_PIN_ENV.to_string()),
             sessions: DEFAULT_SESSIONS,
             timeout: DEFAULT_TIMEOUT,
@@ -163,6 +170,24 @@ impl Pkcs11Provider {
     /// provider's timeout. The permit travels with the blocking task, so a
     /// caller that gives up never lets more calls run than configured.
     async fn with_session<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Session) -> std::result::Result<T, CkError> + Send + 'static,
+    {
+        self.call(false, op).await
+    }
+
+    /// [`with_session`](Self::with_session) on a read-write session of its
+    /// own (never pooled), for creating and destroying keys.
+    async fn with_rw_session<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Session) -> std::result::Result<T, CkError> + Send + 'static,
+    {
+        self.call(true, op).await
+    }
+
+    async fn call<T, F>(&self, rw: bool, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Session) -> std::result::Result<T, CkError> + Send + 'static,
@@ -181,7 +206,7 @@ impl Pkcs11Provider {
             let joined = runtime
                 .spawn_blocking(move || {
                     let _permit = permit;
-                    task.run(op)
+                    if rw { task.run_rw(op) } else { task.run(op) }
                 })
                 .await;
             match joined {
@@ -209,6 +234,26 @@ impl Pkcs11Provider {
 }
 
 impl Inner {
+    /// Runs `op` on a new read-write session, closed afterwards.
+    fn run_rw<T>(&self, op: impl FnOnce(&Session) -> std::result::Result<T, CkError>) -> Result<T> {
+        let session = self.pkcs11.open_rw_session(self.slot).map_err(|err| {
+            ck_error(
+                format!(
+                    "could not open a read-write session on token `{}`",
+                    self.token
+                ),
+                err,
+            )
+        })?;
+        login(&session, &self.token, &self.pin)?;
+        op(&session).map_err(|err| {
+            ck_error(
+                format!("PKCS#11 call on token `{}` failed", self.token),
+                err,
+            )
+        })
+    }
+
     /// Runs `op` on an idle session, or a new one (logged in again if the
     /// token logged the process out); returns the session to the pool unless
     /// it broke.
@@ -288,6 +333,24 @@ impl Pkcs11ProviderBuilder {
         self
     }
 
+    /// Root keys one per epoch, instead of [`key`](Self::key): the AES-256
+    /// keys labelled `<name>-e<N>` (`N` from 1) in the token, the highest `N`
+    /// current, the others only unwrapping. [`KeyProvider::create_root_key`]
+    /// generates the next epoch's key in the token (sensitive, never
+    /// extractable); [`KeyProvider::destroy_root_key`] destroys an older one
+    /// (`C_DestroyObject`). Create the first, `<name>-e1`, with the token's
+    /// tools as for [`key`](Self::key). Give each key store its own name.
+    ///
+    /// # Security
+    ///
+    /// A destroyed key is gone from the token, not from the token's own
+    /// backups (an HSM's backup or replica, a copy of SoftHSM's token
+    /// directory): keep those no longer than the database backups.
+    pub fn epochs(mut self, name: impl Into<String>) -> Self {
+        self.epochs = Some(name.into());
+        self
+    }
+
     /// Reads the user PIN from environment variable `name` at
     /// [`build`](Self::build) (default `FIELDSEAL_PKCS11_PIN`).
     pub fn pin_from_env(mut self, name: impl Into<String>) -> Self {
@@ -330,11 +393,27 @@ impl Pkcs11ProviderBuilder {
                 "no token label for the PKCS#11 provider: call `Pkcs11ProviderBuilder::token`",
             ));
         };
-        if self.keys.is_empty() {
-            return Err(Error::config(
-                "no key label for the PKCS#11 provider: call `Pkcs11ProviderBuilder::key` with \
-                 the label of the AES-256 root key",
-            ));
+        match (&self.epochs, self.keys.is_empty()) {
+            (None, true) => {
+                return Err(Error::config(
+                    "no key label for the PKCS#11 provider: call `Pkcs11ProviderBuilder::key` \
+                     with the label of the AES-256 root key",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(Error::config(
+                    "the PKCS#11 provider takes its keys by `key` labels or by `epochs`, not both",
+                ));
+            }
+            (Some(name), true) => {
+                check_root_key_id(&format!("pkcs11:{name}-e1")).map_err(|_| {
+                    Error::config(format!(
+                        "PKCS#11 epoch name {name:?} cannot name root keys: use 1 to 240 ASCII \
+                         letters, digits and `-_.:/`"
+                    ))
+                })?;
+            }
+            (None, false) => {}
         }
         let mut ids = Vec::with_capacity(self.keys.len());
         for label in &self.keys {
@@ -366,12 +445,19 @@ impl Pkcs11ProviderBuilder {
         };
         let module = self.module;
         let labels = self.keys;
+        let epochs = self.epochs;
         let (sessions, timeout) = (self.sessions, self.timeout);
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::config("the PKCS#11 provider must be built within a tokio runtime")
         })?;
         runtime
-            .spawn_blocking(move || open(&module, token, labels, ids, pin, sessions, timeout))
+            .spawn_blocking(move || {
+                let keys = match epochs {
+                    Some(name) => Keys::Epochs(name),
+                    None => Keys::Labels(labels, ids),
+                };
+                open(&module, token, keys, pin, sessions, timeout)
+            })
             .await
             .map_err(|join| Error::provider("opening the PKCS#11 token panicked", join))?
     }
@@ -413,11 +499,18 @@ fn module_context(module: &Path) -> Result<Pkcs11> {
     Ok(pkcs11)
 }
 
+/// The root keys a provider is built with.
+enum Keys {
+    /// Labels, the current first, and their root key ids.
+    Labels(Vec<String>, Vec<String>),
+    /// Every key labelled `<name>-e<N>`.
+    Epochs(String),
+}
+
 fn open(
     module: &Path,
     token: String,
-    labels: Vec<String>,
-    ids: Vec<String>,
+    keys: Keys,
     pin: SecretString,
     sessions: usize,
     timeout: Duration,
@@ -476,8 +569,38 @@ fn open(
         .open_ro_session(slot)
         .map_err(|err| ck_error(format!("could not open a session on token `{token}`"), err))?;
     login(&session, &token, &pin)?;
-    let mut keys = Vec::with_capacity(labels.len());
-    for (label, id) in labels.into_iter().zip(ids) {
+    let (configured, epochs) = match keys {
+        Keys::Labels(labels, ids) => (
+            labels
+                .into_iter()
+                .zip(ids)
+                .map(|(label, id)| (label, id, None))
+                .collect::<Vec<_>>(),
+            None,
+        ),
+        Keys::Epochs(name) => {
+            let found = epoch_labels(&session, &name)
+                .map_err(|err| ck_error(format!("listing the keys of token `{token}`"), err))?;
+            if found.is_empty() {
+                return Err(Error::config(format!(
+                    "no secret key labelled `{name}-e<N>` in PKCS#11 token `{token}` (or the \
+                     user cannot see it): create the first epoch's AES-256 key, sensitive and \
+                     not extractable, labelled `{name}-e1`"
+                )));
+            }
+            let keys = found
+                .into_iter()
+                .rev()
+                .map(|(n, label)| {
+                    let id = format!("pkcs11:{label}");
+                    (label, id, Some(n))
+                })
+                .collect();
+            (keys, Some(name))
+        }
+    };
+    let mut keys = Vec::with_capacity(configured.len());
+    for (label, id, epoch) in configured {
         let handle = find_key(&session, &token, &label)?;
         if !probe(&session, handle) {
             return Err(Error::config(format!(
@@ -486,7 +609,7 @@ fn open(
                  this token cannot serve as a fieldseal root key provider"
             )));
         }
-        keys.push(HsmKey { id, handle });
+        keys.push(HsmKey { id, handle, epoch });
     }
     Ok(Pkcs11Provider {
         inner: Arc::new(Inner {
@@ -495,6 +618,7 @@ fn open(
             token,
             pin,
             keys,
+            epochs,
             idle: Mutex::new(vec![session]),
             sessions,
             permits: Arc::new(Semaphore::new(sessions)),
@@ -503,15 +627,40 @@ fn open(
     })
 }
 
+/// The labels `<name>-e<N>` of the secret keys in the token, by `N`
+/// ascending (a label twice is listed twice).
+fn epoch_labels(session: &Session, name: &str) -> std::result::Result<Vec<(u32, String)>, CkError> {
+    let prefix = format!("{name}-e");
+    let mut found = Vec::new();
+    for handle in session.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])? {
+        for attribute in session.get_attributes(handle, &[AttributeType::Label])? {
+            if let Attribute::Label(label) = attribute
+                && let Ok(label) = String::from_utf8(label)
+                && let Some(n) = label.strip_prefix(&prefix).and_then(super::epoch_number)
+            {
+                found.push((n, label));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The handles of the secret keys labelled `label`.
+fn keys_labelled(
+    session: &Session,
+    label: &str,
+) -> std::result::Result<Vec<ObjectHandle>, CkError> {
+    session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])
+}
+
 /// Finds the one AES key labelled `label` and checks that it can serve as a
 /// root key that never leaves the token.
 fn find_key(session: &Session, token: &str, label: &str) -> Result<ObjectHandle> {
-    let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ];
-    let handles = session
-        .find_objects(&template)
+    let handles = keys_labelled(session, label)
         .map_err(|err| ck_error(format!("searching token `{token}` for `{label}`"), err))?;
     let handle = match handles.as_slice() {
         [one] => *one,
@@ -781,5 +930,109 @@ impl KeyProvider for Pkcs11Provider {
             Some(plaintext) => TenantKey::from_slice(&plaintext).map_err(|_| failed()),
             None => Err(failed()),
         }
+    }
+
+    /// With [`Pkcs11ProviderBuilder::epochs`]: generates the next epoch's
+    /// AES-256 key in the token (`C_GenerateKey`: a token object, private,
+    /// sensitive, never extractable, for encryption and decryption),
+    /// labelled `<name>-e<N>` with `N` one above the highest label in the
+    /// token; returns its id, `pkcs11:<name>-e<N>`.
+    async fn create_root_key(&self) -> Result<String> {
+        let Some(name) = self.inner.epochs.clone() else {
+            return Err(Error::refused(format!(
+                "the PKCS#11 provider of root key `{}` was configured with key labels, not \
+                 with epochs: build it with Pkcs11ProviderBuilder::epochs(name) (keys labelled \
+                 <name>-e<N>), or generate a key in the token and configure it as current",
+                self.current_root_key_id()
+            )));
+        };
+        let token = self.inner.token.clone();
+        let label = self
+            .with_rw_session(move |session| {
+                let next = match epoch_labels(session, &name)?.last() {
+                    Some((n, _)) => n.checked_add(1),
+                    None => Some(1),
+                };
+                let Some(next) = next else {
+                    return Ok(Err(Error::refused("every epoch number is used")));
+                };
+                let label = format!("{name}-e{next}");
+                let handle = session.generate_key(
+                    &Mechanism::AesKeyGen,
+                    &[
+                        Attribute::Class(ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(KeyType::AES),
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::ValueLen((KEY_LEN as u64).into()),
+                        Attribute::Label(label.as_bytes().to_vec()),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(false),
+                        Attribute::Encrypt(true),
+                        Attribute::Decrypt(true),
+                    ],
+                )?;
+                // Another process may have made the same epoch meanwhile: two
+                // keys under one label would name no root key; take ours back.
+                if keys_labelled(session, &label)?.len() > 1 {
+                    session.destroy_object(handle)?;
+                    return Ok(Err(Error::refused(format!(
+                        "another process created root key `{label}` in PKCS#11 token `{token}` \
+                         at the same moment: run again"
+                    ))));
+                }
+                Ok(Ok(label))
+            })
+            .await??;
+        tracing::info!(label, "created an epoch's root key in a PKCS#11 token");
+        Ok(format!("pkcs11:{label}"))
+    }
+
+    /// With [`Pkcs11ProviderBuilder::epochs`]: destroys an older epoch's key
+    /// in the token (`C_DestroyObject`); returns now. A key already gone
+    /// returns now too. Keys configured with
+    /// [`key`](Pkcs11ProviderBuilder::key) are refused: destroy them with the
+    /// token's tools once they are out of the configuration.
+    async fn destroy_root_key(&self, id: &str) -> Result<crate::Timestamp> {
+        let Some(key) = self.held(id) else {
+            return Err(Error::refused(format!(
+                "root key `{id}` is not a PKCS#11 key this provider holds"
+            )));
+        };
+        if key.id == self.current_root_key_id() {
+            return Err(Error::refused(format!(
+                "root key `{id}` is the current PKCS#11 key: it is never destroyed"
+            )));
+        }
+        if key.epoch.is_none() {
+            return Err(Error::refused(format!(
+                "PKCS#11 key `{id}` is configured by its label, not as an epoch's key: remove \
+                 it from the configuration, then destroy it with the token's tools"
+            )));
+        }
+        let label = id.strip_prefix("pkcs11:").unwrap_or(id).to_string();
+        let destroyed = self
+            .with_rw_session(move |session| {
+                let handles = keys_labelled(session, &label)?;
+                if let [handle] = handles.as_slice() {
+                    session.destroy_object(*handle)?;
+                }
+                Ok(handles.len())
+            })
+            .await?;
+        if destroyed > 1 {
+            return Err(Error::refused(format!(
+                "{destroyed} secret keys are labelled `{}` in PKCS#11 token `{}`: none was \
+                 destroyed; find out where the others came from",
+                id.strip_prefix("pkcs11:").unwrap_or(id),
+                self.inner.token
+            )));
+        }
+        tracing::info!(
+            key = id,
+            destroyed,
+            "destroyed an epoch's root key in a PKCS#11 token"
+        );
+        Ok(crate::Timestamp::now())
     }
 }
