@@ -274,7 +274,15 @@ impl KeyAdmin {
         detail: String,
     ) -> Result<AuditAppend<'_>> {
         let key: &HmacKey = self.sealer.audit_key().await?;
-        AuditAppend::new(key, event, tenant, version, self.actor.as_deref(), detail)
+        AuditAppend::new(
+            key,
+            event,
+            tenant,
+            version,
+            self.actor.as_deref(),
+            detail,
+            self.sealer.now(),
+        )
     }
 
     /// Creates a new primary key version; the previous primary becomes
@@ -1154,14 +1162,14 @@ impl KeyAdmin {
             }
             // A clock behind the log's would start retentions late and end
             // them early.
-            if Timestamp::now() < newest {
+            if self.sealer.now() < newest {
                 return Err(Error::refused(format!(
                     "this host's clock is behind the audit log's newest entry ({newest}); no \
                      root key was retired: fix the clock"
                 )));
             }
             let mut in_use = self.keys_per_root().await?;
-            let now = Timestamp::now();
+            let now = self.sealer.now();
             let retention_secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
             for id in candidates {
                 if destroyed.contains(&id) {
@@ -1193,6 +1201,7 @@ impl KeyAdmin {
                 }
                 match provider.destroy_root_key(&id).await {
                     Ok(gone) => {
+                        let gone = self.sealer.inner.clock.on_this_clock(gone);
                         let audit = self
                             .audit(
                                 AuditEvent::RootKeyDestroyed,
@@ -1577,7 +1586,7 @@ impl KeyAdmin {
                     minimum.as_secs()
                 )));
             }
-            let cutoff = Timestamp::now()
+            let cutoff = self.sealer.now()
                 .unix_seconds()
                 .saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
             let mut refusal = false;
@@ -1671,6 +1680,7 @@ mod tests {
             1,
             None,
             String::new(),
+            crate::Timestamp::now(),
         )
         .unwrap();
         let new = crate::NewKeyVersion {

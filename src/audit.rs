@@ -167,6 +167,7 @@ impl<'a> AuditAppend<'a> {
         version: u32,
         actor: Option<&str>,
         detail: String,
+        at: Timestamp,
     ) -> Result<Self, Error> {
         let actor = actor.unwrap_or_default();
         if actor.len() > MAX_ACTOR_LEN || actor.chars().any(char::is_control) {
@@ -189,7 +190,7 @@ impl<'a> AuditAppend<'a> {
         }
         Ok(Self {
             key,
-            at: Timestamp::now(),
+            at,
             event,
             tenant: tenant.to_string(),
             version,

@@ -357,6 +357,7 @@ impl RacerAudit {
             self.version,
             Some("conformance"),
             String::new(),
+            crate::Timestamp::now(),
         )
         .unwrap_or_else(|e| fail(e))
     }
@@ -456,6 +457,7 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
             version,
             Some("conformance"),
             String::new(),
+            crate::Timestamp::now(),
         )
         .unwrap_or_else(|e| fail(e))
     }
@@ -1071,6 +1073,7 @@ impl<S: KeyStore + Clone + 'static> StoreCheck<S> {
             0,
             Some("conformance"),
             pruned_detail(through),
+            crate::Timestamp::now(),
         )
         .unwrap_or_else(|e| fail(e));
         let wrong = [0u8; crate::audit::AUDIT_MAC_LEN];

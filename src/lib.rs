@@ -87,9 +87,13 @@ pub use crate::{
     store::{SqlDatabase, SqlKeyStore},
 };
 
-// The conformance kit for providers and stores (feature `testing`).
+// The conformance kit for providers and stores, and a clock tests set
+// (feature `testing`).
 #[cfg(feature = "testing")]
-pub use crate::conformance::{check_key_provider, check_key_store};
+pub use crate::{
+    conformance::{check_key_provider, check_key_store},
+    time::ManualClock,
+};
 
 // Root keys in AWS KMS (feature `aws-kms`).
 #[cfg(feature = "aws-kms")]

@@ -78,6 +78,7 @@ pub(crate) struct Inner {
     /// Set once the store was seen refusing unbound keys after the cached
     /// identity was read.
     unbound_refused: std::sync::atomic::AtomicBool,
+    pub(crate) clock: crate::time::Clock,
 }
 
 /// Configures a [`Sealer`].
@@ -93,6 +94,7 @@ pub struct SealerBuilder {
     min_audit_retention: Duration,
     shred_ledger: Option<crate::ledger::ShredLedger>,
     label_tenant: bool,
+    clock: crate::time::Clock,
 }
 
 impl SealerBuilder {
@@ -106,6 +108,18 @@ impl SealerBuilder {
     #[cfg(feature = "metrics")]
     pub fn metrics_tenant_label(mut self, label: bool) -> Self {
         self.label_tenant = label;
+        self
+    }
+
+    /// Reads the time from `clock` instead of the system clock (feature
+    /// `testing`; see [`ManualClock`](crate::ManualClock)).
+    ///
+    /// # Security
+    ///
+    /// For tests only: never in a deployment.
+    #[cfg(feature = "testing")]
+    pub fn clock(mut self, clock: crate::time::ManualClock) -> Self {
+        self.clock = crate::time::Clock::Manual(clock);
         self
     }
 
@@ -211,6 +225,7 @@ impl SealerBuilder {
                 audit_key: tokio::sync::OnceCell::new(),
                 store_identity: tokio::sync::OnceCell::new(),
                 unbound_refused: std::sync::atomic::AtomicBool::new(false),
+                clock: self.clock,
             }),
         }
     }
@@ -232,6 +247,11 @@ impl fmt::Debug for SealerBuilder {
 }
 
 impl Sealer {
+    /// The time, from the sealer's clock.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
     /// Starts configuring a sealer over a root key provider and a key store.
     pub fn builder(
         provider: impl KeyProvider + 'static,
@@ -248,6 +268,7 @@ impl Sealer {
             min_audit_retention: DEFAULT_MIN_AUDIT_RETENTION,
             shred_ledger: None,
             label_tenant: false,
+            clock: crate::time::Clock::System,
         }
     }
 
@@ -607,6 +628,7 @@ impl Sealer {
                             0,
                             None,
                             String::new(),
+                            self.now(),
                         )?;
                         store.refuse_unbound_wraps(&audit).await?;
                     }
@@ -854,7 +876,15 @@ impl Sealer {
         let (new, deriver) = self.new_key_version(tenant, version).await?;
         let wrapped = new.wrapped.clone();
         let audit_key = self.audit_key().await?;
-        let audit = AuditAppend::new(audit_key, event, tenant, version, actor, String::new())?;
+        let audit = AuditAppend::new(
+            audit_key,
+            event,
+            tenant,
+            version,
+            actor,
+            String::new(),
+            self.now(),
+        )?;
         match self
             .inner
             .store
@@ -903,7 +933,7 @@ impl Sealer {
             NewKeyVersion {
                 version,
                 wrapped,
-                created_at: Timestamp::now(),
+                created_at: self.now(),
             },
             TenantKeyDeriver::new(key.expose_secret()),
         ))

@@ -57,6 +57,79 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// A clock a test sets by hand (feature `testing`), for
+/// [`SealerBuilder::clock`](crate::SealerBuilder::clock): the times of audit
+/// entries and key versions, and the retention checks of
+/// [`KeyAdmin`](crate::KeyAdmin), read it instead of the system clock, so a
+/// test can run days of epochs, shreds and retentions in moments. Clones
+/// share one time.
+///
+/// # Security
+///
+/// For tests only: a sealer on a clock someone else sets writes audit
+/// entries with those times and lets retentions pass at will.
+#[cfg(feature = "testing")]
+#[derive(Clone, Debug)]
+pub struct ManualClock(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+#[cfg(feature = "testing")]
+impl ManualClock {
+    /// A clock that reads `start` until it is set or advanced.
+    pub fn new(start: Timestamp) -> Self {
+        Self(std::sync::Arc::new(start.0.into()))
+    }
+
+    /// The time it reads.
+    pub fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Moves it forward by `by` (whole seconds).
+    pub fn advance(&self, by: std::time::Duration) {
+        let secs = i64::try_from(by.as_secs()).unwrap_or(i64::MAX);
+        let _ = self.0.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |t| Some(t.saturating_add(secs)),
+        );
+    }
+}
+
+/// Where a sealer reads the time.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Clock {
+    /// The system clock.
+    #[default]
+    System,
+    /// A test's clock.
+    #[cfg(feature = "testing")]
+    Manual(ManualClock),
+}
+
+impl Clock {
+    pub(crate) fn now(&self) -> Timestamp {
+        match self {
+            Self::System => Timestamp::now(),
+            #[cfg(feature = "testing")]
+            Self::Manual(clock) => clock.now(),
+        }
+    }
+
+    /// A time a provider gave on the system clock ("from now", "in 7
+    /// days"), on this clock: as far after this clock's now as it is after
+    /// the system's.
+    pub(crate) fn on_this_clock(&self, at: Timestamp) -> Timestamp {
+        match self {
+            Self::System => at,
+            #[cfg(feature = "testing")]
+            Self::Manual(clock) => {
+                let ahead = at.0.saturating_sub(Timestamp::now().0).max(0);
+                Timestamp(clock.now().0.saturating_add(ahead))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Timestamp;

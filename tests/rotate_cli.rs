@@ -1041,8 +1041,7 @@ async fn rotate_root_creates_aws_kms_epoch_keys() {
     let r = app.run(&["--json", "retire-root", "--retention", "1d"]);
     assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let mut marked: Vec<String> =
-        serde_json::from_value(report["marked_unused"].clone()).unwrap();
+    let mut marked: Vec<String> = serde_json::from_value(report["marked_unused"].clone()).unwrap();
     marked.sort();
     assert_eq!(marked, vec![first, "cli-root".to_string()], "{}", r.stdout);
     let r = app.run(&["verify"]);

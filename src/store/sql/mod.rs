@@ -1190,6 +1190,7 @@ mod tests {
                 0,
                 None,
                 String::new(),
+                crate::Timestamp::now(),
             )
             .unwrap()
         };
