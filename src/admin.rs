@@ -90,6 +90,10 @@ pub struct RootKeyRetirement {
     pub in_use: Vec<(String, u64)>,
     /// Root keys the provider refused to destroy, and why.
     pub blocked: Vec<(String, String)>,
+    /// Root keys the provider holds that no entry of this store's audit log
+    /// names (no `root_key.created`, no re-wrap from or to it): another
+    /// store's, or one this store never used. Never marked nor destroyed.
+    pub not_this_stores: Vec<String>,
 }
 
 /// What became of one root key, as [`KeyAdmin::erasure_report`] finds it.
@@ -1074,7 +1078,12 @@ impl KeyAdmin {
     ///
     /// A key wrapped under a marked root key that comes back (a restored
     /// backup, re-wrapped since) cancels the mark: the retention starts again
-    /// once it is gone. Root keys are taken oldest first.
+    /// once it is gone. Root keys are taken oldest first. Only root keys this
+    /// store's audit log names (created by [`KeyAdmin::create_root_key`], or
+    /// re-wrapped from or to by [`KeyAdmin::rewrap_all`]) are retired: a key
+    /// the provider holds that this store never used, such as another
+    /// store's epoch key under a name both match, is listed in
+    /// [`RootKeyRetirement::not_this_stores`] and left alone.
     ///
     /// # Security
     ///
@@ -1121,6 +1130,8 @@ impl KeyAdmin {
             // re-wrap away from it after the mark means it was in use again.
             let mut marks: BTreeMap<String, Timestamp> = BTreeMap::new();
             let mut destroyed: BTreeSet<String> = BTreeSet::new();
+            // Every root key the log says this store made or used.
+            let mut named: BTreeSet<String> = BTreeSet::new();
             let mut newest = Timestamp::from_unix_seconds(i64::MIN);
             // Read before the log, as verify_audit does: a log whose newest
             // entries (a re-wrap that cancels a mark) were deleted is broken.
@@ -1139,15 +1150,19 @@ impl KeyAdmin {
                         // An id made again starts afresh.
                         marks.remove(&e.detail);
                         destroyed.remove(&e.detail);
+                        named.insert(e.detail.clone());
                     } else if event == AuditEvent::RootKeyDestroyed.as_str() {
                         if let Some(id) = e.detail.split(' ').next() {
                             destroyed.insert(id.to_string());
                         }
                     } else if event == AuditEvent::KeyRewrapped.as_str()
-                        && let Some((from, _)) = e.detail.split_once(" -> ")
+                        && let Some((from, to)) = e.detail.split_once(" -> ")
                     {
                         // `<from> -> <to>`, or `audit key <from> -> <to>`.
-                        marks.remove(from.strip_prefix("audit key ").unwrap_or(from));
+                        let from = from.strip_prefix("audit key ").unwrap_or(from);
+                        marks.remove(from);
+                        named.insert(from.to_string());
+                        named.insert(to.to_string());
                     }
                 })
                 .await?;
@@ -1177,6 +1192,14 @@ impl KeyAdmin {
                 }
                 if let Some(&keys) = in_use.get(&id) {
                     report.in_use.push((id, keys));
+                    continue;
+                }
+                if !named.contains(&id) {
+                    tracing::info!(
+                        root_key = %id,
+                        "root key not named by this store's audit log: not retired"
+                    );
+                    report.not_this_stores.push(id);
                     continue;
                 }
                 let Some(&marked) = marks.get(&id) else {

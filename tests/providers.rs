@@ -409,7 +409,8 @@ where
     // neither.
     let err = second.destroy_root_key(&created).await.unwrap_err();
     assert!(err.to_string().contains("never destroyed"), "{err}");
-    assert!(second.destroy_root_key("no-such-key").await.is_err());
+    let err = second.destroy_root_key("no-such-key").await.unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
 
     let retention = Duration::from_secs(1);
     let r = moved.admin().retire_root_keys(retention).await.unwrap();
@@ -511,6 +512,22 @@ async fn kms_epochs_erase_old_backups() {
             .send()
             .await
             .unwrap();
+        // Aliases of other names, or non-canonical epoch numbers, are not
+        // epochs of this name.
+        for other in [
+            format!("{name}-e01"),
+            format!("{name}x-e7"),
+            format!("{name}-e2-x"),
+        ] {
+            let key = create_kms_key(&endpoint).await;
+            client
+                .create_alias()
+                .alias_name(format!("alias/{other}"))
+                .target_key_id(&key)
+                .send()
+                .await
+                .unwrap();
+        }
         let (e, n) = (endpoint.clone(), name.clone());
         let build = move || {
             let (e, n) = (e.clone(), n.clone());

@@ -340,3 +340,50 @@ async fn from_dir_names_keys_by_epoch_and_refuses_an_empty_directory() {
         .unwrap_err();
     assert!(err.to_string().contains("was destroyed"), "{err}");
 }
+
+/// A root key the provider lists that this store never used (here an older
+/// epoch file another store made, sharing the directory's name) is neither
+/// marked nor destroyed: `retire_root_keys` retires only the root keys its
+/// own audit log names.
+#[tokio::test]
+async fn retire_root_keys_leaves_keys_this_store_never_used() {
+    let dir = tempfile::tempdir().unwrap();
+    RootKey::create_file(dir.path().join("root-e1.key")).unwrap();
+    RootKey::create_file(dir.path().join("root-e2.key")).unwrap();
+    let store = fieldseal::MemoryKeyStore::new();
+    let app = sealer(dir.path(), store.clone());
+    let value = app.seal(&ctx("acme", 1), b"token").await.unwrap();
+    for _ in 0..2 {
+        let r = app.admin().retire_root_keys(Duration::ZERO).await.unwrap();
+        assert_eq!(r.not_this_stores, vec!["root-e1".to_string()], "{r:?}");
+        assert!(
+            r.marked_unused.is_empty() && r.destroyed.is_empty(),
+            "{r:?}"
+        );
+    }
+    assert!(dir.path().join("root-e1.key").exists());
+    // Once this store re-wraps from a root key, that key is its own.
+    let next = app.admin().create_root_key().await.unwrap();
+    let moved = sealer(dir.path(), store.clone());
+    moved.admin().rewrap_all(&next).await.unwrap();
+    let r = moved
+        .admin()
+        .retire_root_keys(Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(r.marked_unused, vec!["root-e2".to_string()], "{r:?}");
+    assert_eq!(r.not_this_stores, vec!["root-e1".to_string()], "{r:?}");
+    let r = moved
+        .admin()
+        .retire_root_keys(Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    assert_eq!(r.destroyed[0].0, "root-e2");
+    assert!(dir.path().join("root-e1.key").exists());
+    let opened = sealer(dir.path(), store)
+        .open(&ctx("acme", 1), &value)
+        .await
+        .unwrap();
+    assert_eq!(opened.plaintext().expose_secret(), b"token");
+}

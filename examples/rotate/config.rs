@@ -257,6 +257,9 @@ async fn kms_provider(
         _ => return Err("give one of `kms_key` and `kms_epochs`".into()),
     };
     if let Some(days) = r.kms_deletion_window_days {
+        if r.kms_epochs.is_none() {
+            return Err("`kms_deletion_window_days` applies to `kms_epochs` only".into());
+        }
         builder = builder.deletion_window_days(days);
     }
     if let Some(region) = &r.kms_region {

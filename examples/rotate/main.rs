@@ -216,6 +216,11 @@ struct JobArgs {
 }
 
 /// Why the runner stops early.
+/// The root key `rotate-root` created in this process: its re-wrap goes to
+/// that key, never to another the key source still lists as current.
+static NEW_ROOT_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+const NOT_YET_CURRENT: &str = "the key source does not list the new root key as current yet:";
+
 enum Failure {
     /// The configuration or the command line (exit 2).
     Usage(String),
@@ -280,9 +285,21 @@ fn main() -> ExitCode {
         }
         // The new root key exists: a provider built now wraps under it, so
         // the re-wrap runs as `rewrap-root` with the configuration read anew.
+        // A backend that lists keys eventually (KMS aliases) may show the old
+        // one as current for a moment: wait for the new one, a few times.
         let mut rewrap = cli.clone();
         rewrap.command = Command::RewrapRoot;
-        run(&rewrap).await
+        for attempt in 1.. {
+            match run(&rewrap).await {
+                Err(Failure::Failed(message))
+                    if message.starts_with(NOT_YET_CURRENT) && attempt < 6 =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_secs(2 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+        Ok(FAILED)
     });
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -514,7 +531,16 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
             dry_run,
         } => return rotate(cli, &sealer, tenants, *all, *older_than, *dry_run).await,
         Command::RewrapRoot => {
-            return rewrap_root(cli, &sealer, provider.current_root_key_id()).await;
+            let current = provider.current_root_key_id();
+            if let Some(created) = NEW_ROOT_KEY.get()
+                && created != current
+            {
+                return Err(Failure::Failed(format!(
+                    "{NOT_YET_CURRENT} {created} (a provider built now still takes {current} as \
+                     current); run rewrap-root once the key source lists it"
+                )));
+            }
+            return rewrap_root(cli, &sealer, current).await;
         }
         Command::RotateRoot => {
             let id = sealer
@@ -522,6 +548,7 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
                 .actor("rotate rotate-root (command line)")
                 .create_root_key()
                 .await?;
+            let _ = NEW_ROOT_KEY.set(id.clone());
             if !cli.quiet {
                 eprintln!("root key {id} created for a new epoch; re-wrapping every key under it");
             }
@@ -984,6 +1011,7 @@ async fn retire_root(cli: &Cli, sealer: &Sealer, retention: Duration) -> Outcome
             "waiting": pairs(&r.waiting),
             "in_use": r.in_use.iter().map(|(id, n)| json!({ "root_key": id, "keys": n })).collect::<Vec<_>>(),
             "blocked": r.blocked.iter().map(|(id, why)| json!({ "root_key": id, "reason": why })).collect::<Vec<_>>(),
+            "not_this_stores": r.not_this_stores,
         }),
         || {
             for (id, at) in &r.destroyed {
@@ -1000,6 +1028,13 @@ async fn retire_root(cli: &Cli, sealer: &Sealer, retention: Duration) -> Outcome
             }
             for (id, why) in &r.blocked {
                 println!("root key {id}: not destroyed: {why}");
+            }
+            for id in &r.not_this_stores {
+                println!(
+                    "root key {id}: left alone: this store's audit log never names it (another \
+                     store's key, or one this store never used; if it is this store's old root \
+                     key and its log entries were pruned, destroy it by hand)"
+                );
             }
         },
     );

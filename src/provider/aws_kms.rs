@@ -140,11 +140,27 @@ impl AwsKmsProvider {
     ///
     /// Create the first epoch by hand: `aws kms create-key`, then `aws kms
     /// create-alias --alias-name alias/<name>-e1 --target-key-id <key id>`.
-    /// Give each key store its own name.
+    /// Each next key gets the current key's key policy and the tag
+    /// `fieldseal:epochs` = `name`.
     ///
     /// **Permissions**, beyond those of [`builder`](Self::builder):
-    /// `kms:ListAliases`; for epochs `kms:CreateKey` and `kms:CreateAlias`;
-    /// for their destruction `kms:ScheduleKeyDeletion` and `kms:DeleteAlias`.
+    /// `kms:ListAliases`, and `kms:Encrypt`, `kms:Decrypt` and
+    /// `kms:DescribeKey` on keys that do not exist yet (a `kms:ResourceAliases`
+    /// condition on `alias/<name>-e*` grants them); for the runner's
+    /// `rotate-root`, `kms:GetKeyPolicy`, `kms:CreateKey`, `kms:TagResource`
+    /// and `kms:CreateAlias` (on the alias and the key); for `retire-root`,
+    /// `kms:ScheduleKeyDeletion` and `kms:DeleteAlias`. Give only the runner
+    /// the last two groups.
+    ///
+    /// # Security
+    ///
+    /// Aliases are shared by the whole account and region: give each key
+    /// store its own `name`, make the first key new and for this store only,
+    /// and let nobody else create aliases `alias/<name>-e<N>`. A key named so
+    /// becomes current at the next start. [`KeyAdmin::retire_root_keys`]
+    /// destroys only root keys this store's audit log names.
+    ///
+    /// [`KeyAdmin::retire_root_keys`]: crate::KeyAdmin::retire_root_keys
     pub fn epochs(name: impl Into<String>) -> AwsKmsProviderBuilder {
         let mut builder = Self::builder(name);
         builder.epochs = true;
@@ -213,6 +229,13 @@ impl AwsKmsProvider {
                     "DisabledException" => format!(
                         "AWS KMS key `{key}` is disabled, so {action} was refused: enable it \
                          (`aws kms enable-key`), or make another key current"
+                    ),
+                    "KMSInvalidStateException" if self.epochs.is_some() => format!(
+                        "AWS KMS key `{key}` cannot be used for {action} in its current state \
+                         (pending deletion, most likely retired by retire-root): restart this \
+                         process so that it loads the current epoch's key; cancel the deletion \
+                         (`aws kms cancel-key-deletion`, then enable the key) only if keys are \
+                         still wrapped under it, and run retire-root again afterwards — {detail}"
                     ),
                     "KMSInvalidStateException" => format!(
                         "AWS KMS key `{key}` cannot be used for {action} in its current state \
@@ -462,6 +485,12 @@ impl AwsKmsProvider {
         Ok(found)
     }
 
+    /// The ARN of the key `alias` names, if it names one now.
+    async fn alias_target(&self, alias: &str) -> Option<String> {
+        let out = self.client.describe_key().key_id(alias).send().await.ok()?;
+        out.key_metadata()?.arn().map(str::to_string)
+    }
+
     /// The epoch keys of `name` to configure, the newest first: each alias
     /// with its epoch.
     async fn epoch_keys(&self, name: &str) -> Result<Vec<(String, Option<u32>)>> {
@@ -505,7 +534,12 @@ impl AwsKmsProvider {
             Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion)
                 if epoch && !self.keys.is_empty() =>
             {
-                tracing::debug!(key = configured, "an epoch's root key is pending deletion");
+                let when = meta.deletion_date().map(ToString::to_string);
+                tracing::warn!(
+                    key = configured,
+                    deletion = when.as_deref().unwrap_or("unknown"),
+                    "an older epoch's root key is pending deletion: not used"
+                );
                 return Ok(None);
             }
             Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion) => {
@@ -682,18 +716,61 @@ impl KeyProvider for AwsKmsProvider {
             )));
         };
         let next = match self.epoch_aliases(name).await?.last() {
-            Some((_, n)) => n
-                .checked_add(1)
-                .ok_or_else(|| Error::refused("every epoch number is used"))?,
+            Some((alias, n)) => n.checked_add(1).ok_or_else(|| {
+                Error::refused(format!(
+                    "alias `{alias}` takes the last epoch number: remove it to go on"
+                ))
+            })?,
             None => 1,
         };
         let alias = format!("alias/{name}-e{next}");
-        let created = self
+        // The new key gets the current one's key policy, so that access to
+        // the root keys does not change with the epoch; a key in a custom
+        // key store or a multi-Region key is not made over.
+        let current = self.current_root_key_id();
+        let described = self
+            .client
+            .describe_key()
+            .key_id(current)
+            .send()
+            .await
+            .map_err(|err| self.call_error("DescribeKey", current, None, err))?;
+        let meta = described.key_metadata();
+        let origin = meta.and_then(|m| m.origin());
+        let kms_made = matches!(origin, None | Some(aws_sdk_kms::types::OriginType::AwsKms));
+        let custom_store = meta.and_then(|m| m.custom_key_store_id()).is_some();
+        if !kms_made || custom_store || meta.and_then(|m| m.multi_region()) == Some(true) {
+            return Err(Error::refused(format!(
+                "the current root key `{current}` is a multi-Region key, in a custom key \
+                 store, or has imported key material: fieldseal does not make such keys over; \
+                 create the next epoch's key as you made this one and name it `{alias}`"
+            )));
+        }
+        let policy = self
+            .client
+            .get_key_policy()
+            .key_id(current)
+            .policy_name("default")
+            .send()
+            .await
+            .map_err(|err| self.call_error("GetKeyPolicy", current, None, err))?;
+        let mut create = self
             .client
             .create_key()
             .key_spec(KeySpec::SymmetricDefault)
             .key_usage(KeyUsageType::EncryptDecrypt)
             .description(format!("fieldseal root key: epoch {next} of {name}"))
+            .tags(
+                aws_sdk_kms::types::Tag::builder()
+                    .tag_key("fieldseal:epochs")
+                    .tag_value(name.as_str())
+                    .build()
+                    .map_err(|e| Error::provider("building a KMS tag", e))?,
+            );
+        if let Some(policy) = policy.policy() {
+            create = create.policy(policy);
+        }
+        let created = create
             .send()
             .await
             .map_err(|err| self.call_error("CreateKey", &alias, None, err))?;
@@ -713,14 +790,27 @@ impl KeyProvider for AwsKmsProvider {
             .send()
             .await
         {
+            // The alias may exist all the same (a reply lost after KMS made
+            // it): then the key is named, and in use from now on.
+            if self.alias_target(&alias).await.as_deref() == Some(arn.as_str()) {
+                tracing::info!(alias, key = arn, "created an epoch's root key in AWS KMS");
+                return Ok(arn);
+            }
             // Nameless, the key would never be used nor found again.
-            let _ = self
+            if let Err(e) = self
                 .client
                 .schedule_key_deletion()
                 .key_id(key_id_of(&arn))
                 .pending_window_in_days(DEFAULT_DELETION_WINDOW_DAYS)
                 .send()
-                .await;
+                .await
+            {
+                tracing::warn!(
+                    key = arn,
+                    error = %DisplayErrorContext(&e),
+                    "could not schedule the deletion of a new key left without its alias"
+                );
+            }
             return Err(self.call_error("CreateAlias", &alias, None, err));
         }
         tracing::info!(alias, key = arn, "created an epoch's root key in AWS KMS");
@@ -780,7 +870,9 @@ impl KeyProvider for AwsKmsProvider {
             Err(err) => return Err(self.call_error("ScheduleKeyDeletion", &key.arn, None, err)),
         };
         let alias = format!("alias/{name}-e{n}");
-        if let Err(err) = self.client.delete_alias().alias_name(&alias).send().await
+        if self.alias_target(&alias).await.as_deref() != Some(key.arn.as_str()) {
+            // Gone, or moved to another key since: not this key's to remove.
+        } else if let Err(err) = self.client.delete_alias().alias_name(&alias).send().await
             && err.code() != Some("NotFoundException")
         {
             // The key is pending deletion: a provider built later skips it.

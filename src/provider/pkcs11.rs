@@ -345,7 +345,11 @@ impl Pkcs11ProviderBuilder {
     ///
     /// A destroyed key is gone from the token, not from the token's own
     /// backups (an HSM's backup or replica, a copy of SoftHSM's token
-    /// directory): keep those no longer than the database backups.
+    /// directory): keep those no longer than the database backups. Give each
+    /// key store its own `name` in a token, and let nobody else create keys
+    /// labelled `<name>-e<N>`: such a key becomes current at the next start.
+    /// [`KeyAdmin::retire_root_keys`](crate::KeyAdmin::retire_root_keys)
+    /// destroys only root keys this store's audit log names.
     pub fn epochs(mut self, name: impl Into<String>) -> Self {
         self.epochs = Some(name.into());
         self
@@ -765,6 +769,8 @@ enum Wrapped {
     BadLength(usize),
     /// Did not decrypt back with the IV that would be stored.
     Unverified,
+    /// The root key's handle no longer names the object with its label.
+    Gone,
 }
 
 fn ck_error(what: String, err: CkError) -> Error {
@@ -814,6 +820,15 @@ impl KeyProvider for Pkcs11Provider {
             return Err(Error::config("the PKCS#11 provider has no key"));
         };
         let handle = root.handle;
+        // An epoch's key may have been destroyed since this provider was
+        // built, and its handle given to another object: wrap only under the
+        // object that still carries the label.
+        let label = root.epoch.map(|_| {
+            root.id
+                .strip_prefix("pkcs11:")
+                .unwrap_or(&root.id)
+                .to_string()
+        });
         let aad = ctx.aad();
         // Copied straight to the heap (one allocation, zeroized on drop).
         let plaintext = Zeroizing::new(key.expose_secret().to_vec());
@@ -822,6 +837,12 @@ impl KeyProvider for Pkcs11Provider {
         let tag_bits = (TAG_LEN as u64 * 8).into();
         let sealed = self
             .with_session(move |session| {
+                if let Some(label) = label {
+                    let found = keys_labelled(session, &label)?;
+                    if found.as_slice() != [handle] {
+                        return Ok(Wrapped::Gone);
+                    }
+                }
                 let mut given = iv;
                 let sealed = {
                     let params = GcmParams::new(&mut given, &aad, tag_bits)?;
@@ -858,6 +879,14 @@ impl KeyProvider for Pkcs11Provider {
                     ),
                     source: None,
                 });
+            }
+            Wrapped::Gone => {
+                return Err(Error::refused(format!(
+                    "root key `{}` is no longer the key it was in token `{token}` when this \
+                     process started (destroyed by retire-root, most likely): restart the \
+                     process so that it loads the current epoch's key; nothing was wrapped",
+                    root.id
+                )));
             }
             Wrapped::Unverified => {
                 return Err(Error::Provider {
@@ -970,6 +999,16 @@ impl KeyProvider for Pkcs11Provider {
                         Attribute::Extractable(false),
                         Attribute::Encrypt(true),
                         Attribute::Decrypt(true),
+                        // Nothing else: no wrapping of other keys out of the
+                        // token with it, no copies that would outlive its
+                        // destruction, no relabelling.
+                        Attribute::Wrap(false),
+                        Attribute::Unwrap(false),
+                        Attribute::Sign(false),
+                        Attribute::Verify(false),
+                        Attribute::Derive(false),
+                        Attribute::Copyable(false),
+                        Attribute::Modifiable(false),
                     ],
                 )?;
                 // Another process may have made the same epoch meanwhile: two
@@ -979,6 +1018,19 @@ impl KeyProvider for Pkcs11Provider {
                     return Ok(Err(Error::refused(format!(
                         "another process created root key `{label}` in PKCS#11 token `{token}` \
                          at the same moment: run again"
+                    ))));
+                }
+                // The token made what was asked (a token may ignore an
+                // attribute): else every later start would refuse it.
+                if let Err(e) = find_key(session, &token, &label) {
+                    session.destroy_object(handle)?;
+                    return Ok(Err(e));
+                }
+                if !probe(session, handle) {
+                    session.destroy_object(handle)?;
+                    return Ok(Err(Error::refused(format!(
+                        "the key token `{token}` generated as `{label}` does not round-trip an \
+                         AES-GCM encryption; it was destroyed again"
                     ))));
                 }
                 Ok(Ok(label))
@@ -1011,15 +1063,28 @@ impl KeyProvider for Pkcs11Provider {
             )));
         }
         let label = id.strip_prefix("pkcs11:").unwrap_or(id).to_string();
+        let held = key.handle;
         let destroyed = self
             .with_rw_session(move |session| {
                 let handles = keys_labelled(session, &label)?;
-                if let [handle] = handles.as_slice() {
-                    session.destroy_object(*handle)?;
+                match handles.as_slice() {
+                    [handle] if *handle == held => session.destroy_object(*handle)?,
+                    // Another object under the label: not the key this
+                    // provider holds.
+                    [_] => return Ok(usize::MAX),
+                    _ => {}
                 }
                 Ok(handles.len())
             })
             .await?;
+        if destroyed == usize::MAX {
+            return Err(Error::refused(format!(
+                "the key labelled `{}` in PKCS#11 token `{}` is not the one this provider \
+                 loaded as `{id}`: nothing was destroyed; restart and run again",
+                id.strip_prefix("pkcs11:").unwrap_or(id),
+                self.inner.token
+            )));
+        }
         if destroyed > 1 {
             return Err(Error::refused(format!(
                 "{destroyed} secret keys are labelled `{}` in PKCS#11 token `{}`: none was \
