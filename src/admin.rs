@@ -1150,20 +1150,13 @@ impl KeyAdmin {
                         // An id made again starts afresh.
                         marks.remove(&e.detail);
                         destroyed.remove(&e.detail);
-                        named.insert(e.detail.clone());
-                    } else if event == AuditEvent::RootKeyDestroyed.as_str() {
-                        if let Some(id) = e.detail.split(' ').next() {
-                            destroyed.insert(id.to_string());
-                        }
                     } else if event == AuditEvent::KeyRewrapped.as_str()
-                        && let Some((from, to)) = e.detail.split_once(" -> ")
+                        && let Some((from, _)) = e.detail.split_once(" -> ")
                     {
                         // `<from> -> <to>`, or `audit key <from> -> <to>`.
-                        let from = from.strip_prefix("audit key ").unwrap_or(from);
-                        marks.remove(from);
-                        named.insert(from.to_string());
-                        named.insert(to.to_string());
+                        marks.remove(from.strip_prefix("audit key ").unwrap_or(from));
                     }
+                    root_key_names(e, &mut named, &mut destroyed);
                 })
                 .await?;
             if let Some(head) = head {
@@ -1186,15 +1179,21 @@ impl KeyAdmin {
             let mut in_use = self.keys_per_root().await?;
             let now = self.sealer.now();
             let retention_secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+            // A provider that holds only this store's root keys (a Transit
+            // key) needs no name: its versions are this store's.
+            let exclusive = provider.root_keys_exclusive();
             for id in candidates {
-                if destroyed.contains(&id) {
-                    continue;
-                }
+                // Before the destroyed check: a root key destroyed and then
+                // brought back (a cancelled KMS deletion, a key file restored
+                // from a copy) with keys under it is shown, not skipped.
                 if let Some(&keys) = in_use.get(&id) {
                     report.in_use.push((id, keys));
                     continue;
                 }
-                if !named.contains(&id) {
+                if destroyed.contains(&id) {
+                    continue;
+                }
+                if !exclusive && !named.contains(&id) {
                     tracing::info!(
                         root_key = %id,
                         "root key not named by this store's audit log: not retired"
@@ -1613,9 +1612,15 @@ impl KeyAdmin {
                 .unix_seconds()
                 .saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
             let mut refusal = false;
+            // The root keys the pruned entries name as this store's: their
+            // retirement needs the name (retire_root_keys), so it is
+            // restated after the cut.
+            let mut named: BTreeSet<String> = BTreeSet::new();
+            let mut destroyed: BTreeSet<String> = BTreeSet::new();
             let (verifier, through) = self
                 .walk_audit_with(Some(cutoff), &mut |entry| {
                     refusal |= entry.event == AuditEvent::UnboundWrapsRefused.as_str();
+                    root_key_names(entry, &mut named, &mut destroyed);
                 })
                 .await?;
             if let Some(broken) = verifier.finish().broken {
@@ -1650,6 +1655,14 @@ impl KeyAdmin {
                     .await?;
                 store.refuse_unbound_wraps(&audit).await?;
             }
+            if deleted > 0 {
+                for id in named.difference(&destroyed) {
+                    let audit = self
+                        .audit(AuditEvent::RootKeyNamed, "", 0, id.clone())
+                        .await?;
+                    store.record_audit(&audit).await?;
+                }
+            }
             Ok(deleted)
         })
         .await
@@ -1661,6 +1674,33 @@ impl fmt::Debug for KeyAdmin {
         f.debug_struct("KeyAdmin")
             .field("actor", &self.actor)
             .finish_non_exhaustive()
+    }
+}
+
+/// Collects, from one audit entry, the root keys it names as this store's
+/// (made, restated, or re-wrapped from or to) and those it records as
+/// destroyed.
+fn root_key_names(
+    entry: &crate::audit::AuditEntry,
+    named: &mut BTreeSet<String>,
+    destroyed: &mut BTreeSet<String>,
+) {
+    let event = entry.event.as_str();
+    if event == AuditEvent::RootKeyCreated.as_str() {
+        destroyed.remove(&entry.detail);
+        named.insert(entry.detail.clone());
+    } else if event == AuditEvent::RootKeyNamed.as_str() {
+        named.insert(entry.detail.clone());
+    } else if event == AuditEvent::RootKeyDestroyed.as_str() {
+        if let Some(id) = entry.detail.split(' ').next() {
+            destroyed.insert(id.to_string());
+        }
+    } else if event == AuditEvent::KeyRewrapped.as_str()
+        && let Some((from, to)) = entry.detail.split_once(" -> ")
+    {
+        // `<from> -> <to>`, or `audit key <from> -> <to>`.
+        named.insert(from.strip_prefix("audit key ").unwrap_or(from).to_string());
+        named.insert(to.to_string());
     }
 }
 

@@ -65,6 +65,9 @@ pub enum AuditEvent {
     /// A root key was destroyed in the provider (detail: its id, and when it
     /// stops unwrapping for good).
     RootKeyDestroyed,
+    /// A root key this store made or used, restated after pruning removed
+    /// the entries that named it (detail: its id).
+    RootKeyNamed,
 }
 
 impl AuditEvent {
@@ -85,6 +88,7 @@ impl AuditEvent {
             Self::RootKeyCreated => "root_key.created",
             Self::RootKeyUnused => "root_key.unused",
             Self::RootKeyDestroyed => "root_key.destroyed",
+            Self::RootKeyNamed => "root_key.named",
         }
     }
 }

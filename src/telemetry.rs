@@ -338,6 +338,10 @@ impl KeyProvider for ObservedProvider {
         self.inner.root_key_ids()
     }
 
+    fn root_keys_exclusive(&self) -> bool {
+        self.inner.root_keys_exclusive()
+    }
+
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
         let span = provider_span("wrap", self.inner.current_root_key_id(), ctx);
         let call = self.inner.wrap(key, ctx);

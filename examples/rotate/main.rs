@@ -1030,8 +1030,8 @@ async fn retire_root(cli: &Cli, sealer: &Sealer, retention: Duration) -> Outcome
                 println!("root key {id}: not destroyed: {why}");
             }
             for id in &r.not_this_stores {
-                println!(
-                    "root key {id}: left alone: this store's audit log never names it (another \
+                eprintln!(
+                    "warning: root key {id}: left alone: this store's audit log never names it (another \
                      store's key, or one this store never used; if it is this store's old root \
                      key and its log entries were pruned, destroy it by hand)"
                 );

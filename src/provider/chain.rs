@@ -161,6 +161,10 @@ impl<P: KeyProvider + ?Sized> KeyProvider for Arc<P> {
         (**self).root_key_ids()
     }
 
+    fn root_keys_exclusive(&self) -> bool {
+        (**self).root_keys_exclusive()
+    }
+
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey> {
         (**self).wrap(key, ctx).await
     }

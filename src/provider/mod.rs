@@ -285,6 +285,16 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
         vec![self.current_root_key_id()]
     }
 
+    /// Whether every root key this provider holds belongs to the one key
+    /// store it serves (default: no). When it does (a Transit key, one per
+    /// store), [`KeyAdmin::retire_root_keys`](crate::KeyAdmin::retire_root_keys)
+    /// also retires unused root keys its store's audit log does not name;
+    /// otherwise only those it names, since a name may be shared (an
+    /// account's KMS aliases, a token's labels, a directory).
+    fn root_keys_exclusive(&self) -> bool {
+        false
+    }
+
     /// Wraps `key` under the current root key, bound to `ctx`.
     ///
     /// # Errors

@@ -447,6 +447,12 @@ impl KeyProvider for VaultTransitProvider {
         self.ids.first().map_or("", String::as_str)
     }
 
+    /// Every version of the Transit key is this store's: a Transit key
+    /// serves one key store.
+    fn root_keys_exclusive(&self) -> bool {
+        true
+    }
+
     fn root_key_ids(&self) -> Vec<&str> {
         self.ids.iter().map(String::as_str).collect()
     }
