@@ -19,6 +19,8 @@
 //!   ANY($2)` on a B-tree index, then `open_matches` on the candidate.
 //! - `blind_lookup_in`: the same with `IN (…)` built by `push_values`.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -93,30 +95,11 @@ fn lookups(c: &mut Criterion) {
         eprintln!("skipping the PostgreSQL lookups: FIELDSEAL_TEST_POSTGRES_URL is not set");
         return;
     };
-    let schema = format!("fieldseal_bench_bidx_{:08x}", rand::random::<u32>());
-    let (admin, pool, sealer) = runtime.block_on(async {
-        let admin = sqlx::PgPool::connect(&url).await.expect("connect");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .expect("schema");
-        let search_path = schema.clone();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .after_connect(move |conn, _| {
-                let sql = format!("SET search_path TO {search_path}");
-                Box::pin(async move {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await
-            .expect("pool");
+    let (pg, pool, sealer) = runtime.block_on(async {
+        let pg = common::PgSchema::create(&url, 4).await;
+        let pool = pg.pool.clone();
         let store = SqlKeyStore::new(pool.clone())
-            .with_schema(&schema)
+            .with_schema(&pg.name)
             .expect("store");
         store.migrate().await.expect("migrate");
         let sealer = Sealer::builder(
@@ -124,7 +107,7 @@ fn lookups(c: &mut Criterion) {
             store,
         )
         .build();
-        (admin, pool, sealer)
+        (pg, pool, sealer)
     });
 
     runtime.block_on(async {
@@ -243,10 +226,7 @@ fn lookups(c: &mut Criterion) {
 
     runtime.block_on(async {
         pool.close().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&admin)
-            .await
-            .expect("drop");
+        pg.drop().await;
     });
 }
 

@@ -20,9 +20,12 @@
 //!
 //! Three rounds each, medians reported.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
+use common::PgSchema;
 use fieldseal::{
     ColumnForm, ColumnSpec, Context, JobOptions, KeyType, LocalKeyProvider, RootKey, SealedColumns,
     Sealer, SqlKeyStore, TableSpec,
@@ -144,27 +147,8 @@ fn aead_floor(rows: i64) -> Duration {
 }
 
 async fn bench(url: &str, rows: i64) {
-    let admin = PgPool::connect(url).await.expect("postgres");
-    let schema = format!("fieldseal_bench_{:016x}", rand::random::<u64>());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .expect("schema");
-    let search_path = schema.clone();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .after_connect(move |conn, _| {
-            let sql = format!("SET search_path TO {search_path}");
-            Box::pin(async move {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(conn)
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect(url)
-        .await
-        .expect("postgres");
+    let pg = PgSchema::create(url, 8).await;
+    let (pool, schema) = (pg.pool.clone(), pg.name.clone());
     let store = SqlKeyStore::new(pool.clone())
         .with_schema(&schema)
         .expect("schema name");
@@ -246,11 +230,7 @@ async fn bench(url: &str, rows: i64) {
         "  AEAD floor: bare AES-256-GCM seal of {TOKEN} B x {rows}  {aead:>10.2?}  ({:.0} ns per value)",
         aead.as_nanos() as f64 / rows as f64
     );
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&admin)
-        .await
-        .expect("drop");
+    pg.drop().await;
 }
 
 fn main() {

@@ -23,6 +23,8 @@
 //!
 //! Five rounds; medians reported, with their ratio to the plaintext variant.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use fieldseal::{
@@ -313,33 +315,10 @@ async fn sqlite() -> Vec<Op> {
 }
 
 async fn postgres(url: &str) -> Vec<Op> {
-    let admin = sqlx::PgPool::connect(url).await.expect("postgres");
-    let schema = format!("fieldseal_bench_{:016x}", rand::random::<u64>());
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .expect("schema");
-    let search_path = schema.clone();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .after_connect(move |conn, _| {
-            let sql = format!("SET search_path TO {search_path}");
-            Box::pin(async move {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(conn)
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect(url)
-        .await
-        .expect("postgres");
+    let pg = common::PgSchema::create(url, 2).await;
+    let pool = pg.pool.clone();
     let t = run_backend!(pool.clone(), sqlx::Postgres, "BYTEA", "($1, $2, $3)", "$1");
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&admin)
-        .await
-        .expect("drop");
+    pg.drop().await;
     t
 }
 
