@@ -1102,10 +1102,23 @@ async fn pkcs11_epochs_erase_old_backups() {
                 Arc::new(provider) as Arc<dyn KeyProvider>
             }
         };
+        // A process started on epoch 1 and never restarted.
+        let stale = builder().build().await.unwrap();
         let Some((destroyed, _)) = epochs_on(build, postgres).await else {
             continue;
         };
         assert_eq!(destroyed, format!("pkcs11:{name}-e1"));
+        // It refuses to wrap under the destroyed key, whatever its handle
+        // names now.
+        let key = TenantKey::generate().unwrap();
+        let err = stale
+            .wrap(&key, &WrapContext::tenant_key("acme", 9))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Refused { .. }) && err.to_string().contains("restart"),
+            "{err}"
+        );
         // Gone from the token, as its own tools see it.
         let found = hsm_session(&hsm)
             .find_objects(&[cryptoki::object::Attribute::Label(

@@ -485,10 +485,14 @@ impl AwsKmsProvider {
         Ok(found)
     }
 
-    /// The ARN of the key `alias` names, if it names one now.
-    async fn alias_target(&self, alias: &str) -> Option<String> {
-        let out = self.client.describe_key().key_id(alias).send().await.ok()?;
-        out.key_metadata()?.arn().map(str::to_string)
+    /// The ARN of the key `alias` names now; `None` if KMS says the alias
+    /// does not exist.
+    async fn alias_target(&self, alias: &str) -> Result<Option<String>> {
+        match self.client.describe_key().key_id(alias).send().await {
+            Ok(out) => Ok(out.key_metadata().and_then(|m| m.arn()).map(str::to_string)),
+            Err(err) if err.code() == Some("NotFoundException") => Ok(None),
+            Err(err) => Err(self.call_error("DescribeKey", alias, None, err)),
+        }
     }
 
     /// The epoch keys of `name` to configure, the newest first: each alias
@@ -791,10 +795,25 @@ impl KeyProvider for AwsKmsProvider {
             .await
         {
             // The alias may exist all the same (a reply lost after KMS made
-            // it): then the key is named, and in use from now on.
-            if self.alias_target(&alias).await.as_deref() == Some(arn.as_str()) {
-                tracing::info!(alias, key = arn, "created an epoch's root key in AWS KMS");
-                return Ok(arn);
+            // it): then the key is named, and in use from now on. Unless KMS
+            // says for sure that it names no key or another, the key stays.
+            match self.alias_target(&alias).await {
+                Ok(Some(target)) if target == arn => {
+                    tracing::info!(alias, key = arn, "created an epoch's root key in AWS KMS");
+                    return Ok(arn);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Error::Provider {
+                        message: format!(
+                            "AWS KMS CreateAlias `{alias}` for the new key `{arn}` failed, and \
+                             whether the alias exists could not be read ({e}): check with `aws \
+                             kms describe-key --key-id {alias}`; if it does not name `{arn}`, \
+                             schedule that key's deletion and run rotate-root again"
+                        ),
+                        source: None,
+                    });
+                }
             }
             // Nameless, the key would never be used nor found again.
             if let Err(e) = self
@@ -870,8 +889,9 @@ impl KeyProvider for AwsKmsProvider {
             Err(err) => return Err(self.call_error("ScheduleKeyDeletion", &key.arn, None, err)),
         };
         let alias = format!("alias/{name}-e{n}");
-        if self.alias_target(&alias).await.as_deref() != Some(key.arn.as_str()) {
-            // Gone, or moved to another key since: not this key's to remove.
+        if self.alias_target(&alias).await.ok().flatten().as_deref() != Some(key.arn.as_str()) {
+            // Gone, moved to another key since, or unreadable: not removed
+            // (a provider built later skips a key pending deletion anyway).
         } else if let Err(err) = self.client.delete_alias().alias_name(&alias).send().await
             && err.code() != Some("NotFoundException")
         {

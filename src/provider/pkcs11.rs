@@ -650,6 +650,22 @@ fn epoch_labels(session: &Session, name: &str) -> std::result::Result<Vec<(u32, 
     Ok(found)
 }
 
+/// Whether `handle` still names an object labelled `label` (`false` if the
+/// handle names no object any more).
+fn still_labelled(
+    session: &Session,
+    handle: ObjectHandle,
+    label: &str,
+) -> std::result::Result<bool, CkError> {
+    match session.get_attributes(handle, &[AttributeType::Label]) {
+        Ok(attributes) => Ok(attributes
+            .iter()
+            .any(|a| matches!(a, Attribute::Label(l) if l.as_slice() == label.as_bytes()))),
+        Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
 /// The handles of the secret keys labelled `label`.
 fn keys_labelled(
     session: &Session,
@@ -837,11 +853,10 @@ impl KeyProvider for Pkcs11Provider {
         let tag_bits = (TAG_LEN as u64 * 8).into();
         let sealed = self
             .with_session(move |session| {
-                if let Some(label) = label {
-                    let found = keys_labelled(session, &label)?;
-                    if found.as_slice() != [handle] {
-                        return Ok(Wrapped::Gone);
-                    }
+                if let Some(label) = label
+                    && !still_labelled(session, handle, &label)?
+                {
+                    return Ok(Wrapped::Gone);
                 }
                 let mut given = iv;
                 let sealed = {
@@ -1072,6 +1087,12 @@ impl KeyProvider for Pkcs11Provider {
                     // Another object under the label: not the key this
                     // provider holds.
                     [_] => return Ok(usize::MAX),
+                    // No object under the label: destroyed already, unless
+                    // the key loaded is still there under another label.
+                    [] => match session.get_attributes(held, &[AttributeType::Label]) {
+                        Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => {}
+                        _ => return Ok(usize::MAX),
+                    },
                     _ => {}
                 }
                 Ok(handles.len())
