@@ -91,8 +91,10 @@ pub struct RootKeyRetirement {
     /// Root keys the provider refused to destroy, and why.
     pub blocked: Vec<(String, String)>,
     /// Root keys the provider holds that no entry of this store's audit log
-    /// names (no `root_key.created`, no re-wrap from or to it): another
-    /// store's, or one this store never used. Never marked nor destroyed.
+    /// names (no `root_key.created` or `root_key.named`, no re-wrap from or
+    /// to it): another store's, or one this store never used. Never marked
+    /// nor destroyed. Always empty for a provider whose root keys are all
+    /// its store's (a Transit key).
     pub not_this_stores: Vec<String>,
 }
 
@@ -1079,11 +1081,13 @@ impl KeyAdmin {
     /// A key wrapped under a marked root key that comes back (a restored
     /// backup, re-wrapped since) cancels the mark: the retention starts again
     /// once it is gone. Root keys are taken oldest first. Only root keys this
-    /// store's audit log names (created by [`KeyAdmin::create_root_key`], or
-    /// re-wrapped from or to by [`KeyAdmin::rewrap_all`]) are retired: a key
-    /// the provider holds that this store never used, such as another
-    /// store's epoch key under a name both match, is listed in
-    /// [`RootKeyRetirement::not_this_stores`] and left alone.
+    /// store's audit log names (created by [`KeyAdmin::create_root_key`],
+    /// re-wrapped from or to by [`KeyAdmin::rewrap_all`], or restated by
+    /// [`KeyAdmin::prune_audit`]) are retired, unless the provider's root
+    /// keys are all its store's: a key the provider holds that this store
+    /// never used, such as another store's epoch key under a name both
+    /// match, is listed in [`RootKeyRetirement::not_this_stores`] and left
+    /// alone.
     ///
     /// # Security
     ///
