@@ -1151,9 +1151,9 @@ impl KeyAdmin {
                     if event == AuditEvent::RootKeyUnused.as_str() {
                         marks.insert(e.detail.clone(), e.at);
                     } else if event == AuditEvent::RootKeyCreated.as_str() {
-                        // An id made again starts afresh.
+                        // An id made again starts afresh (root_key_names
+                        // forgets its destruction).
                         marks.remove(&e.detail);
-                        destroyed.remove(&e.detail);
                     } else if event == AuditEvent::KeyRewrapped.as_str()
                         && let Some((from, _)) = e.detail.split_once(" -> ")
                     {
