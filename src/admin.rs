@@ -160,6 +160,10 @@ pub struct RewrapReport {
     /// Whether the audit-chain key changed while this call worked on it (it is
     /// then still under another root key); run again.
     pub audit_key_skipped: bool,
+    /// Key versions left under a root key of their tenant's own that this
+    /// sealer does not hold (it is not configured with the tenant's binding):
+    /// they are not the shared root key's to move.
+    pub own_root_keys: u64,
     /// Whether this call made the key store stop accepting keys wrapped
     /// without its id ([`StoreIdentity::accepts_unbound`](crate::StoreIdentity::accepts_unbound)):
     /// every key of an upgraded store is now bound to it.
@@ -167,13 +171,14 @@ pub struct RewrapReport {
 }
 
 impl RewrapReport {
-    /// `true` when every stored key is now under the target root key: nothing
+    /// `true` when every stored key is now under the target root key (or,
+    /// for a tenant bound to a root key of its own, under that one): nothing
     /// was skipped. Only then may the old root key be removed (and only once no
     /// process is configured with it as its current key any more).
     pub fn is_complete(&self) -> bool {
         self.skipped == 0
             && !self.audit_key_skipped
-            && self.rewrapped + self.already_current == self.examined
+            && self.rewrapped + self.already_current + self.own_root_keys == self.examined
     }
 }
 
@@ -320,6 +325,9 @@ impl KeyAdmin {
                 ))
             })?;
             let (new, _) = self.sealer.new_key_version(tenant, next).await?;
+            self.sealer
+                .record_own_root(tenant, next, &new.wrapped, self.actor.as_deref())
+                .await?;
             let audit = self
                 .audit(
                     AuditEvent::KeyRotated,
@@ -836,6 +844,9 @@ impl KeyAdmin {
             }
             let version = record.latest_version().saturating_add(1);
             let (new, _) = self.sealer.new_key_version(tenant, version).await?;
+            self.sealer
+                .record_own_root(tenant, version, &new.wrapped, self.actor.as_deref())
+                .await?;
             let audit = self
                 .audit(AuditEvent::TenantRecreated, tenant, version, String::new())
                 .await?;
@@ -870,6 +881,15 @@ impl KeyAdmin {
     /// under either root and every value readable (keep the old root key
     /// configured as a previous key until a run reports nothing left to do).
     ///
+    /// Tenants bound to a root key of their own stay on it: with this
+    /// sealer's binding ([`SealerBuilder::tenant_root_key`](crate::SealerBuilder::tenant_root_key)),
+    /// their keys go to their own root key's current id instead of `target`
+    /// (completing [`bind_tenant_root`](KeyAdmin::bind_tenant_root)); without
+    /// it, keys under a root key the audit log records as their tenant's own
+    /// (`tenant.root_bound`) are left there and counted in
+    /// [`RewrapReport::own_root_keys`]. No key of theirs is ever moved to the
+    /// shared root key.
+    ///
     /// # Errors
     ///
     /// [`Error::Refused`] if `target` is not the current root key (nothing is
@@ -896,12 +916,19 @@ impl KeyAdmin {
             // Done with: under `target` and, for a store with an identity,
             // bound to it (a key wrapped before is re-wrapped with the store's
             // id in its context, under the same root key).
-            let done =
-                |w: &WrappedKey| w.root_key_id() == target && (w.is_store_bound() || !bound_store);
+            let done_under = |w: &WrappedKey, target: &str| {
+                w.root_key_id() == target && (w.is_store_bound() || !bound_store)
+            };
+            let done = |w: &WrappedKey| done_under(w, target);
+            // The root keys proven by unwrapping one key already under them.
+            let mut proven: BTreeSet<String> = BTreeSet::new();
+            // (tenant, root key) pairs the audit log records as a tenant's
+            // own root key, read when first needed.
+            let mut recorded_own: Option<BTreeSet<(String, String)>> = None;
             // A key already under `target` is skipped, so a root key file
             // holding another key under the right id would pass unnoticed:
-            // the first such key is unwrapped to prove `target`.
-            let mut target_proven = false;
+            // the first such key is unwrapped to prove `target` (and each
+            // tenant's own root key).
             let mut unbound_left = false;
 
             let audit_key = inner.store.load_audit_key().await?;
@@ -909,7 +936,7 @@ impl KeyAdmin {
                 && done(old)
             {
                 drop(sealer.unwrap_key(old, WrapContext::audit_key(1)).await?);
-                target_proven = true;
+                proven.insert(target.to_string());
             }
             if let Some(old) = audit_key
                 && !done(&old)
@@ -946,34 +973,44 @@ impl KeyAdmin {
                         continue;
                     };
                     let ctx = WrapContext::tenant_key(&stored.tenant, stored.key.version);
-                    if done(&old) {
-                        if !target_proven {
+                    // A tenant bound to its own root key goes there.
+                    let own = sealer.own_root(&ctx).map(|p| p.current_root_key_id());
+                    let key_target = own.unwrap_or(target);
+                    if done_under(&old, key_target) {
+                        if proven.insert(key_target.to_string()) {
                             drop(sealer.unwrap_key(&old, ctx).await?);
-                            target_proven = true;
                         }
                         report.already_current += 1;
                         continue;
                     }
-                    let key = sealer.unwrap_key(&old, ctx).await?;
-                    let new = sealer.wrap_key(&key, ctx).await?;
-                    drop(key);
-                    let audit = self
-                        .audit(
-                            AuditEvent::KeyRewrapped,
-                            &stored.tenant,
-                            stored.key.version,
-                            format!("{} -> {target}", old.root_key_id()),
-                        )
-                        .await?;
-                    if inner
-                        .store
-                        .rewrap_key(&stored.tenant, stored.key.version, &old, new, &audit)
+                    let key = match sealer.unwrap_key(&old, ctx).await {
+                        Ok(key) => key,
+                        // Not held here: left alone if it is its tenant's
+                        // own root key (this sealer lacks the binding).
+                        Err(Error::RootKeyNotConfigured { id }) if own.is_none() => {
+                            if recorded_own.is_none() {
+                                recorded_own = Some(self.recorded_own_roots().await?);
+                            }
+                            if recorded_own
+                                .as_ref()
+                                .is_some_and(|r| r.contains(&(stored.tenant.clone(), id.clone())))
+                            {
+                                report.own_root_keys += 1;
+                                continue;
+                            }
+                            return Err(Error::RootKeyNotConfigured { id });
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    match self
+                        .rewrap_one(&stored.tenant, stored.key.version, &old, key, key_target)
                         .await?
                     {
-                        report.rewrapped += 1;
-                    } else {
-                        report.skipped += 1;
-                        unbound_left |= !old.is_store_bound();
+                        true => report.rewrapped += 1,
+                        false => {
+                            report.skipped += 1;
+                            unbound_left |= !old.is_store_bound();
+                        }
                     }
                 }
                 if !full {
@@ -1002,6 +1039,137 @@ impl KeyAdmin {
             Ok(report)
         })
         .await
+    }
+
+    /// Moves tenant `tenant` onto the root key of its own that this sealer
+    /// binds it to ([`SealerBuilder::tenant_root_key`](crate::SealerBuilder::tenant_root_key)):
+    /// records the binding in the audit log (`tenant.root_bound`), then
+    /// re-wraps each of its key versions that is under another root key (the
+    /// shared one, or an earlier key of its own). No other tenant's key is
+    /// touched, and sealed values are not.
+    ///
+    /// Resumable and idempotent, like [`rewrap_all`](KeyAdmin::rewrap_all):
+    /// the report counts versions already under the tenant's root key as
+    /// [`already_current`](RewrapReport::already_current). The tenant's
+    /// values keep opening throughout.
+    ///
+    /// # Security
+    ///
+    /// Once the report [`is_complete`](RewrapReport::is_complete), the
+    /// tenant's keys in the database depend on its own root key alone; keys
+    /// in backups taken before stay under the shared root key until that one
+    /// is retired ([`retire_root_keys`](KeyAdmin::retire_root_keys)), so the
+    /// tenant's control over its data reaches its backups one backup
+    /// retention after the next root-key epoch.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] if this sealer does not bind the tenant to a root
+    /// key of its own; [`Error::UnknownTenant`]; [`Error::TenantShredded`];
+    /// [`Error::TenantRootKeyUnavailable`] if the tenant's root key cannot
+    /// wrap; provider and store errors (the versions done so far stay done).
+    pub async fn bind_tenant_root(&self, tenant: &str) -> Result<RewrapReport> {
+        let label = self.sealer.inner.label_tenant;
+        telemetry::admin("bind_tenant_root", tenant, label, async move {
+            let sealer = &self.sealer;
+            let Some(own) = sealer.inner.tenant_roots.get(tenant) else {
+                return Err(Error::refused(format!(
+                    "tenant `{tenant}` is not bound to a root key of its own in this sealer: \
+                     bind it with SealerBuilder::tenant_root_key first"
+                )));
+            };
+            let target = own.current_root_key_id();
+            let record = self.live(tenant).await?;
+            let bound_store = sealer.store_identity().await?.is_some();
+            let audit = self
+                .audit(
+                    AuditEvent::TenantRootBound,
+                    tenant,
+                    record.latest_version(),
+                    target.to_string(),
+                )
+                .await?;
+            sealer.inner.store.record_audit(&audit).await?;
+            let mut report = RewrapReport::default();
+            let mut proven = false;
+            for stored in record.keys {
+                let Some(old) = stored.wrapped else { continue };
+                report.examined += 1;
+                let ctx = WrapContext::tenant_key(tenant, stored.version);
+                if old.root_key_id() == target && (old.is_store_bound() || !bound_store) {
+                    if !proven {
+                        drop(sealer.unwrap_key(&old, ctx).await?);
+                        proven = true;
+                    }
+                    report.already_current += 1;
+                    continue;
+                }
+                let key = sealer.unwrap_key(&old, ctx).await?;
+                if self
+                    .rewrap_one(tenant, stored.version, &old, key, target)
+                    .await?
+                {
+                    report.rewrapped += 1;
+                } else {
+                    report.skipped += 1;
+                }
+            }
+            sealer.inner.cache.invalidate(tenant);
+            tracing::info!(
+                tenant,
+                root_key = target,
+                rewrapped = report.rewrapped,
+                already_current = report.already_current,
+                skipped = report.skipped,
+                "tenant bound to its own root key"
+            );
+            Ok(report)
+        })
+        .await
+    }
+
+    /// Wraps `key` (tenant `tenant` version `version`, unwrapped from `old`)
+    /// again (under its tenant's root key: `target`), and swaps it in if the
+    /// stored key is still `old`. Whether it was swapped.
+    async fn rewrap_one(
+        &self,
+        tenant: &str,
+        version: u32,
+        old: &WrappedKey,
+        key: crate::TenantKey,
+        target: &str,
+    ) -> Result<bool> {
+        let sealer = &self.sealer;
+        let new = sealer
+            .wrap_key(&key, WrapContext::tenant_key(tenant, version))
+            .await?;
+        drop(key);
+        let audit = self
+            .audit(
+                AuditEvent::KeyRewrapped,
+                tenant,
+                version,
+                format!("{} -> {target}", old.root_key_id()),
+            )
+            .await?;
+        sealer
+            .inner
+            .store
+            .rewrap_key(tenant, version, old, new, &audit)
+            .await
+    }
+
+    /// The (tenant, root key) pairs the verified audit log records as a
+    /// tenant's own root key (`tenant.root_bound`).
+    async fn recorded_own_roots(&self) -> Result<BTreeSet<(String, String)>> {
+        let mut out = BTreeSet::new();
+        self.walk_audit_with(None, &mut |e| {
+            if e.event == AuditEvent::TenantRootBound.as_str() {
+                out.insert((e.tenant.clone(), e.detail.clone()));
+            }
+        })
+        .await?;
+        Ok(out)
     }
 
     /// Proves that the provider holds the root keys the stored keys are
@@ -1308,6 +1476,9 @@ impl KeyAdmin {
                             seen.insert(from.to_string());
                             seen.insert(to.to_string());
                         }
+                    } else if event == AuditEvent::TenantRootBound.as_str() && e.tenant == tenant {
+                        // Its own root key: only its owner destroys it.
+                        seen.insert(e.detail.clone());
                     }
                 })
                 .await?;
@@ -1591,6 +1762,14 @@ impl KeyAdmin {
     /// The entries to delete are verified first: a chain that is already
     /// broken is never pruned (that would hide the damage).
     ///
+    /// What later operations read from the deleted entries is restated after
+    /// the cut: the root keys they named as this store's (`root_key.named`,
+    /// for [`retire_root_keys`](KeyAdmin::retire_root_keys)), the tenants'
+    /// own root keys (`tenant.root_bound`, for
+    /// [`erasure_report`](KeyAdmin::erasure_report) and
+    /// [`rewrap_all`](KeyAdmin::rewrap_all)), and the store's refusal of
+    /// keys wrapped without its id.
+    ///
     /// # Errors
     ///
     /// [`Error::Refused`] if `older_than` is shorter than the sealer's minimum
@@ -1621,10 +1800,19 @@ impl KeyAdmin {
             // restated after the cut.
             let mut named: BTreeSet<String> = BTreeSet::new();
             let mut destroyed: BTreeSet<String> = BTreeSet::new();
+            // Tenants' own root keys: erasure_report and rewrap_all need them.
+            let mut own_roots: BTreeSet<(String, u32, String)> = BTreeSet::new();
             let (verifier, through) = self
                 .walk_audit_with(Some(cutoff), &mut |entry| {
                     refusal |= entry.event == AuditEvent::UnboundWrapsRefused.as_str();
                     root_key_names(entry, &mut named, &mut destroyed);
+                    if entry.event == AuditEvent::TenantRootBound.as_str() {
+                        own_roots.insert((
+                            entry.tenant.clone(),
+                            entry.version,
+                            entry.detail.clone(),
+                        ));
+                    }
                 })
                 .await?;
             if let Some(broken) = verifier.finish().broken {
@@ -1663,6 +1851,18 @@ impl KeyAdmin {
                 for id in named.difference(&destroyed) {
                     let audit = self
                         .audit(AuditEvent::RootKeyNamed, "", 0, id.clone())
+                        .await?;
+                    store.record_audit(&audit).await?;
+                }
+                // One entry per tenant and root key, at its latest version.
+                let mut latest: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+                for (tenant, version, id) in &own_roots {
+                    let v = latest.entry((tenant, id)).or_default();
+                    *v = (*v).max(*version);
+                }
+                for ((tenant, id), version) in latest {
+                    let audit = self
+                        .audit(AuditEvent::TenantRootBound, tenant, version, id.to_string())
                         .await?;
                     store.record_audit(&audit).await?;
                 }

@@ -68,6 +68,10 @@ pub enum AuditEvent {
     /// A root key this store made or used, restated after pruning removed
     /// the entries that named it (detail: its id).
     RootKeyNamed,
+    /// A tenant's keys are wrapped under a root key of its own (detail: its
+    /// id): recorded when such a tenant is created, re-created or rotated, and
+    /// when it is bound.
+    TenantRootBound,
 }
 
 impl AuditEvent {
@@ -89,6 +93,7 @@ impl AuditEvent {
             Self::RootKeyUnused => "root_key.unused",
             Self::RootKeyDestroyed => "root_key.destroyed",
             Self::RootKeyNamed => "root_key.named",
+            Self::TenantRootBound => "tenant.root_bound",
         }
     }
 }

@@ -196,6 +196,31 @@ pub enum Error {
         root_key_id: String,
     },
 
+    /// A tenant bound to its own root key
+    /// ([`SealerBuilder::tenant_root_key`](crate::SealerBuilder::tenant_root_key))
+    /// could not use it: the key was disabled, its access revoked, it is
+    /// pending deletion or destroyed, or its provider is unreachable.
+    ///
+    /// Only that tenant is affected. Its values open again once the key is
+    /// usable again (re-enabled, access restored); a destroyed key means the
+    /// tenant is erased, in every backup too.
+    #[error(
+        "tenant `{tenant}`'s own root key `{root_key_id}` is unavailable, so its keys cannot be \
+         {action}: {source}. Only this tenant is affected; its values open again once the key \
+         is usable again (if the key was destroyed, the tenant is erased)"
+    )]
+    TenantRootKeyUnavailable {
+        /// The tenant.
+        tenant: String,
+        /// Its root key's id.
+        root_key_id: String,
+        /// `"unwrapped"` or `"wrapped"`.
+        action: &'static str,
+        /// The provider's error.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The root key provider failed (network, permissions, KMS error).
     #[error("key provider error: {message}")]
     Provider {
@@ -353,6 +378,7 @@ impl Error {
             Self::RootKeyNotConfigured { .. } => "root_key_not_configured",
             Self::UnwrapFailed { .. } => "unwrap_failed",
             Self::Provider { .. } => "provider",
+            Self::TenantRootKeyUnavailable { .. } => "tenant_root_key_unavailable",
             Self::Store { .. } => "store",
             Self::Schema { .. } => "schema",
             Self::RootKey { .. } => "root_key",

@@ -1,5 +1,6 @@
 //! The handle applications hold: one `Sealer` for every tenant.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +62,8 @@ pub struct Sealer {
 
 pub(crate) struct Inner {
     pub(crate) provider: Box<dyn KeyProvider>,
+    /// Tenants bound to their own root keys, and the providers holding them.
+    pub(crate) tenant_roots: BTreeMap<String, Box<dyn KeyProvider>>,
     pub(crate) store: Box<dyn KeyStore>,
     pub(crate) cache: KeyCache,
     algorithm: Algorithm,
@@ -85,6 +88,7 @@ pub(crate) struct Inner {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct SealerBuilder {
     provider: Box<dyn KeyProvider>,
+    tenant_roots: BTreeMap<String, Box<dyn KeyProvider>>,
     store: Box<dyn KeyStore>,
     algorithm: Algorithm,
     cache_capacity: usize,
@@ -185,6 +189,75 @@ impl SealerBuilder {
         self
     }
 
+    /// Binds `tenant` to its own root key ("bring your own key"): `provider`
+    /// holds it, for example an [`AwsKmsProvider`](crate::AwsKmsProvider) on
+    /// the tenant's KMS key, a Transit key or an HSM key of its own.
+    ///
+    /// From then on, this sealer wraps the tenant's new key versions under
+    /// `provider`'s current root key, and unwraps its keys through `provider`
+    /// first and the shared provider second (keys made before the binding
+    /// stay under the shared root key until
+    /// [`KeyAdmin::bind_tenant_root`](crate::KeyAdmin::bind_tenant_root)
+    /// re-wraps them). No other tenant's key and never the audit-chain key
+    /// goes to `provider`, and the shared provider never wraps this tenant's
+    /// keys. One sealer serves any mix of bound and unbound tenants; a cached
+    /// tenant costs no provider call, bound or not.
+    ///
+    /// # Security
+    ///
+    /// The key's owner controls the tenant's data: disabling the key or
+    /// revoking fieldseal's access stops the tenant's values from opening
+    /// (with [`Error::TenantRootKeyUnavailable`], in every process once its
+    /// cached keys expire: see [`cache_ttl`](SealerBuilder::cache_ttl)), and
+    /// restoring access restores them; destroying the key erases the tenant,
+    /// in every backup of the database too. Configure every process that
+    /// serves the tenant alike, the runner included: a process without the
+    /// binding cannot unwrap the tenant's keys (it never wraps them under the
+    /// shared root key instead: [`KeyAdmin::rewrap_all`](crate::KeyAdmin::rewrap_all)
+    /// leaves them alone), but it would create a *new* tenant of that id under
+    /// the shared root key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidContext`] for a tenant id that breaks the tenant id
+    /// rules; [`Error::Config`] if the tenant is already bound, or if one of
+    /// `provider`'s root key ids is held by the shared provider or by
+    /// another tenant's: each tenant's root key must be its own.
+    pub fn tenant_root_key(
+        mut self,
+        tenant: &str,
+        provider: impl KeyProvider + 'static,
+    ) -> Result<Self> {
+        check_tenant_id(tenant)?;
+        if self.tenant_roots.contains_key(tenant) {
+            return Err(Error::config(format!(
+                "tenant `{tenant}` is bound to a root key of its own twice: bind it once"
+            )));
+        }
+        for id in provider.root_key_ids() {
+            crate::provider::check_root_key_id(id)?;
+            if self.provider.root_key_ids().contains(&id) {
+                return Err(Error::config(format!(
+                    "tenant `{tenant}`'s own root key `{id}` is also held by the shared key \
+                     provider: a tenant's root key must be its own"
+                )));
+            }
+            if let Some((other, _)) = self
+                .tenant_roots
+                .iter()
+                .find(|(_, p)| p.root_key_ids().contains(&id))
+            {
+                return Err(Error::config(format!(
+                    "root key `{id}` is bound to tenants `{other}` and `{tenant}`: each \
+                     tenant's root key must be its own"
+                )));
+            }
+        }
+        self.tenant_roots
+            .insert(tenant.to_string(), Box::new(provider));
+        Ok(self)
+    }
+
     /// Whether sealing for a tenant with no keys creates its first key (default
     /// `true`). When `false`, such a seal fails with
     /// [`Error::UnknownTenant`] until the tenant is created with
@@ -211,6 +284,17 @@ impl SealerBuilder {
                     inner: self.provider,
                     label_tenant: self.label_tenant,
                 }),
+                tenant_roots: self
+                    .tenant_roots
+                    .into_iter()
+                    .map(|(tenant, inner)| {
+                        let observed: Box<dyn KeyProvider> = Box::new(ObservedProvider {
+                            inner,
+                            label_tenant: self.label_tenant,
+                        });
+                        (tenant, observed)
+                    })
+                    .collect(),
                 store: Box::new(ObservedStore {
                     inner: self.store,
                     label_tenant: self.label_tenant,
@@ -235,6 +319,7 @@ impl fmt::Debug for SealerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SealerBuilder")
             .field("provider", &self.provider)
+            .field("tenant_roots", &self.tenant_roots)
             .field("store", &self.store)
             .field("algorithm", &self.algorithm)
             .field("cache_capacity", &self.cache_capacity)
@@ -259,6 +344,7 @@ impl Sealer {
     ) -> SealerBuilder {
         SealerBuilder {
             provider: Box::new(provider),
+            tenant_roots: BTreeMap::new(),
             store: Box::new(store),
             algorithm: Algorithm::default(),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -675,22 +761,67 @@ impl Sealer {
         Ok(accepts)
     }
 
-    /// Wraps `key` for `ctx` under the current root key, bound to the key
-    /// store when it has an identity (FORMAT.md §"Wrapped keys").
+    /// The provider of the tenant's own root key, if `ctx` is a key of a
+    /// tenant bound to one.
+    pub(crate) fn own_root(&self, ctx: &WrapContext<'_>) -> Option<&dyn KeyProvider> {
+        if ctx.is_audit_key() {
+            return None;
+        }
+        self.inner
+            .tenant_roots
+            .get(ctx.tenant())
+            .map(|provider| &**provider)
+    }
+
+    /// Wraps `key` for `ctx` under the current root key (the tenant's own,
+    /// if it is bound to one), bound to the key store when it has an
+    /// identity (FORMAT.md §"Wrapped keys").
     pub(crate) async fn wrap_key(
         &self,
         key: &TenantKey,
         ctx: WrapContext<'_>,
     ) -> Result<WrappedKey> {
-        match self.store_identity().await? {
-            Some(identity) => Ok(self
-                .inner
-                .provider
-                .wrap(key, &ctx.in_store(&identity.id))
-                .await?
-                .bound_to_store()),
-            None => self.inner.provider.wrap(key, &ctx).await,
+        let identity = self.store_identity().await?;
+        let bound = match identity {
+            Some(identity) => ctx.in_store(&identity.id),
+            None => ctx,
+        };
+        let wrapped = match self.own_root(&ctx) {
+            Some(own) => own.wrap(key, &bound).await.map_err(|e| {
+                own_root_unavailable(ctx.tenant(), own.current_root_key_id(), "wrapped", e)
+            })?,
+            None => self.inner.provider.wrap(key, &bound).await?,
+        };
+        Ok(if identity.is_some() {
+            wrapped.bound_to_store()
+        } else {
+            wrapped
+        })
+    }
+
+    /// Unwraps through the tenant's own root key provider, if it is bound to
+    /// one, then (for a key it does not hold: one wrapped before the
+    /// binding) through the shared provider.
+    async fn routed_unwrap(
+        &self,
+        wrapped: &WrappedKey,
+        ctx: &WrapContext<'_>,
+    ) -> Result<TenantKey> {
+        if let Some(own) = self.own_root(ctx) {
+            match own.unwrap(wrapped, ctx).await {
+                Err(Error::RootKeyNotConfigured { .. }) => {}
+                Err(e) => {
+                    return Err(own_root_unavailable(
+                        ctx.tenant(),
+                        wrapped.root_key_id(),
+                        "unwrapped",
+                        e,
+                    ));
+                }
+                Ok(key) => return Ok(key),
+            }
         }
+        self.inner.provider.unwrap(wrapped, ctx).await
     }
 
     /// Unwraps `wrapped` for `ctx`: with the key store's id in the context if
@@ -703,9 +834,7 @@ impl Sealer {
     ) -> Result<TenantKey> {
         match (self.store_identity().await?, wrapped.is_store_bound()) {
             (Some(identity), true) => {
-                self.inner
-                    .provider
-                    .unwrap(wrapped, &ctx.in_store(&identity.id))
+                self.routed_unwrap(wrapped, &ctx.in_store(&identity.id))
                     .await
             }
             (Some(identity), false) if !self.accepts_unbound(identity).await? => {
@@ -725,7 +854,7 @@ impl Sealer {
                 ),
                 root_key_id: wrapped.root_key_id().to_string(),
             }),
-            _ => self.inner.provider.unwrap(wrapped, &ctx).await,
+            _ => self.routed_unwrap(wrapped, &ctx).await,
         }
     }
 
@@ -875,6 +1004,8 @@ impl Sealer {
         }
         let (new, deriver) = self.new_key_version(tenant, version).await?;
         let wrapped = new.wrapped.clone();
+        self.record_own_root(tenant, version, &wrapped, actor)
+            .await?;
         let audit_key = self.audit_key().await?;
         let audit = AuditAppend::new(
             audit_key,
@@ -918,6 +1049,32 @@ impl Sealer {
         Ok((wrapped, deriver))
     }
 
+    /// Records, for a tenant bound to its own root key, that `wrapped` (its
+    /// key `version`, not stored yet) is under it: before the key is stored,
+    /// so that the audit log names every root key that ever held the
+    /// tenant's keys ([`KeyAdmin::erasure_report`](crate::KeyAdmin::erasure_report)).
+    pub(crate) async fn record_own_root(
+        &self,
+        tenant: &str,
+        version: u32,
+        wrapped: &WrappedKey,
+        actor: Option<&str>,
+    ) -> Result<()> {
+        if !self.inner.tenant_roots.contains_key(tenant) {
+            return Ok(());
+        }
+        let audit = AuditAppend::new(
+            self.audit_key().await?,
+            AuditEvent::TenantRootBound,
+            tenant,
+            version,
+            actor,
+            wrapped.root_key_id().to_string(),
+            self.now(),
+        )?;
+        self.inner.store.record_audit(&audit).await
+    }
+
     /// A fresh random key for `tenant` version `version`, wrapped under the
     /// current root key, and its deriver.
     pub(crate) async fn new_key_version(
@@ -937,6 +1094,21 @@ impl Sealer {
             },
             TenantKeyDeriver::new(key.expose_secret()),
         ))
+    }
+}
+
+/// A provider failure of a tenant's own root key, as the error that names
+/// the tenant and the key; other errors (a wrong key, an altered record) as
+/// they are.
+fn own_root_unavailable(tenant: &str, root_key_id: &str, action: &'static str, e: Error) -> Error {
+    match e {
+        Error::Provider { .. } => Error::TenantRootKeyUnavailable {
+            tenant: tenant.to_string(),
+            root_key_id: root_key_id.to_string(),
+            action,
+            source: Box::new(e),
+        },
+        other => other,
     }
 }
 

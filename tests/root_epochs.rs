@@ -7,6 +7,8 @@
 //! (backups with `VACUUM INTO`) and PostgreSQL (backups as copies of the key
 //! table); Transit epochs are in `tests/vault_transit.rs`.
 
+#[path = "common/backup.rs"]
+mod backup;
 mod common;
 #[path = "common/db.rs"]
 mod db;
@@ -14,10 +16,9 @@ mod db;
 use std::path::Path;
 use std::time::Duration;
 
+use backup::Db;
 use fieldseal::secrecy::ExposeSecret;
-use fieldseal::{
-    Context, Error, KeyProvider, LocalKeyProvider, RootKey, SealedValue, Sealer, SqlKeyStore,
-};
+use fieldseal::{Context, Error, KeyProvider, LocalKeyProvider, RootKey, SealedValue, Sealer};
 
 fn ctx(tenant: &str, id: i64) -> Context {
     Context::builder(tenant, "accounts", "token")
@@ -36,96 +37,10 @@ fn sealer(dir: &Path, store: impl fieldseal::KeyStore + 'static) -> Sealer {
         .build()
 }
 
-/// A database whose key store can be backed up and restored.
-enum Db {
-    Sqlite {
-        dir: std::path::PathBuf,
-        pool: sqlx::SqlitePool,
-    },
-    Postgres {
-        url: String,
-        schema: String,
-        pool: sqlx::PgPool,
-        dir: std::path::PathBuf,
-    },
-}
-
-impl Db {
-    fn sealer(&self, keys: &Path) -> Sealer {
-        match self {
-            Db::Sqlite { pool, .. } => sealer(keys, SqlKeyStore::new(pool.clone())),
-            Db::Postgres { pool, schema, .. } => sealer(
-                keys,
-                SqlKeyStore::new(pool.clone()).with_schema(schema).unwrap(),
-            ),
-        }
-    }
-
-    async fn backup(&self, name: &str) {
-        match self {
-            Db::Sqlite { dir, pool } => {
-                let path = dir.join(format!("{name}.db"));
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "VACUUM INTO '{}'",
-                    path.display()
-                )))
-                .execute(pool)
-                .await
-                .unwrap();
-            }
-            Db::Postgres {
-                url, schema, dir, ..
-            } => {
-                let status = std::process::Command::new("pg_dump")
-                    .args(["--schema", schema, "--no-owner", "--file"])
-                    .arg(dir.join(format!("{name}.sql")))
-                    .arg(url)
-                    .status()
-                    .expect("pg_dump must be installed where FIELDSEAL_TEST_POSTGRES_URL is set");
-                assert!(status.success());
-            }
-        }
-    }
-
-    /// Puts backup `name` in place of the database, as a new connection pool.
-    async fn restore(&mut self, name: &str) {
-        match self {
-            Db::Sqlite { dir, pool } => {
-                pool.close().await;
-                let db = dir.join("app.db");
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-                }
-                std::fs::copy(dir.join(format!("{name}.db")), &db).unwrap();
-                *pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-                    .await
-                    .unwrap();
-            }
-            Db::Postgres {
-                url,
-                schema,
-                pool,
-                dir,
-            } => {
-                let fresh = db::second_postgres_pool(pool).await;
-                pool.close().await;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                    .execute(&fresh)
-                    .await
-                    .unwrap();
-                let status = std::process::Command::new("psql")
-                    .args(["--quiet", "--set", "ON_ERROR_STOP=1", "--file"])
-                    .arg(dir.join(format!("{name}.sql")))
-                    .arg(&*url)
-                    .stdout(std::process::Stdio::null())
-                    .status()
-                    .expect("psql must be installed where FIELDSEAL_TEST_POSTGRES_URL is set");
-                assert!(status.success());
-                fresh.close().await;
-                *pool = db::second_postgres_pool_for(url, schema).await;
-            }
-        }
-    }
+fn db_sealer(db: &Db, dir: &Path) -> Sealer {
+    db.builder(provider(dir))
+        .min_audit_retention(Duration::ZERO)
+        .build()
 }
 
 /// Values of acme (shredded later) and globex (kept), as sealed in epoch 1.
@@ -143,7 +58,7 @@ struct Values {
 async fn epochs(mut db: Db) {
     let keys = tempfile::tempdir().unwrap();
     RootKey::create_file(keys.path().join("root-e1.key")).unwrap();
-    let a = db.sealer(keys.path());
+    let a = db_sealer(&db, keys.path());
     let values = Values {
         acme: a.seal(&ctx("acme", 1), b"acme's").await.unwrap(),
         globex: a.seal(&ctx("globex", 2), b"globex's").await.unwrap(),
@@ -157,7 +72,7 @@ async fn epochs(mut db: Db) {
     // on the new provider.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(a.admin().create_root_key().await.unwrap(), "root-e2");
-    let b = db.sealer(keys.path());
+    let b = db_sealer(&db, keys.path());
     let report = b.admin().rewrap_all("root-e2").await.unwrap();
     assert!(report.is_complete(), "{report:?}");
     // One unwrap and one wrap per live key version, never per value.
@@ -168,8 +83,7 @@ async fn epochs(mut db: Db) {
     // The negative control: without destroying epoch 1's key, B1 brings
     // acme back.
     db.restore("b1").await;
-    let opened = db
-        .sealer(keys.path())
+    let opened = db_sealer(&db, keys.path())
         .open(&ctx("acme", 1), &values.acme)
         .await
         .unwrap();
@@ -177,7 +91,7 @@ async fn epochs(mut db: Db) {
     db.restore("b2").await;
 
     // Retire: marked unused, waiting, then destroyed.
-    let b = db.sealer(keys.path());
+    let b = db_sealer(&db, keys.path());
     let retention = Duration::from_secs(1);
     let r = b.admin().retire_root_keys(retention).await.unwrap();
     assert_eq!(r.marked_unused, vec!["root-e1".to_string()], "{r:?}");
@@ -238,7 +152,7 @@ async fn epochs(mut db: Db) {
     // B1, older than the retention: nothing under the destroyed key opens,
     // and the error names it.
     db.restore("b1").await;
-    let restored = db.sealer(keys.path());
+    let restored = db_sealer(&db, keys.path());
     for (tenant, value, id) in [("acme", &values.acme, 1), ("globex", &values.globex, 2)] {
         let err = restored.open(&ctx(tenant, id), value).await.unwrap_err();
         assert!(
@@ -248,7 +162,7 @@ async fn epochs(mut db: Db) {
     }
     // B2: globex opens, acme stays shredded.
     db.restore("b2").await;
-    let restored = db.sealer(keys.path());
+    let restored = db_sealer(&db, keys.path());
     let opened = restored
         .open(&ctx("globex", 2), &values.globex)
         .await
@@ -264,32 +178,14 @@ async fn epochs(mut db: Db) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epochs_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    SqlKeyStore::new(pool.clone()).migrate().await.unwrap();
-    epochs(Db::Sqlite {
-        dir: dir.path().to_path_buf(),
-        pool,
-    })
-    .await;
+    epochs(Db::sqlite(dir.path()).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epochs_on_postgres() {
     db::with_postgres(|pool, _| async move {
         let dir = tempfile::tempdir().unwrap();
-        let schema: String = sqlx::query_scalar("SELECT current_schema()")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        let pool = db::second_postgres_pool(&pool).await;
-        epochs(Db::Postgres {
-            url: std::env::var(db::POSTGRES_URL).unwrap(),
-            schema,
-            pool,
-            dir: dir.path().to_path_buf(),
-        })
-        .await;
+        epochs(Db::postgres(&pool, dir.path()).await).await;
     })
     .await;
 }
