@@ -933,8 +933,13 @@ impl Sealer {
         }
         let tenant = record.tenant.as_str();
         let mut versions = Vec::with_capacity(record.keys.len());
+        // A tenant's own root key is its owner's to revoke: a reload asks
+        // its provider at least once (the newest version), so a revocation
+        // shows within the cache's time to live. The other versions reuse
+        // what the previous snapshot unwrapped.
+        let mut asked = !self.inner.tenant_roots.contains_key(tenant);
         if record.shredded_at.is_none() {
-            for key in record.keys {
+            for key in record.keys.into_iter().rev() {
                 let status = match (key.state, key.wrapped) {
                     (KeyState::Destroyed, _) | (_, None) => VersionStatus::Destroyed {
                         at: key.state_changed_at,
@@ -943,11 +948,13 @@ impl Sealer {
                         since: key.state_changed_at,
                     },
                     (KeyState::Active, Some(wrapped)) => {
+                        let previous = previous.filter(|_| asked);
                         let known = reusable(previous, fresh, key.version, &wrapped);
                         let deriver = match known {
                             Some(deriver) => deriver,
                             None => self.unwrap(tenant, key.version, &wrapped).await?,
                         };
+                        asked = true;
                         VersionStatus::Usable { deriver, wrapped }
                     }
                 };
@@ -956,6 +963,7 @@ impl Sealer {
                     status,
                 });
             }
+            versions.reverse();
         }
         Ok(Keyring {
             tenant: tenant.into(),

@@ -828,31 +828,9 @@ async fn fault_endpoint(fault: Fault) -> (String, Arc<AtomicUsize>) {
             };
             let calls = Arc::clone(&counted);
             tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                // Read the head, then the body by its length.
-                let head_end = loop {
-                    let n = socket.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                    if let Some(pos) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break pos + 4;
-                    }
+                let Some((head, _)) = read_request(&mut socket).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                while request.len() < head_end + length {
-                    let n = socket.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                }
                 let (status, body) = if head.contains("trentservice.describekey") {
                     (
                         200,
@@ -874,17 +852,53 @@ async fn fault_endpoint(fault: Fault) -> (String, Arc<AtomicUsize>) {
                         Fault::Body(body) => (200, body.to_string()),
                     }
                 };
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.1\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
+                respond(&mut socket, status, &body).await;
             });
         }
     });
     (url, calls)
+}
+
+/// Reads one HTTP request: its head, lowercased, and the whole request as
+/// sent (`None` if the peer closed first).
+async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read the head, then the body by its length.
+    let head_end = loop {
+        let n = socket.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&buf[..n]);
+        if let Some(pos) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..head_end]).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while request.len() < head_end + length {
+        let n = socket.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    Some((head, request))
+}
+
+/// Answers with a KMS JSON body and closes the connection.
+async fn respond(socket: &mut tokio::net::TcpStream, status: u16, body: &str) {
+    let response = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.1\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = socket.write_all(response.as_bytes()).await;
+    let _ = socket.shutdown().await;
 }
 
 async fn faulty_provider(fault: Fault, attempts: u32) -> (AwsKmsProvider, Arc<AtomicUsize>) {
@@ -897,6 +911,223 @@ async fn faulty_provider(fault: Fault, attempts: u32) -> (AwsKmsProvider, Arc<At
         .await
         .unwrap();
     (provider, calls)
+}
+
+/// A loopback proxy in front of KMS at `upstream` that answers `Encrypt`
+/// and `Decrypt` with the error code in its switch while one is set (what
+/// KMS answers for a disabled key, `DisabledException`, or one pending
+/// deletion, `KMSInvalidStateException`: moto does not enforce key states)
+/// and forwards every other request; returns its URL and the switch.
+async fn switchable_kms(upstream: &str) -> (String, Arc<std::sync::Mutex<Option<&'static str>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let switch: Arc<std::sync::Mutex<Option<&'static str>>> = Arc::default();
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let set = Arc::clone(&switch);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (set, upstream) = (Arc::clone(&set), upstream.clone());
+            tokio::spawn(async move {
+                let Some((head, request)) = read_request(&mut socket).await else {
+                    return;
+                };
+                let keyed =
+                    head.contains("trentservice.encrypt") || head.contains("trentservice.decrypt");
+                let fault = *set.lock().unwrap();
+                if let Some(code) = fault.filter(|_| keyed) {
+                    let body = format!(r#"{{"__type":"{code}","message":"injected {code}"}}"#);
+                    respond(&mut socket, 400, &body).await;
+                    return;
+                }
+                // Forward, one request per connection.
+                let mut up = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                up.write_all(&request).await.unwrap();
+                let mut reply = Vec::new();
+                let mut buf = [0u8; 4096];
+                let (head_end, length) = loop {
+                    let n = up.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "KMS closed the connection before its reply's head");
+                    reply.extend_from_slice(&buf[..n]);
+                    if let Some(pos) = reply.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&reply[..pos]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map(|v| v.trim().parse().unwrap())
+                            .expect("KMS replies with a content-length");
+                        break (pos + 4, length);
+                    }
+                };
+                while reply.len() < head_end + length {
+                    let n = up.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "KMS closed the connection within its reply");
+                    reply.extend_from_slice(&buf[..n]);
+                }
+                let status: u16 = String::from_utf8_lossy(&reply[..head_end])
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap();
+                let body = String::from_utf8_lossy(&reply[head_end..head_end + length]);
+                respond(&mut socket, status, &body).await;
+            });
+        }
+    });
+    (url, switch)
+}
+
+/// A provider for a tenant's own KMS key at `endpoint`: built without a
+/// call, whatever the key's state.
+async fn tenant_kms(endpoint: &str, arn: &str) -> AwsKmsProvider {
+    AwsKmsProvider::tenant_key(arn)
+        .sdk_config(&sdk_config(endpoint, "us-east-1").await)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Tenants with root keys of their own, in one sealer: acme on its own KMS
+/// key (behind the switch), globex on its own PKCS#11 key, initech on the
+/// shared root key. acme's key disabled, enabled again, then scheduled for
+/// deletion: acme's values stop, come back, and stop for good, with an
+/// error naming acme and its key; globex and initech are never affected.
+async fn kms_tenant_root_keys(endpoint: String, hsm: Hsm, store: impl KeyStore + Clone + 'static) {
+    let acme_key = create_kms_key(&endpoint).await;
+    let (proxy, switch) = switchable_kms(&endpoint).await;
+    let globex_label = create_hsm_key(&hsm, true, false);
+    let shared = Arc::new(local("shared-root"));
+    let globex_hsm: Arc<dyn KeyProvider> = Arc::new(hsm_provider(&hsm, &[&globex_label]).await);
+    let sealer = |ttl: Duration| {
+        let (proxy, shared, globex) = (proxy.clone(), Arc::clone(&shared), Arc::clone(&globex_hsm));
+        let (store, acme_key) = (store.clone(), acme_key.clone());
+        async move {
+            Sealer::builder(shared, store)
+                .tenant_root_key("acme", tenant_kms(&proxy, &acme_key).await)
+                .unwrap()
+                .tenant_root_key("globex", globex)
+                .unwrap()
+                .cache_ttl(ttl)
+                .build()
+        }
+    };
+    let live = sealer(Duration::ZERO).await;
+    let mut values = Vec::new();
+    for tenant in ["acme", "globex", "initech"] {
+        let value = live.seal(&ctx(tenant, 1), tenant.as_bytes()).await.unwrap();
+        values.push((tenant, value));
+    }
+    let roots = |tenant: &'static str| {
+        let live = live.clone();
+        async move {
+            let record = live.admin().describe(tenant).await.unwrap();
+            record.keys[0]
+                .wrapped
+                .as_ref()
+                .unwrap()
+                .root_key_id()
+                .to_string()
+        }
+    };
+    assert_eq!(roots("acme").await, acme_key);
+    assert_eq!(roots("globex").await, format!("pkcs11:{globex_label}"));
+    assert_eq!(roots("initech").await, "shared-root");
+
+    let check = |fault: Option<&'static str>, expected: &'static [&'static str]| {
+        let (live, values, switch, acme_key) = (
+            live.clone(),
+            values.clone(),
+            Arc::clone(&switch),
+            acme_key.clone(),
+        );
+        async move {
+            *switch.lock().unwrap() = fault;
+            for (tenant, value) in &values {
+                let opened = live.open(&ctx(tenant, 1), value).await;
+                if *tenant != "acme" || fault.is_none() {
+                    let opened = opened.unwrap_or_else(|e| panic!("{tenant}: {e}"));
+                    assert_eq!(opened.plaintext().expose_secret(), tenant.as_bytes());
+                    continue;
+                }
+                let err = opened.unwrap_err();
+                assert!(
+                    matches!(&err, Error::TenantRootKeyUnavailable { tenant, root_key_id, .. }
+                        if tenant == "acme" && *root_key_id == acme_key),
+                    "{err:?}"
+                );
+                let shown = err.to_string();
+                for needle in expected {
+                    assert!(shown.contains(needle), "{needle}: {shown}");
+                }
+                assert!(
+                    shown.contains("tenant `acme`") && shown.contains(&acme_key),
+                    "{shown}"
+                );
+            }
+        }
+    };
+    // Disabled, then enabled again.
+    check(Some("DisabledException"), &["is disabled", "enable-key"]).await;
+    let err = live.seal(&ctx("acme", 2), b"x").await.unwrap_err();
+    assert!(
+        matches!(err, Error::TenantRootKeyUnavailable { .. }),
+        "{err}"
+    );
+    check(None, &[]).await;
+    // Scheduled for deletion: erased (moto still decrypts: the switch
+    // answers as KMS does).
+    let client = aws_sdk_kms::Client::new(&sdk_config(&endpoint, "us-east-1").await);
+    // By key id: moto fails ScheduleKeyDeletion on an ARN.
+    let key_id = acme_key.rsplit('/').next().unwrap();
+    client
+        .schedule_key_deletion()
+        .key_id(key_id)
+        .pending_window_in_days(7)
+        .send()
+        .await
+        .unwrap();
+    check(
+        Some("KMSInvalidStateException"),
+        &["pending deletion", "cancel-key-deletion"],
+    )
+    .await;
+    // A fresh process, as after a restore, fares no better.
+    let fresh = sealer(Duration::from_secs(300)).await;
+    let err = fresh.open(&ctx("acme", 1), &values[0].1).await.unwrap_err();
+    assert!(
+        matches!(err, Error::TenantRootKeyUnavailable { .. }),
+        "{err}"
+    );
+    fresh.open(&ctx("globex", 1), &values[1].1).await.unwrap();
+    // A tenant's own key is named by its ARN, alone.
+    for (key, previous) in [("alias/acme", None), (acme_key.as_str(), Some(FAKE_ARN))] {
+        let mut builder =
+            AwsKmsProvider::tenant_key(key).sdk_config(&sdk_config(&endpoint, "us-east-1").await);
+        if let Some(previous) = previous {
+            builder = builder.previous(previous);
+        }
+        let err = builder.build().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { reason } if reason.contains("key ARN")),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_root_keys_in_kms_and_pkcs11() {
+    let (Some(endpoint), Some(hsm)) = (kms_endpoint(), hsm()) else {
+        return;
+    };
+    let (e, h) = (endpoint.clone(), hsm.clone());
+    with_sqlite(|_, store| kms_tenant_root_keys(e, h, store)).await;
+    with_postgres(|_, store| kms_tenant_root_keys(endpoint, hsm, store)).await;
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ mod db;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ struct OwnKey {
     id: String,
     state: Arc<Mutex<State>>,
     asked_for: Arc<Mutex<BTreeSet<String>>>,
+    calls: Arc<AtomicUsize>,
 }
 
 impl OwnKey {
@@ -58,6 +60,7 @@ impl OwnKey {
                 LocalKeyProvider::new(id, RootKey::generate().unwrap()).unwrap(),
             )))),
             asked_for: Arc::default(),
+            calls: Arc::default(),
         }
     }
 
@@ -87,6 +90,7 @@ impl OwnKey {
 
     /// The provider, or the owner's refusal as a provider error.
     fn usable(&self, ctx: &WrapContext<'_>) -> Result<Arc<LocalKeyProvider>, Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         self.asked_for
             .lock()
             .unwrap()
@@ -363,6 +367,40 @@ async fn own_root_keys_on_postgres() {
         byok(Db::postgres(&pool, dir.path()).await).await;
     })
     .await;
+}
+
+/// A process whose cached keys expire asks the tenant's own key again (once
+/// per reload, whatever the number of versions), so its owner's revocation
+/// shows within the cache's time to live; the shared root key is not asked
+/// again for keys it already unwrapped.
+#[tokio::test]
+async fn a_revocation_shows_within_the_cache_ttl() {
+    let shared = LocalKeyProvider::new("shared", RootKey::generate().unwrap()).unwrap();
+    let own = OwnKey::new("acme-own-key");
+    let sealer = Sealer::builder(shared, MemoryKeyStore::new())
+        .tenant_root_key("acme", own.clone())
+        .unwrap()
+        .cache_ttl(Duration::from_millis(200))
+        .build();
+    let acme = sealer.seal(&ctx("acme", 1), b"acme's").await.unwrap();
+    sealer.admin().rotate("acme").await.unwrap();
+    sealer.seal(&ctx("acme", 2), b"acme's too").await.unwrap();
+    let calls = own.calls.load(Ordering::SeqCst);
+    // Cached: no call.
+    opens(&sealer, "acme", &acme, b"acme's").await;
+    assert_eq!(own.calls.load(Ordering::SeqCst), calls);
+    // Expired: one call for two versions.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    opens(&sealer, "acme", &acme, b"acme's").await;
+    assert_eq!(own.calls.load(Ordering::SeqCst), calls + 1);
+    // Revoked: still cached, then refused once the keys expire.
+    own.revoke();
+    opens(&sealer, "acme", &acme, b"acme's").await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let err = sealer.open(&ctx("acme", 1), &acme).await.unwrap_err();
+    assert_unavailable(&err, "acme", "acme-own-key");
+    own.restore();
+    opens(&sealer, "acme", &acme, b"acme's").await;
 }
 
 /// A tenant created on the shared root key moves to its own with

@@ -104,6 +104,8 @@ struct KmsKey {
 pub struct AwsKmsProviderBuilder {
     current: String,
     epochs: bool,
+    /// A tenant's own key: not described when built.
+    tenant_key: bool,
     deletion_window_days: i32,
     previous: Vec<String>,
     region: Option<String>,
@@ -120,6 +122,7 @@ impl AwsKmsProvider {
         AwsKmsProviderBuilder {
             current: key.into(),
             epochs: false,
+            tenant_key: false,
             deletion_window_days: DEFAULT_DELETION_WINDOW_DAYS,
             previous: Vec::new(),
             region: None,
@@ -164,6 +167,34 @@ impl AwsKmsProvider {
     pub fn epochs(name: impl Into<String>) -> AwsKmsProviderBuilder {
         let mut builder = Self::builder(name);
         builder.epochs = true;
+        builder
+    }
+
+    /// Starts configuring a provider for a tenant's own KMS key ("bring your
+    /// own key", for [`SealerBuilder::tenant_root_key`]): `arn` is the key's
+    /// ARN (`arn:aws:kms:<region>:<account>:key/<id>`), which becomes its
+    /// root key id, in its region unless
+    /// [`region`](AwsKmsProviderBuilder::region) says otherwise.
+    ///
+    /// Unlike [`builder`](Self::builder),
+    /// [`build`](AwsKmsProviderBuilder::build) does not call KMS: the key
+    /// belongs to the tenant, who may have disabled it, withdrawn this
+    /// process's access or scheduled its deletion, and that must stop only
+    /// the tenant's values (with
+    /// [`Error::TenantRootKeyUnavailable`](crate::Error::TenantRootKeyUnavailable)),
+    /// never a process from starting. Nor does a process with many such
+    /// tenants make a call per tenant to start. A wrong ARN shows at the
+    /// tenant's first wrap or unwrap.
+    ///
+    /// **Permissions**: `kms:Encrypt` and `kms:Decrypt` on the key, granted
+    /// by the tenant in its key policy (or a grant) to the identity this
+    /// process runs as, for its account if the key is in another.
+    ///
+    /// [`SealerBuilder::tenant_root_key`]: crate::SealerBuilder::tenant_root_key
+    pub fn tenant_key(arn: impl Into<String>) -> AwsKmsProviderBuilder {
+        let mut builder = Self::builder(arn);
+        builder.tenant_key = true;
+        builder.region = arn_region(&builder.current).map(str::to_string);
         builder
     }
 
@@ -351,11 +382,13 @@ impl AwsKmsProviderBuilder {
     }
 
     /// Loads the AWS configuration and checks every configured key with
-    /// `DescribeKey`.
+    /// `DescribeKey` (a tenant's own key, [`AwsKmsProvider::tenant_key`],
+    /// is not checked: no call is made).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if no region is configured, a key id is not a valid
+    /// [`Error::Config`] if a tenant's own key is not given as a key ARN, or
+    /// with previous keys; if no region is configured, a key id is not a valid
     /// root key id, a key is disabled, pending deletion, not a symmetric
     /// encryption key, or configured twice; [`Error::Provider`] if KMS cannot
     /// be reached, denies `DescribeKey`, or does not know a key (each message
@@ -405,6 +438,22 @@ impl AwsKmsProviderBuilder {
             timeout: self.timeout,
             max_attempts: self.max_attempts,
         };
+        if self.tenant_key {
+            let arn = self.current;
+            check_root_key_id(&arn)?;
+            if arn_region(&arn).is_none() || key_id_of(&arn) == arn || !self.previous.is_empty() {
+                return Err(Error::config(format!(
+                    "`{arn}` is not an AWS KMS key ARN (arn:aws:kms:<region>:<account>:key/\
+                     <id>): a tenant's own key is configured by its ARN alone"
+                )));
+            }
+            provider.keys.push(KmsKey {
+                configured: arn.clone(),
+                arn,
+                epoch: None,
+            });
+            return Ok(provider);
+        }
         let mut configured = Vec::new();
         if self.epochs {
             configured = provider.epoch_keys(&self.current).await?;
@@ -590,6 +639,15 @@ impl AwsKmsProvider {
     }
 }
 
+/// The region of a KMS key ARN (`arn:<partition>:kms:<region>:…:key/…`).
+fn arn_region(arn: &str) -> Option<&str> {
+    let mut parts = arn.split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("arn"), Some(_), Some("kms"), Some(region)) if !region.is_empty() => Some(region),
+        _ => None,
+    }
+}
+
 /// The key id in a key ARN, for `ScheduleKeyDeletion`: a deletion is only
 /// ever scheduled in the key's own account, and moto (the emulator CI runs)
 /// fails on ARNs there.
@@ -625,6 +683,7 @@ impl fmt::Debug for AwsKmsProviderBuilder {
         f.debug_struct("AwsKmsProviderBuilder")
             .field("current", &self.current)
             .field("epochs", &self.epochs)
+            .field("tenant_key", &self.tenant_key)
             .field("deletion_window_days", &self.deletion_window_days)
             .field("previous", &self.previous)
             .field("region", &self.region)
