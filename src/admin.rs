@@ -160,10 +160,15 @@ pub struct RewrapReport {
     /// Whether the audit-chain key changed while this call worked on it (it is
     /// then still under another root key); run again.
     pub audit_key_skipped: bool,
-    /// Key versions left under a root key of their tenant's own that this
-    /// sealer does not hold (it is not configured with the tenant's binding):
-    /// they are not the shared root key's to move.
+    /// Key versions left under a root key of their tenant's own: one this
+    /// sealer does not hold (it is not configured with the tenant's
+    /// binding), or one its owner revoked. They are not the shared root
+    /// key's to move.
     pub own_root_keys: u64,
+    /// Key versions whose tenant's own root key refused to wrap or unwrap
+    /// (revoked, disabled, deleted): left as they were. Those under a shared
+    /// root key are also counted in [`skipped`](RewrapReport::skipped).
+    pub own_root_unavailable: u64,
     /// Whether this call made the key store stop accepting keys wrapped
     /// without its id ([`StoreIdentity::accepts_unbound`](crate::StoreIdentity::accepts_unbound)):
     /// every key of an upgraded store is now bound to it.
@@ -830,8 +835,10 @@ impl KeyAdmin {
     ///
     /// # Errors
     ///
-    /// [`Error::Refused`] if the tenant is not shredded;
-    /// [`Error::UnknownTenant`]; provider and store errors.
+    /// [`Error::Refused`] if the tenant is not shredded, or if the audit log
+    /// records it as bound to a root key of its own and this sealer does
+    /// not bind it; [`Error::UnknownTenant`];
+    /// [`Error::TenantRootKeyUnavailable`]; provider and store errors.
     pub async fn recreate_tenant(&self, tenant: &str) -> Result<u32> {
         let label = self.sealer.inner.label_tenant;
         telemetry::admin("recreate_tenant", tenant, label, async move {
@@ -841,6 +848,18 @@ impl KeyAdmin {
                 return Err(Error::refused(format!(
                     "tenant `{tenant}` is not shredded, so there is nothing to recreate"
                 )));
+            }
+            // A tenant of its own root key is recreated on it, never on the
+            // shared one by a process that lacks its binding.
+            if !self.sealer.inner.tenant_roots.contains_key(tenant) {
+                let recorded = self.recorded_own_roots().await?;
+                if let Some((_, id)) = recorded.iter().find(|(t, _)| t == tenant) {
+                    return Err(Error::refused(format!(
+                        "tenant `{tenant}` had its keys under its own root key `{id}` (audit \
+                         log, tenant.root_bound): recreate it in a process that binds it with \
+                         SealerBuilder::tenant_root_key, not under the shared root key"
+                    )));
+                }
             }
             let version = record.latest_version().saturating_add(1);
             let (new, _) = self.sealer.new_key_version(tenant, version).await?;
@@ -977,8 +996,18 @@ impl KeyAdmin {
                     let own = sealer.own_root(&ctx).map(|p| p.current_root_key_id());
                     let key_target = own.unwrap_or(target);
                     if done_under(&old, key_target) {
-                        if proven.insert(key_target.to_string()) {
-                            drop(sealer.unwrap_key(&old, ctx).await?);
+                        if !proven.contains(key_target) {
+                            match sealer.unwrap_key(&old, ctx).await {
+                                Ok(key) => {
+                                    drop(key);
+                                    proven.insert(key_target.to_string());
+                                }
+                                // A revoked own key is proven another time.
+                                Err(Error::TenantRootKeyUnavailable { .. }) if own.is_some() => {
+                                    report.own_root_unavailable += 1;
+                                }
+                                Err(e) => return Err(e),
+                            }
                         }
                         report.already_current += 1;
                         continue;
@@ -991,26 +1020,50 @@ impl KeyAdmin {
                             if recorded_own.is_none() {
                                 recorded_own = Some(self.recorded_own_roots().await?);
                             }
-                            if recorded_own
-                                .as_ref()
-                                .is_some_and(|r| r.contains(&(stored.tenant.clone(), id.clone())))
-                            {
+                            let owner = (stored.tenant.clone(), old.root_key_id().to_string());
+                            if recorded_own.as_ref().is_some_and(|r| r.contains(&owner)) {
                                 report.own_root_keys += 1;
+                                unbound_left |= !old.is_store_bound();
                                 continue;
                             }
                             return Err(Error::RootKeyNotConfigured { id });
+                        }
+                        // The tenant's own key is revoked: its keys wait,
+                        // the other tenants' go on. Under a shared root key
+                        // still, the run is not complete.
+                        Err(e @ Error::TenantRootKeyUnavailable { .. }) => {
+                            tracing::warn!(tenant = %stored.tenant, error = %e, "key left as it is");
+                            report.own_root_unavailable += 1;
+                            if old.root_key_id() == key_target
+                                || own_is(sealer, &ctx, old.root_key_id())
+                            {
+                                report.own_root_keys += 1;
+                            } else {
+                                report.skipped += 1;
+                            }
+                            unbound_left |= !old.is_store_bound();
+                            continue;
                         }
                         Err(e) => return Err(e),
                     };
                     match self
                         .rewrap_one(&stored.tenant, stored.key.version, &old, key, key_target)
-                        .await?
+                        .await
                     {
-                        true => report.rewrapped += 1,
-                        false => {
+                        Ok(true) => report.rewrapped += 1,
+                        Ok(false) => {
                             report.skipped += 1;
                             unbound_left |= !old.is_store_bound();
                         }
+                        // The tenant's own key refuses to wrap: the key
+                        // stays where it is (under a shared root key).
+                        Err(e @ Error::TenantRootKeyUnavailable { .. }) => {
+                            tracing::warn!(tenant = %stored.tenant, error = %e, "key left as it is");
+                            report.own_root_unavailable += 1;
+                            report.skipped += 1;
+                            unbound_left |= !old.is_store_bound();
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
                 if !full {
@@ -1144,6 +1197,9 @@ impl KeyAdmin {
             .wrap_key(&key, WrapContext::tenant_key(tenant, version))
             .await?;
         drop(key);
+        sealer
+            .record_own_root(tenant, version, &new, self.actor.as_deref())
+            .await?;
         let audit = self
             .audit(
                 AuditEvent::KeyRewrapped,
@@ -1837,6 +1893,26 @@ impl KeyAdmin {
                      says it stopped: nothing was pruned (run verify_audit and investigate)",
                 ));
             }
+            // Restated before the cut, so that no failure in between loses
+            // them (a prune that then deletes nothing leaves a repetition).
+            for id in named.difference(&destroyed) {
+                let audit = self
+                    .audit(AuditEvent::RootKeyNamed, "", 0, id.clone())
+                    .await?;
+                store.record_audit(&audit).await?;
+            }
+            // One entry per tenant and root key, at its latest version.
+            let mut latest: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+            for (tenant, version, id) in &own_roots {
+                let v = latest.entry((tenant, id)).or_default();
+                *v = (*v).max(*version);
+            }
+            for ((tenant, id), version) in latest {
+                let audit = self
+                    .audit(AuditEvent::TenantRootBound, tenant, version, id.to_string())
+                    .await?;
+                store.record_audit(&audit).await?;
+            }
             let audit = self
                 .audit(AuditEvent::AuditPruned, "", 0, pruned_detail(&through))
                 .await?;
@@ -1846,26 +1922,6 @@ impl KeyAdmin {
                     .audit(AuditEvent::UnboundWrapsRefused, "", 0, "restated after pruning".into())
                     .await?;
                 store.refuse_unbound_wraps(&audit).await?;
-            }
-            if deleted > 0 {
-                for id in named.difference(&destroyed) {
-                    let audit = self
-                        .audit(AuditEvent::RootKeyNamed, "", 0, id.clone())
-                        .await?;
-                    store.record_audit(&audit).await?;
-                }
-                // One entry per tenant and root key, at its latest version.
-                let mut latest: BTreeMap<(&str, &str), u32> = BTreeMap::new();
-                for (tenant, version, id) in &own_roots {
-                    let v = latest.entry((tenant, id)).or_default();
-                    *v = (*v).max(*version);
-                }
-                for ((tenant, id), version) in latest {
-                    let audit = self
-                        .audit(AuditEvent::TenantRootBound, tenant, version, id.to_string())
-                        .await?;
-                    store.record_audit(&audit).await?;
-                }
             }
             Ok(deleted)
         })
@@ -1879,6 +1935,14 @@ impl fmt::Debug for KeyAdmin {
             .field("actor", &self.actor)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether `root_key_id` is one of the root keys of the tenant's own provider
+/// in `sealer`, for the tenant key `ctx`.
+fn own_is(sealer: &Sealer, ctx: &WrapContext<'_>, root_key_id: &str) -> bool {
+    sealer
+        .own_root(ctx)
+        .is_some_and(|own| own.root_key_ids().contains(&root_key_id))
 }
 
 /// Collects, from one audit entry, the root keys it names as this store's

@@ -799,29 +799,39 @@ impl Sealer {
         })
     }
 
-    /// Unwraps through the tenant's own root key provider, if it is bound to
-    /// one, then (for a key it does not hold: one wrapped before the
-    /// binding) through the shared provider.
+    /// Unwraps a key of a tenant bound to its own root key through that
+    /// key's provider when it names one of its root keys; otherwise (a key
+    /// wrapped before the binding) through the shared provider, and through
+    /// the tenant's provider if the shared one does not hold it either (a
+    /// root key the tenant's provider does not list). Any other tenant's
+    /// key, and the audit-chain key, through the shared provider only.
     async fn routed_unwrap(
         &self,
         wrapped: &WrappedKey,
         ctx: &WrapContext<'_>,
     ) -> Result<TenantKey> {
-        if let Some(own) = self.own_root(ctx) {
-            match own.unwrap(wrapped, ctx).await {
+        let Some(own) = self.own_root(ctx) else {
+            return self.inner.provider.unwrap(wrapped, ctx).await;
+        };
+        if !own.root_key_ids().contains(&wrapped.root_key_id()) {
+            match self.inner.provider.unwrap(wrapped, ctx).await {
                 Err(Error::RootKeyNotConfigured { .. }) => {}
-                Err(e) => {
-                    return Err(own_root_unavailable(
-                        ctx.tenant(),
-                        wrapped.root_key_id(),
-                        "unwrapped",
-                        e,
-                    ));
+                Ok(key) => {
+                    tracing::warn!(
+                        tenant = ctx.tenant(),
+                        version = ctx.version(),
+                        root_key = wrapped.root_key_id(),
+                        "a key of a tenant bound to its own root key is still under a shared \
+                         root key: run KeyAdmin::bind_tenant_root"
+                    );
+                    return Ok(key);
                 }
-                Ok(key) => return Ok(key),
+                Err(e) => return Err(e),
             }
         }
-        self.inner.provider.unwrap(wrapped, ctx).await
+        own.unwrap(wrapped, ctx)
+            .await
+            .map_err(|e| own_root_unavailable(ctx.tenant(), wrapped.root_key_id(), "unwrapped", e))
     }
 
     /// Unwraps `wrapped` for `ctx`: with the key store's id in the context if
@@ -1154,6 +1164,7 @@ impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sealer")
             .field("provider", &self.inner.provider)
+            .field("tenant_roots", &self.inner.tenant_roots.keys())
             .field("store", &self.inner.store)
             .field("algorithm", &self.inner.algorithm)
             .field("cache", &self.inner.cache)

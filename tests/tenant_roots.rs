@@ -22,8 +22,9 @@ use std::time::Duration;
 use backup::Db;
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    Context, Error, KeyProvider, LocalKeyProvider, MemoryKeyStore, RootKey, RootKeyFate,
-    SealedValue, Sealer, SealerBuilder, TenantKey, WrapContext, WrappedKey, async_trait,
+    Context, Error, KeyProvider, LocalKeyProvider, ManualClock, MemoryKeyStore, RootKey,
+    RootKeyFate, SealedValue, Sealer, SealerBuilder, TenantKey, Timestamp, WrapContext, WrappedKey,
+    async_trait,
 };
 
 fn ctx(tenant: &str, id: i64) -> Context {
@@ -118,12 +119,13 @@ impl KeyProvider for OwnKey {
         self.usable(ctx)?.wrap(key, ctx).await
     }
     async fn unwrap(&self, w: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey, Error> {
+        let provider = self.usable(ctx)?;
         if w.root_key_id() != self.id {
             return Err(Error::RootKeyNotConfigured {
                 id: w.root_key_id().to_string(),
             });
         }
-        self.usable(ctx)?.unwrap(w, ctx).await
+        provider.unwrap(w, ctx).await
     }
 }
 
@@ -296,7 +298,12 @@ async fn byok(mut db: Db) {
         .retire_root_keys(Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(retired.destroyed.len(), 2, "{retired:?}");
+    let destroyed: Vec<&str> = retired
+        .destroyed
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(destroyed, ["shared-e1", "shared-e2"], "{retired:?}");
 
     // Destroyed: acme is erased, here and in the backup taken before; the
     // others open from the current database.
@@ -401,6 +408,110 @@ async fn a_revocation_shows_within_the_cache_ttl() {
     assert_unavailable(&err, "acme", "acme-own-key");
     own.restore();
     opens(&sealer, "acme", &acme, b"acme's").await;
+}
+
+/// What a process without a tenant's binding, and the audit log's pruning,
+/// must not undo: a bound tenant's keys moved by `rewrap_all` are recorded
+/// as under its own key; after a prune the record survives, so an unbound
+/// `rewrap_all` still leaves them and `erasure_report` still names the key;
+/// an unbound process does not recreate the shredded tenant under the
+/// shared root key. A revoked own key holds back only its tenant's keys in
+/// `rewrap_all`.
+#[tokio::test]
+async fn bindings_outlive_pruning_and_unbound_processes() {
+    let clock = ManualClock::new(Timestamp::from_unix_seconds(1_800_000_000));
+    let store = MemoryKeyStore::new();
+    let keys = tempfile::tempdir().unwrap();
+    RootKey::create_file(keys.path().join("shared-e1.key")).unwrap();
+    let build = |own: &[(&str, &OwnKey)]| {
+        let mut builder = Sealer::builder(shared(keys.path()), store.clone())
+            .clock(clock.clone())
+            .min_audit_retention(Duration::from_secs(3600));
+        for (tenant, key) in own {
+            builder = builder.tenant_root_key(tenant, (*key).clone()).unwrap();
+        }
+        builder.build()
+    };
+    let unbound = build(&[]);
+    for tenant in ["hooli", "initech"] {
+        unbound.seal(&ctx(tenant, 1), b"v").await.unwrap();
+    }
+    // hooli bound; an epoch's rewrap_all completes its binding.
+    let own = OwnKey::new("hooli-own-key");
+    RootKey::create_file(keys.path().join("shared-e2.key")).unwrap();
+    let bound = build(&[("hooli", &own)]);
+    let report = bound.admin().rewrap_all("shared-e2").await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.rewrapped, 2, "{report:?}"); // hooli to its key, initech to e2
+    assert_eq!(roots_of(&bound, "hooli").await, ["hooli-own-key"]);
+    assert_eq!(roots_of(&bound, "initech").await, ["shared-e2"]);
+
+    // A revoked own key: hooli's key waits, the epoch goes on.
+    RootKey::create_file(keys.path().join("shared-e3.key")).unwrap();
+    let bound = build(&[("hooli", &own)]);
+    own.revoke();
+    let report = bound.admin().rewrap_all("shared-e3").await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(
+        (report.rewrapped, report.own_root_unavailable),
+        (1, 1),
+        "{report:?}"
+    );
+    own.restore();
+
+    // Pruned: the bindings are restated.
+    clock.advance(Duration::from_secs(2 * 86_400));
+    let pruned = unbound_prune(&build(&[])).await;
+    assert!(pruned > 0);
+    let entries = bound.admin().audit_entries(0, 1000).await.unwrap();
+    assert!(
+        !entries.iter().any(|e| e.event == "tenant.created"),
+        "{entries:?}"
+    );
+    RootKey::create_file(keys.path().join("shared-e4.key")).unwrap();
+    let report = build(&[]).admin().rewrap_all("shared-e4").await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(
+        (report.rewrapped, report.own_root_keys),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(roots_of(&bound, "hooli").await, ["hooli-own-key"]);
+
+    // Shredded; an unbound process does not bring it back on the shared
+    // root key, a bound one does, on its own.
+    let bound = build(&[("hooli", &own)]);
+    bound.admin().shred_tenant("hooli").await.unwrap();
+    let report = bound.admin().erasure_report("hooli", None).await.unwrap();
+    assert!(
+        report.root_keys.iter().any(|(id, _)| id == "hooli-own-key"),
+        "{report:?}"
+    );
+    let err = build(&[])
+        .admin()
+        .recreate_tenant("hooli")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused { reason }
+            if reason.contains("hooli-own-key") && reason.contains("tenant_root_key")),
+        "{err}"
+    );
+    bound.admin().recreate_tenant("hooli").await.unwrap();
+    assert_eq!(
+        roots_of(&bound, "hooli").await,
+        ["hooli-own-key"],
+        "the shredded version holds no key"
+    );
+    assert!(bound.admin().verify_audit().await.unwrap().is_intact());
+}
+
+async fn unbound_prune(sealer: &Sealer) -> u64 {
+    sealer
+        .admin()
+        .prune_audit(Duration::from_secs(86_400))
+        .await
+        .unwrap()
 }
 
 /// A tenant created on the shared root key moves to its own with
