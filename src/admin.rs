@@ -196,6 +196,10 @@ pub struct RootKeyCheck {
     /// included). One key per root key id was unwrapped to prove the root key
     /// is the one they were wrapped with.
     pub keys_per_root: std::collections::BTreeMap<String, u64>,
+    /// Root keys of tenants' own (bring your own key) that could not be
+    /// proven, and why: revoked or unusable (its tenant's values do not
+    /// open meanwhile), or not bound in this process. Per root key id.
+    pub own_roots_unproven: std::collections::BTreeMap<String, String>,
 }
 
 impl KeyAdmin {
@@ -1235,6 +1239,11 @@ impl KeyAdmin {
     /// relies on it. Reads every stored key's root key id; unwraps one key
     /// per root key id.
     ///
+    /// A tenant's own root key (bring your own key) that its owner revoked,
+    /// or that the audit log records as the tenant's own and this sealer
+    /// does not bind, is listed in [`RootKeyCheck::own_roots_unproven`]
+    /// instead of failing the check.
+    ///
     /// # Errors
     ///
     /// [`Error::UnwrapFailed`] naming the key and root key id when a root key
@@ -1245,12 +1254,40 @@ impl KeyAdmin {
         let label = self.sealer.inner.label_tenant;
         telemetry::admin("verify_root_keys", "", label, async move {
             let mut check = RootKeyCheck::default();
+            let mut recorded_own = None;
             for (root, (keys, (owner, wrapped))) in self.scan_roots().await? {
                 let ctx = match &owner {
                     Some((tenant, version)) => WrapContext::tenant_key(tenant, *version),
                     None => WrapContext::audit_key(1),
                 };
-                drop(self.sealer.unwrap_key(&wrapped, ctx).await?);
+                match self.sealer.unwrap_key(&wrapped, ctx).await {
+                    Ok(key) => drop(key),
+                    // A tenant's own root key its owner revoked: that
+                    // tenant's matter, not the store's.
+                    Err(e @ Error::TenantRootKeyUnavailable { .. }) => {
+                        check.own_roots_unproven.insert(root.clone(), e.to_string());
+                    }
+                    Err(Error::RootKeyNotConfigured { id }) => {
+                        let Some((tenant, _)) = &owner else {
+                            return Err(Error::RootKeyNotConfigured { id });
+                        };
+                        if recorded_own.is_none() {
+                            recorded_own = Some(self.recorded_own_roots().await?);
+                        }
+                        let pair = (tenant.clone(), root.clone());
+                        if !recorded_own.as_ref().is_some_and(|r| r.contains(&pair)) {
+                            return Err(Error::RootKeyNotConfigured { id });
+                        }
+                        check.own_roots_unproven.insert(
+                            root.clone(),
+                            format!(
+                                "tenant `{tenant}`'s own root key, which this process does not \
+                                 bind (SealerBuilder::tenant_root_key)"
+                            ),
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
                 check.keys_per_root.insert(root, keys);
             }
             Ok(check)

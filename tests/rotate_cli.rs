@@ -1047,3 +1047,97 @@ async fn rotate_root_creates_aws_kms_epoch_keys() {
     let r = app.run(&["verify"]);
     assert_eq!(r.code, DONE, "{}", r.stdout);
 }
+
+/// Tenants with root keys of their own from the command line:
+/// `[tenant_root_keys.<tenant>]` binds acme to its own key file;
+/// `bind-root` moves acme's keys onto it, `rotate-root` moves the other
+/// tenants' keys to the next epoch and leaves acme's; a runner configured
+/// without the binding checks and re-wraps the rest and says what it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_root_keys_from_the_command_line() {
+    let app = App::new(9).await;
+    let keys = app.dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    RootKey::create_file(keys.join("cli-root-e1.key")).unwrap();
+    RootKey::create_file(app.dir.path().join("acme.key")).unwrap();
+    let unbound = CONFIG.replace(
+        "[root_key]\nid = \"cli-root\"\nfile = \"root.key\"",
+        "[root_key]\nid = \"cli-root\"\ndir = \"keys\"\n\
+         [[root_key.previous]]\nid = \"cli-root\"\nfile = \"root.key\"",
+    );
+    let bound = unbound.replace(
+        "[[tables]]",
+        "[tenant_root_keys.acme]\nid = \"acme-own\"\nfile = \"acme.key\"\n\n[[tables]]",
+    );
+    let roots = |tenant: &'static str| {
+        let sealer = app.sealer.clone();
+        async move {
+            let record = sealer.admin().describe(tenant).await.unwrap();
+            record
+                .keys
+                .iter()
+                .filter_map(|k| k.wrapped.as_ref().map(|w| w.root_key_id().to_string()))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    app.write_config(&bound);
+    let r = app.run(&["bind-root", "--tenant", "acme"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("1 keys re-wrapped under its own root key"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(roots("acme").await, ["acme-own"]);
+    let r = app.run(&["bind-root", "--tenant", "acme"]);
+    assert_eq!(r.code, NOTHING, "{}\n{}", r.stdout, r.stderr);
+    let r = app.run(&["bind-root", "--tenant", "globex"]);
+    assert_eq!(r.code, FAILED, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("tenant_root_key"), "{}", r.stderr);
+
+    // An epoch: the others move, acme stays on its own key.
+    let r = app.run(&["rotate-root"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(roots("acme").await, ["acme-own"]);
+    assert_eq!(roots("globex").await, ["cli-root-e2"]);
+    let r = app.run(&["check"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    assert!(!r.stderr.contains("not proven"), "{}", r.stderr);
+    let r = app.run(&["verify"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+
+    // Without the binding: acme's key is named, not proven, and left alone.
+    app.write_config(&unbound);
+    let r = app.run(&["check"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("root key acme-own not proven: tenant `acme`'s own root key"),
+        "{}",
+        r.stderr
+    );
+    RootKey::create_file(keys.join("cli-root-e3.key")).unwrap();
+    let r = app.run(&["--json", "rewrap-root"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["complete"], true, "{}", r.stdout);
+    assert_eq!(report["passes"][0]["own_root_keys"], 1, "{}", r.stdout);
+    assert_eq!(roots("acme").await, ["acme-own"]);
+    assert_eq!(roots("initech").await, ["cli-root-e3"]);
+
+    // A tenant's own key is one key.
+    app.write_config(&bound.replace(
+        "id = \"acme-own\"\nfile = \"acme.key\"",
+        "id = \"acme-own\"\ndir = \"keys\"",
+    ));
+    let r = app.run(&["check"]);
+    assert_eq!(r.code, USAGE, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("tenant_root_keys.acme: a tenant's own root key is one key"),
+        "{}",
+        r.stderr
+    );
+}

@@ -18,6 +18,12 @@ use serde::Deserialize;
 pub(crate) struct Config {
     pub(crate) database: Database,
     pub(crate) root_key: RootKeyConfig,
+    /// Tenants with root keys of their own: `[tenant_root_keys.<tenant>]`,
+    /// one key source each, as in `[root_key]` (an AWS KMS key by its ARN,
+    /// `kms_key`, not described at start-up: a tenant's unusable key stops
+    /// that tenant only). The application's processes need the same.
+    #[serde(default)]
+    pub(crate) tenant_root_keys: std::collections::BTreeMap<String, RootKeyConfig>,
     #[serde(default)]
     pub(crate) key_store: KeyStoreConfig,
     #[serde(default)]
@@ -271,6 +277,30 @@ async fn kms_provider(
     Ok(Arc::new(builder.build().await?))
 }
 
+/// A tenant's own KMS key, by its ARN: built without a call to KMS.
+#[cfg(feature = "aws-kms")]
+async fn tenant_kms_provider(
+    arn: &str,
+    r: &RootKeyConfig,
+) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
+    let mut builder = fieldseal::AwsKmsProvider::tenant_key(arn);
+    if let Some(region) = &r.kms_region {
+        builder = builder.region(region);
+    }
+    if let Some(endpoint) = &r.kms_endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    Ok(Arc::new(builder.build().await?))
+}
+
+#[cfg(not(feature = "aws-kms"))]
+async fn tenant_kms_provider(
+    _: &str,
+    _: &RootKeyConfig,
+) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
+    Err("this runner was built without AWS KMS support: add `--features aws-kms`".into())
+}
+
 #[cfg(not(feature = "aws-kms"))]
 async fn kms_provider(
     _: &RootKeyConfig,
@@ -384,6 +414,34 @@ impl Config {
                 .map_err(|e| err(format!("{what}: {e}")))?;
         }
         Ok(Arc::new(chain))
+    }
+
+    /// The tenants bound to root keys of their own, each with its provider.
+    pub(crate) async fn tenant_providers(
+        &self,
+    ) -> Result<Vec<(String, Arc<dyn KeyProvider>)>, Box<dyn std::error::Error>> {
+        let mut out = Vec::new();
+        for (tenant, r) in &self.tenant_root_keys {
+            let what = format!("tenant_root_keys.{tenant}");
+            if !r.previous.is_empty()
+                || r.dir.is_some()
+                || r.kms_epochs.is_some()
+                || r.pkcs11_epochs.is_some()
+            {
+                return Err(Box::new(err(format!(
+                    "{what}: a tenant's own root key is one key: no `previous`, `dir`, \
+                     `kms_epochs` or `pkcs11_epochs`"
+                ))));
+            }
+            let provider = match &r.kms_key {
+                Some(arn) => tenant_kms_provider(arn, r)
+                    .await
+                    .map_err(|e| err(format!("{what}: {e}")))?,
+                None => self.root_provider(&what, r).await?,
+            };
+            out.push((tenant.clone(), provider));
+        }
+        Ok(out)
     }
 
     async fn root_provider(

@@ -147,6 +147,15 @@ enum Command {
     /// Re-wrap every tenant key (and the audit key) under the current root
     /// key, until all are.
     RewrapRoot,
+    /// Move a tenant onto the root key of its own that
+    /// `[tenant_root_keys.<tenant>]` gives: record the binding, then
+    /// re-wrap each of its keys under it. Exit 0 if it re-wrapped one, 3 if
+    /// every key already was, 1 if some changed meanwhile (run again).
+    BindRoot {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
     /// Start a new root-key epoch: create a new root key in the provider
     /// (a local key directory's next file, a new Transit key version), then
     /// re-wrap every key under it as `rewrap-root` does. Restart the
@@ -338,6 +347,10 @@ async fn run(cli: &Cli) -> Outcome {
         .provider()
         .await
         .map_err(|e| Failure::Usage(chain(e.as_ref())))?;
+    let tenant_roots = config
+        .tenant_providers()
+        .await
+        .map_err(|e| Failure::Usage(chain(e.as_ref())))?;
     let shown = redact(&url);
     match url.split_once(':').map(|(scheme, _)| scheme) {
         #[cfg(feature = "postgres")]
@@ -353,7 +366,13 @@ async fn run(cli: &Cli) -> Outcome {
             if let Some(schema) = &config.key_store.schema {
                 store = store.with_schema(schema)?;
             }
-            let sealer = sealer(cli, &config, Arc::clone(&provider), store.clone());
+            let sealer = sealer(
+                cli,
+                &config,
+                Arc::clone(&provider),
+                &tenant_roots,
+                store.clone(),
+            )?;
             run_on(cli, &config, &provider, pool, sealer, || async move {
                 store.migrate().await
             })
@@ -371,7 +390,13 @@ async fn run(cli: &Cli) -> Outcome {
                 .map_err(|e| unreachable_db(&shown, &e))?;
             let store = prefixed(SqlKeyStore::new(pool.clone()), &config)?;
             no_schema(&config)?;
-            let sealer = sealer(cli, &config, Arc::clone(&provider), store.clone());
+            let sealer = sealer(
+                cli,
+                &config,
+                Arc::clone(&provider),
+                &tenant_roots,
+                store.clone(),
+            )?;
             run_on(cli, &config, &provider, pool, sealer, || async move {
                 store.migrate().await
             })
@@ -393,7 +418,13 @@ async fn run(cli: &Cli) -> Outcome {
                 .map_err(|e| unreachable_db(&shown, &e))?;
             let store = prefixed(SqlKeyStore::new(pool.clone()), &config)?;
             no_schema(&config)?;
-            let sealer = sealer(cli, &config, Arc::clone(&provider), store.clone());
+            let sealer = sealer(
+                cli,
+                &config,
+                Arc::clone(&provider),
+                &tenant_roots,
+                store.clone(),
+            )?;
             run_on(cli, &config, &provider, pool, sealer, || async move {
                 store.migrate().await
             })
@@ -497,19 +528,26 @@ fn sealer(
     cli: &Cli,
     config: &Config,
     provider: Arc<dyn KeyProvider>,
+    tenant_roots: &[(String, Arc<dyn KeyProvider>)],
     store: impl KeyStore + 'static,
-) -> Sealer {
-    let builder = Sealer::builder(provider, store)
+) -> Result<Sealer, Failure> {
+    let mut builder = Sealer::builder(provider, store);
+    for (tenant, own) in tenant_roots {
+        builder = builder
+            .tenant_root_key(tenant, Arc::clone(own))
+            .map_err(|e| Failure::Usage(format!("tenant_root_keys.{tenant}: {e}")))?;
+    }
+    let builder = builder
         .algorithm(config.algorithm())
         .cache_ttl(cache_ttl(config))
         // Only `migrate` gives a tenant its first key: every other command
         // works on tenants that already have one.
         .create_tenants_on_first_use(is_migrate(cli));
-    match &config.shred_ledger {
+    Ok(match &config.shred_ledger {
         Some(path) => builder.shred_ledger(ShredLedger::new(config.resolve(path))),
         None => builder,
     }
-    .build()
+    .build())
 }
 
 /// Runs the command. `migrate_store` creates the key store's tables; only the
@@ -555,6 +593,7 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
             return Ok(DONE);
         }
         Command::RetireRoot { retention } => return retire_root(cli, &sealer, *retention).await,
+        Command::BindRoot { tenant } => return bind_root(cli, &sealer, tenant).await,
         Command::ErasureReport { tenant, retention } => {
             return erasure_report(cli, &sealer, tenant, *retention).await;
         }
@@ -589,14 +628,22 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
         Command::Check => {
             // The root keys must unwrap what the store holds: a key file with
             // another key under the right id fails here, not in a job.
-            let roots = match admin.verify_root_keys().await {
-                Ok(check) => Some(check.keys_per_root),
-                Err(e) if e.kind() == "schema" => None,
+            let (roots, unproven) = match admin.verify_root_keys().await {
+                Ok(check) => (Some(check.keys_per_root), check.own_roots_unproven),
+                Err(e) if e.kind() == "schema" => (None, Default::default()),
                 Err(e) => return Err(e.into()),
             };
+            for (root, why) in &unproven {
+                eprintln!("warning: root key {root} not proven: {why}");
+            }
             emit(
                 cli,
-                json!({ "command": "check", "ok": true, "keys_per_root": roots }),
+                json!({
+                    "command": "check",
+                    "ok": true,
+                    "keys_per_root": roots,
+                    "own_roots_unproven": unproven,
+                }),
                 || {
                     println!("the configured tables, columns and keys exist");
                     match &roots {
@@ -609,6 +656,10 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
                         }
                         Some(roots) => {
                             for (root, n) in roots {
+                                if unproven.contains_key(root) {
+                                    println!("root key {root}: {n} stored keys, not proven");
+                                    continue;
+                                }
                                 println!(
                                     "root key {root} unwraps the {n} stored keys wrapped under it \
                                      (one unwrapped to prove it)"
@@ -678,6 +729,7 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
         | Command::RewrapRoot
         | Command::RotateRoot
         | Command::RetireRoot { .. }
+        | Command::BindRoot { .. }
         | Command::ErasureReport { .. }
         | Command::Shred { .. } => Ok(DONE),
     }
@@ -837,12 +889,15 @@ async fn rewrap_root(cli: &Cli, sealer: &Sealer, target: &str) -> Outcome {
         complete = report.is_complete();
         if !cli.quiet {
             eprintln!(
-                "pass {pass}: {} keys examined, {} re-wrapped under {target}, {} already under \
-                 it, {} changed during the pass{}",
+                "pass {pass}: {} keys examined, {} re-wrapped under {target} (or their tenant's \
+                 own root key), {} already under it, {} changed during the pass, {} left under \
+                 their tenant's own root key ({} of them refused by it){}",
                 report.examined,
                 report.rewrapped,
                 report.already_current,
                 report.skipped,
+                report.own_root_keys,
+                report.own_root_unavailable,
                 if report.audit_key_skipped {
                     ", the audit key changed during the pass"
                 } else {
@@ -855,6 +910,8 @@ async fn rewrap_root(cli: &Cli, sealer: &Sealer, target: &str) -> Outcome {
             "rewrapped": report.rewrapped,
             "already_current": report.already_current,
             "skipped": report.skipped,
+            "own_root_keys": report.own_root_keys,
+            "own_root_unavailable": report.own_root_unavailable,
             "audit_key_rewrapped": report.audit_key_rewrapped,
             "audit_key_skipped": report.audit_key_skipped,
             "unbound_refused": report.unbound_refused,
@@ -896,6 +953,50 @@ async fn rewrap_root(cli: &Cli, sealer: &Sealer, target: &str) -> Outcome {
     Ok(if !complete {
         FAILED
     } else if total_rewrapped == 0 && !audit_key_rewrapped && !unbound_refused {
+        NOTHING
+    } else {
+        DONE
+    })
+}
+
+async fn bind_root(cli: &Cli, sealer: &Sealer, tenant: &str) -> Outcome {
+    let report = sealer
+        .admin()
+        .actor("rotate bind-root (command line)")
+        .bind_tenant_root(tenant)
+        .await?;
+    let complete = report.is_complete();
+    emit(
+        cli,
+        json!({
+            "command": "bind-root",
+            "tenant": tenant,
+            "examined": report.examined,
+            "rewrapped": report.rewrapped,
+            "already_current": report.already_current,
+            "skipped": report.skipped,
+            "complete": complete,
+        }),
+        || {
+            println!(
+                "tenant {tenant}: {} keys re-wrapped under its own root key, {} already under \
+                 it{}",
+                report.rewrapped,
+                report.already_current,
+                if complete {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} changed meanwhile: run bind-root again",
+                        report.skipped
+                    )
+                }
+            );
+        },
+    );
+    Ok(if !complete {
+        FAILED
+    } else if report.rewrapped == 0 {
         NOTHING
     } else {
         DONE

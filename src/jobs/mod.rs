@@ -1691,6 +1691,9 @@ struct Shared {
     absent: Mutex<std::collections::HashSet<String>>,
     /// Tenants found shredded, and when.
     shredded: Mutex<HashMap<String, Timestamp>>,
+    /// Tenants whose own root key refused (revoked, disabled, deleted): its
+    /// id, what it refused and why. Asked once per job, not once per row.
+    own_root_refused: Mutex<HashMap<String, (String, &'static str, String)>>,
     progress: Option<Arc<dyn Progress>>,
     /// The total given to the progress reports, and how much of it was shown.
     shown: Mutex<(u64, u64)>,
@@ -1712,6 +1715,7 @@ impl Shared {
             sealers: Mutex::default(),
             absent: Mutex::default(),
             shredded: Mutex::default(),
+            own_root_refused: Mutex::default(),
             stop: AtomicBool::new(false),
             progress: options.progress.clone(),
             shown: Mutex::new((0, 0)),
@@ -2042,6 +2046,20 @@ impl Worker {
                 shredded_at: *at,
             });
         }
+        // A tenant's own root key that refused is not asked again by this
+        // job: its rows fail (listed), the other tenants' go on.
+        if let Some((root_key_id, action, reason)) = lock(&self.shared.own_root_refused).get(tenant)
+        {
+            return Err(Error::TenantRootKeyUnavailable {
+                tenant: tenant.to_string(),
+                root_key_id: root_key_id.clone(),
+                action,
+                source: Box::new(Error::Provider {
+                    message: reason.clone(),
+                    source: None,
+                }),
+            });
+        }
         // Checked against the key store now, never a cached snapshot from
         // before the batch: the handle decides the version the batch writes.
         let s = match self.sealer.tenant_checked_now(tenant, create).await {
@@ -2050,6 +2068,25 @@ impl Worker {
                 return Err(Error::TenantShredded {
                     tenant: tenant.to_string(),
                     shredded_at,
+                });
+            }
+            Err(Error::TenantRootKeyUnavailable {
+                tenant,
+                root_key_id,
+                action,
+                source,
+            }) => {
+                let reason = match *source {
+                    Error::Provider { ref message, .. } => message.clone(),
+                    ref other => other.to_string(),
+                };
+                lock(&self.shared.own_root_refused)
+                    .insert(tenant.clone(), (root_key_id.clone(), action, reason));
+                return Err(Error::TenantRootKeyUnavailable {
+                    tenant,
+                    root_key_id,
+                    action,
+                    source,
                 });
             }
             other => other?,
