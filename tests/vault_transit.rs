@@ -305,3 +305,108 @@ async fn vault_transit_errors_name_what_to_fix() {
     assert!(!shown.contains(&vault.token), "{shown}");
     assert!(shown.contains(&key), "{shown}");
 }
+
+/// A tenant on a Transit key of its own (bring your own key): its owner
+/// disallows the version that wraps the tenant's keys (raising the key's
+/// minimum decryption version), allows it again, then deletes the key. The
+/// tenant's values stop, come back and stop for good, with the error that
+/// names the tenant and its key; the tenant on the shared root key goes on.
+/// A ciphertext that does not authenticate is still an unwrap failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_on_its_own_transit_key() {
+    let Some(vault) = Vault::from_env() else {
+        return;
+    };
+    let key = vault.new_key("aes256-gcm96").await;
+    let own = vault.provider(&key).await;
+    let own_id = own.current_root_key_id().to_string();
+    let shared =
+        fieldseal::LocalKeyProvider::new("shared", fieldseal::RootKey::generate().unwrap())
+            .unwrap();
+    let sealer = Sealer::builder(shared, fieldseal::MemoryKeyStore::new())
+        .tenant_root_key("acme", own)
+        .unwrap()
+        .cache_ttl(std::time::Duration::ZERO)
+        .build();
+    let acme = sealer
+        .seal(&common::ctx("acme", 1), b"acme's")
+        .await
+        .unwrap();
+    let globex = sealer
+        .seal(&common::ctx("globex", 1), b"globex's")
+        .await
+        .unwrap();
+    let record = sealer.admin().describe("acme").await.unwrap();
+    let wrapped = record.keys[0].wrapped.clone().unwrap();
+    assert_eq!(wrapped.root_key_id(), own_id);
+    let check = |refused: Option<&'static str>| {
+        let (sealer, acme, globex, own_id) =
+            (sealer.clone(), acme.clone(), globex.clone(), own_id.clone());
+        async move {
+            let opened = sealer.open(&common::ctx("acme", 1), &acme).await;
+            match refused {
+                None => assert_eq!(opened.unwrap().plaintext().expose_secret(), b"acme's"),
+                Some(why) => {
+                    let err = opened.unwrap_err();
+                    assert!(
+                        matches!(&err, Error::TenantRootKeyUnavailable { tenant, root_key_id, .. }
+                            if tenant == "acme" && *root_key_id == own_id),
+                        "{err:?}"
+                    );
+                    assert!(err.to_string().contains(why), "{err}");
+                }
+            }
+            let opened = sealer
+                .open(&common::ctx("globex", 1), &globex)
+                .await
+                .unwrap();
+            assert_eq!(opened.plaintext().expose_secret(), b"globex's");
+        }
+    };
+    check(None).await;
+    // Version 1 disallowed: revoked; allowed again: restored.
+    vault.post(&format!("keys/{key}/rotate"), json!({})).await;
+    vault
+        .post(
+            &format!("keys/{key}/config"),
+            json!({ "min_decryption_version": 2 }),
+        )
+        .await;
+    check(Some("HTTP 400")).await;
+    vault
+        .post(
+            &format!("keys/{key}/config"),
+            json!({ "min_decryption_version": 1 }),
+        )
+        .await;
+    check(None).await;
+    // A ciphertext that does not authenticate is the record's fault.
+    let edited = {
+        let mut b = wrapped.as_bytes().to_vec();
+        let last = b.len() - 2;
+        b[last] = if b[last] == b'A' { b'B' } else { b'A' };
+        WrappedKey::new(wrapped.root_key_id(), b)
+    };
+    let provider = vault.provider(&key).await;
+    let ctx = WrapContext::tenant_key("acme", 1);
+    assert!(matches!(
+        provider.unwrap(&edited, &ctx).await.unwrap_err(),
+        Error::UnwrapFailed { .. }
+    ));
+    // Deleted: the tenant is erased.
+    vault
+        .post(
+            &format!("keys/{key}/config"),
+            json!({ "deletion_allowed": true }),
+        )
+        .await;
+    let response = vault
+        .http
+        .delete(format!("{}/v1/{}/keys/{key}", vault.addr, vault.mount))
+        .header("X-Vault-Token", &vault.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    check(Some("not found")).await;
+}

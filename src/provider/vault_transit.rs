@@ -237,6 +237,15 @@ fn without_url(e: reqwest::Error) -> reqwest::Error {
     e.without_url()
 }
 
+/// Whether a Transit refusal is about the key's state (deleted, or the
+/// version below its minimum decryption version), not about the ciphertext.
+fn key_state_refusal(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["key not found", "disallowed by policy", "too old"]
+        .iter()
+        .any(|m| message.contains(m))
+}
+
 /// The `errors` of a Vault error reply, joined; never the reply itself.
 fn vault_errors(body: &[u8]) -> String {
     let parsed: Option<Vec<String>> = serde_json::from_slice::<serde_json::Value>(body)
@@ -507,8 +516,13 @@ impl KeyProvider for VaultTransitProvider {
         );
         let reply = match self.call("decrypt", Some(body)).await {
             Ok(reply) => reply,
-            // Vault answers 400 to a ciphertext that does not authenticate.
-            Err(Error::Provider { message, .. }) if message.contains("HTTP 400") => {
+            // Vault answers 400 to a ciphertext that does not authenticate;
+            // also to a key that is gone or a version below the key's
+            // minimum decryption version, which are the key's state, not
+            // the record's (a tenant's own key revoked by its owner).
+            Err(Error::Provider { message, .. })
+                if message.contains("HTTP 400") && !key_state_refusal(&message) =>
+            {
                 return Err(failed());
             }
             Err(e) => return Err(e),
