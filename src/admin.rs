@@ -317,7 +317,8 @@ impl KeyAdmin {
     ///
     /// [`Error::UnknownTenant`]; [`Error::TenantShredded`];
     /// [`Error::UnwrapFailed`] if the provider cannot unwrap the tenant's
-    /// current keys (a wrong root key); provider and store errors. Nothing is
+    /// current keys (a wrong root key); [`Error::TenantRootKeyUnavailable`]
+    /// if the tenant's own root key refuses; provider and store errors. Nothing is
     /// changed on error.
     pub async fn rotate(&self, tenant: &str) -> Result<Rotation> {
         let label = self.sealer.inner.label_tenant;
@@ -910,8 +911,11 @@ impl KeyAdmin {
     /// (completing [`bind_tenant_root`](KeyAdmin::bind_tenant_root)); without
     /// it, keys under a root key the audit log records as their tenant's own
     /// (`tenant.root_bound`) are left there and counted in
-    /// [`RewrapReport::own_root_keys`]. No key of theirs is ever moved to the
-    /// shared root key.
+    /// [`RewrapReport::own_root_keys`]: no key under a tenant's own root
+    /// key is moved to the shared one. (Keys of theirs still under a shared
+    /// root key, from before the binding, move to `target` as the others
+    /// do.) A tenant's own key that refuses (revoked) holds back only that
+    /// tenant's keys ([`RewrapReport::own_root_unavailable`]).
     ///
     /// # Errors
     ///
@@ -1124,7 +1128,9 @@ impl KeyAdmin {
     /// [`Error::Refused`] if this sealer does not bind the tenant to a root
     /// key of its own; [`Error::UnknownTenant`]; [`Error::TenantShredded`];
     /// [`Error::TenantRootKeyUnavailable`] if the tenant's root key cannot
-    /// wrap; provider and store errors (the versions done so far stay done).
+    /// wrap or unwrap; [`Error::RootKeyNotConfigured`] or
+    /// [`Error::UnwrapFailed`] as for [`rewrap_all`](KeyAdmin::rewrap_all);
+    /// provider and store errors (the versions done so far stay done).
     pub async fn bind_tenant_root(&self, tenant: &str) -> Result<RewrapReport> {
         let label = self.sealer.inner.label_tenant;
         telemetry::admin("bind_tenant_root", tenant, label, async move {

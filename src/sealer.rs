@@ -378,7 +378,8 @@ impl Sealer {
     /// rules (empty, over 255 bytes, not in NFC, a control, invisible format
     /// or unassigned code point, surrounding whitespace: FORMAT.md
     /// §"Context rules"); [`Error::UnknownTenant`] if the tenant has no keys
-    /// and may not be created; [`Error::TenantShredded`]; provider and store
+    /// and may not be created; [`Error::TenantShredded`];
+    /// [`Error::TenantRootKeyUnavailable`] if its own root key refuses; provider and store
     /// errors.
     pub async fn tenant(&self, tenant: &str) -> Result<TenantSealer> {
         check_tenant_id(tenant)?;
@@ -457,7 +458,8 @@ impl Sealer {
     ///
     /// [`Error::PlaintextTooLarge`]; [`Error::TenantShredded`];
     /// [`Error::UnknownTenant`] if the tenant has no keys and may not be
-    /// created; provider and store errors while loading keys.
+    /// created; [`Error::TenantRootKeyUnavailable`] if the tenant's own root
+    /// key refuses; provider and store errors while loading keys.
     pub async fn seal(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
         let result = self.seal_inner(ctx, plaintext).await;
         telemetry::sealed(&result, self.tenant_label(ctx, &result));
@@ -493,7 +495,8 @@ impl Sealer {
     /// context (one opaque error, by design); [`Error::KeyDestroyed`],
     /// [`Error::KeyDisabled`], [`Error::BelowMinimumVersion`],
     /// [`Error::TenantShredded`], [`Error::UnknownTenant`],
-    /// [`Error::UnknownKeyVersion`]; provider and store errors.
+    /// [`Error::UnknownKeyVersion`]; [`Error::TenantRootKeyUnavailable`] if
+    /// the tenant's own root key refuses; provider and store errors.
     pub async fn open(&self, ctx: &Context, sealed: &SealedValue) -> Result<Opened> {
         let result = match self.fresh_keyring_for(ctx.tenant(), sealed).await {
             Ok(keyring) => keyring.open(ctx, sealed),
@@ -577,7 +580,8 @@ impl Sealer {
     /// # Errors
     ///
     /// [`Error::InvalidContext`] for an invalid tenant id;
-    /// [`Error::TenantShredded`] if the tenant was shredded; provider and store
+    /// [`Error::TenantShredded`] if the tenant was shredded;
+    /// [`Error::TenantRootKeyUnavailable`] if its own root key refuses; provider and store
     /// errors.
     pub async fn create_tenant(&self, tenant: &str) -> Result<()> {
         check_tenant_id(tenant)?;
