@@ -116,6 +116,9 @@ pub enum RootKeyFate {
         /// From when.
         gone: Timestamp,
     },
+    /// The tenant's own root key (bring your own key): its owner destroys
+    /// it, and fieldseal cannot see when, so it sets no date.
+    TenantOwned,
 }
 
 /// When a shredded tenant becomes unrecoverable from every backup: see
@@ -1535,6 +1538,10 @@ impl KeyAdmin {
     /// backup `retention`, can be) destroyed. OPERATIONS.md, "Root-key
     /// epochs", gives the bound this computes.
     ///
+    /// A tenant with a root key of its own (bring your own key) has it
+    /// listed as [`RootKeyFate::TenantOwned`]: its owner destroys it, out of
+    /// fieldseal's sight, so the report gives no date while it is listed.
+    ///
     /// # Errors
     ///
     /// [`Error::UnknownTenant`]; [`Error::Refused`] if the audit chain is
@@ -1551,6 +1558,7 @@ impl KeyAdmin {
             let mut marks: BTreeMap<String, Timestamp> = BTreeMap::new();
             let mut gone: BTreeMap<String, Timestamp> = BTreeMap::new();
             let mut seen: BTreeSet<String> = BTreeSet::new();
+            let mut own: BTreeSet<String> = BTreeSet::new();
             let (verifier, _) = self
                 .walk_audit_with(None, &mut |e| {
                     let event = e.event.as_str();
@@ -1578,6 +1586,7 @@ impl KeyAdmin {
                     } else if event == AuditEvent::TenantRootBound.as_str() && e.tenant == tenant {
                         // Its own root key: only its owner destroys it.
                         seen.insert(e.detail.clone());
+                        own.insert(e.detail.clone());
                     }
                 })
                 .await?;
@@ -1602,6 +1611,7 @@ impl KeyAdmin {
             for id in ids {
                 let fate = match (gone.get(&id), marks.get(&id)) {
                     (Some(&gone), _) => RootKeyFate::Destroyed { gone },
+                    _ if own.contains(&id) => RootKeyFate::TenantOwned,
                     (None, Some(&since)) if id != provider.current_root_key_id() => {
                         RootKeyFate::Unused { since }
                     }
@@ -1624,7 +1634,7 @@ impl KeyAdmin {
                                 Timestamp::from_unix_seconds(since.unix_seconds().saturating_add(r))
                             }),
                         ),
-                        RootKeyFate::InUse => (None, None),
+                        RootKeyFate::InUse | RootKeyFate::TenantOwned => (None, None),
                     };
                     all_gone = all_gone.zip(gone).map(|(a, b)| a.max(b));
                     all_due = all_due.zip(due).map(|(a, b)| a.max(b));

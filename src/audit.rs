@@ -570,7 +570,9 @@ impl Replay {
         if entry.event == AuditEvent::UnboundWrapsRefused.as_str() {
             self.unbound_refused = true;
         }
-        if entry.tenant.is_empty() {
+        // A binding says nothing about key states; it is written before the
+        // key it announces is stored, which may then fail.
+        if entry.tenant.is_empty() || entry.event == AuditEvent::TenantRootBound.as_str() {
             return;
         }
         let t = self.tenants.entry(entry.tenant.clone()).or_default();

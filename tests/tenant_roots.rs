@@ -331,7 +331,7 @@ async fn byok(mut db: Db) {
         report
             .root_keys
             .iter()
-            .any(|(id, fate)| id == "acme-own-key" && matches!(fate, RootKeyFate::InUse))
+            .any(|(id, fate)| id == "acme-own-key" && matches!(fate, RootKeyFate::TenantOwned))
     );
     assert_eq!(report.unrecoverable_from, None, "{report:?}");
     let report = after.admin().erasure_report("initech", None).await.unwrap();

@@ -1042,6 +1042,7 @@ async fn erasure_report(
         RootKeyFate::InUse => ("in use".to_string(), None),
         RootKeyFate::Unused { since } => ("unused".to_string(), Some(since.to_string())),
         RootKeyFate::Destroyed { gone } => ("destroyed".to_string(), Some(gone.to_string())),
+        RootKeyFate::TenantOwned => ("the tenant's own".to_string(), None),
         _ => ("unknown".to_string(), None),
     };
     let keys: Vec<Value> = r
