@@ -1,7 +1,9 @@
 //! What each root key provider costs: the cold start of a tenant (its first
 //! seal in a process, which unwraps or creates its key through the provider)
 //! and a warm seal (which never calls the provider), against the raw
-//! AES-256-GCM floor in the same run.
+//! AES-256-GCM floor in the same run; each provider also as a tenant's own
+//! root key (`SealerBuilder::tenant_root_key`), warm and after its cached
+//! keys expire.
 //!
 //! The AWS KMS figures need `FIELDSEAL_TEST_KMS_ENDPOINT` (moto on loopback),
 //! the PKCS#11 ones `FIELDSEAL_TEST_PKCS11_MODULE`, `_TOKEN`, `_KEY` and `_PIN`
@@ -135,10 +137,65 @@ fn cold_start(
     println!();
 }
 
+/// A sealer on `provider`: as the shared root key, or (`own`) as tenant
+/// acme's own root key beside a local shared one. `ttl`: its cache's.
+fn sealer_on(provider: &Arc<dyn KeyProvider>, own: bool, ttl: Duration) -> Sealer {
+    let builder = if own {
+        let shared =
+            LocalKeyProvider::new("shared", RootKey::generate().expect("key")).expect("id");
+        Sealer::builder(shared, MemoryKeyStore::new())
+            .tenant_root_key("acme", Arc::clone(provider))
+            .expect("binding")
+    } else {
+        Sealer::builder(Arc::clone(provider), MemoryKeyStore::new())
+    };
+    builder.cache_ttl(ttl).build()
+}
+
+/// A seal whose cached keys just expired (a cache time to live of zero):
+/// a tenant on the shared root key reuses what it unwrapped; a tenant on its
+/// own root key asks it again, once, so that a revocation shows.
+fn reload(runtime: &tokio::runtime::Runtime, providers: &[(&'static str, Arc<dyn KeyProvider>)]) {
+    println!(
+        "
+a seal after its tenant's cached keys expired, {TENANTS} seals, median / p90"
+    );
+    println!("| provider | as the shared root key | as the tenant's own root key |");
+    println!("|---|---:|---:|");
+    for (name, provider) in providers {
+        let mut row = Vec::new();
+        for own in [false, true] {
+            let sealer = sealer_on(provider, own, Duration::ZERO);
+            let times = runtime.block_on(async {
+                sealer
+                    .seal(&ctx("acme"), &[0x5a; SIZE])
+                    .await
+                    .expect("seal");
+                let mut times = Vec::with_capacity(TENANTS);
+                for _ in 0..TENANTS {
+                    let start = Instant::now();
+                    black_box(
+                        sealer
+                            .seal(&ctx("acme"), &[0x5a; SIZE])
+                            .await
+                            .expect("seal"),
+                    );
+                    times.push(start.elapsed());
+                }
+                median_and_p90(times)
+            });
+            row.push(format!("{:.1?} / {:.1?}", times.0, times.1));
+        }
+        println!("| {name} | {} | {} |", row[0], row[1]);
+    }
+    println!();
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = runtime();
     let providers = runtime.block_on(providers());
     cold_start(&runtime, &providers);
+    reload(&runtime, &providers);
 
     let mut group = c.benchmark_group("providers_warm_seal");
     group.throughput(Throughput::Bytes(SIZE as u64));
@@ -156,18 +213,25 @@ fn bench(c: &mut Criterion) {
     let plaintext = vec![0x5a; SIZE];
     let context = ctx("acme");
     for (name, provider) in &providers {
-        let sealer = Sealer::builder(Arc::clone(provider), MemoryKeyStore::new()).build();
-        let tenant = runtime.block_on(sealer.tenant("acme")).expect("tenant");
-        group.bench_function(format!("{name}/tenant_handle"), |b| {
-            b.iter(|| tenant.seal(&context, black_box(&plaintext)).expect("seal"))
-        });
-        group.bench_function(format!("{name}/sealer_async"), |b| {
-            b.iter(|| {
-                runtime
-                    .block_on(sealer.seal(&context, black_box(&plaintext)))
-                    .expect("seal")
-            })
-        });
+        for own in [false, true] {
+            let sealer = sealer_on(provider, own, Duration::from_secs(300));
+            let name = if own {
+                format!("{name}_own")
+            } else {
+                name.to_string()
+            };
+            let tenant = runtime.block_on(sealer.tenant("acme")).expect("tenant");
+            group.bench_function(format!("{name}/tenant_handle"), |b| {
+                b.iter(|| tenant.seal(&context, black_box(&plaintext)).expect("seal"))
+            });
+            group.bench_function(format!("{name}/sealer_async"), |b| {
+                b.iter(|| {
+                    runtime
+                        .block_on(sealer.seal(&context, black_box(&plaintext)))
+                        .expect("seal")
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -1013,8 +1013,17 @@ impl KeyAdmin {
                                     drop(key);
                                     proven.insert(key_target.to_string());
                                 }
-                                // A revoked own key is proven another time.
-                                Err(Error::TenantRootKeyUnavailable { .. }) if own.is_some() => {
+                                // A revoked (or replaced) own key is proven
+                                // another time; its tenant's keys wait.
+                                Err(
+                                    e @ (Error::TenantRootKeyUnavailable { .. }
+                                    | Error::UnwrapFailed { .. }),
+                                ) if own.is_some() => {
+                                    tracing::warn!(
+                                        tenant = %stored.tenant,
+                                        error = %e,
+                                        "tenant's own root key not proven"
+                                    );
                                     report.own_root_unavailable += 1;
                                 }
                                 Err(e) => return Err(e),
@@ -1027,7 +1036,10 @@ impl KeyAdmin {
                         Ok(key) => key,
                         // Not held here: left alone if it is its tenant's
                         // own root key (this sealer lacks the binding).
-                        Err(Error::RootKeyNotConfigured { id }) if own.is_none() => {
+                        // (Bound or not: an earlier key of its own that this
+                        // process does not hold is still not the shared
+                        // root key's to move.)
+                        Err(Error::RootKeyNotConfigured { id }) => {
                             if recorded_own.is_none() {
                                 recorded_own = Some(self.recorded_own_roots().await?);
                             }
@@ -1039,9 +1051,10 @@ impl KeyAdmin {
                             }
                             return Err(Error::RootKeyNotConfigured { id });
                         }
-                        // The tenant's own key is revoked: its keys wait,
-                        // the other tenants' go on. Under a shared root key
-                        // still, the run is not complete.
+                        // The tenant's own key is revoked, or its owner
+                        // replaced it (its keys no longer unwrap under it):
+                        // its keys wait, the other tenants' go on. Under a
+                        // shared root key still, the run is not complete.
                         Err(e @ Error::TenantRootKeyUnavailable { .. }) => {
                             tracing::warn!(tenant = %stored.tenant, error = %e, "key left as it is");
                             report.own_root_unavailable += 1;
@@ -1053,6 +1066,14 @@ impl KeyAdmin {
                                 report.skipped += 1;
                             }
                             unbound_left |= !old.is_store_bound();
+                            continue;
+                        }
+                        Err(e @ Error::UnwrapFailed { .. })
+                            if own_is(sealer, &ctx, old.root_key_id()) =>
+                        {
+                            tracing::warn!(tenant = %stored.tenant, error = %e, "key left as it is");
+                            report.own_root_unavailable += 1;
+                            report.own_root_keys += 1;
                             continue;
                         }
                         Err(e) => return Err(e),
@@ -1147,15 +1168,24 @@ impl KeyAdmin {
             let target = own.current_root_key_id();
             let record = self.live(tenant).await?;
             let bound_store = sealer.store_identity().await?.is_some();
-            let audit = self
-                .audit(
-                    AuditEvent::TenantRootBound,
-                    tenant,
-                    record.latest_version(),
-                    target.to_string(),
-                )
-                .await?;
-            sealer.inner.store.record_audit(&audit).await?;
+            // Recorded unless the log already has it and nothing moves.
+            let moves = record.keys.iter().any(|k| {
+                k.wrapped.as_ref().is_some_and(|w| {
+                    w.root_key_id() != target || (bound_store && !w.is_store_bound())
+                })
+            });
+            let pair = (tenant.to_string(), target.to_string());
+            if moves || !self.recorded_own_roots().await?.contains(&pair) {
+                let audit = self
+                    .audit(
+                        AuditEvent::TenantRootBound,
+                        tenant,
+                        record.latest_version(),
+                        target.to_string(),
+                    )
+                    .await?;
+                sealer.inner.store.record_audit(&audit).await?;
+            }
             let mut report = RewrapReport::default();
             let mut proven = false;
             for stored in record.keys {
@@ -1230,14 +1260,27 @@ impl KeyAdmin {
 
     /// The (tenant, root key) pairs the verified audit log records as a
     /// tenant's own root key (`tenant.root_bound`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] if the chain is broken (a binding past the break
+    /// would go unseen); store errors.
     async fn recorded_own_roots(&self) -> Result<BTreeSet<(String, String)>> {
         let mut out = BTreeSet::new();
-        self.walk_audit_with(None, &mut |e| {
-            if e.event == AuditEvent::TenantRootBound.as_str() {
-                out.insert((e.tenant.clone(), e.detail.clone()));
-            }
-        })
-        .await?;
+        let (verifier, _) = self
+            .walk_audit_with(None, &mut |e| {
+                if e.event == AuditEvent::TenantRootBound.as_str() {
+                    out.insert((e.tenant.clone(), e.detail.clone()));
+                }
+            })
+            .await?;
+        if let Some(broken) = verifier.finish().broken {
+            return Err(Error::refused(format!(
+                "the audit chain is broken at entry {} ({}), so the tenants' own root keys it \
+                 records cannot be trusted: run verify_audit and investigate",
+                broken.seq, broken.reason
+            )));
+        }
         Ok(out)
     }
 
@@ -1906,7 +1949,7 @@ impl KeyAdmin {
             let mut refusal = false;
             // The root keys the pruned entries name as this store's: their
             // retirement needs the name (retire_root_keys), so it is
-            // restated after the cut.
+            // restated (before the cut).
             let mut named: BTreeSet<String> = BTreeSet::new();
             let mut destroyed: BTreeSet<String> = BTreeSet::new();
             // Tenants' own root keys: erasure_report and rewrap_all need them.
@@ -1935,7 +1978,7 @@ impl KeyAdmin {
             };
             let store = &self.sealer.inner.store;
             // The entry recording that the store refuses unbound keys is
-            // about to go: restate it after the cut, unless the store accepts
+            // about to go: restate it once the cut is made, unless the store accepts
             // them again (then the log is the evidence: keep it).
             if refusal
                 && let Some(identity) = store.store_identity().await?

@@ -53,6 +53,11 @@ pub(crate) enum Lookup {
 }
 
 impl KeyCache {
+    /// The cached keys' time to live.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             capacity: capacity.max(1),

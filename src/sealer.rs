@@ -1,6 +1,6 @@
 //! The handle applications hold: one `Sealer` for every tenant.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -735,6 +735,19 @@ impl Sealer {
             .await
     }
 
+    /// Whether `handle` is a snapshot this sealer's cache would have
+    /// reloaded by now because its tenant's own root key must be asked
+    /// again (bring your own key): older than the cache's time to live.
+    pub(crate) fn own_root_snapshot_expired(&self, handle: &TenantSealer) -> bool {
+        self.inner.tenant_roots.contains_key(handle.tenant())
+            && handle.keyring.loaded_at.elapsed() >= self.inner.cache.ttl()
+    }
+
+    /// The cached keys' time to live.
+    pub(crate) fn cache_ttl(&self) -> Duration {
+        self.inner.cache.ttl()
+    }
+
     /// The key store's identity, read once per sealer.
     pub(crate) async fn store_identity(&self) -> Result<Option<&StoreIdentity>> {
         let identity = self
@@ -948,10 +961,12 @@ impl Sealer {
         let tenant = record.tenant.as_str();
         let mut versions = Vec::with_capacity(record.keys.len());
         // A tenant's own root key is its owner's to revoke: a reload asks
-        // its provider at least once (the newest version), so a revocation
-        // shows within the cache's time to live. The other versions reuse
-        // what the previous snapshot unwrapped.
-        let mut asked = !self.inner.tenant_roots.contains_key(tenant);
+        // each root key the tenant's keys are under once (for the newest
+        // version under it), so a revocation shows within the cache's time
+        // to live. The other versions reuse what the previous snapshot
+        // unwrapped.
+        let bound = self.inner.tenant_roots.contains_key(tenant);
+        let mut asked: BTreeSet<String> = BTreeSet::new();
         if record.shredded_at.is_none() {
             for key in record.keys.into_iter().rev() {
                 let status = match (key.state, key.wrapped) {
@@ -962,13 +977,16 @@ impl Sealer {
                         since: key.state_changed_at,
                     },
                     (KeyState::Active, Some(wrapped)) => {
-                        let previous = previous.filter(|_| asked);
+                        let previous =
+                            previous.filter(|_| !bound || asked.contains(wrapped.root_key_id()));
                         let known = reusable(previous, fresh, key.version, &wrapped);
                         let deriver = match known {
                             Some(deriver) => deriver,
                             None => self.unwrap(tenant, key.version, &wrapped).await?,
                         };
-                        asked = true;
+                        if bound {
+                            asked.insert(wrapped.root_key_id().to_string());
+                        }
                         VersionStatus::Usable { deriver, wrapped }
                     }
                 };

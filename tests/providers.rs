@@ -1105,8 +1105,23 @@ async fn kms_tenant_root_keys(endpoint: String, hsm: Hsm, store: impl KeyStore +
         "{err}"
     );
     fresh.open(&ctx("globex", 1), &values[1].1).await.unwrap();
+    // Built without a call: against an endpoint where nothing listens.
+    let offline = tenant_kms("http://127.0.0.1:9", &acme_key).await;
+    assert_eq!(offline.current_root_key_id(), acme_key);
     // A tenant's own key is named by its ARN, alone.
-    for (key, previous) in [("alias/acme", None), (acme_key.as_str(), Some(FAKE_ARN))] {
+    let bad = [
+        "alias/acme",
+        "arn:aws:kms:us-east-1:key/1234",
+        "arn:aws:kms:us-east-1:111122223333:key/",
+        "arn:aws:kms:us-east-1:111122223333:alias/acme",
+        "arn:aws:kms:us-east-1:111122223333:key/1234:x",
+        "arn:aws:kms::111122223333:key/1234",
+    ];
+    let cases = bad
+        .iter()
+        .map(|k| (*k, None))
+        .chain([(acme_key.as_str(), Some(FAKE_ARN))]);
+    for (key, previous) in cases {
         let mut builder =
             AwsKmsProvider::tenant_key(key).sdk_config(&sdk_config(&endpoint, "us-east-1").await);
         if let Some(previous) = previous {

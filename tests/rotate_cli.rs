@@ -1127,6 +1127,33 @@ async fn tenant_root_keys_from_the_command_line() {
     assert_eq!(roots("acme").await, ["acme-own"]);
     assert_eq!(roots("initech").await, ["cli-root-e3"]);
 
+    // acme's key gone (its owner deleted it): the runner still starts,
+    // says so, and serves the other tenants.
+    app.write_config(&bound);
+    std::fs::remove_file(app.dir.path().join("acme.key")).unwrap();
+    let r = app.run(&["check"]);
+    assert_eq!(r.code, DONE, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("tenant_root_keys.acme: its root key is unusable"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("root key acme-own not proven"),
+        "{}",
+        r.stderr
+    );
+    let r = app.run(&["rotate", "--all"]);
+    assert_eq!(r.code, FAILED, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("acme: not rotated: tenant `acme`'s own root key `acme-own`"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("globex: rotated"), "{}", r.stdout);
+
     // A tenant's own key is one key.
     app.write_config(&bound.replace(
         "id = \"acme-own\"\nfile = \"acme.key\"",

@@ -89,13 +89,17 @@ impl OwnKey {
         self.asked_for.lock().unwrap().clone()
     }
 
-    /// The provider, or the owner's refusal as a provider error.
-    fn usable(&self, ctx: &WrapContext<'_>) -> Result<Arc<LocalKeyProvider>, Error> {
+    /// Counts a call for `ctx` (every call, whichever key it names).
+    fn ask(&self, ctx: &WrapContext<'_>) {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.asked_for
             .lock()
             .unwrap()
             .insert(ctx.tenant().to_string());
+    }
+
+    /// The provider, or the owner's refusal as a provider error.
+    fn usable(&self) -> Result<Arc<LocalKeyProvider>, Error> {
         match &*self.state.lock().unwrap() {
             State::Usable(p) => Ok(Arc::clone(p)),
             State::Revoked(_) => Err(Error::provider(
@@ -116,16 +120,18 @@ impl KeyProvider for OwnKey {
         &self.id
     }
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey, Error> {
-        self.usable(ctx)?.wrap(key, ctx).await
+        self.ask(ctx);
+        self.usable()?.wrap(key, ctx).await
     }
+    /// As a KMS: "not my key" before anything about the key's state.
     async fn unwrap(&self, w: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey, Error> {
-        let provider = self.usable(ctx)?;
+        self.ask(ctx);
         if w.root_key_id() != self.id {
             return Err(Error::RootKeyNotConfigured {
                 id: w.root_key_id().to_string(),
             });
         }
-        provider.unwrap(w, ctx).await
+        self.usable()?.unwrap(w, ctx).await
     }
 }
 
@@ -387,7 +393,7 @@ async fn a_revocation_shows_within_the_cache_ttl() {
     let sealer = Sealer::builder(shared, MemoryKeyStore::new())
         .tenant_root_key("acme", own.clone())
         .unwrap()
-        .cache_ttl(Duration::from_millis(200))
+        .cache_ttl(Duration::from_secs(1))
         .build();
     let acme = sealer.seal(&ctx("acme", 1), b"acme's").await.unwrap();
     sealer.admin().rotate("acme").await.unwrap();
@@ -397,13 +403,13 @@ async fn a_revocation_shows_within_the_cache_ttl() {
     opens(&sealer, "acme", &acme, b"acme's").await;
     assert_eq!(own.calls.load(Ordering::SeqCst), calls);
     // Expired: one call for two versions.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     opens(&sealer, "acme", &acme, b"acme's").await;
     assert_eq!(own.calls.load(Ordering::SeqCst), calls + 1);
     // Revoked: still cached, then refused once the keys expire.
     own.revoke();
     opens(&sealer, "acme", &acme, b"acme's").await;
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let err = sealer.open(&ctx("acme", 1), &acme).await.unwrap_err();
     assert_unavailable(&err, "acme", "acme-own-key");
     own.restore();
@@ -446,11 +452,49 @@ async fn bindings_outlive_pruning_and_unbound_processes() {
     assert_eq!(roots_of(&bound, "hooli").await, ["hooli-own-key"]);
     assert_eq!(roots_of(&bound, "initech").await, ["shared-e2"]);
 
-    // A revoked own key: hooli's key waits, the epoch goes on.
+    // A tenant bound while its keys are still under a shared root key, its
+    // own key revoked: its key cannot move and stays under the shared root
+    // key, so the epoch is not complete (and that root key not retired).
+    let late = OwnKey::new("initech-own-key");
+    late.revoke();
     RootKey::create_file(keys.path().join("shared-e3.key")).unwrap();
+    let both = build(&[("hooli", &own), ("initech", &late)]);
+    let report = both.admin().rewrap_all("shared-e3").await.unwrap();
+    assert!(!report.is_complete(), "{report:?}");
+    assert_eq!(
+        (
+            report.skipped,
+            report.own_root_unavailable,
+            report.already_current
+        ),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(roots_of(&both, "initech").await, ["shared-e2"]);
+    let retired = both
+        .admin()
+        .retire_root_keys(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        retired.in_use,
+        [("shared-e2".to_string(), 1)],
+        "{retired:?}"
+    );
+    // Without the binding the epoch completes: initech moves to e3.
+    let report = build(&[("hooli", &own)])
+        .admin()
+        .rewrap_all("shared-e3")
+        .await
+        .unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(roots_of(&both, "initech").await, ["shared-e3"]);
+
+    // A revoked own key: hooli's key waits, the epoch goes on.
+    RootKey::create_file(keys.path().join("shared-e4.key")).unwrap();
     let bound = build(&[("hooli", &own)]);
     own.revoke();
-    let report = bound.admin().rewrap_all("shared-e3").await.unwrap();
+    let report = bound.admin().rewrap_all("shared-e4").await.unwrap();
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(
         (report.rewrapped, report.own_root_unavailable),
@@ -468,8 +512,8 @@ async fn bindings_outlive_pruning_and_unbound_processes() {
         !entries.iter().any(|e| e.event == "tenant.created"),
         "{entries:?}"
     );
-    RootKey::create_file(keys.path().join("shared-e4.key")).unwrap();
-    let report = build(&[]).admin().rewrap_all("shared-e4").await.unwrap();
+    RootKey::create_file(keys.path().join("shared-e5.key")).unwrap();
+    let report = build(&[]).admin().rewrap_all("shared-e5").await.unwrap();
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(
         (report.rewrapped, report.own_root_keys),

@@ -308,6 +308,60 @@ async fn kms_provider(
     Err("this runner was built without AWS KMS support: add `--features aws-kms`".into())
 }
 
+/// The root key id a tenant's key source names, as near as the
+/// configuration tells it (`n`: its place, for a source that names none).
+fn configured_id(r: &RootKeyConfig, n: usize) -> String {
+    if let Some(label) = &r.pkcs11_key {
+        return format!("pkcs11:{label}");
+    }
+    if let Some(key) = &r.vault_key {
+        let mount = r.vault_mount.as_deref().unwrap_or("transit");
+        return format!("transit:{mount}/{key}");
+    }
+    r.id.clone()
+        .unwrap_or_else(|| format!("unusable-tenant-root-{n}"))
+}
+
+/// A tenant's own root key whose provider could not be built: it refuses
+/// every wrap and unwrap, with the reason, so that only its tenant fails.
+#[derive(Debug)]
+struct Unusable {
+    id: String,
+    reason: String,
+}
+
+#[fieldseal::async_trait]
+impl KeyProvider for Unusable {
+    fn current_root_key_id(&self) -> &str {
+        &self.id
+    }
+
+    async fn wrap(
+        &self,
+        _: &fieldseal::TenantKey,
+        _: &fieldseal::WrapContext<'_>,
+    ) -> fieldseal::Result<fieldseal::WrappedKey> {
+        Err(self.refusal())
+    }
+
+    async fn unwrap(
+        &self,
+        _: &fieldseal::WrappedKey,
+        _: &fieldseal::WrapContext<'_>,
+    ) -> fieldseal::Result<fieldseal::TenantKey> {
+        Err(self.refusal())
+    }
+}
+
+impl Unusable {
+    fn refusal(&self) -> fieldseal::Error {
+        fieldseal::Error::provider(
+            format!("the provider of root key `{}` could not be built", self.id),
+            self.reason.clone(),
+        )
+    }
+}
+
 fn err(message: impl Into<String>) -> ConfigError {
     ConfigError(message.into())
 }
@@ -434,10 +488,42 @@ impl Config {
                 ))));
             }
             let provider = match &r.kms_key {
-                Some(arn) => tenant_kms_provider(arn, r)
-                    .await
-                    .map_err(|e| err(format!("{what}: {e}")))?,
-                None => self.root_provider(&what, r).await?,
+                Some(arn) => {
+                    let others = r.id.is_some()
+                        || r.file.is_some()
+                        || r.env.is_some()
+                        || r.pkcs11_module.is_some()
+                        || r.pkcs11_key.is_some()
+                        || r.vault_addr.is_some()
+                        || r.vault_key.is_some()
+                        || r.kms_deletion_window_days.is_some();
+                    if others {
+                        return Err(Box::new(err(format!(
+                            "{what}: `kms_key` (the key's ARN) takes only `kms_region` and \
+                             `kms_endpoint` beside it"
+                        ))));
+                    }
+                    tenant_kms_provider(arn, r)
+                        .await
+                        .map_err(|e| err(format!("{what}: {e}")))?
+                }
+                // A key its owner deleted or locked must not stop the runner
+                // for every tenant: the tenant is served by a provider that
+                // refuses, with the reason.
+                None => match self.root_provider(&what, r).await {
+                    Ok(provider) => provider,
+                    Err(e) => {
+                        let id = configured_id(r, out.len());
+                        eprintln!(
+                            "warning: {what}: its root key is unusable ({e}); tenant {tenant}'s \
+                             keys are refused as `{id}`"
+                        );
+                        Arc::new(Unusable {
+                            id,
+                            reason: e.to_string(),
+                        })
+                    }
+                },
             };
             out.push((tenant.clone(), provider));
         }

@@ -804,6 +804,7 @@ async fn rotate(
     let now = Timestamp::now().unix_seconds();
     let mut rows = Vec::new();
     let mut rotated = 0usize;
+    let mut refused = 0usize;
     for tenant in &tenants {
         let record = admin.describe(tenant).await?;
         let primary = record.latest_version();
@@ -831,7 +832,23 @@ async fn rotate(
             rotated += 1;
             continue;
         }
-        let rotation = admin.rotate(tenant).await?;
+        // A tenant whose own root key refuses (or that this runner does not
+        // bind) is that tenant's matter: the others are rotated.
+        let rotation = match admin.rotate(tenant).await {
+            Ok(rotation) => rotation,
+            Err(
+                e @ (fieldseal::Error::TenantRootKeyUnavailable { .. }
+                | fieldseal::Error::RootKeyNotConfigured { .. }),
+            ) => {
+                refused += 1;
+                rows.push(json!({
+                    "tenant": tenant, "primary": primary, "primary_age_secs": age.as_secs(),
+                    "rotated": false, "error": e.to_string(),
+                }));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         rotated += 1;
         rows.push(json!({
             "tenant": tenant, "previous": rotation.previous, "primary": rotation.primary,
@@ -847,7 +864,9 @@ async fn rotate(
                 let age = humantime::format_duration(Duration::from_secs(
                     r["primary_age_secs"].as_u64().unwrap_or(0),
                 ));
-                if r["rotated"] == true {
+                if let Some(error) = r["error"].as_str() {
+                    println!("{tenant}: not rotated: {error}");
+                } else if r["rotated"] == true {
                     println!(
                         "{tenant}: rotated, primary version {} -> {} (the old primary was {age} old)",
                         r["previous"], r["primary"]
@@ -869,7 +888,13 @@ async fn rotate(
             }
         },
     );
-    Ok(if rotated == 0 { NOTHING } else { DONE })
+    Ok(if refused > 0 {
+        FAILED
+    } else if rotated == 0 {
+        NOTHING
+    } else {
+        DONE
+    })
 }
 
 async fn rewrap_root(cli: &Cli, sealer: &Sealer, target: &str) -> Outcome {
@@ -932,9 +957,18 @@ async fn rewrap_root(cli: &Cli, sealer: &Sealer, target: &str) -> Outcome {
         json!({ "command": "rewrap-root", "target": target, "complete": complete, "passes": passes }),
         || {
             if complete {
+                let own = passes
+                    .last()
+                    .and_then(|p| p["own_root_keys"].as_u64())
+                    .unwrap_or(0);
                 println!(
-                    "every tenant key and the audit key are under root key {target} \
+                    "every tenant key and the audit key are under root key {target}{} \
                      ({total_rewrapped} tenant keys re-wrapped now{})",
+                    if own > 0 {
+                        format!(", but {own} under their tenants' own root keys")
+                    } else {
+                        String::new()
+                    },
                     if audit_key_rewrapped {
                         ", and the audit key"
                     } else {

@@ -1682,6 +1682,10 @@ struct SampleCosts {
 }
 
 /// State shared by the workers of one table in this process.
+/// A tenant's own root key's refusal: its id, what it refused, the
+/// provider's message, and when.
+type OwnRootRefusal = (String, &'static str, String, Instant);
+
 struct Shared {
     failures: Mutex<(Vec<RowFailure>, BTreeMap<&'static str, u64>)>,
     local: Mutex<Counts>,
@@ -1693,7 +1697,7 @@ struct Shared {
     shredded: Mutex<HashMap<String, Timestamp>>,
     /// Tenants whose own root key refused (revoked, disabled, deleted): its
     /// id, what it refused and why. Asked once per job, not once per row.
-    own_root_refused: Mutex<HashMap<String, (String, &'static str, String)>>,
+    own_root_refused: Mutex<HashMap<String, OwnRootRefusal>>,
     progress: Option<Arc<dyn Progress>>,
     /// The total given to the progress reports, and how much of it was shown.
     shown: Mutex<(u64, u64)>,
@@ -2036,7 +2040,11 @@ impl Worker {
     async fn tenant_sealer(&self, tenant: Option<&str>, create: bool) -> Result<TenantSealer> {
         let tenant =
             tenant.ok_or_else(|| Error::invalid_context("the row's tenant column is NULL"))?;
-        if let Some(s) = lock(&self.shared.sealers).get(tenant) {
+        // A tenant on its own root key is asked again once its handle is
+        // older than the cache's time to live, as the cache would.
+        if let Some(s) = lock(&self.shared.sealers).get(tenant)
+            && !self.sealer.own_root_snapshot_expired(s)
+        {
             return Ok(s.clone());
         }
         // Shredded is for good: asked once per job, not once per value.
@@ -2048,7 +2056,10 @@ impl Worker {
         }
         // A tenant's own root key that refused is not asked again by this
         // job: its rows fail (listed), the other tenants' go on.
-        if let Some((root_key_id, action, reason)) = lock(&self.shared.own_root_refused).get(tenant)
+        // Until the cache's time to live has passed: the key may be back.
+        if let Some((root_key_id, action, reason, at)) =
+            lock(&self.shared.own_root_refused).get(tenant)
+            && at.elapsed() < self.sealer.cache_ttl()
         {
             return Err(Error::TenantRootKeyUnavailable {
                 tenant: tenant.to_string(),
@@ -2080,8 +2091,10 @@ impl Worker {
                     Error::Provider { ref message, .. } => message.clone(),
                     ref other => other.to_string(),
                 };
-                lock(&self.shared.own_root_refused)
-                    .insert(tenant.clone(), (root_key_id.clone(), action, reason));
+                lock(&self.shared.own_root_refused).insert(
+                    tenant.clone(),
+                    (root_key_id.clone(), action, reason, Instant::now()),
+                );
                 return Err(Error::TenantRootKeyUnavailable {
                     tenant,
                     root_key_id,

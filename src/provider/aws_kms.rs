@@ -396,7 +396,15 @@ impl AwsKmsProviderBuilder {
     pub async fn build(self) -> Result<AwsKmsProvider> {
         let sdk_config = match self.sdk_config {
             Some(config) => config,
-            None => aws_config::defaults(BehaviorVersion::latest()).load().await,
+            // A region given (or a tenant key's, from its ARN) is not looked
+            // up again.
+            None => {
+                let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                if let Some(region) = &self.region {
+                    loader = loader.region(Region::new(region.clone()));
+                }
+                loader.load().await
+            }
         };
         let mut config = aws_sdk_kms::config::Builder::from(&sdk_config);
         if sdk_config.behavior_version().is_none() {
@@ -441,7 +449,7 @@ impl AwsKmsProviderBuilder {
         if self.tenant_key {
             let arn = self.current;
             check_root_key_id(&arn)?;
-            if arn_region(&arn).is_none() || key_id_of(&arn) == arn || !self.previous.is_empty() {
+            if !is_key_arn(&arn) || !self.previous.is_empty() {
                 return Err(Error::config(format!(
                     "`{arn}` is not an AWS KMS key ARN (arn:aws:kms:<region>:<account>:key/\
                      <id>): a tenant's own key is configured by its ARN alone"
@@ -636,6 +644,24 @@ impl AwsKmsProvider {
             )));
         }
         Ok(Some(arn))
+    }
+}
+
+/// Whether `arn` is a KMS key ARN: `arn:<partition>:kms:<region>:<12-digit
+/// account>:key/<key id>`, nothing more.
+fn is_key_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    match parts.as_slice() {
+        ["arn", partition, "kms", region, account, resource] => {
+            !partition.is_empty()
+                && !region.is_empty()
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && resource
+                    .strip_prefix("key/")
+                    .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+        }
+        _ => false,
     }
 }
 
