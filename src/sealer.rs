@@ -27,6 +27,13 @@ const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 /// Default youngest age of audit entries that may be pruned.
 const DEFAULT_MIN_AUDIT_RETENTION: Duration = Duration::from_secs(86_400);
+/// Longest time a tenant's own root key that refused is not asked again.
+const OWN_ROOT_RETRY: Duration = Duration::from_secs(5);
+
+/// A refusal of a tenant's own root key: when, its id, what it refused and
+/// the provider's message.
+type OwnRootRefusal = (Instant, String, &'static str, String);
+
 /// Shortest time between two reloads of a tenant caused by a value under a
 /// key version newer than the cached primary.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
@@ -81,6 +88,11 @@ pub(crate) struct Inner {
     /// Set once the store was seen refusing unbound keys after the cached
     /// identity was read.
     unbound_refused: std::sync::atomic::AtomicBool,
+    /// Bound tenants whose own root key refused a reload just now: asked
+    /// again only after [`OWN_ROOT_RETRY`] (or the cache's time to live, if
+    /// shorter), so that a busy tenant whose key is revoked does not turn
+    /// every request into a provider call.
+    own_root_refusals: std::sync::Mutex<std::collections::HashMap<String, OwnRootRefusal>>,
     pub(crate) clock: crate::time::Clock,
 }
 
@@ -209,7 +221,9 @@ impl SealerBuilder {
     /// revoking fieldseal's access stops the tenant's values from opening
     /// (with [`Error::TenantRootKeyUnavailable`], in every process once its
     /// cached keys expire: see [`cache_ttl`](SealerBuilder::cache_ttl)), and
-    /// restoring access restores them; destroying the key erases the tenant,
+    /// restoring access restores them (a refusal is remembered for the time
+    /// to live or 5 seconds, whichever is shorter, so that a busy tenant
+    /// whose key is revoked is not a provider call per request); destroying the key erases the tenant,
     /// in every backup of the database too. Configure every process that
     /// serves the tenant alike, the runner included: a process without the
     /// binding cannot unwrap the tenant's keys (it never wraps them under the
@@ -309,6 +323,7 @@ impl SealerBuilder {
                 audit_key: tokio::sync::OnceCell::new(),
                 store_identity: tokio::sync::OnceCell::new(),
                 unbound_refused: std::sync::atomic::AtomicBool::new(false),
+                own_root_refusals: std::sync::Mutex::default(),
                 clock: self.clock,
             }),
         }
@@ -632,7 +647,10 @@ impl Sealer {
                         CacheEvent::Miss
                     });
                     let previous = previous.or(stale.take());
-                    return self
+                    if let Some(refused) = self.recent_own_root_refusal(tenant) {
+                        return Err(refused);
+                    }
+                    let loaded = self
                         .inner
                         .cache
                         .load(tenant, cell, || async move {
@@ -643,6 +661,23 @@ impl Sealer {
                             Ok(Arc::new(loaded))
                         })
                         .await;
+                    if let Err(Error::TenantRootKeyUnavailable {
+                        root_key_id,
+                        action,
+                        source,
+                        ..
+                    }) = &loaded
+                    {
+                        let message = match &**source {
+                            Error::Provider { message, .. } => message.clone(),
+                            other => other.to_string(),
+                        };
+                        lock_refusals(&self.inner.own_root_refusals).insert(
+                            tenant.to_string(),
+                            (Instant::now(), root_key_id.clone(), action, message),
+                        );
+                    }
+                    return loaded;
                 }
             };
             if checked || !(force_check || self.claim_check(&keyring)) {
@@ -670,6 +705,34 @@ impl Sealer {
                     return Ok(keyring);
                 }
             }
+        }
+    }
+
+    /// The refusal of `tenant`'s own root key, if it refused a reload less
+    /// than [`OWN_ROOT_RETRY`] (or the cache's time to live) ago.
+    fn recent_own_root_refusal(&self, tenant: &str) -> Option<Error> {
+        if !self.inner.tenant_roots.contains_key(tenant) {
+            return None;
+        }
+        let mut refusals = lock_refusals(&self.inner.own_root_refusals);
+        let retry = OWN_ROOT_RETRY.min(self.inner.cache.ttl());
+        match refusals.get(tenant) {
+            Some((at, root_key_id, action, message)) if at.elapsed() < retry => {
+                Some(Error::TenantRootKeyUnavailable {
+                    tenant: tenant.to_string(),
+                    root_key_id: root_key_id.clone(),
+                    action,
+                    source: Box::new(Error::Provider {
+                        message: message.clone(),
+                        source: None,
+                    }),
+                })
+            }
+            Some(_) => {
+                refusals.remove(tenant);
+                None
+            }
+            None => None,
         }
     }
 
@@ -1135,6 +1198,14 @@ impl Sealer {
             TenantKeyDeriver::new(key.expose_secret()),
         ))
     }
+}
+
+/// The refusals map, even if a thread panicked holding it (it holds no
+/// invariant a panic could break).
+fn lock_refusals(
+    m: &std::sync::Mutex<std::collections::HashMap<String, OwnRootRefusal>>,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, OwnRootRefusal>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A provider failure of a tenant's own root key, as the error that names

@@ -412,7 +412,17 @@ async fn a_revocation_shows_within_the_cache_ttl() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let err = sealer.open(&ctx("acme", 1), &acme).await.unwrap_err();
     assert_unavailable(&err, "acme", "acme-own-key");
+    // The refusal is remembered for the cache's time to live (at most 5 s):
+    // a busy revoked tenant is not a provider call per request.
+    let calls = own.calls.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        let err = sealer.open(&ctx("acme", 1), &acme).await.unwrap_err();
+        assert_unavailable(&err, "acme", "acme-own-key");
+    }
+    assert_eq!(own.calls.load(Ordering::SeqCst), calls);
+    // Restored: asked again once the refusal is that old.
     own.restore();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     opens(&sealer, "acme", &acme, b"acme's").await;
 }
 
