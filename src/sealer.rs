@@ -801,12 +801,14 @@ impl Sealer {
     /// Whether `handle` is a snapshot this sealer's cache would have
     /// reloaded by now because its tenant's own root key must be asked
     /// again (bring your own key): older than the cache's time to live.
+    #[cfg(feature = "_sql")]
     pub(crate) fn own_root_snapshot_expired(&self, handle: &TenantSealer) -> bool {
         self.inner.tenant_roots.contains_key(handle.tenant())
             && handle.keyring.loaded_at.elapsed() >= self.inner.cache.ttl()
     }
 
     /// The cached keys' time to live.
+    #[cfg(feature = "_sql")]
     pub(crate) fn cache_ttl(&self) -> Duration {
         self.inner.cache.ttl()
     }
