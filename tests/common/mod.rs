@@ -356,6 +356,7 @@ pub fn example_exe(name: &str, required: &[&str]) -> std::path::PathBuf {
             (cfg!(feature = "sqlite"), "sqlite"),
             (cfg!(feature = "aws-kms"), "aws-kms"),
             (cfg!(feature = "pkcs11"), "pkcs11"),
+            (cfg!(feature = "vault-transit"), "vault-transit"),
             (cfg!(feature = "metrics"), "metrics"),
             (cfg!(feature = "rayon"), "rayon"),
             (cfg!(feature = "testing"), "testing"),
