@@ -200,17 +200,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         dir.display()
     );
     println!(
-        "Rotation: cargo run --example rotate -- --config {} plan",
+        "Rotation: cargo run -p fieldseal-cli -- --config {} plan",
         config_path.display()
     );
     Ok(())
 }
 
-/// `fieldseal.toml` for the rotation runner (`examples/rotate`): where the
+/// `fieldseal.toml` for the rotation runner (the `fieldseal` command line, `fieldseal-cli`): where the
 /// database and the root key are, and the recipe the code above uses to build
 /// each value's context. Relative paths are relative to this file.
 const RUNNER_CONFIG: &str = r#"# The rotation runner's configuration for the quickstart's database.
-# cargo run --example rotate -- --config <this file> <command>
+# fieldseal --config <this file> <command>   (cargo run -p fieldseal-cli -- …)
 
 [database]
 url = "sqlite://app.db"

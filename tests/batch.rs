@@ -45,6 +45,7 @@ fn assert_same(got: &[Outcome], want: &[Outcome], what: &str) {
     }
 }
 
+#[cfg(feature = "rayon")]
 fn sealed_outcome(result: &Result<SealedValue, Error>) -> Result<(u32, usize), String> {
     result
         .as_ref()

@@ -51,7 +51,8 @@ impl Vault {
             .http
             .post(format!("{}/v1/{}/{path}", self.addr, self.mount))
             .header("X-Vault-Token", &self.token)
-            .json(&body)
+            .header("content-type", "application/json")
+            .body(body.to_string())
             .send()
             .await
             .unwrap_or_else(|e| panic!("{VAULT_ADDR} is set but Vault is unreachable: {e}"));
@@ -230,13 +231,17 @@ async fn epochs_erase_old_backups<S: KeyStore + Clone + 'static>(vault: &Vault, 
             .http
             .post(format!("{}/v1/{}/decrypt/{key}", vault.addr, vault.mount))
             .header("X-Vault-Token", &vault.token)
-            .json(&serde_json::json!({
-                "ciphertext": std::str::from_utf8(wrapped.as_bytes()).unwrap(),
-                "associated_data": base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    ctx.in_store(&store_id).aad(),
-                ),
-            }))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({
+                    "ciphertext": std::str::from_utf8(wrapped.as_bytes()).unwrap(),
+                    "associated_data": base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        ctx.in_store(&store_id).aad(),
+                    ),
+                })
+                .to_string(),
+            )
             .send()
             .await
             .unwrap();

@@ -1,7 +1,7 @@
 //! Jobs over the application's sealed columns: plan, re-seal, migrate
 //! plaintext, verify and retire, on PostgreSQL, MySQL/MariaDB and SQLite.
 //!
-//! This is the engine under `examples/rotate`: see [`SealedColumns`].
+//! This is the engine under the `fieldseal` command line (`fieldseal-cli`): see [`SealedColumns`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -394,7 +394,7 @@ pub struct RetireReport {
 }
 
 /// The application's sealed columns, and the jobs that maintain them: the
-/// engine of the rotation runner (`examples/rotate`), for services that run
+/// engine of the rotation runner (the `fieldseal` command line), for services that run
 /// the same jobs in a background worker of their own.
 ///
 /// - **No lost writes.** Every row write is a compare-and-swap on the value

@@ -11,7 +11,12 @@
 use std::future::Future;
 
 use fieldseal::SqlKeyStore;
-use sqlx::{MySql, MySqlPool, PgPool, Postgres, Sqlite, SqlitePool};
+#[cfg(feature = "mysql")]
+use sqlx::{MySql, MySqlPool};
+#[cfg(feature = "postgres")]
+use sqlx::{PgPool, Postgres};
+#[cfg(feature = "sqlite")]
+use sqlx::{Sqlite, SqlitePool};
 
 pub const POSTGRES_URL: &str = "FIELDSEAL_TEST_POSTGRES_URL";
 pub const MYSQL_URL: &str = "FIELDSEAL_TEST_MYSQL_URL";
@@ -31,6 +36,7 @@ pub fn server_url(var: &str) -> Option<String> {
     }
 }
 
+#[cfg(feature = "sqlite")]
 /// Runs `test` on a fresh SQLite database file, migrated.
 pub async fn with_sqlite<F, Fut>(test: F)
 where
@@ -50,6 +56,7 @@ where
     }
 }
 
+#[cfg(feature = "postgres")]
 /// Runs `test` in a fresh PostgreSQL schema (the store's tables and the test's
 /// own tables live there), migrated; drops the schema afterwards.
 pub async fn with_postgres<F, Fut>(test: F)
@@ -97,6 +104,7 @@ where
     }
 }
 
+#[cfg(feature = "postgres")]
 /// A second pool on the same PostgreSQL schema: another "process".
 pub async fn second_postgres_pool(first: &PgPool) -> PgPool {
     let url = std::env::var(POSTGRES_URL).unwrap();
@@ -107,6 +115,7 @@ pub async fn second_postgres_pool(first: &PgPool) -> PgPool {
     second_postgres_pool_for(&url, &search_path).await
 }
 
+#[cfg(feature = "postgres")]
 /// A pool on schema `search_path` of the server at `url`.
 pub async fn second_postgres_pool_for(url: &str, search_path: &str) -> PgPool {
     let search_path = search_path.to_string();
@@ -126,6 +135,7 @@ pub async fn second_postgres_pool_for(url: &str, search_path: &str) -> PgPool {
         .unwrap()
 }
 
+#[cfg(feature = "mysql")]
 /// Runs `test` in a fresh MySQL/MariaDB database, migrated; drops it afterwards.
 pub async fn with_mysql<F, Fut>(test: F)
 where
@@ -180,6 +190,7 @@ pub fn mysql_url_for(url: &str, database: &str) -> String {
     out
 }
 
+#[cfg(feature = "mysql")]
 /// A second pool on the same MySQL database: another "process".
 pub async fn second_mysql_pool(first: &MySqlPool) -> MySqlPool {
     let url = std::env::var(MYSQL_URL).unwrap();

@@ -1,18 +1,20 @@
-//! `rotate`: the rotation runner. A command-line front end over
+//! `fieldseal`: the rotation runner. A command-line front end over
 //! [`fieldseal::SealedColumns`] and [`fieldseal::KeyAdmin`] for the sealed
 //! columns described in a `fieldseal.toml`, on PostgreSQL, MySQL/MariaDB or
 //! SQLite.
 //!
 //! ```sh
-//! cargo run --example rotate -- --config fieldseal.toml check
-//! cargo run --example rotate -- verify                 # the recipes match the application
-//! cargo run --example rotate -- rotate --all --older-than 90d
-//! cargo run --example rotate -- reseal --workers 4
-//! cargo run --example rotate -- retire
+//! fieldseal --config fieldseal.toml check
+//! fieldseal verify                 # the recipes match the application
+//! fieldseal rotate --all --older-than 90d
+//! fieldseal reseal --workers 4
+//! fieldseal retire
 //! ```
 //!
-//! PostgreSQL and MySQL need their features:
-//! `cargo run --features postgres,mysql --example rotate -- …`.
+//! Install it with `cargo install --path fieldseal-cli` (SQLite, PostgreSQL and
+//! MySQL/MariaDB; add `--features aws-kms,pkcs11,vault-transit` for root keys
+//! in a KMS, an HSM or Transit), or run it from a checkout with
+//! `cargo run -p fieldseal-cli -- …`.
 //!
 //! Exit codes, so that `rotate`, `reseal` and `retire` can run unattended:
 //!

@@ -2,9 +2,9 @@
 //! against the same service with plaintext columns, in one run.
 //!
 //! ```sh
-//! cargo build --release --features postgres,metrics --example service --example service_load
+//! cargo build --release -p fieldseal-example-service
 //! FIELDSEAL_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres \
-//!     target/release/examples/service_load
+//!     target/release/service_load
 //! ```
 //!
 //! For each database (SQLite, and PostgreSQL when a URL is given), it starts
@@ -168,7 +168,7 @@ fn service_exe(args: &Args) -> Result<PathBuf, String> {
     } else {
         Err(format!(
             "{} is missing: build it first, with \
-             `cargo build --release --features postgres,metrics --example service`",
+             `cargo build --release -p fieldseal-example-service`",
             path.display()
         ))
     }

@@ -4,9 +4,9 @@
 //!
 //! ```sh
 //! export FIELDSEAL_SERVICE_ADMIN_TOKEN="$(head -c 32 /dev/urandom | base64)"
-//! cargo run --features postgres,metrics --example service   # SQLite in ./fieldseal-service/
+//! cargo run -p fieldseal-example-service --bin service   # SQLite in ./fieldseal-service/
 //! DATABASE_URL=postgres://localhost/app \
-//!     cargo run --features postgres,metrics --example service
+//!     cargo run -p fieldseal-example-service --bin service
 //! ```
 //!
 //! | route | who | what |
@@ -56,7 +56,7 @@
 //! - `RUST_LOG` (default `info`): logs go to standard error.
 //!
 //! `--plaintext-baseline` builds the same service with plaintext columns, for
-//! the load test's comparison (`examples/service_load.rs`). Never use it for
+//! the load test's comparison (`src/bin/service_load.rs`). Never use it for
 //! anything else.
 
 mod api;

@@ -13,7 +13,8 @@
 //!   included) holds a secret, an API token, the admin token or the root
 //!   key, in raw, hex or base64 form.
 
-mod common;
+#[path = "../../../tests/common/forms.rs"]
+mod forms;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -26,9 +27,9 @@ use fieldseal::{Context, Error, LocalKeyProvider, RootKey, SealedValue, Sealer, 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// The service example's executable, built once per test process.
+/// The service's executable, which cargo builds for these tests.
 fn service_exe() -> PathBuf {
-    common::example_exe("service", &["sqlite", "postgres", "metrics"])
+    PathBuf::from(env!("CARGO_BIN_EXE_service"))
 }
 
 /// A random marker, recognisable in any output.
@@ -651,12 +652,12 @@ async fn lifecycle(dir: &Path, database_url: Option<&str>, direct: Direct) {
         .decode(root_key_text.trim())
         .unwrap();
     assert_eq!(root.len(), 32);
-    let mut forbidden: Vec<(String, String)> = common::secret_forms(&root)
+    let mut forbidden: Vec<(String, String)> = forms::secret_forms(&root)
         .into_iter()
         .map(|form| ("the root key".to_string(), form))
         .collect();
     for secret in &secrets {
-        for form in common::secret_forms(secret.as_bytes()) {
+        for form in forms::secret_forms(secret.as_bytes()) {
             forbidden.push((format!("secret {secret}"), form));
         }
     }

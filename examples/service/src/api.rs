@@ -468,7 +468,7 @@ async fn use_integration(
         opened.api_secret.expose_secret(),
     );
     // Rows move to the tenant's new key as they are used after a rotation;
-    // the rotation runner (`examples/rotate`, pointed at this table) moves
+    // the rotation runner (`fieldseal`, pointed at this table) moves
     // the rest, so that the old version can be retired.
     // The credentials were used already: a failed write-back is logged,
     // not returned as a failure that would invite a retry.

@@ -1,4 +1,4 @@
-//! The rotation runner (`examples/rotate`) as an operator runs it: a
+//! The `fieldseal` command line as an operator runs it: a
 //! `fieldseal.toml`, a database, and exit codes.
 //!
 //! - the unattended schedule (`rotate`, `reseal`, `retire`) on SQLite, with
@@ -9,10 +9,8 @@
 //!   rerun after each, then to completion (`FIELDSEAL_KILL_ROWS` rows, 50,000
 //!   by default).
 
-#[path = "common/db.rs"]
+#[path = "../../tests/common/db.rs"]
 mod db;
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -31,9 +29,9 @@ const NOTHING: i32 = 3;
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 
-/// The rotate example's executable, built once per test process.
+/// The runner's executable, which cargo builds for these tests.
 fn runner() -> PathBuf {
-    common::example_exe("rotate", &["postgres", "mysql", "sqlite"])
+    PathBuf::from(env!("CARGO_BIN_EXE_fieldseal"))
 }
 
 struct Run {
