@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::format::Algorithm;
+use crate::format::{Algorithm, COMMITMENT_LEN, TAG_LEN};
 
 /// AES-256-GCM over the encryption-only AES key schedule: GCM never runs the
 /// block cipher backwards, so the decryption round keys would be wasted work
@@ -23,10 +23,6 @@ type Aes256Gcm = aes_gcm::AesGcm<Aes256Enc, U12>;
 pub(crate) const KEY_LEN: usize = 32;
 /// Length of an AEAD nonce for both algorithms.
 pub(crate) const NONCE_LEN: usize = 12;
-/// Length of an AEAD tag for both algorithms.
-pub(crate) const TAG_LEN: usize = 16;
-/// Length of the key commitment stored in a sealed value.
-pub(crate) const COMMITMENT_LEN: usize = 16;
 /// Bytes of HKDF output per record: key, nonce, commitment.
 #[cfg(test)]
 const OKM_LEN: usize = KEY_LEN + NONCE_LEN + COMMITMENT_LEN;

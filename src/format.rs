@@ -19,13 +19,16 @@ use std::str::FromStr;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::crypto::{COMMITMENT_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 
 /// The format version this build writes and reads.
 pub(crate) const FORMAT_V1: u8 = 0x01;
 /// Length of the random salt in a sealed value.
 pub(crate) const SALT_LEN: usize = 16;
+/// Length of the key commitment stored in a sealed value.
+pub(crate) const COMMITMENT_LEN: usize = 16;
+/// Length of the AEAD tag, for both algorithms.
+pub(crate) const TAG_LEN: usize = 16;
 /// Length of the header that is also the HKDF `info`: version, algorithm, key version, salt.
 pub(crate) const HEADER_LEN: usize = 1 + 1 + 4 + SALT_LEN;
 /// Bytes a sealed value adds to its plaintext.
@@ -37,6 +40,23 @@ pub const MAX_PLAINTEXT_LEN: usize = 64 << 20;
 pub(crate) const TEXT_PREFIX: &str = "fs:";
 /// The longest text-form body: unpadded base64url of the longest binary value.
 const MAX_TEXT_BODY_LEN: usize = ((OVERHEAD + MAX_PLAINTEXT_LEN) * 4).div_ceil(3);
+
+/// The header of a value sealed under `key_version` of a tenant key with
+/// `algorithm` and `salt`: format version, algorithm id, key version (big
+/// endian) and salt. It is also the record key's HKDF `info`.
+pub(crate) fn header(
+    algorithm: Algorithm,
+    key_version: u32,
+    salt: &[u8; SALT_LEN],
+) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    let (fixed, salt_out) = header.split_at_mut(HEADER_LEN - SALT_LEN);
+    let (version_alg, kv) = fixed.split_at_mut(2);
+    version_alg.copy_from_slice(&[FORMAT_V1, algorithm.id()]);
+    kv.copy_from_slice(&key_version.to_be_bytes());
+    salt_out.copy_from_slice(salt);
+    header
+}
 
 /// The AEAD that seals a value. The sealed value names it, so values sealed with
 /// either algorithm open through the same reader.

@@ -9,17 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rand::Rng as _;
 use secrecy::ExposeSecret as _;
 
 use std::fmt;
 
 use crate::context::{Context, ContextTemplate};
-use crate::crypto::{self, TenantKeyDeriver};
+use crate::crypto::TenantKeyDeriver;
+use crate::envelope::{check_plaintext_len, open_record, seal_record};
 use crate::error::{Error, Result};
-use crate::format::{
-    Algorithm, FORMAT_V1, HEADER_LEN, MAX_PLAINTEXT_LEN, OVERHEAD, SALT_LEN, SealedValue,
-};
+use crate::format::{Algorithm, SealedValue};
 use crate::provider::WrappedKey;
 use crate::secret::Opened;
 use crate::time::Timestamp;
@@ -325,123 +323,5 @@ impl Keyring {
             version,
             version != self.primary_version(),
         ))
-    }
-}
-
-/// FORMAT.md §"Sealing" step 2, which comes before the key lookup.
-pub(crate) fn check_plaintext_len(plaintext: &[u8]) -> Result<()> {
-    if plaintext.len() > MAX_PLAINTEXT_LEN {
-        return Err(Error::PlaintextTooLarge {
-            len: plaintext.len(),
-            max: MAX_PLAINTEXT_LEN,
-        });
-    }
-    Ok(())
-}
-
-/// Seals one value (FORMAT.md §"Sealing").
-pub(crate) fn seal_record(
-    deriver: &TenantKeyDeriver,
-    algorithm: Algorithm,
-    key_version: u32,
-    aad: &[u8],
-    plaintext: &[u8],
-) -> Result<SealedValue> {
-    check_plaintext_len(plaintext)?;
-    let mut salt = [0u8; SALT_LEN];
-    rand::rng().fill_bytes(&mut salt);
-    seal_with_salt(deriver, algorithm, key_version, aad, plaintext, &salt)
-}
-
-/// Seals with a given salt. Only the test-vector generator chooses the salt.
-pub(crate) fn seal_with_salt(
-    deriver: &TenantKeyDeriver,
-    algorithm: Algorithm,
-    key_version: u32,
-    aad: &[u8],
-    plaintext: &[u8],
-    salt: &[u8; SALT_LEN],
-) -> Result<SealedValue> {
-    let mut header = [0u8; HEADER_LEN];
-    {
-        let (fixed, salt_out) = header.split_at_mut(HEADER_LEN - SALT_LEN);
-        let (version_alg, kv) = fixed.split_at_mut(2);
-        version_alg.copy_from_slice(&[FORMAT_V1, algorithm.id()]);
-        kv.copy_from_slice(&key_version.to_be_bytes());
-        salt_out.copy_from_slice(salt);
-    }
-    let record_key = deriver.derive(&header);
-
-    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&record_key.commitment);
-    out.extend_from_slice(plaintext);
-    let body_start = HEADER_LEN + record_key.commitment.len();
-    let sealed = match out.split_at_mut_checked(body_start) {
-        Some((_, body)) => {
-            crypto::aead_seal(algorithm, &record_key.key, &record_key.nonce, aad, body)
-        }
-        None => Err(()),
-    };
-    match sealed {
-        Ok(tag) => {
-            out.extend_from_slice(&tag);
-            Ok(SealedValue::from_sealed_parts(out, algorithm, key_version))
-        }
-        Err(()) => {
-            // The buffer may still hold plaintext.
-            zeroize::Zeroize::zeroize(&mut out);
-            Err(Error::PlaintextTooLarge {
-                len: plaintext.len(),
-                max: MAX_PLAINTEXT_LEN,
-            })
-        }
-    }
-}
-
-/// Opens one value (FORMAT.md §"Opening", steps 11 and 12): the commitment
-/// check and the AEAD check both run on every call, and their results are
-/// combined into the one opaque error.
-///
-/// The commitment's verdict is never branched on before decryption: when it
-/// fails, one bit of the tag given to the AEAD is flipped (a constant-time
-/// select), so the AEAD runs exactly its failure path. Every failure then
-/// costs one derivation and one tag computation over the ciphertext, whichever
-/// check failed, and the time to fail does not tell "sealed under this tenant
-/// key" from "sealed under another".
-pub(crate) fn open_record(
-    deriver: &TenantKeyDeriver,
-    sealed: &SealedValue,
-    aad: &[u8],
-) -> Result<Box<[u8]>> {
-    use subtle::ConditionallySelectable as _;
-
-    let parts = sealed
-        .parts()
-        .ok_or_else(|| Error::malformed("truncated"))?;
-    let record_key = deriver.derive(parts.header);
-    let committed = record_key.commitment_matches(parts.commitment);
-    let mut tag = *parts.tag;
-    if let Some(first) = tag.first_mut() {
-        *first ^= u8::conditional_select(&1, &0, committed);
-    }
-    // An exact-size allocation: the plaintext is never copied again.
-    let mut buf: Box<[u8]> = Box::from(parts.ciphertext);
-    let authentic = crypto::aead_open(
-        sealed.algorithm(),
-        &record_key.key,
-        &record_key.nonce,
-        aad,
-        &mut buf,
-        &tag,
-    )
-    .is_ok();
-    // With the tag spoiled, the AEAD accepts only with probability 2^-128;
-    // the commitment is required all the same.
-    if authentic && bool::from(committed) {
-        Ok(buf)
-    } else {
-        zeroize::Zeroize::zeroize(&mut buf);
-        Err(Error::OpenFailed)
     }
 }

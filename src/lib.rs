@@ -25,6 +25,7 @@ mod column;
 mod conformance;
 mod context;
 mod crypto;
+mod envelope;
 mod error;
 mod format;
 #[cfg(feature = "_sql")]

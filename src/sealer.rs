@@ -482,7 +482,7 @@ impl Sealer {
     }
 
     async fn seal_inner(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
-        crate::keyring::check_plaintext_len(plaintext)?;
+        crate::envelope::check_plaintext_len(plaintext)?;
         let keyring = self
             .keyring(ctx.tenant(), self.inner.create_tenants)
             .await?;

@@ -24,9 +24,9 @@ use crate::blind_index::{BlindIndex, Normalizer};
 use crate::context::Context;
 use crate::crypto::tests::{gcm_constants, gf_inv, gf_mul, gf_pow, ghash};
 use crate::crypto::{HmacKey, TenantKeyDeriver, aead_open};
+use crate::envelope::{seal_record, seal_with_salt};
 use crate::error::Error;
 use crate::format::{Algorithm, MAX_PLAINTEXT_LEN, OVERHEAD, SealedValue};
-use crate::keyring::{seal_record, seal_with_salt};
 use crate::provider::{WrapContext, wrap_with_nonce};
 use crate::secret::{RootKey, TenantKey};
 use crate::time::Timestamp;
@@ -1019,7 +1019,7 @@ fn large(sealed: &[(SealedValue, Ctx)]) -> Vec<Value> {
     let max = OVERHEAD + MAX_PLAINTEXT_LEN;
     let longest = SealedValue::from_bytes(padded(max)).unwrap();
     assert!(matches!(
-        crate::keyring::open_record(
+        crate::envelope::open_record(
             &deriver("acme", 1),
             &longest,
             ctx.build().unwrap().associated_data()

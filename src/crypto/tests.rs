@@ -203,8 +203,8 @@ pub(crate) fn gcm_constants(key: &[u8; 32], nonce: &[u8; 12]) -> (u128, u128) {
 
 #[test]
 fn constructed_gcm_key_collision_is_rejected_by_the_commitment() {
+    use crate::envelope::{open_record, seal_with_salt};
     use crate::format::SealedValue;
-    use crate::keyring::{open_record, seal_with_salt};
 
     let aad = b"tenant/table/column context";
     let d1 = TenantKeyDeriver::new(&[0x11; 32]);

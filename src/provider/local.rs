@@ -7,9 +7,10 @@ use async_trait::async_trait;
 use rand::Rng as _;
 
 use super::{KeyProvider, WrapContext, WrappedKey, check_root_key_id};
-use crate::crypto::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
+use crate::crypto::{self, KEY_LEN, NONCE_LEN};
 use crate::error::{Error, Result};
 use crate::format::Algorithm;
+use crate::format::TAG_LEN;
 use crate::secret::{RootKey, TenantKey};
 
 /// Version byte of the local provider's wrapped-key layout.

@@ -21,8 +21,9 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::{KeyProvider, WrapContext, WrappedKey, check_root_key_id};
-use crate::crypto::{KEY_LEN, NONCE_LEN, TAG_LEN};
+use crate::crypto::{KEY_LEN, NONCE_LEN};
 use crate::error::{Error, Result};
+use crate::format::TAG_LEN;
 use crate::secret::{TenantKey, os_random};
 
 /// Version byte of the wrapped-key layout (the local provider's layout).
