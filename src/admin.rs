@@ -13,7 +13,9 @@ use crate::crypto::HmacKey;
 use crate::error::{Error, Result};
 use crate::ledger::{LedgerEntry, LedgerReplay, NO_STORE_ID, ShredLedger};
 use crate::provider::{WrapContext, WrappedKey};
-use crate::sealer::Sealer;
+use std::sync::Arc;
+
+use crate::keys::Keys;
 use crate::store::{InsertOutcome, KeyState, TenantRecord};
 use crate::telemetry;
 use crate::time::Timestamp;
@@ -57,7 +59,7 @@ const PAGE: usize = 500;
 /// ```
 #[derive(Clone)]
 pub struct KeyAdmin {
-    sealer: Sealer,
+    keys: Arc<Keys>,
     actor: Option<String>,
 }
 
@@ -206,11 +208,8 @@ pub struct RootKeyCheck {
 }
 
 impl KeyAdmin {
-    pub(crate) fn new(sealer: Sealer) -> Self {
-        Self {
-            sealer,
-            actor: None,
-        }
+    pub(crate) fn new(keys: Arc<Keys>) -> Self {
+        Self { keys, actor: None }
     }
 
     /// Records `actor` (a person, a service account, a ticket) as the author of
@@ -238,8 +237,7 @@ impl KeyAdmin {
         // Only the rules every stored tenant id met: an id from before the
         // Unicode rules can still be described, rotated and shredded.
         check_existing_tenant(tenant)?;
-        self.sealer
-            .inner
+        self.keys
             .store
             .load_tenant(tenant)
             .await?
@@ -255,7 +253,7 @@ impl KeyAdmin {
     ///
     /// Store errors.
     pub async fn tenants(&self) -> Result<Vec<String>> {
-        let store = &self.sealer.inner.store;
+        let store = &self.keys.store;
         let mut tenants: Vec<String> = Vec::new();
         let mut after: Option<(String, u32)> = None;
         loop {
@@ -296,7 +294,7 @@ impl KeyAdmin {
         version: u32,
         detail: String,
     ) -> Result<AuditAppend<'_>> {
-        let key: &HmacKey = self.sealer.audit_key().await?;
+        let key: &HmacKey = self.keys.audit_key().await?;
         AuditAppend::new(
             key,
             event,
@@ -304,7 +302,7 @@ impl KeyAdmin {
             version,
             self.actor.as_deref(),
             detail,
-            self.sealer.now(),
+            self.keys.now(),
         )
     }
 
@@ -324,21 +322,21 @@ impl KeyAdmin {
     /// if the tenant's own root key refuses; provider and store errors. Nothing is
     /// changed on error.
     pub async fn rotate(&self, tenant: &str) -> Result<Rotation> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("rotate", tenant, label, async move {
             let record = self.live(tenant).await?;
             // Unwrap the tenant's current keys first (usually from the cache): a
             // provider configured with the wrong root key must fail here, not
             // create a new primary that the other processes cannot unwrap.
-            self.sealer.keyring(tenant, false).await?;
+            self.keys.keyring(tenant, false).await?;
             let previous = record.latest_version();
             let next = previous.checked_add(1).ok_or_else(|| {
                 Error::refused(format!(
                     "tenant `{tenant}` has used every key version number"
                 ))
             })?;
-            let (new, _) = self.sealer.new_key_version(tenant, next).await?;
-            self.sealer
+            let (new, _) = self.keys.new_key_version(tenant, next).await?;
+            self.keys
                 .record_own_root(tenant, next, &new.wrapped, self.actor.as_deref())
                 .await?;
             let audit = self
@@ -350,12 +348,11 @@ impl KeyAdmin {
                 )
                 .await?;
             let outcome = self
-                .sealer
-                .inner
+                .keys
                 .store
                 .insert_key_version(tenant, new, &audit)
                 .await?;
-            self.sealer.inner.cache.invalidate(tenant);
+            self.keys.cache.invalidate(tenant);
             match outcome {
                 InsertOutcome::Inserted => {
                     tracing::info!(tenant, previous, primary = next, "rotated tenant key");
@@ -395,7 +392,7 @@ impl KeyAdmin {
     /// [`Error::UnknownTenant`], [`Error::UnknownKeyVersion`],
     /// [`Error::TenantShredded`]; store errors.
     pub async fn disable_version(&self, tenant: &str, version: u32) -> Result<()> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("disable_version", tenant, label, async move {
             self.change_state(tenant, version, KeyState::Disabled).await
         })
@@ -410,7 +407,7 @@ impl KeyAdmin {
     /// [`Error::Refused`] for a destroyed version; [`Error::UnknownTenant`],
     /// [`Error::UnknownKeyVersion`], [`Error::TenantShredded`]; store errors.
     pub async fn enable_version(&self, tenant: &str, version: u32) -> Result<()> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("enable_version", tenant, label, async move {
             self.change_state(tenant, version, KeyState::Active).await
         })
@@ -432,7 +429,7 @@ impl KeyAdmin {
     /// [`Error::UnknownTenant`], [`Error::UnknownKeyVersion`],
     /// [`Error::TenantShredded`]; store errors.
     pub async fn destroy_version(&self, tenant: &str, version: u32) -> Result<()> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("destroy_version", tenant, label, async move {
             self.change_state(tenant, version, KeyState::Destroyed)
                 .await
@@ -481,12 +478,11 @@ impl KeyAdmin {
             .await?;
         let at = audit.at();
         let changed = self
-            .sealer
-            .inner
+            .keys
             .store
             .update_key_state(tenant, version, key.state, to, &audit)
             .await?;
-        self.sealer.inner.cache.invalidate(tenant);
+        self.keys.cache.invalidate(tenant);
         if !changed {
             return Err(Error::refused(format!(
                 "tenant `{tenant}` key version {version} changed while this {verb} ran; \
@@ -494,11 +490,7 @@ impl KeyAdmin {
             )));
         }
         if to == KeyState::Destroyed {
-            self.sealer
-                .inner
-                .cache
-                .revocation(tenant)
-                .destroy(version, at);
+            self.keys.cache.revocation(tenant).destroy(version, at);
         }
         tracing::info!(tenant, version, state = %to, "changed tenant key state");
         Ok(())
@@ -514,7 +506,7 @@ impl KeyAdmin {
     /// [`Error::Refused`] if `minimum` is above the primary version;
     /// [`Error::UnknownTenant`], [`Error::TenantShredded`]; store errors.
     pub async fn set_min_decryption_version(&self, tenant: &str, minimum: u32) -> Result<()> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("set_min_decryption_version", tenant, label, async move {
             let record = self.live(tenant).await?;
             let primary = record.latest_version();
@@ -533,12 +525,11 @@ impl KeyAdmin {
                 )
                 .await?;
             let changed = self
-                .sealer
-                .inner
+                .keys
                 .store
                 .set_min_decryption_version(tenant, minimum, &audit)
                 .await?;
-            self.sealer.inner.cache.invalidate(tenant);
+            self.keys.cache.invalidate(tenant);
             if !changed {
                 return Err(Error::refused(format!(
                     "tenant `{tenant}` changed while setting its minimum decryption version; \
@@ -577,10 +568,10 @@ impl KeyAdmin {
     /// but its ledger entry could not be written (shred again once the file
     /// is fixed); store errors.
     pub async fn shred_tenant(&self, tenant: &str) -> Result<Timestamp> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("shred_tenant", tenant, label, async move {
             let result = self.shred_once(tenant).await;
-            if let Some(ledger) = &self.sealer.inner.shred_ledger {
+            if let Some(ledger) = &self.keys.shred_ledger {
                 match &result {
                     Ok(at) => self.record_shred(ledger, tenant, Some(*at)).await?,
                     // Shredded before: its entry may be what is missing.
@@ -604,7 +595,7 @@ impl KeyAdmin {
         tenant: &str,
         at: Option<Timestamp>,
     ) -> Result<()> {
-        let store = &self.sealer.inner.store;
+        let store = &self.keys.store;
         let Some(record) = store.load_tenant(tenant).await? else {
             return Ok(());
         };
@@ -622,7 +613,7 @@ impl KeyAdmin {
                 head_seq,
                 head_mac,
             };
-            let key = self.sealer.audit_key().await?;
+            let key = self.keys.audit_key().await?;
             if at.is_none() && ledger.path().exists() {
                 let read = ledger.read(key, &entry.store_id)?;
                 if read
@@ -665,7 +656,7 @@ impl KeyAdmin {
     /// The key store id ledger entries name.
     async fn ledger_store_id(&self) -> Result<String> {
         Ok(self
-            .sealer
+            .keys
             .store_identity()
             .await?
             .map_or_else(|| NO_STORE_ID.to_string(), |i| i.id.clone()))
@@ -698,10 +689,10 @@ impl KeyAdmin {
     /// ledger; [`Error::Refused`] if a tenant changed during the replay (run
     /// it again); provider and store errors.
     pub async fn replay_shred_ledger(&self, ledger: &ShredLedger) -> Result<LedgerReplay> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("replay_shred_ledger", "", label, async move {
-            let store = &self.sealer.inner.store;
-            let key = self.sealer.audit_key().await?;
+            let store = &self.keys.store;
+            let key = self.keys.audit_key().await?;
             let store_id = self.ledger_store_id().await?;
             let read = ledger.read(key, &store_id)?;
             // Where this store's log stood before the replay wrote to it.
@@ -780,7 +771,7 @@ impl KeyAdmin {
                     if !store.shred_tenant(tenant, &audit).await? {
                         return Err(changed("it was shredded meanwhile"));
                     }
-                    self.sealer.inner.cache.revocation(tenant).shred(at);
+                    self.keys.cache.revocation(tenant).shred(at);
                 } else {
                     // Re-created after its shred: only the versions shredded.
                     for (version, state) in pending {
@@ -795,7 +786,7 @@ impl KeyAdmin {
                         }
                     }
                 }
-                self.sealer.inner.cache.invalidate(tenant);
+                self.keys.cache.invalidate(tenant);
                 tracing::warn!(tenant, shredded_at = %entry.at, "shred replayed from the ledger");
                 if !report.shredded.iter().any(|t| t == tenant) {
                     report.shredded.push(tenant.to_string());
@@ -813,11 +804,11 @@ impl KeyAdmin {
             .audit(AuditEvent::TenantShredded, tenant, 0, String::new())
             .await?;
         let at = audit.at();
-        let shredded = self.sealer.inner.store.shred_tenant(tenant, &audit).await?;
+        let shredded = self.keys.store.shred_tenant(tenant, &audit).await?;
         if shredded {
-            self.sealer.inner.cache.revocation(tenant).shred(at);
+            self.keys.cache.revocation(tenant).shred(at);
         }
-        self.sealer.inner.cache.invalidate(tenant);
+        self.keys.cache.invalidate(tenant);
         if !shredded {
             // Another process shredded it first: stop this process's snapshots
             // too, and report it.
@@ -825,11 +816,7 @@ impl KeyAdmin {
                 Error::refused(format!("tenant `{tenant}` changed during the shred; retry"))
             });
             if let Error::TenantShredded { shredded_at, .. } = &err {
-                self.sealer
-                    .inner
-                    .cache
-                    .revocation(tenant)
-                    .shred(*shredded_at);
+                self.keys.cache.revocation(tenant).shred(*shredded_at);
             }
             return Err(err);
         }
@@ -848,7 +835,7 @@ impl KeyAdmin {
     /// not bind it; [`Error::UnknownTenant`];
     /// [`Error::TenantRootKeyUnavailable`]; provider and store errors.
     pub async fn recreate_tenant(&self, tenant: &str) -> Result<u32> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("recreate_tenant", tenant, label, async move {
             check_new_tenant(tenant)?;
             let record = self.describe(tenant).await?;
@@ -859,7 +846,7 @@ impl KeyAdmin {
             }
             // A tenant of its own root key is recreated on it, never on the
             // shared one by a process that lacks its binding.
-            if !self.sealer.inner.tenant_roots.contains_key(tenant) {
+            if !self.keys.tenant_roots.contains_key(tenant) {
                 let recorded = self.recorded_own_roots().await?;
                 if let Some((_, id)) = recorded.iter().find(|(t, _)| t == tenant) {
                     return Err(Error::refused(format!(
@@ -870,20 +857,15 @@ impl KeyAdmin {
                 }
             }
             let version = record.latest_version().saturating_add(1);
-            let (new, _) = self.sealer.new_key_version(tenant, version).await?;
-            self.sealer
+            let (new, _) = self.keys.new_key_version(tenant, version).await?;
+            self.keys
                 .record_own_root(tenant, version, &new.wrapped, self.actor.as_deref())
                 .await?;
             let audit = self
                 .audit(AuditEvent::TenantRecreated, tenant, version, String::new())
                 .await?;
-            let outcome = self
-                .sealer
-                .inner
-                .store
-                .recreate_tenant(tenant, new, &audit)
-                .await?;
-            self.sealer.inner.cache.invalidate(tenant);
+            let outcome = self.keys.store.recreate_tenant(tenant, new, &audit).await?;
+            self.keys.cache.invalidate(tenant);
             match outcome {
                 InsertOutcome::Inserted => Ok(version),
                 _ => Ok(self.live(tenant).await?.latest_version()),
@@ -930,9 +912,9 @@ impl KeyAdmin {
     /// to prove it); provider and store errors (the keys done so far stay
     /// done).
     pub async fn rewrap_all(&self, target: &str) -> Result<RewrapReport> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("rewrap_all", "", label, async move {
-            let inner = &self.sealer.inner;
+            let inner = &self.keys;
             let current = inner.provider.current_root_key_id();
             if current != target {
                 return Err(Error::refused(format!(
@@ -941,7 +923,7 @@ impl KeyAdmin {
                 )));
             }
             let mut report = RewrapReport::default();
-            let sealer = &self.sealer;
+            let sealer = &*self.keys;
             let bound_store = sealer.store_identity().await?.is_some();
             // Done with: under `target` and, for a store with an identity,
             // bound to it (a key wrapped before is re-wrapped with the store's
@@ -1156,10 +1138,10 @@ impl KeyAdmin {
     /// [`Error::UnwrapFailed`] as for [`rewrap_all`](KeyAdmin::rewrap_all);
     /// provider and store errors (the versions done so far stay done).
     pub async fn bind_tenant_root(&self, tenant: &str) -> Result<RewrapReport> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("bind_tenant_root", tenant, label, async move {
-            let sealer = &self.sealer;
-            let Some(own) = sealer.inner.tenant_roots.get(tenant) else {
+            let sealer = &*self.keys;
+            let Some(own) = sealer.tenant_roots.get(tenant) else {
                 return Err(Error::refused(format!(
                     "tenant `{tenant}` is not bound to a root key of its own in this sealer: \
                      bind it with SealerBuilder::tenant_root_key first"
@@ -1184,7 +1166,7 @@ impl KeyAdmin {
                         target.to_string(),
                     )
                     .await?;
-                sealer.inner.store.record_audit(&audit).await?;
+                sealer.store.record_audit(&audit).await?;
             }
             let mut report = RewrapReport::default();
             let mut proven = false;
@@ -1210,7 +1192,7 @@ impl KeyAdmin {
                     report.skipped += 1;
                 }
             }
-            sealer.inner.cache.invalidate(tenant);
+            sealer.cache.invalidate(tenant);
             tracing::info!(
                 tenant,
                 root_key = target,
@@ -1235,7 +1217,7 @@ impl KeyAdmin {
         key: crate::TenantKey,
         target: &str,
     ) -> Result<bool> {
-        let sealer = &self.sealer;
+        let sealer = &*self.keys;
         let new = sealer
             .wrap_key(&key, WrapContext::tenant_key(tenant, version))
             .await?;
@@ -1252,7 +1234,6 @@ impl KeyAdmin {
             )
             .await?;
         sealer
-            .inner
             .store
             .rewrap_key(tenant, version, old, new, &audit)
             .await
@@ -1303,7 +1284,7 @@ impl KeyAdmin {
     /// when keys are under a root key the provider does not hold; provider
     /// and store errors ([`Error::Schema`] before the store's tables exist).
     pub async fn verify_root_keys(&self) -> Result<RootKeyCheck> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("verify_root_keys", "", label, async move {
             let mut check = RootKeyCheck::default();
             let mut recorded_own = None;
@@ -1312,7 +1293,7 @@ impl KeyAdmin {
                     Some((tenant, version)) => WrapContext::tenant_key(tenant, *version),
                     None => WrapContext::audit_key(1),
                 };
-                match self.sealer.unwrap_key(&wrapped, ctx).await {
+                match self.keys.unwrap_key(&wrapped, ctx).await {
                     Ok(key) => drop(key),
                     // A tenant's own root key its owner revoked: that
                     // tenant's matter, not the store's.
@@ -1364,13 +1345,13 @@ impl KeyAdmin {
     /// store cannot record audit entries on their own; provider and store
     /// errors.
     pub async fn create_root_key(&self) -> Result<String> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("create_root_key", "", label, async move {
-            let id = self.sealer.inner.provider.create_root_key().await?;
+            let id = self.keys.provider.create_root_key().await?;
             let audit = self
                 .audit(AuditEvent::RootKeyCreated, "", 0, id.clone())
                 .await?;
-            self.sealer.inner.store.record_audit(&audit).await?;
+            self.keys.store.record_audit(&audit).await?;
             tracing::info!(root_key = %id, "root key created for a new epoch");
             Ok(id)
         })
@@ -1418,9 +1399,9 @@ impl KeyAdmin {
     /// A root key the provider refuses to destroy is reported in
     /// [`RootKeyRetirement::blocked`], not as an error.
     pub async fn retire_root_keys(&self, retention: Duration) -> Result<RootKeyRetirement> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("retire_root_keys", "", label, async move {
-            let minimum = self.sealer.min_audit_retention();
+            let minimum = self.keys.min_audit_retention();
             if retention < minimum {
                 return Err(Error::refused(format!(
                     "refusing a backup retention of {}s: the minimum is {}s (a 35-day retention \
@@ -1429,7 +1410,7 @@ impl KeyAdmin {
                     minimum.as_secs()
                 )));
             }
-            let provider = &self.sealer.inner.provider;
+            let provider = &self.keys.provider;
             let current = provider.current_root_key_id().to_string();
             let mut candidates: Vec<String> = provider
                 .root_key_ids()
@@ -1452,7 +1433,7 @@ impl KeyAdmin {
             let mut newest = Timestamp::from_unix_seconds(i64::MIN);
             // Read before the log, as verify_audit does: a log whose newest
             // entries (a re-wrap that cancels a mark) were deleted is broken.
-            let head = self.sealer.inner.store.audit_head().await?;
+            let head = self.keys.store.audit_head().await?;
             let mut head_mac = None;
             let (mut verifier, _) = self
                 .walk_audit_with(None, &mut |e| {
@@ -1487,14 +1468,14 @@ impl KeyAdmin {
             }
             // A clock behind the log's would start retentions late and end
             // them early.
-            if self.sealer.now() < newest {
+            if self.keys.now() < newest {
                 return Err(Error::refused(format!(
                     "this host's clock is behind the audit log's newest entry ({newest}); no \
                      root key was retired: fix the clock"
                 )));
             }
             let mut in_use = self.keys_per_root().await?;
-            let now = self.sealer.now();
+            let now = self.keys.now();
             let retention_secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
             // A provider that holds only this store's root keys (a Transit
             // key) needs no name: its versions are this store's.
@@ -1522,7 +1503,7 @@ impl KeyAdmin {
                     let audit = self
                         .audit(AuditEvent::RootKeyUnused, "", 0, id.clone())
                         .await?;
-                    self.sealer.inner.store.record_audit(&audit).await?;
+                    self.keys.store.record_audit(&audit).await?;
                     tracing::info!(root_key = %id, "root key unused: its backup retention starts");
                     report.marked_unused.push(id);
                     continue;
@@ -1540,7 +1521,7 @@ impl KeyAdmin {
                 }
                 match provider.destroy_root_key(&id).await {
                     Ok(gone) => {
-                        let gone = self.sealer.inner.clock.on_this_clock(gone);
+                        let gone = self.keys.clock.on_this_clock(gone);
                         let audit = self
                             .audit(
                                 AuditEvent::RootKeyDestroyed,
@@ -1549,7 +1530,7 @@ impl KeyAdmin {
                                 format!("{id} {}", gone.unix_seconds()),
                             )
                             .await?;
-                        self.sealer.inner.store.record_audit(&audit).await?;
+                        self.keys.store.record_audit(&audit).await?;
                         tracing::warn!(root_key = %id, %gone, "root key destroyed");
                         // A process still wrapping under it (not restarted
                         // since the epoch began) may have stored a key in
@@ -1594,7 +1575,7 @@ impl KeyAdmin {
         tenant: &str,
         retention: Option<Duration>,
     ) -> Result<ErasureReport> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("erasure_report", tenant, label, async move {
             let record = self.describe(tenant).await?;
             let mut created: BTreeMap<String, Timestamp> = BTreeMap::new();
@@ -1639,7 +1620,7 @@ impl KeyAdmin {
                     broken.seq, broken.reason
                 )));
             }
-            let provider = &self.sealer.inner.provider;
+            let provider = &self.keys.provider;
             let mut ids: BTreeSet<String> = seen;
             ids.extend(provider.root_key_ids().into_iter().map(str::to_string));
             ids.extend(created.keys().cloned());
@@ -1713,7 +1694,7 @@ impl KeyAdmin {
     /// the first of them (the audit-chain key first; its owner `None`, a
     /// tenant key's its tenant and version).
     async fn scan_roots(&self) -> Result<BTreeMap<String, (u64, WrappedSample)>> {
-        let store = &self.sealer.inner.store;
+        let store = &self.keys.store;
         let mut out: BTreeMap<String, (u64, WrappedSample)> = BTreeMap::new();
         if let Some(wrapped) = store.load_audit_key().await? {
             out.insert(wrapped.root_key_id().to_string(), (1, (None, wrapped)));
@@ -1746,7 +1727,7 @@ impl KeyAdmin {
     ///
     /// Store errors.
     pub async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
-        self.sealer.inner.store.audit_entries(after, limit).await
+        self.keys.store.audit_entries(after, limit).await
     }
 
     /// Walks the whole audit chain and reports the first broken link, if any;
@@ -1764,7 +1745,7 @@ impl KeyAdmin {
     /// error: it is reported in [`AuditReport::broken`] and
     /// [`AuditReport::mismatches`].
     pub async fn verify_audit(&self) -> Result<AuditReport> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("verify_audit", "", label, async move {
             let report = self.check_audit().await?;
             if report.is_intact() {
@@ -1779,7 +1760,7 @@ impl KeyAdmin {
     }
 
     async fn check_audit(&self) -> Result<AuditReport> {
-        let store = &self.sealer.inner.store;
+        let store = &self.keys.store;
         // Read before the log: entries appended meanwhile come after it.
         let head = store.audit_head().await?;
         let mut replay = Replay::default();
@@ -1869,8 +1850,8 @@ impl KeyAdmin {
         until: Option<i64>,
         each: &mut (dyn FnMut(&AuditEntry) + Send),
     ) -> Result<(Verifier<'_>, Option<AuditEntry>)> {
-        let store = &self.sealer.inner.store;
-        let key = self.sealer.audit_key().await?;
+        let store = &self.keys.store;
+        let key = self.keys.audit_key().await?;
         let mut verifier = Verifier::new(key);
         // First pass: prune anchors, which come after the entries they vouch for.
         let mut after = 0;
@@ -1932,9 +1913,9 @@ impl KeyAdmin {
     /// [`verify_audit`](KeyAdmin::verify_audit) and investigate); provider and
     /// store errors.
     pub async fn prune_audit(&self, older_than: Duration) -> Result<u64> {
-        let label = self.sealer.inner.label_tenant;
+        let label = self.keys.label_tenant;
         telemetry::admin("prune_audit", "", label, async move {
-            let minimum = self.sealer.min_audit_retention();
+            let minimum = self.keys.min_audit_retention();
             if older_than < minimum {
                 return Err(Error::refused(format!(
                     "refusing to prune audit entries younger than {}s: the minimum retention is {}s \
@@ -1943,7 +1924,7 @@ impl KeyAdmin {
                     minimum.as_secs()
                 )));
             }
-            let cutoff = self.sealer.now()
+            let cutoff = self.keys.now()
                 .unix_seconds()
                 .saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
             let mut refusal = false;
@@ -1976,7 +1957,7 @@ impl KeyAdmin {
             let Some(through) = through else {
                 return Ok(0);
             };
-            let store = &self.sealer.inner.store;
+            let store = &self.keys.store;
             // The entry recording that the store refuses unbound keys is
             // about to go: restate it once the cut is made, unless the store accepts
             // them again (then the log is the evidence: keep it).
@@ -2035,7 +2016,7 @@ impl fmt::Debug for KeyAdmin {
 
 /// Whether `root_key_id` is one of the root keys of the tenant's own provider
 /// in `sealer`, for the tenant key `ctx`.
-fn own_is(sealer: &Sealer, ctx: &WrapContext<'_>, root_key_id: &str) -> bool {
+fn own_is(sealer: &Keys, ctx: &WrapContext<'_>, root_key_id: &str) -> bool {
     sealer
         .own_root(ctx)
         .is_some_and(|own| own.root_key_ids().contains(&root_key_id))
@@ -2097,11 +2078,12 @@ mod tests {
         // store, since every creation path of this one judges the id.
         let key = crate::TenantKey::generate().unwrap();
         let wrapped = sealer
+            .keys
             .wrap_key(&key, crate::WrapContext::tenant_key(old, 1))
             .await
             .unwrap();
         let audit = crate::AuditAppend::new(
-            sealer.audit_key().await.unwrap(),
+            sealer.keys.audit_key().await.unwrap(),
             crate::AuditEvent::TenantCreated,
             old,
             1,
@@ -2116,7 +2098,7 @@ mod tests {
             created_at: crate::Timestamp::now(),
         };
         sealer
-            .inner
+            .keys
             .store
             .insert_key_version(old, new, &audit)
             .await

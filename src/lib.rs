@@ -18,7 +18,6 @@ mod admin;
 mod audit;
 mod batch;
 mod blind_index;
-mod cache;
 #[cfg(feature = "_sql")]
 mod column;
 #[cfg(feature = "testing")]
@@ -30,7 +29,7 @@ mod error;
 mod format;
 #[cfg(feature = "_sql")]
 mod jobs;
-mod keyring;
+mod keys;
 mod ledger;
 mod provider;
 mod sealer;

@@ -1,25 +1,20 @@
 //! The handle applications hold: one `Sealer` for every tenant.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::admin::KeyAdmin;
-use crate::audit::{AuditAppend, AuditEvent};
-use crate::cache::{KeyCache, Lookup};
+use crate::audit::AuditEvent;
 use crate::context::{Context, ContextTemplate};
-use crate::crypto::{HmacKey, TenantKeyDeriver};
 use crate::error::{Error, Result};
 use crate::format::{Algorithm, SealedValue};
-use crate::keyring::{Keyring, Revocation, VersionEntry, VersionStatus};
-use crate::provider::{KeyProvider, WrapContext, WrappedKey};
-use crate::secret::{Migrating, Opened, TenantKey};
-use crate::store::{InsertOutcome, KeyState, KeyStore, NewKeyVersion, StoreIdentity, TenantRecord};
-use crate::telemetry::{self, CacheEvent, ObservedProvider, ObservedStore};
-use crate::time::Timestamp;
+use crate::keys::{KeyCache, Keyring, Keys};
+use crate::provider::KeyProvider;
+use crate::secret::{Migrating, Opened};
+use crate::store::KeyStore;
+use crate::telemetry::{self, ObservedProvider, ObservedStore};
 
 /// Default number of tenants whose keys are cached.
 const DEFAULT_CACHE_CAPACITY: usize = 10_000;
@@ -27,16 +22,6 @@ const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 /// Default youngest age of audit entries that may be pruned.
 const DEFAULT_MIN_AUDIT_RETENTION: Duration = Duration::from_secs(86_400);
-/// Longest time a tenant's own root key that refused is not asked again.
-const OWN_ROOT_RETRY: Duration = Duration::from_secs(5);
-
-/// A refusal of a tenant's own root key: when, its id, what it refused and
-/// the provider's message.
-type OwnRootRefusal = (Instant, String, &'static str, String);
-
-/// Shortest time between two reloads of a tenant caused by a value under a
-/// key version newer than the cached primary.
-const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Seals and opens field values for every tenant.
 ///
@@ -64,36 +49,7 @@ const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 /// ```
 #[derive(Clone)]
 pub struct Sealer {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) provider: Box<dyn KeyProvider>,
-    /// Tenants bound to their own root keys, and the providers holding them.
-    pub(crate) tenant_roots: BTreeMap<String, Box<dyn KeyProvider>>,
-    pub(crate) store: Box<dyn KeyStore>,
-    pub(crate) cache: KeyCache,
-    algorithm: Algorithm,
-    create_tenants: bool,
-    revalidate_after: Option<Duration>,
-    min_audit_retention: Duration,
-    /// Where shreds are recorded outside the database, if anywhere.
-    pub(crate) shred_ledger: Option<crate::ledger::ShredLedger>,
-    /// Whether metrics carry a `tenant` label (feature `metrics`).
-    pub(crate) label_tenant: bool,
-    /// The audit-chain key, unwrapped on the first key change.
-    audit_key: tokio::sync::OnceCell<HmacKey>,
-    /// The key store's identity, read on the first wrap or unwrap.
-    store_identity: tokio::sync::OnceCell<Option<StoreIdentity>>,
-    /// Set once the store was seen refusing unbound keys after the cached
-    /// identity was read.
-    unbound_refused: std::sync::atomic::AtomicBool,
-    /// Bound tenants whose own root key refused a reload just now: asked
-    /// again only after [`OWN_ROOT_RETRY`] (or the cache's time to live, if
-    /// shorter), so that a busy tenant whose key is revoked does not turn
-    /// every request into a provider call.
-    own_root_refusals: std::sync::Mutex<std::collections::HashMap<String, OwnRootRefusal>>,
-    pub(crate) clock: crate::time::Clock,
+    pub(crate) keys: Arc<Keys>,
 }
 
 /// Configures a [`Sealer`].
@@ -293,7 +249,7 @@ impl SealerBuilder {
     /// Builds the sealer.
     pub fn build(self) -> Sealer {
         Sealer {
-            inner: Arc::new(Inner {
+            keys: Arc::new(Keys {
                 provider: Box::new(ObservedProvider {
                     inner: self.provider,
                     label_tenant: self.label_tenant,
@@ -345,13 +301,7 @@ impl fmt::Debug for SealerBuilder {
             .finish()
     }
 }
-
 impl Sealer {
-    /// The time, from the sealer's clock.
-    pub(crate) fn now(&self) -> Timestamp {
-        self.inner.clock.now()
-    }
-
     /// Starts configuring a sealer over a root key provider and a key store.
     pub fn builder(
         provider: impl KeyProvider + 'static,
@@ -373,15 +323,11 @@ impl Sealer {
         }
     }
 
-    pub(crate) fn min_audit_retention(&self) -> Duration {
-        self.inner.min_audit_retention
-    }
-
     /// Key lifecycle operations — rotation, destruction, shredding, root key
     /// rotation and the audit log — through this sealer's provider, store and
     /// cache.
     pub fn admin(&self) -> KeyAdmin {
-        KeyAdmin::new(self.clone())
+        KeyAdmin::new(Arc::clone(&self.keys))
     }
 
     /// A synchronous sealer for one tenant, with its keys loaded (and its first
@@ -398,7 +344,7 @@ impl Sealer {
     /// errors.
     pub async fn tenant(&self, tenant: &str) -> Result<TenantSealer> {
         check_tenant_id(tenant)?;
-        let keyring = self.keyring(tenant, self.inner.create_tenants).await?;
+        let keyring = self.keys.keyring(tenant, self.keys.create_tenants).await?;
         self.handle(tenant, keyring)
     }
 
@@ -419,7 +365,8 @@ impl Sealer {
     pub async fn tenant_checked(&self, tenant: &str) -> Result<TenantSealer> {
         check_tenant_id(tenant)?;
         let keyring = self
-            .keyring_with(tenant, self.inner.create_tenants, None, true)
+            .keys
+            .keyring_with(tenant, self.keys.create_tenants, None, true)
             .await?;
         self.handle(tenant, keyring)
     }
@@ -434,8 +381,8 @@ impl Sealer {
         }
         Ok(TenantSealer {
             keyring,
-            algorithm: self.inner.algorithm,
-            label_tenant: self.inner.label_tenant,
+            algorithm: self.keys.algorithm,
+            label_tenant: self.keys.label_tenant,
         })
     }
 
@@ -449,21 +396,15 @@ impl Sealer {
         create: bool,
     ) -> Result<TenantSealer> {
         check_tenant_id(tenant)?;
-        let create = create && self.inner.create_tenants;
-        let mut keyring = self.keyring_with(tenant, create, None, true).await?;
+        let create = create && self.keys.create_tenants;
+        let mut keyring = self.keys.keyring_with(tenant, create, None, true).await?;
         // A cache miss may have joined a load that began before a change:
         // compare once more, and reload if the store moved on.
-        if self.inner.store.tenant_generation(tenant).await? != Some(keyring.generation) {
-            let stale = self.inner.cache.invalidate(tenant);
-            keyring = self.keyring_with(tenant, create, stale, false).await?;
+        if self.keys.store.tenant_generation(tenant).await? != Some(keyring.generation) {
+            let stale = self.keys.cache.invalidate(tenant);
+            keyring = self.keys.keyring_with(tenant, create, stale, false).await?;
         }
         self.handle(tenant, keyring)
-    }
-
-    /// The key store's generations of `tenants` now, in one call.
-    #[cfg(feature = "_sql")]
-    pub(crate) async fn store_generations(&self, tenants: &[&str]) -> Result<Vec<Option<u64>>> {
-        self.inner.store.tenant_generations(tenants).await
     }
 
     /// Seals `plaintext` for the tenant, table, column and row named by `ctx`,
@@ -484,9 +425,10 @@ impl Sealer {
     async fn seal_inner(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
         crate::envelope::check_plaintext_len(plaintext)?;
         let keyring = self
-            .keyring(ctx.tenant(), self.inner.create_tenants)
+            .keys
+            .keyring(ctx.tenant(), self.keys.create_tenants)
             .await?;
-        keyring.seal(self.inner.algorithm, ctx, plaintext)
+        keyring.seal(self.keys.algorithm, ctx, plaintext)
     }
 
     /// The tenant label for metrics, when the application opted in and the
@@ -496,7 +438,7 @@ impl Sealer {
             result,
             Err(Error::UnknownTenant { .. } | Error::InvalidContext { .. })
         );
-        (self.inner.label_tenant && !unknown).then(|| ctx.tenant())
+        (self.keys.label_tenant && !unknown).then(|| ctx.tenant())
     }
 
     /// Opens `sealed`, which must have been sealed with exactly this `ctx`.
@@ -540,7 +482,7 @@ impl Sealer {
     /// As [`Sealer::open`]; `sealed` is left as it was.
     pub async fn reseal(&self, ctx: &Context, sealed: &SealedValue) -> Result<Option<SealedValue>> {
         let result = match self.fresh_keyring_for(ctx.tenant(), sealed).await {
-            Ok(keyring) => keyring.reseal(self.inner.algorithm, ctx, sealed),
+            Ok(keyring) => keyring.reseal(self.keys.algorithm, ctx, sealed),
             Err(err) => Err(err),
         };
         telemetry::resealed(&result, self.tenant_label(ctx, &result));
@@ -574,16 +516,16 @@ impl Sealer {
     /// The tenant's keys, reloaded once if `sealed` names a version newer than
     /// the cached primary (another process rotated).
     async fn fresh_keyring_for(&self, tenant: &str, sealed: &SealedValue) -> Result<Arc<Keyring>> {
-        let keyring = self.keyring(tenant, false).await?;
+        let keyring = self.keys.keyring(tenant, false).await?;
         // At most one such reload per tenant per interval: the version comes
         // from untrusted bytes, and must not turn into a store read per call.
         if !keyring.has_version(sealed.key_version())
             && keyring.shredded_at.is_none()
             && sealed.key_version() > keyring.primary_version()
-            && keyring.loaded_at.elapsed() >= MIN_RELOAD_INTERVAL
+            && keyring.loaded_at.elapsed() >= crate::keys::MIN_RELOAD_INTERVAL
         {
-            let stale = self.inner.cache.invalidate(tenant);
-            return self.keyring_with(tenant, false, stale, false).await;
+            let stale = self.keys.cache.invalidate(tenant);
+            return self.keys.keyring_with(tenant, false, stale, false).await;
         }
         Ok(keyring)
     }
@@ -600,7 +542,7 @@ impl Sealer {
     /// errors.
     pub async fn create_tenant(&self, tenant: &str) -> Result<()> {
         check_tenant_id(tenant)?;
-        match self.inner.store.load_tenant(tenant).await? {
+        match self.keys.store.load_tenant(tenant).await? {
             Some(record) if record.latest_version() > 0 || record.shredded_at.is_some() => {
                 if let Some(at) = record.shredded_at {
                     return Err(Error::TenantShredded {
@@ -611,644 +553,12 @@ impl Sealer {
                 Ok(())
             }
             _ => self
+                .keys
                 .create_version(tenant, 1, AuditEvent::TenantCreated, None)
                 .await
                 .map(|_| ()),
         }
     }
-
-    /// The tenant's keys: cached, or loaded once for all concurrent callers.
-    pub(crate) async fn keyring(&self, tenant: &str, create: bool) -> Result<Arc<Keyring>> {
-        self.keyring_with(tenant, create, None, false).await
-    }
-
-    /// As [`Sealer::keyring`]; `stale` is a snapshot just dropped from the cache,
-    /// whose unchanged keys the reload may reuse.
-    async fn keyring_with(
-        &self,
-        tenant: &str,
-        create: bool,
-        mut stale: Option<Arc<Keyring>>,
-        force_check: bool,
-    ) -> Result<Arc<Keyring>> {
-        // At most one generation check, and one reload after it.
-        let mut checked = false;
-        loop {
-            let keyring = match self.inner.cache.lookup(tenant) {
-                Lookup::Hit(keyring) => {
-                    tracing::trace!(tenant, "tenant key cache hit");
-                    telemetry::cache(CacheEvent::Hit);
-                    keyring
-                }
-                Lookup::Miss { cell, previous } => {
-                    telemetry::cache(if previous.is_some() {
-                        CacheEvent::Expired
-                    } else {
-                        CacheEvent::Miss
-                    });
-                    let previous = previous.or(stale.take());
-                    if let Some(refused) = self.recent_own_root_refusal(tenant) {
-                        return Err(refused);
-                    }
-                    let loaded = self
-                        .inner
-                        .cache
-                        .load(tenant, cell, || async move {
-                            tracing::debug!(tenant, "tenant key cache miss: loading keys");
-                            let loaded = self
-                                .load_keyring(tenant, create, previous.as_deref(), None)
-                                .await?;
-                            Ok(Arc::new(loaded))
-                        })
-                        .await;
-                    if let Err(Error::TenantRootKeyUnavailable {
-                        root_key_id,
-                        action,
-                        source,
-                        ..
-                    }) = &loaded
-                    {
-                        let message = match &**source {
-                            Error::Provider { message, .. } => message.clone(),
-                            other => other.to_string(),
-                        };
-                        lock_refusals(&self.inner.own_root_refusals).insert(
-                            tenant.to_string(),
-                            (Instant::now(), root_key_id.clone(), action, message),
-                        );
-                    }
-                    return loaded;
-                }
-            };
-            if checked || !(force_check || self.claim_check(&keyring)) {
-                return Ok(keyring);
-            }
-            checked = true;
-            match self.inner.store.tenant_generation(tenant).await {
-                Ok(Some(generation)) if generation == keyring.generation => {
-                    telemetry::cache(CacheEvent::Revalidated("unchanged"));
-                    return Ok(keyring);
-                }
-                Ok(_) => {
-                    telemetry::cache(CacheEvent::Revalidated("changed"));
-                    tracing::debug!(tenant, "tenant keys changed in the store: reloading");
-                    stale = self.inner.cache.invalidate(tenant).or(Some(keyring));
-                }
-                Err(err) if force_check => {
-                    telemetry::cache(CacheEvent::Revalidated("failed"));
-                    return Err(err);
-                }
-                Err(err) => {
-                    // The time to live still bounds how long these keys are used.
-                    telemetry::cache(CacheEvent::Revalidated("failed"));
-                    tracing::warn!(tenant, error = %err, "tenant generation check failed");
-                    return Ok(keyring);
-                }
-            }
-        }
-    }
-
-    /// The refusal of `tenant`'s own root key, if it refused a reload less
-    /// than [`OWN_ROOT_RETRY`] (or the cache's time to live) ago.
-    fn recent_own_root_refusal(&self, tenant: &str) -> Option<Error> {
-        if !self.inner.tenant_roots.contains_key(tenant) {
-            return None;
-        }
-        let mut refusals = lock_refusals(&self.inner.own_root_refusals);
-        let retry = OWN_ROOT_RETRY.min(self.inner.cache.ttl());
-        match refusals.get(tenant) {
-            Some((at, root_key_id, action, message)) if at.elapsed() < retry => {
-                Some(Error::TenantRootKeyUnavailable {
-                    tenant: tenant.to_string(),
-                    root_key_id: root_key_id.clone(),
-                    action,
-                    source: Box::new(Error::Provider {
-                        message: message.clone(),
-                        source: None,
-                    }),
-                })
-            }
-            Some(_) => {
-                refusals.remove(tenant);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Whether this caller should check the store's generation for `keyring`
-    /// now; at most one caller per interval wins.
-    fn claim_check(&self, keyring: &Keyring) -> bool {
-        let Some(interval) = self.inner.revalidate_after else {
-            return false;
-        };
-        let interval = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-        let now = u64::try_from(keyring.loaded_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = keyring.last_check_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= interval
-            && keyring
-                .last_check_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-
-    /// The audit-chain key, loaded (or created) once per sealer.
-    pub(crate) async fn audit_key(&self) -> Result<&HmacKey> {
-        self.inner
-            .audit_key
-            .get_or_try_init(|| async {
-                let store = &self.inner.store;
-                let ctx = WrapContext::audit_key(1);
-                if let Some(wrapped) = store.load_audit_key().await? {
-                    let key = self.unwrap_key(&wrapped, ctx).await?;
-                    return Ok(HmacKey::new(key.expose_secret()));
-                }
-                let key = TenantKey::generate()?;
-                let wrapped = self.wrap_key(&key, ctx).await?;
-                if store.insert_audit_key(wrapped).await? {
-                    tracing::info!("created the audit-chain key");
-                    let key = HmacKey::new(key.expose_secret());
-                    // A store that refuses unbound keys from its creation
-                    // says so in its log's first entry, so that accepting
-                    // them later by SQL is a mismatch `verify_audit` reports.
-                    if let Some(identity) = self.store_identity().await?
-                        && !identity.accepts_unbound
-                    {
-                        let audit = AuditAppend::new(
-                            &key,
-                            AuditEvent::UnboundWrapsRefused,
-                            "",
-                            0,
-                            None,
-                            String::new(),
-                            self.now(),
-                        )?;
-                        store.refuse_unbound_wraps(&audit).await?;
-                    }
-                    return Ok(key);
-                }
-                // Another process created it first: use theirs.
-                let wrapped = store.load_audit_key().await?.ok_or_else(|| Error::Store {
-                    message: "the key store reported an audit key but does not return it".into(),
-                    source: None,
-                })?;
-                let key = self.unwrap_key(&wrapped, ctx).await?;
-                Ok(HmacKey::new(key.expose_secret()))
-            })
-            .await
-    }
-
-    /// Whether `handle` is a snapshot this sealer's cache would have
-    /// reloaded by now because its tenant's own root key must be asked
-    /// again (bring your own key): older than the cache's time to live.
-    #[cfg(feature = "_sql")]
-    pub(crate) fn own_root_snapshot_expired(&self, handle: &TenantSealer) -> bool {
-        self.inner.tenant_roots.contains_key(handle.tenant())
-            && handle.keyring.loaded_at.elapsed() >= self.inner.cache.ttl()
-    }
-
-    /// The cached keys' time to live.
-    #[cfg(feature = "_sql")]
-    pub(crate) fn cache_ttl(&self) -> Duration {
-        self.inner.cache.ttl()
-    }
-
-    /// The key store's identity, read once per sealer.
-    pub(crate) async fn store_identity(&self) -> Result<Option<&StoreIdentity>> {
-        let identity = self
-            .inner
-            .store_identity
-            .get_or_try_init(|| self.inner.store.store_identity())
-            .await?;
-        Ok(identity.as_ref())
-    }
-
-    /// Whether the key store still accepts keys wrapped without its id. Read
-    /// again from the store while the cached identity says it does (a store
-    /// stops accepting them, never starts again): a process started before
-    /// `rewrap_all` refused them refuses them too, from its next load.
-    async fn accepts_unbound(&self, cached: &StoreIdentity) -> Result<bool> {
-        if !cached.accepts_unbound || self.inner.unbound_refused.load(Ordering::Acquire) {
-            return Ok(false);
-        }
-        let accepts = self
-            .inner
-            .store
-            .store_identity()
-            .await?
-            .is_some_and(|now| now.accepts_unbound);
-        if !accepts {
-            self.inner.unbound_refused.store(true, Ordering::Release);
-        }
-        Ok(accepts)
-    }
-
-    /// The provider of the tenant's own root key, if `ctx` is a key of a
-    /// tenant bound to one.
-    pub(crate) fn own_root(&self, ctx: &WrapContext<'_>) -> Option<&dyn KeyProvider> {
-        if ctx.is_audit_key() {
-            return None;
-        }
-        self.inner
-            .tenant_roots
-            .get(ctx.tenant())
-            .map(|provider| &**provider)
-    }
-
-    /// Wraps `key` for `ctx` under the current root key (the tenant's own,
-    /// if it is bound to one), bound to the key store when it has an
-    /// identity (FORMAT.md §"Wrapped keys").
-    pub(crate) async fn wrap_key(
-        &self,
-        key: &TenantKey,
-        ctx: WrapContext<'_>,
-    ) -> Result<WrappedKey> {
-        let identity = self.store_identity().await?;
-        let bound = match identity {
-            Some(identity) => ctx.in_store(&identity.id),
-            None => ctx,
-        };
-        let wrapped = match self.own_root(&ctx) {
-            Some(own) => own.wrap(key, &bound).await.map_err(|e| {
-                own_root_unavailable(ctx.tenant(), own.current_root_key_id(), "wrapped", e)
-            })?,
-            None => self.inner.provider.wrap(key, &bound).await?,
-        };
-        Ok(if identity.is_some() {
-            wrapped.bound_to_store()
-        } else {
-            wrapped
-        })
-    }
-
-    /// Unwraps a key of a tenant bound to its own root key through that
-    /// key's provider when it names one of its root keys; otherwise (a key
-    /// wrapped before the binding) through the shared provider, and through
-    /// the tenant's provider if the shared one does not hold it either (a
-    /// root key the tenant's provider does not list). Any other tenant's
-    /// key, and the audit-chain key, through the shared provider only.
-    async fn routed_unwrap(
-        &self,
-        wrapped: &WrappedKey,
-        ctx: &WrapContext<'_>,
-    ) -> Result<TenantKey> {
-        let Some(own) = self.own_root(ctx) else {
-            return self.inner.provider.unwrap(wrapped, ctx).await;
-        };
-        if !own.root_key_ids().contains(&wrapped.root_key_id()) {
-            match self.inner.provider.unwrap(wrapped, ctx).await {
-                Err(Error::RootKeyNotConfigured { .. }) => {}
-                Ok(key) => {
-                    tracing::warn!(
-                        tenant = ctx.tenant(),
-                        version = ctx.version(),
-                        root_key = wrapped.root_key_id(),
-                        "a key of a tenant bound to its own root key is still under a shared \
-                         root key: run KeyAdmin::bind_tenant_root"
-                    );
-                    return Ok(key);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        own.unwrap(wrapped, ctx)
-            .await
-            .map_err(|e| own_root_unavailable(ctx.tenant(), wrapped.root_key_id(), "unwrapped", e))
-    }
-
-    /// Unwraps `wrapped` for `ctx`: with the key store's id in the context if
-    /// it is marked bound; without, only if the store has no identity or
-    /// still accepts keys wrapped before it had one.
-    pub(crate) async fn unwrap_key(
-        &self,
-        wrapped: &WrappedKey,
-        ctx: WrapContext<'_>,
-    ) -> Result<TenantKey> {
-        match (self.store_identity().await?, wrapped.is_store_bound()) {
-            (Some(identity), true) => {
-                self.routed_unwrap(wrapped, &ctx.in_store(&identity.id))
-                    .await
-            }
-            (Some(identity), false) if !self.accepts_unbound(identity).await? => {
-                Err(Error::UnwrapFailed {
-                    subject: format!(
-                        "{} (wrapped without this key store's id, which the store no longer \
-                     accepts)",
-                        ctx.describe()
-                    ),
-                    root_key_id: wrapped.root_key_id().to_string(),
-                })
-            }
-            (None, true) => Err(Error::UnwrapFailed {
-                subject: format!(
-                    "{} (marked as wrapped with a key store id, but the store has none)",
-                    ctx.describe()
-                ),
-                root_key_id: wrapped.root_key_id().to_string(),
-            }),
-            _ => self.routed_unwrap(wrapped, &ctx).await,
-        }
-    }
-
-    /// Reads the tenant from the store (creating its first key if asked) and
-    /// unwraps its usable versions, reusing keys from `previous` and `fresh`
-    /// whose wrapped form did not change.
-    async fn load_keyring(
-        &self,
-        tenant: &str,
-        create: bool,
-        previous: Option<&Keyring>,
-        fresh: Option<(u32, &WrappedKey, &TenantKeyDeriver)>,
-    ) -> Result<Keyring> {
-        let store = &self.inner.store;
-        // Taken before reading the store, so that a shred or destruction that
-        // commits after this read still stops the snapshot built from it.
-        let revocation = self.inner.cache.revocation(tenant);
-        let epoch = revocation.epoch();
-        let record = match store.load_tenant(tenant).await? {
-            Some(record) if record.latest_version() > 0 || record.shredded_at.is_some() => record,
-            _ if create => {
-                let (wrapped, deriver) = self
-                    .create_version(tenant, 1, AuditEvent::TenantCreated, None)
-                    .await?;
-                let record = store
-                    .load_tenant(tenant)
-                    .await?
-                    .ok_or_else(|| Error::Store {
-                        message: format!(
-                            "tenant `{tenant}` was created but the key store does not return it"
-                        ),
-                        source: None,
-                    })?;
-                return self
-                    .build_keyring(
-                        record,
-                        previous,
-                        Some((1, &wrapped, &deriver)),
-                        revocation,
-                        epoch,
-                    )
-                    .await;
-            }
-            _ => {
-                return Err(Error::UnknownTenant {
-                    tenant: tenant.to_string(),
-                });
-            }
-        };
-        self.build_keyring(record, previous, fresh, revocation, epoch)
-            .await
-    }
-
-    async fn build_keyring(
-        &self,
-        mut record: TenantRecord,
-        previous: Option<&Keyring>,
-        fresh: Option<(u32, &WrappedKey, &TenantKeyDeriver)>,
-        revocation: Arc<Revocation>,
-        epoch: u64,
-    ) -> Result<Keyring> {
-        // The primary is the highest version: do not trust the store's order.
-        record.keys.sort_by_key(|k| k.version);
-        if record
-            .keys
-            .windows(2)
-            .any(|w| matches!(w, [a, b] if a.version == b.version))
-        {
-            return Err(Error::Store {
-                message: format!(
-                    "tenant `{}` has the same key version twice in the key store",
-                    record.tenant
-                ),
-                source: None,
-            });
-        }
-        let tenant = record.tenant.as_str();
-        let mut versions = Vec::with_capacity(record.keys.len());
-        // A tenant's own root key is its owner's to revoke: a reload asks
-        // each root key the tenant's keys are under once (for the newest
-        // version under it), so a revocation shows within the cache's time
-        // to live. The other versions reuse what the previous snapshot
-        // unwrapped.
-        let bound = self.inner.tenant_roots.contains_key(tenant);
-        let mut asked: BTreeSet<String> = BTreeSet::new();
-        if record.shredded_at.is_none() {
-            for key in record.keys.into_iter().rev() {
-                let status = match (key.state, key.wrapped) {
-                    (KeyState::Destroyed, _) | (_, None) => VersionStatus::Destroyed {
-                        at: key.state_changed_at,
-                    },
-                    (KeyState::Disabled, Some(_)) => VersionStatus::Disabled {
-                        since: key.state_changed_at,
-                    },
-                    (KeyState::Active, Some(wrapped)) => {
-                        let previous =
-                            previous.filter(|_| !bound || asked.contains(wrapped.root_key_id()));
-                        let known = reusable(previous, fresh, key.version, &wrapped);
-                        let deriver = match known {
-                            Some(deriver) => deriver,
-                            None => self.unwrap(tenant, key.version, &wrapped).await?,
-                        };
-                        if bound {
-                            asked.insert(wrapped.root_key_id().to_string());
-                        }
-                        VersionStatus::Usable { deriver, wrapped }
-                    }
-                };
-                versions.push(VersionEntry {
-                    version: key.version,
-                    status,
-                });
-            }
-            versions.reverse();
-        }
-        Ok(Keyring {
-            tenant: tenant.into(),
-            versions,
-            min_decryption_version: record.min_decryption_version,
-            shredded_at: record.shredded_at,
-            generation: record.generation,
-            loaded_at: Instant::now(),
-            last_check_ms: AtomicU64::new(0),
-            revocation,
-            epoch,
-        })
-    }
-
-    async fn unwrap(
-        &self,
-        tenant: &str,
-        version: u32,
-        wrapped: &WrappedKey,
-    ) -> Result<TenantKeyDeriver> {
-        tracing::debug!(
-            tenant,
-            version,
-            root_key_id = wrapped.root_key_id(),
-            "unwrapping tenant key"
-        );
-        let key = self
-            .unwrap_key(wrapped, WrapContext::tenant_key(tenant, version))
-            .await?;
-        Ok(TenantKeyDeriver::new(key.expose_secret()))
-    }
-
-    /// Generates, wraps and inserts key `version` for `tenant` (recording
-    /// `event`), and returns the wrapped key with its deriver. If another
-    /// process created that version first, the store keeps the other key;
-    /// `reusable` matches on the wrapped bytes, so the losing key is never used.
-    pub(crate) async fn create_version(
-        &self,
-        tenant: &str,
-        version: u32,
-        event: AuditEvent,
-        actor: Option<&str>,
-    ) -> Result<(WrappedKey, TenantKeyDeriver)> {
-        if event == AuditEvent::TenantCreated {
-            crate::context::check_new_tenant(tenant)?;
-        }
-        let (new, deriver) = self.new_key_version(tenant, version).await?;
-        let wrapped = new.wrapped.clone();
-        self.record_own_root(tenant, version, &wrapped, actor)
-            .await?;
-        let audit_key = self.audit_key().await?;
-        let audit = AuditAppend::new(
-            audit_key,
-            event,
-            tenant,
-            version,
-            actor,
-            String::new(),
-            self.now(),
-        )?;
-        match self
-            .inner
-            .store
-            .insert_key_version(tenant, new, &audit)
-            .await?
-        {
-            InsertOutcome::Inserted => {
-                tracing::info!(tenant, version, event = %event, "created tenant key");
-            }
-            InsertOutcome::AlreadyExists => {
-                tracing::debug!(
-                    tenant,
-                    version,
-                    "tenant key version was created concurrently"
-                );
-            }
-            InsertOutcome::Shredded => {
-                let shredded_at = self
-                    .inner
-                    .store
-                    .load_tenant(tenant)
-                    .await?
-                    .and_then(|r| r.shredded_at)
-                    .unwrap_or_else(Timestamp::now);
-                return Err(Error::TenantShredded {
-                    tenant: tenant.to_string(),
-                    shredded_at,
-                });
-            }
-        }
-        Ok((wrapped, deriver))
-    }
-
-    /// Records, for a tenant bound to its own root key, that `wrapped` (its
-    /// key `version`, not stored yet) is under it: before the key is stored,
-    /// so that the audit log names every root key that ever held the
-    /// tenant's keys ([`KeyAdmin::erasure_report`](crate::KeyAdmin::erasure_report)).
-    pub(crate) async fn record_own_root(
-        &self,
-        tenant: &str,
-        version: u32,
-        wrapped: &WrappedKey,
-        actor: Option<&str>,
-    ) -> Result<()> {
-        if !self.inner.tenant_roots.contains_key(tenant) {
-            return Ok(());
-        }
-        let audit = AuditAppend::new(
-            self.audit_key().await?,
-            AuditEvent::TenantRootBound,
-            tenant,
-            version,
-            actor,
-            wrapped.root_key_id().to_string(),
-            self.now(),
-        )?;
-        self.inner.store.record_audit(&audit).await
-    }
-
-    /// A fresh random key for `tenant` version `version`, wrapped under the
-    /// current root key, and its deriver.
-    pub(crate) async fn new_key_version(
-        &self,
-        tenant: &str,
-        version: u32,
-    ) -> Result<(NewKeyVersion, TenantKeyDeriver)> {
-        let key = TenantKey::generate()?;
-        let wrapped = self
-            .wrap_key(&key, WrapContext::tenant_key(tenant, version))
-            .await?;
-        Ok((
-            NewKeyVersion {
-                version,
-                wrapped,
-                created_at: self.now(),
-            },
-            TenantKeyDeriver::new(key.expose_secret()),
-        ))
-    }
-}
-
-/// The refusals map, even if a thread panicked holding it (it holds no
-/// invariant a panic could break).
-fn lock_refusals(
-    m: &std::sync::Mutex<std::collections::HashMap<String, OwnRootRefusal>>,
-) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, OwnRootRefusal>> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A provider failure of a tenant's own root key, as the error that names
-/// the tenant and the key; other errors (a wrong key, an altered record) as
-/// they are.
-fn own_root_unavailable(tenant: &str, root_key_id: &str, action: &'static str, e: Error) -> Error {
-    match e {
-        Error::Provider { .. } => Error::TenantRootKeyUnavailable {
-            tenant: tenant.to_string(),
-            root_key_id: root_key_id.to_string(),
-            action,
-            source: Box::new(e),
-        },
-        other => other,
-    }
-}
-
-/// A deriver for `version` that is already unwrapped, if its wrapped form is
-/// unchanged.
-fn reusable(
-    previous: Option<&Keyring>,
-    fresh: Option<(u32, &WrappedKey, &TenantKeyDeriver)>,
-    version: u32,
-    wrapped: &WrappedKey,
-) -> Option<TenantKeyDeriver> {
-    if let Some((v, w, d)) = fresh
-        && v == version
-        && w == wrapped
-    {
-        return Some(d.clone());
-    }
-    previous?
-        .versions
-        .iter()
-        .find_map(|entry| match &entry.status {
-            VersionStatus::Usable {
-                deriver,
-                wrapped: known,
-            } if entry.version == version && known == wrapped => Some(deriver.clone()),
-            _ => None,
-        })
 }
 
 pub(crate) fn check_tenant_id(tenant: &str) -> Result<()> {
@@ -1258,11 +568,11 @@ pub(crate) fn check_tenant_id(tenant: &str) -> Result<()> {
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sealer")
-            .field("provider", &self.inner.provider)
-            .field("tenant_roots", &self.inner.tenant_roots.keys())
-            .field("store", &self.inner.store)
-            .field("algorithm", &self.inner.algorithm)
-            .field("cache", &self.inner.cache)
+            .field("provider", &self.keys.provider)
+            .field("tenant_roots", &self.keys.tenant_roots.keys())
+            .field("store", &self.keys.store)
+            .field("algorithm", &self.keys.algorithm)
+            .field("cache", &self.keys.cache)
             .finish()
     }
 }

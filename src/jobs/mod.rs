@@ -2043,7 +2043,7 @@ impl Worker {
         // A tenant on its own root key is asked again once its handle is
         // older than the cache's time to live, as the cache would.
         if let Some(s) = lock(&self.shared.sealers).get(tenant)
-            && !self.sealer.own_root_snapshot_expired(s)
+            && !self.sealer.keys.own_root_snapshot_expired(&s.keyring)
         {
             return Ok(s.clone());
         }
@@ -2059,7 +2059,7 @@ impl Worker {
         // Until the cache's time to live has passed: the key may be back.
         if let Some((root_key_id, action, reason, at)) =
             lock(&self.shared.own_root_refused).get(tenant)
-            && at.elapsed() < self.sealer.cache_ttl()
+            && at.elapsed() < self.sealer.keys.cache_ttl()
         {
             return Err(Error::TenantRootKeyUnavailable {
                 tenant: tenant.to_string(),
@@ -2128,7 +2128,7 @@ impl Worker {
             return Ok(());
         }
         let names: Vec<&str> = cached.iter().map(|(t, _)| t.as_str()).collect();
-        let now = self.sealer.store_generations(&names).await?;
+        let now = self.sealer.keys.store_generations(&names).await?;
         let mut sealers = lock(&self.shared.sealers);
         for ((tenant, had), now) in cached.iter().zip(now) {
             if now != Some(*had) {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
+use super::keyring::{Keyring, Revocation};
 use crate::error::Result;
-use crate::keyring::{Keyring, Revocation};
 
 type Cell = Arc<OnceCell<Arc<Keyring>>>;
 
