@@ -28,7 +28,8 @@ use std::time::Duration;
 use aes_gcm::aead::{AeadInOut as _, KeyInit as _};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fieldseal::{
-    BlindIndex, Context, LocalKeyProvider, Normalizer, RootKey, SealedValue, Sealer, SqlKeyStore,
+    Context, LocalKeyProvider, RootKey, SealedValue, Sealer, SqlKeyStore,
+    blind_index::{BlindIndex, Normalizer},
 };
 
 const ROWS: i64 = 100_000;

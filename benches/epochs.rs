@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use fieldseal::{
-    Context, Error, KeyProvider, KeyStore, LocalKeyProvider, RootKey, Sealer, SqlKeyStore,
-    TenantKey, Timestamp, WrapContext, WrappedKey, async_trait,
+    Context, Error, LocalKeyProvider, RootKey, Sealer, SqlKeyStore, Timestamp, async_trait,
+    provider::{KeyProvider, TenantKey, WrapContext, WrappedKey},
+    store::KeyStore,
 };
 
 use common::PgSchema;

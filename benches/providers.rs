@@ -22,8 +22,8 @@ use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fieldseal::secrecy::SecretString;
 use fieldseal::{
-    AwsKmsProvider, Context, KeyProvider, LocalKeyProvider, MemoryKeyStore, Pkcs11Provider,
-    RootKey, Sealer,
+    Context, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer,
+    provider::{AwsKmsProvider, KeyProvider, Pkcs11Provider},
 };
 
 /// Tenants whose cold start is timed, per provider.

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use common::PgSchema;
 use fieldseal::{
-    ColumnForm, ColumnSpec, Context, JobOptions, KeyType, LocalKeyProvider, RootKey, SealedColumns,
-    Sealer, SqlKeyStore, TableSpec,
+    Context, LocalKeyProvider, RootKey, Sealer, SqlKeyStore,
+    jobs::{ColumnForm, ColumnSpec, JobOptions, KeyType, SealedColumns, TableSpec},
 };
 use sqlx::PgPool;
 

@@ -24,8 +24,8 @@ use std::process::ExitCode;
 
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    AwsKmsProvider, Context, KeyProvider, LocalKeyProvider, ProviderChain, RootKey, SealedValue,
-    Sealer, SqlKeyStore,
+    Context, LocalKeyProvider, RootKey, SealedValue, Sealer, SqlKeyStore,
+    provider::{AwsKmsProvider, KeyProvider, ProviderChain},
 };
 use sqlx::SqlitePool;
 

@@ -23,11 +23,11 @@ use crate::time::Timestamp;
 /// Page size for walking key versions and audit entries.
 const PAGE: usize = 500;
 
-/// Operations on keys rather than values. Get one with [`Sealer::admin`].
+/// Operations on keys rather than values. Get one with [`Sealer::admin`](crate::Sealer::admin).
 ///
 /// Every operation is one atomic step in the key store and is recorded in the
 /// audit log (with the [`actor`](KeyAdmin::actor), if given). In this process
-/// it takes effect at once for the [`Sealer`] (its cache entry is dropped);
+/// it takes effect at once for the [`Sealer`](crate::Sealer) (its cache entry is dropped);
 /// shredding and destruction also stop every [`TenantSealer`](crate::TenantSealer)
 /// handle already handed out, while other changes reach such handles only when
 /// they are fetched again. Other processes see a change when their cache entry
@@ -175,7 +175,7 @@ pub struct RewrapReport {
     /// root key are also counted in [`skipped`](RewrapReport::skipped).
     pub own_root_unavailable: u64,
     /// Whether this call made the key store stop accepting keys wrapped
-    /// without its id ([`StoreIdentity::accepts_unbound`](crate::StoreIdentity::accepts_unbound)):
+    /// without its id ([`StoreIdentity::accepts_unbound`](crate::store::StoreIdentity::accepts_unbound)):
     /// every key of an upgraded store is now bound to it.
     pub unbound_refused: bool,
 }
@@ -1214,7 +1214,7 @@ impl KeyAdmin {
         tenant: &str,
         version: u32,
         old: &WrappedKey,
-        key: crate::TenantKey,
+        key: crate::provider::TenantKey,
         target: &str,
     ) -> Result<bool> {
         let sealer = &*self.keys;
@@ -1329,7 +1329,7 @@ impl KeyAdmin {
     }
 
     /// Starts a new root-key epoch: the provider creates a new root key
-    /// ([`KeyProvider::create_root_key`](crate::KeyProvider::create_root_key))
+    /// ([`KeyProvider::create_root_key`](crate::provider::KeyProvider::create_root_key))
     /// and the audit log records it (`root_key.created`). Returns its id.
     ///
     /// This sealer's provider keeps wrapping under the old key: build a
@@ -1369,7 +1369,7 @@ impl KeyAdmin {
     ///    backup that can hold a key wrapped under it has then expired), and
     ///    after proving again that no live key is wrapped under it, it is
     ///    destroyed in the provider
-    ///    ([`KeyProvider::destroy_root_key`](crate::KeyProvider::destroy_root_key))
+    ///    ([`KeyProvider::destroy_root_key`](crate::provider::KeyProvider::destroy_root_key))
     ///    and the log records when it stops unwrapping (`root_key.destroyed`).
     ///
     /// A key wrapped under a marked root key that comes back (a restored
@@ -1732,7 +1732,7 @@ impl KeyAdmin {
 
     /// Walks the whole audit chain and reports the first broken link, if any;
     /// then checks the log's newest entry against the store's own record of
-    /// it ([`KeyStore::audit_head`](crate::KeyStore::audit_head): a deleted
+    /// it ([`KeyStore::audit_head`](crate::store::KeyStore::audit_head): a deleted
     /// tail or a wiped log), and every tenant's stored keys against what the
     /// log says happened to them ([`AuditReport::mismatches`]: a key state,
     /// minimum decryption version or key row changed in the store directly).
@@ -2076,15 +2076,15 @@ mod tests {
         let old = "acme\u{200B}corp";
         // As an earlier release would have created it: straight into the
         // store, since every creation path of this one judges the id.
-        let key = crate::TenantKey::generate().unwrap();
+        let key = crate::provider::TenantKey::generate().unwrap();
         let wrapped = sealer
             .keys
-            .wrap_key(&key, crate::WrapContext::tenant_key(old, 1))
+            .wrap_key(&key, crate::provider::WrapContext::tenant_key(old, 1))
             .await
             .unwrap();
-        let audit = crate::AuditAppend::new(
+        let audit = crate::audit::AuditAppend::new(
             sealer.keys.audit_key().await.unwrap(),
-            crate::AuditEvent::TenantCreated,
+            crate::audit::AuditEvent::TenantCreated,
             old,
             1,
             None,
@@ -2092,7 +2092,7 @@ mod tests {
             crate::Timestamp::now(),
         )
         .unwrap();
-        let new = crate::NewKeyVersion {
+        let new = crate::store::NewKeyVersion {
             version: 1,
             wrapped,
             created_at: crate::Timestamp::now(),

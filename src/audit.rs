@@ -13,12 +13,14 @@
 //! the last pruned entry, so the remaining chain still verifies from its first
 //! entry. Deleting the newest entries (truncating the tail) is detected against
 //! the store's own record of its newest entry
-//! ([`KeyStore::audit_head`](crate::KeyStore::audit_head)); an attacker who
+//! ([`KeyStore::audit_head`](crate::store::KeyStore::audit_head)); an attacker who
 //! rewrites that too is caught only by comparing [`AuditReport::head`] with a
 //! copy kept elsewhere. Verification also replays what the entries say
 //! happened to each tenant's keys and compares it with the store
 //! ([`AuditReport::mismatches`]).
 
+/// The shred ledger: erasure that survives restoring a backup.
+pub use crate::ledger::{LedgerLine, LedgerReplay, ShredLedger};
 use std::fmt;
 
 use subtle::ConstantTimeEq;

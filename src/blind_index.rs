@@ -42,7 +42,7 @@ type CustomFn = dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync;
 /// same way.
 ///
 /// ```
-/// use fieldseal::Normalizer;
+/// use fieldseal::blind_index::Normalizer;
 ///
 /// let email = Normalizer::email();
 /// let a = email.normalize(b"  Alice@Example.COM ").unwrap();
@@ -287,7 +287,7 @@ impl fmt::Debug for Normalizer {
 ///
 /// ```
 /// # fn main() -> Result<(), fieldseal::Error> {
-/// use fieldseal::{BlindIndex, Normalizer};
+/// use fieldseal::{blind_index::{BlindIndex, Normalizer}};
 ///
 /// let by_email = BlindIndex::builder("users", "email", "email_idx")
 ///     .normalizer(Normalizer::email())
@@ -621,7 +621,7 @@ impl Search {
     /// of versions).
     ///
     /// ```no_run
-    /// # async fn f(pool: sqlx::SqlitePool, tenant: fieldseal::TenantSealer, search: fieldseal::Search) -> Result<(), Box<dyn std::error::Error>> {
+    /// # async fn f(pool: sqlx::SqlitePool, tenant: fieldseal::TenantSealer, search: fieldseal::blind_index::Search) -> Result<(), Box<dyn std::error::Error>> {
     /// let mut query = sqlx::QueryBuilder::new("SELECT id, email FROM users WHERE tenant_id = ");
     /// query.push_bind(tenant.tenant()).push(" AND email_idx IN ");
     /// search.push_values(&mut query);

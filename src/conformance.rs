@@ -36,7 +36,7 @@ const RACERS: usize = 16;
 /// use fieldseal::{LocalKeyProvider, RootKey};
 ///
 /// let provider = LocalKeyProvider::new("root-1", RootKey::generate()?)?;
-/// fieldseal::check_key_provider(&provider).await;
+/// fieldseal::testing::check_key_provider(&provider).await;
 /// # Ok(()) }
 /// ```
 ///
@@ -327,7 +327,7 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// # async fn main() {
 /// use fieldseal::MemoryKeyStore;
 ///
-/// fieldseal::check_key_store(MemoryKeyStore::new()).await;
+/// fieldseal::testing::check_key_store(MemoryKeyStore::new()).await;
 /// # }
 /// ```
 ///

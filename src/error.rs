@@ -1,5 +1,6 @@
 //! The crate's one error type.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use crate::time::Timestamp;
@@ -351,43 +352,162 @@ fn schema_message(table: &str, found: Option<u32>, supported: u32) -> String {
     }
 }
 
-impl Error {
-    /// A short, stable name for this error's kind, such as `open_failed` or
-    /// `key_destroyed`.
-    ///
-    /// The names are those of `docs/FORMAT.md` §"Error kinds" and of the
-    /// `expect` fields of the published test vectors. They never carry an
-    /// identifier or a secret, so they are safe as a metrics label or a log
-    /// field where the full message is too detailed.
-    pub fn kind(&self) -> &'static str {
+/// The kind of an [`Error`], as [`Error::kind`] gives it: a plain value to
+/// match on, like [`std::io::ErrorKind`].
+///
+/// Its names ([`ErrorKind::as_str`]) are those of `docs/FORMAT.md` §"Error
+/// kinds" and of the `expect` fields of the published test vectors. They
+/// never carry an identifier or a secret, so they are safe as a metrics label
+/// or a log field where the full message is too detailed. New kinds may be
+/// added in a minor release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The value did not open under its key and context (one opaque kind, on purpose). See [`Error::OpenFailed`].
+    OpenFailed,
+    /// The bytes or text are not a well-formed sealed value. See [`Error::Malformed`].
+    Malformed,
+    /// The value declares a format version this build does not read. See [`Error::UnsupportedVersion`].
+    UnsupportedVersion,
+    /// The value names an AEAD algorithm this build does not know. See [`Error::UnsupportedAlgorithm`].
+    UnsupportedAlgorithm,
+    /// A context (tenant, table, column, row, extras) was rejected. See [`Error::InvalidContext`].
+    InvalidContext,
+    /// A per-tenant handle was given a context for another tenant. See [`Error::TenantMismatch`].
+    TenantMismatch,
+    /// The plaintext is larger than a single field value may be. See [`Error::PlaintextTooLarge`].
+    PlaintextTooLarge,
+    /// The key store has no key for this tenant. See [`Error::UnknownTenant`].
+    UnknownTenant,
+    /// The tenant has no key with this version. See [`Error::UnknownKeyVersion`].
+    UnknownKeyVersion,
+    /// The key version that sealed the value was destroyed. See [`Error::KeyDestroyed`].
+    KeyDestroyed,
+    /// The key version that sealed the value is disabled. See [`Error::KeyDisabled`].
+    KeyDisabled,
+    /// The value was sealed under a version below the tenant's minimum decryption version. See [`Error::BelowMinimumVersion`].
+    BelowMinimumVersion,
+    /// The tenant was crypto-shredded. See [`Error::TenantShredded`].
+    TenantShredded,
+    /// A lifecycle operation was refused because it would break a key invariant. See [`Error::Refused`].
+    Refused,
+    /// A wrapped key names a root key that the provider does not hold. See [`Error::RootKeyNotConfigured`].
+    RootKeyNotConfigured,
+    /// A wrapped key did not unwrap under the root key it names. See [`Error::UnwrapFailed`].
+    UnwrapFailed,
+    /// The root key provider failed (network, permissions, KMS error). See [`Error::Provider`].
+    Provider,
+    /// A tenant's own root key refused; only that tenant is affected. See [`Error::TenantRootKeyUnavailable`].
+    TenantRootKeyUnavailable,
+    /// The key store failed (database error, lost connection). See [`Error::Store`].
+    Store,
+    /// The SQL key store's tables are missing or of another schema version. See [`Error::Schema`].
+    Schema,
+    /// A root key could not be loaded. See [`Error::RootKey`].
+    RootKey,
+    /// A root key file already exists and was not overwritten. See [`Error::RootKeyFileExists`].
+    RootKeyFileExists,
+    /// A configuration value is invalid. See [`Error::Config`].
+    Config,
+    /// The shred ledger could not be written or read. See [`Error::ShredLedger`].
+    ShredLedger,
+    /// An opened value is not valid UTF-8 and was asked for as text. See [`Error::NotUtf8`].
+    NotUtf8,
+    /// A blind index search would miss rows. See [`Error::IncompleteSearch`].
+    IncompleteSearch,
+    /// A blind index's normaliser refused a value. See [`Error::NotIndexable`].
+    NotIndexable,
+}
+
+impl ErrorKind {
+    /// The kind's stable name, such as `open_failed` or `key_destroyed`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::OpenFailed => "open_failed",
-            Self::Malformed { .. } => "malformed",
-            Self::UnsupportedVersion { .. } => "unsupported_version",
-            Self::UnsupportedAlgorithm { .. } => "unsupported_algorithm",
-            Self::InvalidContext { .. } => "invalid_context",
-            Self::TenantMismatch { .. } => "tenant_mismatch",
-            Self::PlaintextTooLarge { .. } => "plaintext_too_large",
-            Self::UnknownTenant { .. } => "unknown_tenant",
-            Self::UnknownKeyVersion { .. } => "unknown_key_version",
-            Self::KeyDestroyed { .. } => "key_destroyed",
-            Self::KeyDisabled { .. } => "key_disabled",
-            Self::BelowMinimumVersion { .. } => "below_minimum_version",
-            Self::TenantShredded { .. } => "tenant_shredded",
-            Self::Refused { .. } => "refused",
-            Self::RootKeyNotConfigured { .. } => "root_key_not_configured",
-            Self::UnwrapFailed { .. } => "unwrap_failed",
-            Self::Provider { .. } => "provider",
-            Self::TenantRootKeyUnavailable { .. } => "tenant_root_key_unavailable",
-            Self::Store { .. } => "store",
-            Self::Schema { .. } => "schema",
-            Self::RootKey { .. } => "root_key",
-            Self::RootKeyFileExists { .. } => "root_key_file_exists",
-            Self::Config { .. } => "config",
-            Self::ShredLedger { .. } => "shred_ledger",
+            Self::Malformed => "malformed",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::UnsupportedAlgorithm => "unsupported_algorithm",
+            Self::InvalidContext => "invalid_context",
+            Self::TenantMismatch => "tenant_mismatch",
+            Self::PlaintextTooLarge => "plaintext_too_large",
+            Self::UnknownTenant => "unknown_tenant",
+            Self::UnknownKeyVersion => "unknown_key_version",
+            Self::KeyDestroyed => "key_destroyed",
+            Self::KeyDisabled => "key_disabled",
+            Self::BelowMinimumVersion => "below_minimum_version",
+            Self::TenantShredded => "tenant_shredded",
+            Self::Refused => "refused",
+            Self::RootKeyNotConfigured => "root_key_not_configured",
+            Self::UnwrapFailed => "unwrap_failed",
+            Self::Provider => "provider",
+            Self::TenantRootKeyUnavailable => "tenant_root_key_unavailable",
+            Self::Store => "store",
+            Self::Schema => "schema",
+            Self::RootKey => "root_key",
+            Self::RootKeyFileExists => "root_key_file_exists",
+            Self::Config => "config",
+            Self::ShredLedger => "shred_ledger",
             Self::NotUtf8 => "not_utf8",
-            Self::IncompleteSearch { .. } => "incomplete_search",
-            Self::NotIndexable { .. } => "not_indexable",
+            Self::IncompleteSearch => "incomplete_search",
+            Self::NotIndexable => "not_indexable",
+        }
+    }
+}
+
+/// Kinds sort by name, so reports keyed by kind list them alphabetically.
+impl Ord for ErrorKind {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for ErrorKind {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Error {
+    /// This error's kind: what a caller matches on to decide what to do,
+    /// without the details the message carries.
+    ///
+    /// [`ErrorKind::as_str`] gives its stable name (`open_failed`,
+    /// `key_destroyed`, …), safe as a metrics label or a log field.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::OpenFailed => ErrorKind::OpenFailed,
+            Self::Malformed { .. } => ErrorKind::Malformed,
+            Self::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
+            Self::UnsupportedAlgorithm { .. } => ErrorKind::UnsupportedAlgorithm,
+            Self::InvalidContext { .. } => ErrorKind::InvalidContext,
+            Self::TenantMismatch { .. } => ErrorKind::TenantMismatch,
+            Self::PlaintextTooLarge { .. } => ErrorKind::PlaintextTooLarge,
+            Self::UnknownTenant { .. } => ErrorKind::UnknownTenant,
+            Self::UnknownKeyVersion { .. } => ErrorKind::UnknownKeyVersion,
+            Self::KeyDestroyed { .. } => ErrorKind::KeyDestroyed,
+            Self::KeyDisabled { .. } => ErrorKind::KeyDisabled,
+            Self::BelowMinimumVersion { .. } => ErrorKind::BelowMinimumVersion,
+            Self::TenantShredded { .. } => ErrorKind::TenantShredded,
+            Self::Refused { .. } => ErrorKind::Refused,
+            Self::RootKeyNotConfigured { .. } => ErrorKind::RootKeyNotConfigured,
+            Self::UnwrapFailed { .. } => ErrorKind::UnwrapFailed,
+            Self::Provider { .. } => ErrorKind::Provider,
+            Self::TenantRootKeyUnavailable { .. } => ErrorKind::TenantRootKeyUnavailable,
+            Self::Store { .. } => ErrorKind::Store,
+            Self::Schema { .. } => ErrorKind::Schema,
+            Self::RootKey { .. } => ErrorKind::RootKey,
+            Self::RootKeyFileExists { .. } => ErrorKind::RootKeyFileExists,
+            Self::Config { .. } => ErrorKind::Config,
+            Self::ShredLedger { .. } => ErrorKind::ShredLedger,
+            Self::NotUtf8 => ErrorKind::NotUtf8,
+            Self::IncompleteSearch { .. } => ErrorKind::IncompleteSearch,
+            Self::NotIndexable { .. } => ErrorKind::NotIndexable,
         }
     }
 
@@ -415,7 +535,7 @@ impl Error {
         }
     }
 
-    /// A key store failure with an underlying cause, for [`KeyStore`](crate::KeyStore)
+    /// A key store failure with an underlying cause, for [`KeyStore`](crate::store::KeyStore)
     /// implementations.
     pub fn store(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Store {
@@ -425,7 +545,7 @@ impl Error {
     }
 
     /// A key provider failure with an underlying cause, for
-    /// [`KeyProvider`](crate::KeyProvider) implementations.
+    /// [`KeyProvider`](crate::provider::KeyProvider) implementations.
     pub fn provider(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Provider {
             message: message.into(),

@@ -84,7 +84,7 @@ impl SealerBuilder {
     }
 
     /// Reads the time from `clock` instead of the system clock (feature
-    /// `testing`; see [`ManualClock`](crate::ManualClock)).
+    /// `testing`; see [`ManualClock`](crate::testing::ManualClock)).
     ///
     /// # Security
     ///
@@ -151,14 +151,14 @@ impl SealerBuilder {
     ///
     /// Without a ledger, restoring a backup taken before a shred brings the
     /// tenant back for as long as the root key that wrapped its keys exists.
-    /// See [`ShredLedger`](crate::ShredLedger) for where to keep it.
+    /// See [`ShredLedger`](crate::audit::ShredLedger) for where to keep it.
     pub fn shred_ledger(mut self, ledger: crate::ledger::ShredLedger) -> Self {
         self.shred_ledger = Some(ledger);
         self
     }
 
     /// Binds `tenant` to its own root key ("bring your own key"): `provider`
-    /// holds it, for example an [`AwsKmsProvider`](crate::AwsKmsProvider) on
+    /// holds it, for example an [`AwsKmsProvider`](crate::provider::AwsKmsProvider) on
     /// the tenant's KMS key, a Transit key or an HSM key of its own.
     ///
     /// From then on, this sealer wraps the tenant's new key versions under

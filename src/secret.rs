@@ -29,7 +29,7 @@ pub(crate) fn os_random(buf: &mut [u8]) -> Result<()> {
 /// A 256-bit tenant key (a data key), in the clear.
 ///
 /// fieldseal creates tenant keys itself; this type is public for
-/// [`KeyProvider`](crate::KeyProvider) implementations, which wrap and unwrap it.
+/// [`KeyProvider`](crate::provider::KeyProvider) implementations, which wrap and unwrap it.
 ///
 /// # Security
 ///
@@ -39,7 +39,7 @@ pub struct TenantKey(Box<[u8; KEY_LEN]>);
 
 impl TenantKey {
     /// A fresh random key from the operating system's generator (as fieldseal
-    /// makes every tenant key; public for tests of a [`KeyProvider`](crate::KeyProvider)).
+    /// makes every tenant key; public for tests of a [`KeyProvider`](crate::provider::KeyProvider)).
     ///
     /// # Errors
     ///

@@ -30,7 +30,7 @@ use crate::store::{InsertOutcome, KeyState, KeyStore, NewKeyVersion, StoredKey, 
 fn outcome<T>(result: &Result<T>) -> &'static str {
     match result {
         Ok(_) => "ok",
-        Err(err) => err.kind(),
+        Err(err) => err.kind().as_str(),
     }
 }
 
@@ -65,7 +65,10 @@ pub(crate) fn sealed<T>(result: &Result<T>, tenant: Option<&str>) {
         Err(err) => ::metrics::counter!(
             "fieldseal_seal_failures_total",
             with_tenant(
-                vec![::metrics::Label::from_static_parts("kind", err.kind())],
+                vec![::metrics::Label::from_static_parts(
+                    "kind",
+                    err.kind().as_str()
+                )],
                 tenant
             )
         )
@@ -91,7 +94,10 @@ pub(crate) fn opened<T>(result: &Result<T>, tenant: Option<&str>) {
         Err(err) => ::metrics::counter!(
             "fieldseal_open_failures_total",
             with_tenant(
-                vec![::metrics::Label::from_static_parts("kind", err.kind())],
+                vec![::metrics::Label::from_static_parts(
+                    "kind",
+                    err.kind().as_str()
+                )],
                 tenant
             )
         )
@@ -144,7 +150,7 @@ pub(crate) fn resealed<T>(result: &Result<Option<T>>, tenant: Option<&str>) {
         let result = match result {
             Ok(Some(_)) => "resealed",
             Ok(None) => "current",
-            Err(err) => err.kind(),
+            Err(err) => err.kind().as_str(),
         };
         ::metrics::counter!(
             "fieldseal_reseals_total",
@@ -249,7 +255,7 @@ async fn timed<T>(
     let result = call.instrument(span.clone()).await;
     span.record("outcome", outcome(&result));
     if let Err(err) = &result {
-        tracing::debug!(parent: &span, kind = err.kind(), "{} {op} failed", component.name());
+        tracing::debug!(parent: &span, kind = err.kind().as_str(), "{} {op} failed", component.name());
     }
     #[cfg(feature = "metrics")]
     {

@@ -2013,7 +2013,7 @@ fn normalizer_vectors() -> Vec<Value> {
                         Err(_) => v["output_hex"] = json!(hex::encode(out)),
                     }
                 }
-                Err(e) => v["expect"] = json!(e.kind()),
+                Err(e) => v["expect"] = json!(e.kind().as_str()),
             }
             v
         })

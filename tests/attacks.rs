@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::{TamperStore, ctx, local_provider, sealer};
-use fieldseal::{Context, Error, KeyStore, MemoryKeyStore, OVERHEAD, SealedValue, Sealer};
+use fieldseal::{Context, Error, MemoryKeyStore, OVERHEAD, SealedValue, Sealer, store::KeyStore};
 use secrecy::ExposeSecret;
 
 async fn sealed_token() -> (Sealer, Context, SealedValue) {

@@ -6,7 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use fieldseal::{Context, ContextTemplate, Error, Opened, SealedValue, Sealer, TenantSealer};
+use fieldseal::{
+    Context, ContextTemplate, Error, ErrorKind, Opened, SealedValue, Sealer, TenantSealer,
+};
 use proptest::prelude::*;
 use secrecy::ExposeSecret as _;
 
@@ -32,7 +34,7 @@ fn outcome(result: &Result<Opened, Error>) -> Outcome {
             opened.key_version(),
             opened.is_stale(),
         ),
-        Err(err) => Outcome::Failed(err.kind(), err.to_string()),
+        Err(err) => Outcome::Failed(err.kind().as_str(), err.to_string()),
     }
 }
 
@@ -172,9 +174,9 @@ fn batches_give_the_one_by_one_results_in_order() {
                 Ok(ctx) => outcome(&acme.open(&ctx, sealed)),
                 // The template's words for the same refusal.
                 Err(err) => {
-                    assert_eq!(err.kind(), "invalid_context");
+                    assert_eq!(err.kind(), ErrorKind::InvalidContext);
                     let err = tpl.context(row).unwrap_err();
-                    Outcome::Failed(err.kind(), err.to_string())
+                    Outcome::Failed(err.kind().as_str(), err.to_string())
                 }
             }
         })
@@ -275,7 +277,10 @@ fn parallel_batches_give_the_sequential_results() {
     );
     for (i, ((row, plaintext), result)) in plain.iter().zip(&sealed).enumerate() {
         if i == 1234 {
-            assert_eq!(result.as_ref().unwrap_err().kind(), "invalid_context");
+            assert_eq!(
+                result.as_ref().unwrap_err().kind(),
+                ErrorKind::InvalidContext
+            );
             continue;
         }
         let opened = acme.open_row(&tpl, row, result.as_ref().unwrap()).unwrap();

@@ -6,7 +6,10 @@
 mod common;
 
 use fieldseal::secrecy::ExposeSecret as _;
-use fieldseal::{BlindIndex, Context, Error, IndexValue, Normalizer, Sealer, TenantSealer};
+use fieldseal::{
+    Context, Error, ErrorKind, Sealer, TenantSealer,
+    blind_index::{BlindIndex, IndexValue, Normalizer},
+};
 use proptest::prelude::*;
 
 fn email_index() -> BlindIndex {
@@ -134,7 +137,7 @@ async fn a_version_that_cannot_be_searched_is_reported_not_skipped() {
 
     let acme = tenant(&sealer, "acme").await;
     let err = acme.search(&index, b"carol@example.com").unwrap_err();
-    assert_eq!(err.kind(), "incomplete_search");
+    assert_eq!(err.kind(), ErrorKind::IncompleteSearch);
     assert!(
         matches!(&err, Error::IncompleteSearch { tenant, index, version: 1, .. } if tenant == "acme" && index == "email_idx"),
         "{err:?}"
@@ -372,7 +375,7 @@ fn normalisers_table() {
             ),
             None => {
                 let err = got.unwrap_err();
-                assert_eq!(err.kind(), "not_indexable");
+                assert_eq!(err.kind(), ErrorKind::NotIndexable);
                 assert!(err.to_string().contains(normalizer.id()), "{err}");
             }
         }
@@ -395,7 +398,7 @@ async fn custom_normalisers_are_named_and_bound_by_name() {
         b"15550109999"
     );
     let err = digits.normalize(b"no digits").unwrap_err();
-    assert_eq!(err.kind(), "not_indexable");
+    assert_eq!(err.kind(), ErrorKind::NotIndexable);
     assert!(!err.to_string().contains("no digits"), "{err}");
     assert!(Normalizer::custom("", |v| Some(v.to_vec())).is_err());
     assert!(Normalizer::custom(&"x".repeat(249), |v| Some(v.to_vec())).is_err());
@@ -424,7 +427,9 @@ async fn custom_normalisers_are_named_and_bound_by_name() {
 
 #[test]
 fn definitions_are_checked() {
-    let ok = |b: fieldseal::BlindIndexBuilder| b.build().map(|_| ()).map_err(|e| e.kind());
+    let ok = |b: fieldseal::blind_index::BlindIndexBuilder| {
+        b.build().map(|_| ()).map_err(|e| e.kind().as_str())
+    };
     assert_eq!(ok(BlindIndex::builder("t", "c", "i")), Ok(()));
     assert_eq!(ok(BlindIndex::builder("", "c", "i")), Err("config"));
     assert_eq!(ok(BlindIndex::builder("t", "", "i")), Err("config"));

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{CountingProvider, ctx};
-use fieldseal::{KeyStore, MemoryKeyStore, Sealer};
+use fieldseal::{MemoryKeyStore, Sealer, store::KeyStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_concurrent_misses_make_one_unwrap() {

@@ -16,8 +16,9 @@ use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use db::{server_url, with_mysql, with_postgres, with_sqlite};
 use fieldseal::secrecy::SecretString;
 use fieldseal::{
-    AwsKmsProvider, LocalKeyProvider, MemoryKeyStore, Pkcs11Provider, ProviderChain, RootKey,
-    check_key_provider, check_key_store,
+    LocalKeyProvider, MemoryKeyStore, RootKey,
+    provider::{AwsKmsProvider, Pkcs11Provider, ProviderChain},
+    testing::{check_key_provider, check_key_store},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -16,8 +16,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use fieldseal::{
-    Context, KeyProvider, KeyStore, LocalKeyProvider, ManualClock, MemoryKeyStore, RootKey, Sealer,
-    StoredKey, Timestamp, WrapContext,
+    Context, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer, Timestamp,
+    provider::{KeyProvider, WrapContext},
+    store::{KeyStore, StoredKey},
+    testing::ManualClock,
 };
 use proptest::prelude::*;
 

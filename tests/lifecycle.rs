@@ -11,7 +11,8 @@ use common::{
 };
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    Error, KeyStatus, KeyStore, LocalKeyProvider, MemoryKeyStore, SealedValue, Sealer,
+    Error, LocalKeyProvider, MemoryKeyStore, SealedValue, Sealer,
+    store::{KeyStatus, KeyStore},
 };
 
 fn sealer_on(store: impl KeyStore + 'static) -> Sealer {
@@ -449,7 +450,7 @@ async fn audit_chain_records_every_event_and_verifies() {
     );
 
     // Each kind of tampering is found, at the right place.
-    type Edit = Box<dyn Fn(&mut Vec<fieldseal::AuditEntry>) + Send>;
+    type Edit = Box<dyn Fn(&mut Vec<fieldseal::audit::AuditEntry>) + Send>;
     let cases: Vec<(&str, Edit, u64)> = vec![
         ("edit", Box::new(|log| log[3].actor = "mallory".into()), 4),
         (

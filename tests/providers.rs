@@ -20,8 +20,12 @@ use common::ctx;
 use db::{server_url, with_postgres, with_sqlite};
 use fieldseal::secrecy::{ExposeSecret, SecretString};
 use fieldseal::{
-    AwsKmsProvider, Error, KeyProvider, KeyStatus, KeyStore, LocalKeyProvider, Pkcs11Provider,
-    ProviderChain, RootKey, SealedValue, Sealer, TenantKey, WrapContext, WrappedKey, async_trait,
+    Error, LocalKeyProvider, RootKey, SealedValue, Sealer, async_trait,
+    provider::{
+        AwsKmsProvider, KeyProvider, Pkcs11Provider, ProviderChain, TenantKey, WrapContext,
+        WrappedKey,
+    },
+    store::{KeyStatus, KeyStore},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use backup::Db;
 use fieldseal::secrecy::ExposeSecret;
-use fieldseal::{Context, Error, KeyProvider, LocalKeyProvider, RootKey, SealedValue, Sealer};
+use fieldseal::{
+    Context, Error, LocalKeyProvider, RootKey, SealedValue, Sealer, provider::KeyProvider,
+};
 
 fn ctx(tenant: &str, id: i64) -> Context {
     Context::builder(tenant, "accounts", "token")
@@ -31,7 +33,7 @@ fn provider(dir: &Path) -> LocalKeyProvider {
     LocalKeyProvider::from_dir(dir, "root").unwrap()
 }
 
-fn sealer(dir: &Path, store: impl fieldseal::KeyStore + 'static) -> Sealer {
+fn sealer(dir: &Path, store: impl fieldseal::store::KeyStore + 'static) -> Sealer {
     Sealer::builder(provider(dir), store)
         .min_audit_retention(Duration::ZERO)
         .build()
@@ -107,7 +109,7 @@ async fn epochs(mut db: Db) {
     assert_eq!(report.root_keys[0].0, "root-e1");
     assert!(matches!(
         report.root_keys[0].1,
-        fieldseal::RootKeyFate::Unused { .. }
+        fieldseal::admin::RootKeyFate::Unused { .. }
     ));
     assert_eq!(report.unrecoverable_from, None);
     assert!(report.expected_from.is_some(), "{report:?}");
@@ -229,9 +231,12 @@ async fn from_dir_names_keys_by_epoch_and_refuses_an_empty_directory() {
     assert_eq!(provider(dir.path()).root_key_ids(), vec!["root-e2"]);
     // The provider built before still holds e1 in memory as its current key,
     // but never wraps under it again.
-    let key = fieldseal::TenantKey::generate().unwrap();
+    let key = fieldseal::provider::TenantKey::generate().unwrap();
     let err = p
-        .wrap(&key, &fieldseal::WrapContext::tenant_key("acme", 1))
+        .wrap(
+            &key,
+            &fieldseal::provider::WrapContext::tenant_key("acme", 1),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("was destroyed"), "{err}");

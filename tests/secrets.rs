@@ -6,8 +6,8 @@ mod common;
 use base64::Engine as _;
 use common::{MARKER_ROOT_KEY, ctx, local_provider};
 use fieldseal::{
-    Context, Error, KeyStore, LocalKeyProvider, MemoryKeyStore, RootKey, SealedValue, Sealer,
-    TenantKey,
+    Context, Error, LocalKeyProvider, MemoryKeyStore, RootKey, SealedValue, Sealer,
+    provider::TenantKey, store::KeyStore,
 };
 
 const MARKER_PLAINTEXT: &[u8] = b"MARKER-PLAINTEXT-refresh-token-0123456789";

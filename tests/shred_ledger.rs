@@ -16,7 +16,9 @@ use std::process::Command;
 
 use common::local_provider;
 use fieldseal::secrecy::ExposeSecret;
-use fieldseal::{Context, Error, KeyStore, SealedValue, Sealer, ShredLedger, SqlKeyStore};
+use fieldseal::{
+    Context, Error, SealedValue, Sealer, SqlKeyStore, audit::ShredLedger, store::KeyStore,
+};
 use sqlx::SqlitePool;
 
 fn ctx(tenant: &str, id: i64) -> Context {

@@ -13,8 +13,9 @@ use db::pg;
 use common::local_provider;
 use fieldseal::secrecy::ExposeSecret as _;
 use fieldseal::{
-    BlindIndex, ColumnForm, ColumnSpec, Context, ContextTemplate, Error, JobOptions, KeyType,
-    Normalizer, SealedColumns, SealedValue, Sealer, Search, TableSpec, TenantSealer,
+    Context, ContextTemplate, Error, SealedValue, Sealer, TenantSealer,
+    blind_index::{BlindIndex, Normalizer, Search},
+    jobs::{ColumnForm, ColumnSpec, JobOptions, KeyType, SealedColumns, TableSpec},
 };
 
 fn email_index() -> BlindIndex {

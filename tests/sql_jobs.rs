@@ -17,8 +17,8 @@ use std::time::Duration;
 use common::local_provider;
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    ColumnForm, ColumnSpec, Context, Error, JobOptions, KeyType, LocalKeyProvider, RootKey,
-    SealedColumns, SealedText, SealedValue, Sealer, TableSpec,
+    Context, Error, ErrorKind, LocalKeyProvider, RootKey, SealedText, SealedValue, Sealer,
+    jobs::{ColumnForm, ColumnSpec, JobOptions, KeyType, SealedColumns, TableSpec},
 };
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
@@ -551,7 +551,7 @@ macro_rules! jobs_suite {
                     let report = wrong.verify(&options()).await.unwrap();
                     assert_eq!(report.totals().failed, 40);
                     assert_eq!(report.tables[0].failures.len(), 40);
-                    assert_eq!(report.failures_by_kind()["open_failed"], 40);
+                    assert_eq!(report.failures_by_kind()[&ErrorKind::OpenFailed], 40);
                     let report = wrong.reseal(&options()).await.unwrap();
                     assert_eq!(report.totals().failed, 40);
                     assert_eq!(report.totals().written, 0);

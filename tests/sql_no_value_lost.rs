@@ -26,8 +26,8 @@ use std::time::Duration;
 use common::local_provider;
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    ColumnForm, ColumnSpec, Context, Error, JobOptions, KeyType, Progress, SealedColumns,
-    SealedValue, Sealer, TableSpec,
+    Context, Error, ErrorKind, SealedValue, Sealer,
+    jobs::{ColumnForm, ColumnSpec, JobOptions, KeyType, Progress, SealedColumns, TableSpec},
 };
 
 /// Five tenants that a case- or accent-insensitive collation calls two.
@@ -580,7 +580,7 @@ macro_rules! suite {
                     sealer.create_tenant("acme").await.unwrap();
                     sealer.admin().rotate("acme").await.unwrap();
                     sealer.admin().rotate("acme").await.unwrap();
-                    let index = fieldseal::BlindIndex::builder("accounts", "email", "email_idx")
+                    let index = fieldseal::blind_index::BlindIndex::builder("accounts", "email", "email_idx")
                         .build()
                         .unwrap();
                     let search = sealer.tenant("acme").await.unwrap().search(&index, b"a@b.c").unwrap();
@@ -986,8 +986,8 @@ macro_rules! suite {
                     let (a, b) = (store("a_"), store("b_"));
                     a.migrate().await.unwrap();
                     b.migrate().await.unwrap();
-                    let ia = fieldseal::KeyStore::store_identity(&a).await.unwrap().unwrap();
-                    let ib = fieldseal::KeyStore::store_identity(&b).await.unwrap().unwrap();
+                    let ia = fieldseal::store::KeyStore::store_identity(&a).await.unwrap().unwrap();
+                    let ib = fieldseal::store::KeyStore::store_identity(&b).await.unwrap().unwrap();
                     assert_ne!(ia.id, ib.id);
                     assert!(!ia.accepts_unbound && !ib.accepts_unbound);
                     let in_a = Sealer::builder(local_provider(), a.clone()).build();
@@ -1038,11 +1038,11 @@ macro_rules! suite {
                     // context), as an upgraded store holds it.
                     let sealer = Sealer::builder(local_provider(), store.clone()).build();
                     sealer.create_tenant("acme").await.unwrap();
-                    let key = fieldseal::TenantKey::generate().unwrap();
-                    let legacy = fieldseal::KeyProvider::wrap(
+                    let key = fieldseal::provider::TenantKey::generate().unwrap();
+                    let legacy = fieldseal::provider::KeyProvider::wrap(
                         &local_provider(),
                         &key,
-                        &fieldseal::WrapContext::tenant_key("acme", 1),
+                        &fieldseal::provider::WrapContext::tenant_key("acme", 1),
                     )
                     .await
                     .unwrap();
@@ -1063,7 +1063,7 @@ macro_rules! suite {
                     let report = fresh().admin().rewrap_all("test-root").await.unwrap();
                     assert_eq!(report.rewrapped, 1, "{report:?}");
                     assert!(report.unbound_refused, "{report:?}");
-                    let identity = fieldseal::KeyStore::store_identity(&store).await.unwrap().unwrap();
+                    let identity = fieldseal::store::KeyStore::store_identity(&store).await.unwrap().unwrap();
                     assert!(!identity.accepts_unbound);
                     let opened = fresh().open(&token_ctx("acme", 1), &value).await.unwrap();
                     assert_eq!(opened.plaintext().expose_secret(), b"old key");
@@ -1134,11 +1134,11 @@ macro_rules! suite {
                     exec(&pool, "UPDATE fieldseal_store SET accepts_unbound = 1").await;
                     let fresh = || Sealer::builder(local_provider(), store.clone()).build();
                     fresh().create_tenant("beta").await.unwrap();
-                    let key = fieldseal::TenantKey::generate().unwrap();
-                    let legacy = fieldseal::KeyProvider::wrap(
+                    let key = fieldseal::provider::TenantKey::generate().unwrap();
+                    let legacy = fieldseal::provider::KeyProvider::wrap(
                         &local_provider(),
                         &key,
-                        &fieldseal::WrapContext::tenant_key("beta", 1),
+                        &fieldseal::provider::WrapContext::tenant_key("beta", 1),
                     )
                     .await
                     .unwrap();
@@ -1181,7 +1181,7 @@ macro_rules! suite {
                     let fresh = store.clone();
                     fresh.migrate().await.unwrap();
                     fresh.migrate().await.unwrap();
-                    let identity = fieldseal::KeyStore::store_identity(&fresh).await.unwrap().unwrap();
+                    let identity = fieldseal::store::KeyStore::store_identity(&fresh).await.unwrap().unwrap();
                     assert!(identity.accepts_unbound);
                     let sealer = Sealer::builder(local_provider(), fresh.clone()).build();
                     let value = sealer.seal(&token_ctx("acme", 1), b"after the upgrade").await.unwrap();
@@ -1250,7 +1250,7 @@ macro_rules! suite {
                     let report = columns.migrate(&now_options()).await.unwrap();
                     let totals = report.totals();
                     assert_eq!((totals.shredded, totals.failed, totals.written), (4, 5, 0), "{totals:?}");
-                    assert_eq!(report.failures_by_kind()["tenant_shredded"], 5);
+                    assert_eq!(report.failures_by_kind()[&ErrorKind::TenantShredded], 5);
                 })
                 .await;
             }

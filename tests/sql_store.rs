@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::{CountingProvider, SlowWrapProvider, ctx, local_provider, new_root, rotated_provider};
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    Error, KeyStatus, KeyStore, LocalKeyProvider, MemoryKeyStore, RootKey, SealedValue, Sealer,
-    SqlKeyStore,
+    Error, LocalKeyProvider, MemoryKeyStore, RootKey, SealedValue, Sealer, SqlKeyStore,
+    store::{KeyStatus, KeyStore},
 };
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fieldseal::{
-    Context, Error, KeyProvider, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer, TenantKey,
-    WrapContext, WrappedKey, async_trait,
+    Context, Error, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer, async_trait,
+    provider::{KeyProvider, TenantKey, WrapContext, WrappedKey},
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tracing_subscriber::fmt::format::FmtSpan;

@@ -22,9 +22,12 @@ use std::time::Duration;
 use backup::Db;
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    Context, Error, KeyProvider, LocalKeyProvider, ManualClock, MemoryKeyStore, RootKey,
-    RootKeyFate, SealedValue, Sealer, SealerBuilder, TenantKey, Timestamp, WrapContext, WrappedKey,
+    Context, Error, ErrorKind, LocalKeyProvider, MemoryKeyStore, RootKey, SealedValue, Sealer,
+    SealerBuilder, Timestamp,
+    admin::RootKeyFate,
     async_trait,
+    provider::{KeyProvider, TenantKey, WrapContext, WrappedKey},
+    testing::ManualClock,
 };
 
 fn ctx(tenant: &str, id: i64) -> Context {
@@ -180,7 +183,7 @@ fn assert_unavailable(err: &Error, tenant: &str, key: &str) {
         shown.contains(&format!("tenant `{tenant}`")) && shown.contains(key),
         "{shown}"
     );
-    assert_eq!(err.kind(), "tenant_root_key_unavailable");
+    assert_eq!(err.kind(), ErrorKind::TenantRootKeyUnavailable);
 }
 
 async fn byok(mut db: Db) {

@@ -19,8 +19,10 @@ mod db;
 use db::{server_url, with_postgres, with_sqlite};
 use fieldseal::secrecy::{ExposeSecret, SecretString};
 use fieldseal::{
-    Error, KeyProvider, KeyStore, Sealer, TenantKey, VaultTransitProvider, WrapContext, WrappedKey,
-    check_key_provider,
+    Error, Sealer,
+    provider::{KeyProvider, TenantKey, VaultTransitProvider, WrapContext, WrappedKey},
+    store::KeyStore,
+    testing::check_key_provider,
 };
 use serde_json::json;
 

@@ -11,8 +11,10 @@ mod common;
 use common::{PlainProvider, TamperStore, kind};
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
-    AuditEntry, Context, Error, KeyProvider, KeyRecord, KeyState, KeyStore, LocalKeyProvider,
-    RootKey, SealedValue, Sealer, TenantRecord, Timestamp, WrapContext, WrappedKey,
+    Context, Error, LocalKeyProvider, RootKey, SealedValue, Sealer, Timestamp,
+    audit::AuditEntry,
+    provider::{KeyProvider, WrapContext, WrappedKey},
+    store::{KeyRecord, KeyState, KeyStore, TenantRecord},
 };
 use serde_json::Value;
 
@@ -360,8 +362,8 @@ fn bytes_field(v: &Value, name: &str) -> Vec<u8> {
     }
 }
 
-fn normalizer(id: &str) -> fieldseal::Normalizer {
-    use fieldseal::Normalizer;
+fn normalizer(id: &str) -> fieldseal::blind_index::Normalizer {
+    use fieldseal::blind_index::Normalizer;
     match id {
         "exact" => Normalizer::exact(),
         "trim" => Normalizer::trim(),
@@ -376,8 +378,8 @@ fn normalizer(id: &str) -> fieldseal::Normalizer {
     }
 }
 
-fn blind_index(v: &Value) -> fieldseal::BlindIndex {
-    fieldseal::BlindIndex::builder(s(&v["table"]), s(&v["column"]), s(&v["name"]))
+fn blind_index(v: &Value) -> fieldseal::blind_index::BlindIndex {
+    fieldseal::blind_index::BlindIndex::builder(s(&v["table"]), s(&v["column"]), s(&v["name"]))
         .normalizer(normalizer(s(&v["normalizer"])))
         .len(v["len"].as_u64().unwrap() as usize)
         .build()
@@ -497,7 +499,7 @@ async fn blind_index_vectors_through_the_public_api() {
             })
             .collect()
     };
-    let got_terms = |search: &fieldseal::Search| -> Vec<(u32, String)> {
+    let got_terms = |search: &fieldseal::blind_index::Search| -> Vec<(u32, String)> {
         search
             .terms()
             .iter()
@@ -539,7 +541,7 @@ async fn blind_index_vectors_through_the_public_api() {
                         .iter()
                         .map(|e| match e {
                             Error::KeyDisabled { version, .. }
-                            | Error::KeyDestroyed { version, .. } => (*version, e.kind()),
+                            | Error::KeyDestroyed { version, .. } => (*version, e.kind().as_str()),
                             other => panic!("unexpected skip {other}"),
                         })
                         .collect();

@@ -8,8 +8,10 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use fieldseal::{
-    BlindIndex, ColumnForm, ColumnSpec, KeyProvider, KeyType, LocalKeyProvider, Normalizer,
-    ProviderChain, RootKey, TableSpec,
+    LocalKeyProvider, RootKey,
+    blind_index::{BlindIndex, Normalizer},
+    jobs::{ColumnForm, ColumnSpec, KeyType, TableSpec},
+    provider::{KeyProvider, ProviderChain},
 };
 use serde::Deserialize;
 
@@ -258,8 +260,8 @@ async fn kms_provider(
     r: &RootKeyConfig,
 ) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
     let mut builder = match (&r.kms_key, &r.kms_epochs) {
-        (Some(key), None) => fieldseal::AwsKmsProvider::builder(key),
-        (None, Some(name)) => fieldseal::AwsKmsProvider::epochs(name),
+        (Some(key), None) => fieldseal::provider::AwsKmsProvider::builder(key),
+        (None, Some(name)) => fieldseal::provider::AwsKmsProvider::epochs(name),
         _ => return Err("give one of `kms_key` and `kms_epochs`".into()),
     };
     if let Some(days) = r.kms_deletion_window_days {
@@ -283,7 +285,7 @@ async fn tenant_kms_provider(
     arn: &str,
     r: &RootKeyConfig,
 ) -> Result<Arc<dyn KeyProvider>, Box<dyn std::error::Error>> {
-    let mut builder = fieldseal::AwsKmsProvider::tenant_key(arn);
+    let mut builder = fieldseal::provider::AwsKmsProvider::tenant_key(arn);
     if let Some(region) = &r.kms_region {
         builder = builder.region(region);
     }
@@ -338,17 +340,17 @@ impl KeyProvider for Unusable {
 
     async fn wrap(
         &self,
-        _: &fieldseal::TenantKey,
-        _: &fieldseal::WrapContext<'_>,
-    ) -> fieldseal::Result<fieldseal::WrappedKey> {
+        _: &fieldseal::provider::TenantKey,
+        _: &fieldseal::provider::WrapContext<'_>,
+    ) -> fieldseal::Result<fieldseal::provider::WrappedKey> {
         Err(self.refusal())
     }
 
     async fn unwrap(
         &self,
-        _: &fieldseal::WrappedKey,
-        _: &fieldseal::WrapContext<'_>,
-    ) -> fieldseal::Result<fieldseal::TenantKey> {
+        _: &fieldseal::provider::WrappedKey,
+        _: &fieldseal::provider::WrapContext<'_>,
+    ) -> fieldseal::Result<fieldseal::provider::TenantKey> {
         Err(self.refusal())
     }
 }
@@ -603,7 +605,8 @@ impl Config {
         let (Some(module), Some(token)) = (&r.pkcs11_module, &r.pkcs11_token) else {
             return Err("a PKCS#11 root key needs `pkcs11_module` and `pkcs11_token`".into());
         };
-        let builder = fieldseal::Pkcs11Provider::builder(self.resolve(module)).token(token);
+        let builder =
+            fieldseal::provider::Pkcs11Provider::builder(self.resolve(module)).token(token);
         let mut builder = match (&r.pkcs11_key, &r.pkcs11_epochs) {
             (Some(key), None) => builder.key(key),
             (None, Some(name)) => builder.epochs(name),
@@ -758,7 +761,7 @@ async fn vault_provider(
     let token = std::env::var(var).map_err(|_| {
         format!("the Vault token: set the environment variable {var} (`vault_token_env`)")
     })?;
-    let mut builder = fieldseal::VaultTransitProvider::builder(addr, key)
+    let mut builder = fieldseal::provider::VaultTransitProvider::builder(addr, key)
         .token(fieldseal::secrecy::SecretString::from(token));
     if let Some(mount) = &r.vault_mount {
         builder = builder.mount(mount);

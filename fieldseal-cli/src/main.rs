@@ -1,5 +1,5 @@
 //! `fieldseal`: the rotation runner. A command-line front end over
-//! [`fieldseal::SealedColumns`] and [`fieldseal::KeyAdmin`] for the sealed
+//! [`fieldseal::jobs::SealedColumns`] and [`fieldseal::KeyAdmin`] for the sealed
 //! columns described in a `fieldseal.toml`, on PostgreSQL, MySQL/MariaDB or
 //! SQLite.
 //!
@@ -39,8 +39,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use fieldseal::{
-    Error, JobOptions, KeyProvider, KeyStore, Plan, RetireReport, RootKeyFate, SealedColumns,
-    Sealer, ShredLedger, SqlDatabase, SqlKeyStore, Timestamp,
+    Error, ErrorKind, Sealer, SqlKeyStore, Timestamp,
+    admin::RootKeyFate,
+    audit::ShredLedger,
+    jobs::{JobOptions, Plan, RetireReport, SealedColumns},
+    provider::KeyProvider,
+    store::{KeyStore, SqlDatabase},
 };
 use serde_json::{Value, json};
 
@@ -258,7 +262,7 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         match e {
             Error::Config { .. } => Failure::Usage(chain(&e)),
-            _ if e.kind() == "schema" => Failure::Failed(format!(
+            _ if e.kind() == ErrorKind::Schema => Failure::Failed(format!(
                 "{} (the runner's `migrate` command creates the key store's tables, with the \
                  tenants' first keys)",
                 chain(&e)
@@ -624,7 +628,7 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
         // good: a refused command writes nothing, nor does a dry run.
         migrate_store().await?;
     }
-    let progress: Arc<dyn fieldseal::Progress> = Arc::new(Bars::new(cli.quiet));
+    let progress: Arc<dyn fieldseal::jobs::Progress> = Arc::new(Bars::new(cli.quiet));
 
     match &cli.command {
         Command::Check => {
@@ -632,7 +636,7 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
             // another key under the right id fails here, not in a job.
             let (roots, unproven) = match admin.verify_root_keys().await {
                 Ok(check) => (Some(check.keys_per_root), check.own_roots_unproven),
-                Err(e) if e.kind() == "schema" => (None, Default::default()),
+                Err(e) if e.kind() == ErrorKind::Schema => (None, Default::default()),
                 Err(e) => return Err(e.into()),
             };
             for (root, why) in &unproven {
@@ -740,7 +744,7 @@ async fn run_on<DB: SqlDatabase, F: Future<Output = fieldseal::Result<()>>>(
 fn job_options(
     config: &Config,
     args: &JobArgs,
-    progress: &Arc<dyn fieldseal::Progress>,
+    progress: &Arc<dyn fieldseal::jobs::Progress>,
 ) -> JobOptions {
     let mut options = JobOptions::default();
     options.tenant = args.tenant.clone();
@@ -768,11 +772,16 @@ fn emit(cli: &Cli, value: Value, lines: impl FnOnce()) {
 /// Failed values. Those of shredded tenants are not among them: erased on
 /// purpose, they are counted apart (`shredded`) by every command, and must not
 /// turn every scheduled run red.
-fn real_failures(report: &fieldseal::JobReport) -> u64 {
+fn real_failures(report: &fieldseal::jobs::JobReport) -> u64 {
     report.totals().failed
 }
 
-fn finish_job(cli: &Cli, command: &str, verb: &str, report: &fieldseal::JobReport) -> Outcome {
+fn finish_job(
+    cli: &Cli,
+    command: &str,
+    verb: &str,
+    report: &fieldseal::jobs::JobReport,
+) -> Outcome {
     emit(
         cli,
         json!({ "command": command, "report": output::job_json(report) }),
@@ -1323,7 +1332,8 @@ fn output_plan(plan: &Plan) {
                 }
             }
         }
-        let sum = |f: fn(&fieldseal::ColumnUsage) -> u64| tenants.values().map(f).sum::<u64>();
+        let sum =
+            |f: fn(&fieldseal::jobs::ColumnUsage) -> u64| tenants.values().map(f).sum::<u64>();
         let versions = by_version
             .iter()
             .map(|(v, n)| format!("v{v}:{n}"))

@@ -5,7 +5,7 @@ use std::io::IsTerminal as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fieldseal::{JobReport, Progress};
+use fieldseal::jobs::{JobReport, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -130,11 +130,13 @@ pub(crate) fn job_json(report: &JobReport) -> Value {
             "nulls": t.counts.nulls,
             "plaintext": t.counts.legacy,
             "shredded": t.counts.shredded,
-            "failures_by_kind": t.failures_by_kind,
+            "failures_by_kind": t.failures_by_kind.iter()
+                .map(|(kind, n)| (kind.as_str().to_string(), Value::from(*n)))
+                .collect::<serde_json::Map<_, _>>(),
             "failures": t.failures.iter().map(|f| json!({
                 "column": f.column,
                 "key": f.key,
-                "kind": f.kind,
+                "kind": f.kind.as_str(),
                 "message": f.message,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
@@ -188,7 +190,7 @@ pub(crate) fn print_verify(report: &JobReport) {
 
 /// Values of shredded tenants: not failures, the same count from every
 /// command.
-fn print_shredded(t: &fieldseal::TableReport) {
+fn print_shredded(t: &fieldseal::jobs::TableReport) {
     if t.counts.shredded > 0 {
         println!(
             "  {} values of shredded tenants: erased on purpose, never opened or \
@@ -199,7 +201,7 @@ fn print_shredded(t: &fieldseal::TableReport) {
 }
 
 /// The first 50 rows that failed, with their key and reason (never a value).
-fn print_failures(t: &fieldseal::TableReport) {
+fn print_failures(t: &fieldseal::jobs::TableReport) {
     for f in t.failures.iter().take(50) {
         println!(
             "  {}.{} key {}: {} ({})",

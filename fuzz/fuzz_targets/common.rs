@@ -5,11 +5,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use fieldseal::{
-    AUDIT_MAC_LEN, AuditAppend, AuditEntry, Context, Error, InsertOutcome, KeyProvider, KeyRecord,
-    KeyState, KeyStore, NewKeyVersion, Sealer, StoredKey, TenantKey, TenantRecord, Timestamp,
-    WrapContext, WrappedKey, async_trait,
-};
+use fieldseal::{Context, Error, Sealer, Timestamp, async_trait, audit::{AUDIT_MAC_LEN, AuditAppend, AuditEntry}, provider::{KeyProvider, TenantKey, WrapContext, WrappedKey}, store::{InsertOutcome, KeyRecord, KeyState, KeyStore, NewKeyVersion, StoredKey, TenantRecord}};
 
 pub const TENANT: &str = "fuzz";
 pub const TENANT_KEY: [u8; 32] = [0x42; 32];

@@ -4,7 +4,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use fieldseal::{Context, KeyState, LocalKeyProvider, RootKey, Timestamp};
+use fieldseal::{Context, LocalKeyProvider, RootKey, Timestamp, store::KeyState};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]

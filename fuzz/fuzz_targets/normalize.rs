@@ -4,7 +4,7 @@
 //! `trim`, `casefold` or `email` is UTF-8.
 #![no_main]
 
-use fieldseal::Normalizer;
+use fieldseal::blind_index::Normalizer;
 use fieldseal::secrecy::ExposeSecret as _;
 use libfuzzer_sys::fuzz_target;
 

@@ -4,9 +4,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use fieldseal::{
-    Algorithm, AuditEntry, KeyRecord, KeyState, SealedValue, TenantRecord, Timestamp, WrappedKey,
-};
+use fieldseal::{Algorithm, SealedValue, Timestamp, audit::AuditEntry, provider::WrappedKey, store::{KeyRecord, KeyState, TenantRecord}};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]

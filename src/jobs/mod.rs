@@ -13,7 +13,7 @@ use secrecy::ExposeSecret as _;
 use sha2::Digest as _;
 
 use crate::admin::KeyAdmin;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::SealedValue;
 use crate::sealer::{Sealer, TenantSealer};
 use crate::store::{KeyState, SqlDatabase, TenantRecord};
@@ -190,7 +190,7 @@ pub struct RowFailure {
     /// The row's primary key.
     pub key: String,
     /// The error kind ([`Error::kind`]).
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     /// What went wrong.
     pub message: String,
 }
@@ -252,7 +252,7 @@ pub struct TableReport {
     /// The counts.
     pub counts: Counts,
     /// Failures by error kind, as seen by this process.
-    pub failures_by_kind: BTreeMap<&'static str, u64>,
+    pub failures_by_kind: BTreeMap<ErrorKind, u64>,
     /// The first failures this process saw (at most 1,000).
     pub failures: Vec<RowFailure>,
 }
@@ -286,7 +286,7 @@ impl JobReport {
     }
 
     /// Failures over every table, by kind, as seen by this process.
-    pub fn failures_by_kind(&self) -> BTreeMap<&'static str, u64> {
+    pub fn failures_by_kind(&self) -> BTreeMap<ErrorKind, u64> {
         let mut out = BTreeMap::new();
         for t in &self.tables {
             for (k, n) in &t.failures_by_kind {
@@ -416,7 +416,7 @@ pub struct RetireReport {
 /// ```no_run
 /// # #[cfg(feature = "postgres")]
 /// # async fn example(pool: sqlx::PgPool, sealer: fieldseal::Sealer) -> Result<(), fieldseal::Error> {
-/// use fieldseal::{ColumnForm, ColumnSpec, JobOptions, KeyType, SealedColumns, TableSpec};
+/// use fieldseal::{jobs::{ColumnForm, ColumnSpec, JobOptions, KeyType, SealedColumns, TableSpec}};
 ///
 /// let columns = SealedColumns::new(
 ///     pool,
@@ -1687,7 +1687,7 @@ struct SampleCosts {
 type OwnRootRefusal = (String, &'static str, String, Instant);
 
 struct Shared {
-    failures: Mutex<(Vec<RowFailure>, BTreeMap<&'static str, u64>)>,
+    failures: Mutex<(Vec<RowFailure>, BTreeMap<ErrorKind, u64>)>,
     local: Mutex<Counts>,
     limiter: Option<Limiter>,
     sealers: Mutex<HashMap<String, TenantSealer>>,

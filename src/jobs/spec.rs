@@ -55,7 +55,7 @@ pub(crate) enum ExtraSource {
 /// One of the application's tables with sealed columns.
 ///
 /// ```
-/// use fieldseal::{ColumnForm, ColumnSpec, KeyType, TableSpec};
+/// use fieldseal::{jobs::{ColumnForm, ColumnSpec, KeyType, TableSpec}};
 ///
 /// let integrations = TableSpec::new("integrations", "id", KeyType::Integer)
 ///     .tenant_column("tenant_id")

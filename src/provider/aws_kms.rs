@@ -34,7 +34,7 @@ const DEFAULT_DELETION_WINDOW_DAYS: i32 = 7;
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), fieldseal::Error> {
-/// use fieldseal::{AwsKmsProvider, MemoryKeyStore, Sealer};
+/// use fieldseal::{MemoryKeyStore, Sealer, provider::AwsKmsProvider};
 ///
 /// let provider = AwsKmsProvider::builder("alias/fieldseal-root")
 ///     // Still unwraps tenant keys wrapped before the move to the new key.

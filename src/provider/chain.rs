@@ -23,7 +23,7 @@ use crate::secret::TenantKey;
 ///
 /// ```
 /// # fn main() -> Result<(), fieldseal::Error> {
-/// use fieldseal::{LocalKeyProvider, ProviderChain, RootKey};
+/// use fieldseal::{LocalKeyProvider, RootKey, provider::ProviderChain};
 ///
 /// # let kms = LocalKeyProvider::new("new-root", RootKey::generate()?)?;
 /// let old = LocalKeyProvider::new("root-2025", RootKey::generate()?)?;

@@ -10,7 +10,6 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
-use crate::secret::TenantKey;
 
 #[cfg(feature = "aws-kms")]
 mod aws_kms;
@@ -21,6 +20,10 @@ mod pkcs11;
 #[cfg(feature = "vault-transit")]
 mod vault_transit;
 
+/// What a provider's error carries as its source.
+pub use crate::error::BoxError;
+/// The tenant key a provider wraps and unwraps.
+pub use crate::secret::TenantKey;
 #[cfg(feature = "aws-kms")]
 pub use aws_kms::{AwsKmsProvider, AwsKmsProviderBuilder};
 pub use chain::ProviderChain;
@@ -34,7 +37,7 @@ pub use vault_transit::{VaultTransitProvider, VaultTransitProviderBuilder};
 
 /// What a wrapped key is: a tenant key (its tenant and version) or the key store's
 /// audit key, and, for a key store that has an identity
-/// ([`KeyStore::store_identity`](crate::KeyStore::store_identity)), which
+/// ([`KeyStore::store_identity`](crate::store::KeyStore::store_identity)), which
 /// store holds it.
 ///
 /// Providers must bind it to the wrap — as AEAD associated data
@@ -199,7 +202,7 @@ impl WrappedKey {
 
     /// The same key, marked as wrapped with its key store in the context
     /// ([`WrapContext::in_store`]). fieldseal marks the keys it wraps so; a
-    /// [`KeyStore`](crate::KeyStore) with an identity keeps the mark with the
+    /// [`KeyStore`](crate::store::KeyStore) with an identity keeps the mark with the
     /// bytes and returns it with them.
     #[must_use]
     pub fn bound_to_store(mut self) -> Self {
@@ -243,7 +246,7 @@ impl fmt::Debug for WrappedKey {
 /// # Writing a provider
 ///
 /// ```
-/// use fieldseal::{Error, KeyProvider, TenantKey, WrapContext, WrappedKey};
+/// use fieldseal::{Error, provider::{KeyProvider, TenantKey, WrapContext, WrappedKey}};
 ///
 /// #[derive(Debug)]
 /// struct MyKms { /* a client */ }
@@ -299,18 +302,18 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     ///
-    /// [`Error::Provider`](crate::Error::Provider) if the KMS call fails.
+    /// [`Error::Provider`] if the KMS call fails.
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey>;
 
     /// Unwraps `wrapped`, which must have been wrapped bound to `ctx`.
     ///
     /// # Errors
     ///
-    /// [`Error::RootKeyNotConfigured`](crate::Error::RootKeyNotConfigured) if the
+    /// [`Error::RootKeyNotConfigured`] if the
     /// provider does not hold the named root key ("not my key");
-    /// [`Error::UnwrapFailed`](crate::Error::UnwrapFailed) if it does but the bytes
+    /// [`Error::UnwrapFailed`] if it does but the bytes
     /// do not unwrap (wrong key, altered or moved record);
-    /// [`Error::Provider`](crate::Error::Provider) if the KMS call fails.
+    /// [`Error::Provider`] if the KMS call fails.
     async fn unwrap(&self, wrapped: &WrappedKey, ctx: &WrapContext<'_>) -> Result<TenantKey>;
 
     /// Creates a root key for a new epoch in the provider's backend and
@@ -322,7 +325,7 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     ///
-    /// The provided implementation refuses ([`Error::Refused`](crate::Error::Refused)):
+    /// The provided implementation refuses ([`Error::Refused`]):
     /// the provider cannot create root keys, so create one in its backend and
     /// configure it as current. Provider errors.
     async fn create_root_key(&self) -> Result<String> {
@@ -348,7 +351,7 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     ///
-    /// [`Error::Refused`](crate::Error::Refused) for the current root key, a
+    /// [`Error::Refused`] for the current root key, a
     /// root key this provider does not hold, or (the provided implementation)
     /// a provider that cannot destroy root keys; provider errors.
     async fn destroy_root_key(&self, id: &str) -> Result<crate::Timestamp> {

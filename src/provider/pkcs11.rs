@@ -51,7 +51,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), fieldseal::Error> {
-/// use fieldseal::{MemoryKeyStore, Pkcs11Provider, Sealer};
+/// use fieldseal::{MemoryKeyStore, Sealer, provider::Pkcs11Provider};
 ///
 /// // The PIN is read from FIELDSEAL_PKCS11_PIN.
 /// let provider = Pkcs11Provider::builder("/usr/lib/softhsm/libsofthsm2.so")

@@ -28,7 +28,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), fieldseal::Error> {
-/// use fieldseal::{MemoryKeyStore, Sealer, VaultTransitProvider};
+/// use fieldseal::{MemoryKeyStore, Sealer, provider::VaultTransitProvider};
 /// use fieldseal::secrecy::SecretString;
 ///
 /// let token = SecretString::from(std::env::var("VAULT_TOKEN").unwrap_or_default());

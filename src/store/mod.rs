@@ -107,7 +107,7 @@ impl TenantRecord {
 
 /// Who a key store is. fieldseal wraps every key a store with an identity
 /// holds with the store's id in the wrap context
-/// ([`WrapContext::in_store`](crate::WrapContext::in_store)), so a key row,
+/// ([`WrapContext::in_store`](crate::provider::WrapContext::in_store)), so a key row,
 /// or the audit-chain key (and with it the whole audit chain), copied into
 /// another store under the same root key does not unwrap there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -465,7 +465,7 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     ///
     /// The provided implementation returns `None`: the store keeps no record
     /// apart from the log, and a truncated tail goes unnoticed unless the
-    /// application compares [`AuditReport::head`](crate::AuditReport::head)
+    /// application compares [`AuditReport::head`](crate::audit::AuditReport::head)
     /// with a copy kept elsewhere.
     ///
     /// # Errors

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use fieldseal::{KeyProvider, Sealer, SealerBuilder, SqlKeyStore};
+use fieldseal::{Sealer, SealerBuilder, SqlKeyStore, provider::KeyProvider};
 
 use super::db;
 

@@ -10,8 +10,8 @@ mod forms;
 pub use forms::secret_forms;
 
 use fieldseal::{
-    Context, Error, KeyProvider, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer, TenantKey,
-    WrapContext, WrappedKey, async_trait,
+    Context, Error, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer, async_trait,
+    provider::{KeyProvider, TenantKey, WrapContext, WrappedKey},
 };
 
 /// A root key with a recognisable pattern, so tests can search output for it.
@@ -130,15 +130,15 @@ impl KeyProvider for PlainProvider {
 
 /// A short name for an error variant, as used in `tests/vectors/v1.json`.
 pub fn kind(error: &Error) -> &'static str {
-    error.kind()
+    error.kind().as_str()
 }
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use fieldseal::{
-    AUDIT_MAC_LEN, AuditAppend, AuditEntry, InsertOutcome, KeyState, KeyStore, NewKeyVersion,
-    StoredKey, TenantRecord,
+    audit::{AUDIT_MAC_LEN, AuditAppend, AuditEntry},
+    store::{InsertOutcome, KeyState, KeyStore, NewKeyVersion, StoredKey, TenantRecord},
 };
 
 type AuditEdit = Box<dyn Fn(&mut Vec<AuditEntry>) + Send>;

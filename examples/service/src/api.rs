@@ -135,7 +135,7 @@ impl From<Error> for ApiError {
                 // A value that does not open where it is stored was altered or
                 // moved: a security event for the operator, an opaque error
                 // for the caller.
-                tracing::error!(kind = e.kind(), error = %e, "stored credential does not open");
+                tracing::error!(kind = e.kind().as_str(), error = %e, "stored credential does not open");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "credential_unreadable",
@@ -157,7 +157,7 @@ impl From<Error> for ApiError {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
             Error::TenantMismatch { .. } => {
-                tracing::error!(kind = e.kind(), error = %e, "a tenant handle met another tenant");
+                tracing::error!(kind = e.kind().as_str(), error = %e, "a tenant handle met another tenant");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -165,7 +165,7 @@ impl From<Error> for ApiError {
                 )
             }
             _ => {
-                tracing::error!(kind = e.kind(), error = %e, "key service failed");
+                tracing::error!(kind = e.kind().as_str(), error = %e, "key service failed");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "key_service_unavailable",
