@@ -110,6 +110,7 @@ impl fmt::Display for AuditEvent {
 ///
 /// Never holds a secret: only ids, versions, names and times.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AuditEntry {
     /// Position in the chain, from 1, without gaps.
     pub seq: u64,
@@ -127,6 +128,29 @@ pub struct AuditEntry {
     pub detail: String,
     /// The chain MAC over this entry and the previous entry's MAC.
     pub mac: [u8; AUDIT_MAC_LEN],
+}
+
+impl AuditEntry {
+    /// Entry `seq` as a store read it: event `event` at `at`, chained by
+    /// `mac`, about no tenant, no version and no actor, with no detail until
+    /// the store sets those fields from its row.
+    pub fn new(
+        seq: u64,
+        at: Timestamp,
+        event: impl Into<String>,
+        mac: [u8; AUDIT_MAC_LEN],
+    ) -> Self {
+        Self {
+            seq,
+            at,
+            event: event.into(),
+            tenant: String::new(),
+            version: 0,
+            actor: String::new(),
+            detail: String::new(),
+            mac,
+        }
+    }
 }
 
 impl fmt::Debug for AuditEntry {

@@ -398,9 +398,12 @@ impl Migrating {
     pub fn is_legacy(&self) -> bool {
         matches!(self, Self::Legacy(_))
     }
+}
 
-    /// The plaintext, whichever it was.
-    pub fn plaintext(&self) -> &[u8] {
+/// The plaintext, whichever it was: `migrating.expose_secret()`, so that
+/// reading it is as visible in a review as reading an [`Opened`] value.
+impl ExposeSecret<[u8]> for Migrating {
+    fn expose_secret(&self) -> &[u8] {
         match self {
             Self::Sealed(opened) => opened.plaintext().expose_secret(),
             Self::Legacy(text) => text.expose_secret().as_bytes(),

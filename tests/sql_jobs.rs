@@ -404,7 +404,7 @@ macro_rules! jobs_suite {
                                         .open_migrating(&secret_ctx(id), &stored)
                                         .await
                                         .unwrap_or_else(|e| panic!("row {id}: {e}"));
-                                    assert_eq!(read.plaintext(), format!("secret-{id}").as_bytes());
+                                    assert_eq!(read.expose_secret(), format!("secret-{id}").as_bytes());
                                     reads.fetch_add(1, Ordering::Relaxed);
                                 }
                                 if last_pass {

@@ -59,25 +59,22 @@ fn sealer(vectors: &Value) -> Sealer {
             .iter()
             .map(|k| {
                 let state = KeyState::parse(s(&k["state"])).unwrap();
-                KeyRecord {
-                    version: k["version"].as_u64().unwrap() as u32,
+                KeyRecord::new(
+                    k["version"].as_u64().unwrap() as u32,
                     state,
-                    created_at: at,
-                    state_changed_at: at,
-                    wrapped: k["key"]
+                    at,
+                    k["key"]
                         .as_str()
                         .filter(|_| state != KeyState::Destroyed)
                         .map(|key| WrappedKey::new("plain", hex::decode(key).unwrap())),
-                }
+                )
             })
             .collect();
-        store.set_record(TenantRecord {
-            tenant: s(&t["tenant"]).to_string(),
-            shredded_at: t["shredded"].as_bool().unwrap().then_some(at),
-            min_decryption_version: t["min_decryption_version"].as_u64().unwrap() as u32,
-            generation: 1,
-            keys,
-        });
+        let mut record = TenantRecord::new(s(&t["tenant"]), 1);
+        record.shredded_at = t["shredded"].as_bool().unwrap().then_some(at);
+        record.min_decryption_version = t["min_decryption_version"].as_u64().unwrap() as u32;
+        record.keys = keys;
+        store.set_record(record);
     }
     Sealer::builder(PlainProvider, store)
         .create_tenants_on_first_use(false)
@@ -285,15 +282,18 @@ async fn audit_chain_vectors() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| AuditEntry {
-                seq: e["seq"].as_u64().unwrap(),
-                at: Timestamp::from_unix_seconds(e["at"].as_i64().unwrap()),
-                event: s(&e["event"]).into(),
-                tenant: s(&e["tenant"]).into(),
-                version: e["version"].as_u64().unwrap() as u32,
-                actor: s(&e["actor"]).into(),
-                detail: s(&e["detail"]).into(),
-                mac: hex_of(&e["mac"]).try_into().unwrap(),
+            .map(|e| {
+                let mut entry = AuditEntry::new(
+                    e["seq"].as_u64().unwrap(),
+                    Timestamp::from_unix_seconds(e["at"].as_i64().unwrap()),
+                    s(&e["event"]),
+                    hex_of(&e["mac"]).try_into().unwrap(),
+                );
+                entry.tenant = s(&e["tenant"]).into();
+                entry.version = e["version"].as_u64().unwrap() as u32;
+                entry.actor = s(&e["actor"]).into();
+                entry.detail = s(&e["detail"]).into();
+                entry
             })
             .collect();
         // The store holds the vector's wrapped audit key and reads back the

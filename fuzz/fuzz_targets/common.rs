@@ -5,7 +5,12 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use fieldseal::{Context, Error, Sealer, Timestamp, async_trait, audit::{AUDIT_MAC_LEN, AuditAppend, AuditEntry}, provider::{KeyProvider, TenantKey, WrapContext, WrappedKey}, store::{InsertOutcome, KeyRecord, KeyState, KeyStore, NewKeyVersion, StoredKey, TenantRecord}};
+use fieldseal::{
+    Context, Error, Sealer, Timestamp, async_trait,
+    audit::{AUDIT_MAC_LEN, AuditAppend, AuditEntry},
+    provider::{KeyProvider, TenantKey, WrapContext, WrappedKey},
+    store::{InsertOutcome, KeyRecord, KeyState, KeyStore, NewKeyVersion, StoredKey, TenantRecord},
+};
 
 pub const TENANT: &str = "fuzz";
 pub const TENANT_KEY: [u8; 32] = [0x42; 32];
@@ -152,19 +157,14 @@ impl KeyStore for FixedStore {
 
 /// The record of tenant `fuzz` with one active version 1 under `TENANT_KEY`.
 pub fn fixed_record() -> TenantRecord {
-    TenantRecord {
-        tenant: TENANT.into(),
-        shredded_at: None,
-        min_decryption_version: 0,
-        generation: 1,
-        keys: vec![KeyRecord {
-            version: 1,
-            state: KeyState::Active,
-            created_at: Timestamp::from_unix_seconds(0),
-            state_changed_at: Timestamp::from_unix_seconds(0),
-            wrapped: Some(WrappedKey::new("copy", TENANT_KEY.to_vec())),
-        }],
-    }
+    let mut record = TenantRecord::new(TENANT, 1);
+    record.keys = vec![KeyRecord::new(
+        1,
+        KeyState::Active,
+        Timestamp::from_unix_seconds(0),
+        Some(WrappedKey::new("copy", TENANT_KEY.to_vec())),
+    )];
+    record
 }
 
 /// A sealer over `store` with the copying provider.

@@ -9,7 +9,9 @@ use fieldseal::secrecy::ExposeSecret as _;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
-    let exact = Normalizer::exact().normalize(input).expect("exact refuses nothing");
+    let exact = Normalizer::exact()
+        .normalize(input)
+        .expect("exact refuses nothing");
     assert_eq!(exact.expose_secret(), input);
 
     if let Ok(out) = Normalizer::trim().normalize(input) {

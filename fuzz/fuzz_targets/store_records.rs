@@ -4,7 +4,12 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use fieldseal::{Algorithm, SealedValue, Timestamp, audit::AuditEntry, provider::WrappedKey, store::{KeyRecord, KeyState, TenantRecord}};
+use fieldseal::{
+    Algorithm, SealedValue, Timestamp,
+    audit::AuditEntry,
+    provider::WrappedKey,
+    store::{KeyRecord, KeyState, TenantRecord},
+};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -40,41 +45,40 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let record = TenantRecord {
-        tenant: common::TENANT.into(),
-        shredded_at: input.shredded.map(Timestamp::from_unix_seconds),
-        min_decryption_version: input.min_version,
-        generation: input.generation,
-        keys: input
-            .keys
-            .into_iter()
-            .map(|k| KeyRecord {
-                version: k.version,
-                state: match k.state % 3 {
-                    0 => KeyState::Active,
-                    1 => KeyState::Disabled,
-                    _ => KeyState::Destroyed,
-                },
-                created_at: Timestamp::from_unix_seconds(k.created),
-                state_changed_at: Timestamp::from_unix_seconds(k.changed),
-                wrapped: k.wrapped.map(|(copy, bytes)| {
-                    WrappedKey::new(if copy { "copy" } else { "elsewhere" }, bytes)
-                }),
-            })
-            .collect(),
-    };
+    let mut record = TenantRecord::new(common::TENANT, input.generation);
+    record.shredded_at = input.shredded.map(Timestamp::from_unix_seconds);
+    record.min_decryption_version = input.min_version;
+    record.keys = input
+        .keys
+        .into_iter()
+        .map(|k| {
+            let state = match k.state % 3 {
+                0 => KeyState::Active,
+                1 => KeyState::Disabled,
+                _ => KeyState::Destroyed,
+            };
+            let wrapped = k.wrapped.map(|(copy, bytes)| {
+                WrappedKey::new(if copy { "copy" } else { "elsewhere" }, bytes)
+            });
+            let mut key = KeyRecord::new(
+                k.version,
+                state,
+                Timestamp::from_unix_seconds(k.created),
+                wrapped,
+            );
+            key.state_changed_at = Timestamp::from_unix_seconds(k.changed);
+            key
+        })
+        .collect();
     let audit = input
         .audit
         .into_iter()
-        .map(|e| AuditEntry {
-            seq: e.seq,
-            at: Timestamp::from_unix_seconds(e.at),
-            event: e.event,
-            tenant: String::new(),
-            version: e.version,
-            actor: String::new(),
-            detail: e.detail,
-            mac: e.mac,
+        .map(|e| {
+            let mut entry =
+                AuditEntry::new(e.seq, Timestamp::from_unix_seconds(e.at), e.event, e.mac);
+            entry.version = e.version;
+            entry.detail = e.detail;
+            entry
         })
         .collect();
     let store = common::FixedStore {

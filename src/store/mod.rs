@@ -68,6 +68,7 @@ impl fmt::Display for KeyState {
 
 /// One stored tenant key version.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyRecord {
     /// The version, from 1.
     pub version: u32,
@@ -84,6 +85,7 @@ pub struct KeyRecord {
 
 /// Everything a key store holds about one tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TenantRecord {
     /// The tenant id.
     pub tenant: String,
@@ -98,7 +100,41 @@ pub struct TenantRecord {
     pub keys: Vec<KeyRecord>,
 }
 
+impl KeyRecord {
+    /// A key version as a store read it, its state unchanged since its
+    /// creation (set [`state_changed_at`](Self::state_changed_at) if it
+    /// changed since). `wrapped` is `None` exactly when `state` is
+    /// [`Destroyed`](KeyState::Destroyed).
+    pub fn new(
+        version: u32,
+        state: KeyState,
+        created_at: Timestamp,
+        wrapped: Option<WrappedKey>,
+    ) -> Self {
+        Self {
+            version,
+            state,
+            created_at,
+            state_changed_at: created_at,
+            wrapped,
+        }
+    }
+}
+
 impl TenantRecord {
+    /// A tenant as a store read it at `generation`: not shredded, no minimum
+    /// decryption version and no keys until the store sets those fields from
+    /// its rows.
+    pub fn new(tenant: impl Into<String>, generation: u64) -> Self {
+        Self {
+            tenant: tenant.into(),
+            shredded_at: None,
+            min_decryption_version: 0,
+            generation,
+            keys: Vec::new(),
+        }
+    }
+
     /// The highest version, which is the primary (0 if there are no keys).
     pub fn latest_version(&self) -> u32 {
         self.keys.iter().map(|k| k.version).max().unwrap_or(0)
@@ -152,6 +188,7 @@ impl StoreIdentity {
 
 /// A key version to create.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct NewKeyVersion {
     /// The version: the tenant's highest version plus one (1 for a new tenant).
     pub version: u32,
@@ -217,11 +254,22 @@ impl TenantRecord {
 
 /// A page of stored key versions across all tenants, for root key rotation.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct StoredKey {
     /// The tenant.
     pub tenant: String,
     /// The version's record.
     pub key: KeyRecord,
+}
+
+impl StoredKey {
+    /// Key version `key` of `tenant`, for [`KeyStore::list_wrapped_keys`].
+    pub fn new(tenant: impl Into<String>, key: KeyRecord) -> Self {
+        Self {
+            tenant: tenant.into(),
+            key,
+        }
+    }
 }
 
 /// Stores wrapped tenant keys for every tenant, and the audit chain.
