@@ -40,6 +40,8 @@ mod keys;
 mod ledger;
 mod sealer;
 mod secret;
+#[cfg(feature = "_sql")]
+mod sql;
 mod telemetry;
 mod time;
 #[cfg(test)]

@@ -14,14 +14,16 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::store::sql::dialect::{
+use crate::sql::dialect::{
     DbError, Dialect, is_concurrent_create, is_duplicate_column, is_missing_table, is_retryable,
     is_unique_violation,
 };
 
-use super::db::{Db, Kind, Tx, Val, now, quote};
 use super::spec::KeyType;
 use super::table::{Key, Table};
+use crate::sql::access::{Db, Kind, Tx, Val, now};
+use crate::sql::ident::quote;
+use crate::sql::retry::{pause, should_retry};
 
 /// Times a range is swept again in one run because the application changed
 /// rows under it (the rows it changed may still be stale).
@@ -130,7 +132,7 @@ impl JobTables {
                 Err(e) if is_retryable(&e) && attempt < 12 => {
                     attempt += 1;
                     drop(tx);
-                    backoff(attempt).await;
+                    pause(attempt).await;
                     continue;
                 }
                 Err(e) => return Err(db_error(db, "reading the jobs' leases", e)),
@@ -157,25 +159,6 @@ pub(crate) fn db_error(db: &Db, what: &str, err: sqlx::Error) -> Error {
         format!("{what} failed in {}", db.name()),
         DbError::new(&err),
     )
-}
-
-/// Whether the database asked for the transaction behind `err` to be retried
-/// (a deadlock, a serialization failure, a busy SQLite database).
-pub(crate) fn should_retry(err: &Error) -> bool {
-    match err {
-        Error::Store {
-            source: Some(source),
-            ..
-        } => source
-            .downcast_ref::<DbError>()
-            .is_some_and(DbError::is_retryable),
-        _ => false,
-    }
-}
-
-/// A short random pause before retrying, longer with each attempt.
-pub(crate) async fn backoff(attempt: u32) {
-    tokio::time::sleep(crate::store::sql::backoff(attempt)).await;
 }
 
 /// A claimed range.
@@ -275,7 +258,7 @@ impl Job {
         let mut last_error = None;
         for attempt in 0..12 {
             if attempt > 0 {
-                backoff(attempt).await;
+                pause(attempt).await;
             }
             let attempt = Self::try_start(db, tables, id, fingerprint, boundaries, now, lock).await;
             match attempt {

@@ -18,7 +18,6 @@ use crate::error::{Error, Result};
 use crate::sealer::Sealer;
 use crate::store::SqlDatabase;
 
-pub(crate) mod db;
 mod job;
 mod options;
 mod plan;
@@ -30,7 +29,7 @@ mod spec;
 mod table;
 mod worker;
 
-use db::Db;
+use crate::sql::access::Db;
 use job::JobTables;
 use table::Table;
 

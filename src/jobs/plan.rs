@@ -1,6 +1,5 @@
 //! Planning: which key versions hold values, and what a job would cost.
 
-use super::db::{Kind, Val};
 use super::job::db_error;
 use super::options::JobOptions;
 use super::report::{ColumnUsage, Plan};
@@ -8,9 +7,11 @@ use super::run::Shared;
 use super::schema::split_schema;
 use super::table::{Header, Stored, Table, parse_header_prefix, parse_stored};
 use super::worker::{Update, Worker, index_values};
-use super::{JobKind, SealedColumns, db, hex, spec};
+use super::{JobKind, SealedColumns, hex, spec};
 use crate::error::{Error, Result};
 use crate::sealer::Sealer;
+use crate::sql::access;
+use crate::sql::access::{Kind, Val};
 use secrecy::ExposeSecret as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,7 +51,7 @@ impl SealedColumns {
         // Grouped byte for byte (`Table::tenant_group`): `acme` and `ACME`
         // are two tenants whatever the column's collation says.
         let tenant_of = |v: &Val| {
-            db::exact_text_value(v)
+            access::exact_text_value(v)
                 .or_else(|| t.fixed_tenant().map(str::to_string))
                 .unwrap_or_default()
         };
@@ -311,7 +312,7 @@ impl SealedColumns {
     /// nothing behind: always on PostgreSQL and SQLite; on MySQL, for InnoDB
     /// tables only.
     pub(super) async fn rolls_back(&self, t: &Table) -> Result<bool> {
-        use crate::store::sql::dialect::Dialect;
+        use crate::sql::dialect::Dialect;
         if self.db.dialect() != Dialect::MySql {
             return Ok(true);
         }

@@ -1,12 +1,12 @@
 //! Retiring key versions no configured value uses any more.
 
 use super::SealedColumns;
-use super::db::{Kind, Val};
 use super::job::db_error;
 use super::options::JobOptions;
 use super::report::{RetireReport, TenantRetirement};
 use crate::admin::KeyAdmin;
 use crate::error::{Error, Result};
+use crate::sql::access::{Kind, Val};
 use crate::store::{KeyState, TenantRecord};
 use crate::time::Timestamp;
 use std::collections::BTreeMap;

@@ -1,6 +1,5 @@
 //! Running a job: re-seal, migrate and verify, table by table, with workers in this process.
 
-use super::db::{Kind, Val};
 use super::job::{BatchCounts, Job, db_error};
 use super::options::{JobOptions, Progress};
 use super::report::{Counts, JobReport, RowFailure, TableReport};
@@ -9,6 +8,7 @@ use super::worker::{Worker, is_fatal};
 use super::{JobKind, MAX_FAILURES, SealedColumns, hex, job, lock, spec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sealer::TenantSealer;
+use crate::sql::access::{Kind, Val};
 use crate::time::Timestamp;
 use sha2::Digest as _;
 use std::collections::{BTreeMap, HashMap};

@@ -1,22 +1,22 @@
 //! Checks that the configured tables, columns and keys exist with usable types.
 
-use super::db::{Kind, Val};
 use super::job::db_error;
 use super::spec::KeyType;
 use super::table::{Stored, Table, parse_stored};
 use super::worker::is_fatal;
-use super::{SealedColumns, db, spec};
+use super::{SealedColumns, spec};
 use crate::error::{Error, Result};
+use crate::sql::access::{Kind, Val};
 use std::sync::Arc;
 
 /// Whether a key column of declared type `ty` (lower case) can be read and
 /// compared as `key_type`; if not, what to do.
 pub(super) fn key_type_fits(
-    dialect: crate::store::sql::dialect::Dialect,
+    dialect: crate::sql::dialect::Dialect,
     key_type: KeyType,
     ty: &str,
 ) -> std::result::Result<(), &'static str> {
-    use crate::store::sql::dialect::Dialect;
+    use crate::sql::dialect::Dialect;
     let base = ty.split(['(', ' ']).next().unwrap_or(ty);
     match key_type {
         KeyType::Integer => {
@@ -62,8 +62,8 @@ pub(super) fn key_type_fits(
 }
 
 /// Whether a column of declared type `ty` holds text.
-pub(super) fn is_text_type(dialect: crate::store::sql::dialect::Dialect, ty: &str) -> bool {
-    if dialect == crate::store::sql::dialect::Dialect::Sqlite {
+pub(super) fn is_text_type(dialect: crate::sql::dialect::Dialect, ty: &str) -> bool {
+    if dialect == crate::sql::dialect::Dialect::Sqlite {
         // SQLite's type affinity rules: TEXT affinity.
         return ["char", "clob", "text"].iter().any(|t| ty.contains(t));
     }
@@ -107,7 +107,7 @@ impl SealedColumns {
                          exist or cannot be read ({} says: {})",
                         t.spec.table(),
                         self.db.name(),
-                        crate::store::sql::dialect::DbError::new(&e)
+                        crate::sql::dialect::DbError::new(&e)
                     )),
                     _ => db_error(&self.db, "reading the configured tables", e),
                 });
@@ -170,7 +170,7 @@ impl SealedColumns {
 
     /// The declared type of `column`, lower-cased (`None` if not found).
     pub(super) async fn column_type(&self, t: &Table, column: &str) -> Result<Option<String>> {
-        use crate::store::sql::dialect::Dialect;
+        use crate::sql::dialect::Dialect;
         let table = t.spec.table();
         let (schema, name) = split_schema(table);
         let (sql, binds) = match self.db.dialect() {
@@ -178,7 +178,7 @@ impl SealedColumns {
                 "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
                  WHERE attrelid = CAST(? AS regclass) AND attname = ? AND NOT attisdropped",
                 vec![
-                    Val::Text(db::quote(Dialect::Postgres, table)),
+                    Val::Text(crate::sql::ident::quote(Dialect::Postgres, table)),
                     Val::Text(column.into()),
                 ],
             ),
@@ -209,7 +209,7 @@ impl SealedColumns {
     }
 
     pub(super) async fn primary_key(&self, t: &Table) -> Result<Vec<String>> {
-        use crate::store::sql::dialect::Dialect;
+        use crate::sql::dialect::Dialect;
         let table = t.spec.table();
         let (schema, name) = split_schema(table);
         let (sql, binds) = match self.db.dialect() {
@@ -218,7 +218,10 @@ impl SealedColumns {
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
                  WHERE i.indisprimary AND i.indrelid = CAST(? AS regclass) ORDER BY a.attnum"
                     .to_string(),
-                vec![Val::Text(db::quote(Dialect::Postgres, table))],
+                vec![Val::Text(crate::sql::ident::quote(
+                    Dialect::Postgres,
+                    table,
+                ))],
             ),
             Dialect::MySql => (
                 "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.KEY_COLUMN_USAGE \

@@ -4,7 +4,8 @@
 use crate::blind_index::BlindIndex;
 use crate::context::{Context, check_tenant};
 use crate::error::{Error, Result};
-use crate::store::sql::dialect::Dialect;
+use crate::sql::dialect::Dialect;
+use crate::sql::ident::check_app_name;
 
 /// The type of a table's primary key column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -248,26 +249,6 @@ impl ColumnSpec {
     }
 }
 
-/// Checks an SQL identifier: non-empty parts, no NUL.
-fn check_ident(path: &str, what: &str, name: &str, dotted: bool) -> Result<()> {
-    let bad = name.is_empty()
-        || name.contains('\0')
-        || name.split('.').any(str::is_empty)
-        || (!dotted && name.contains('.'))
-        || name.split('.').count() > 2;
-    if bad {
-        return Err(Error::config(format!(
-            "{path}.{what}: {name:?} is not a valid {}",
-            if dotted {
-                "table name (`table` or `schema.table`)"
-            } else {
-                "column name"
-            }
-        )));
-    }
-    Ok(())
-}
-
 /// Validates the specs as a whole, before anything touches the database.
 /// Messages name the offending entry as `tables[i].columns[j].field`.
 pub(crate) fn validate(tables: &[TableSpec], dialect: Dialect) -> Result<()> {
@@ -277,8 +258,8 @@ pub(crate) fn validate(tables: &[TableSpec], dialect: Dialect) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for (i, t) in tables.iter().enumerate() {
         let path = format!("tables[{i}]");
-        check_ident(&path, "table", &t.table, true)?;
-        check_ident(&path, "key", &t.key, false)?;
+        check_app_name(&path, "table", &t.table, true)?;
+        check_app_name(&path, "key", &t.key, false)?;
         if !seen.insert(t.table.as_str()) {
             return Err(Error::config(format!(
                 "{path}.table: `{}` is configured twice; list all of its columns under one entry",
@@ -298,7 +279,7 @@ pub(crate) fn validate(tables: &[TableSpec], dialect: Dialect) -> Result<()> {
                      fixed tenant id"
                 )));
             }
-            Some(TenantSource::Column(c)) => check_ident(&path, "tenant.column", c, false)?,
+            Some(TenantSource::Column(c)) => check_app_name(&path, "tenant.column", c, false)?,
             Some(TenantSource::Fixed(id)) => {
                 check_tenant(id).map_err(|e| Error::config(format!("{path}.tenant.fixed: {e}")))?
             }
@@ -329,7 +310,7 @@ pub(crate) fn validate(tables: &[TableSpec], dialect: Dialect) -> Result<()> {
         }
         for (j, c) in t.columns.iter().enumerate() {
             let path = format!("{path}.columns[{j}]");
-            check_ident(&path, "column", &c.column, false)?;
+            check_app_name(&path, "column", &c.column, false)?;
             if !names.insert(c.column.as_str()) || c.column == t.key {
                 return Err(Error::config(format!(
                     "{path}.column: `{}` is configured twice, or is the primary key",
@@ -337,10 +318,10 @@ pub(crate) fn validate(tables: &[TableSpec], dialect: Dialect) -> Result<()> {
                 )));
             }
             if let RowSource::Column(r) = &c.row {
-                check_ident(&path, "row", r, false)?;
+                check_app_name(&path, "row", r, false)?;
             }
             for (i, (col, _)) in c.indexes.iter().enumerate() {
-                check_ident(&path, &format!("indexes[{i}].column"), col, false)?;
+                check_app_name(&path, &format!("indexes[{i}].column"), col, false)?;
                 if !names.insert(col.as_str()) || *col == t.key || read.contains(col.as_str()) {
                     return Err(Error::config(format!(
                         "{path}.indexes[{i}].column: `{col}` is configured twice, or is the \
@@ -350,7 +331,7 @@ pub(crate) fn validate(tables: &[TableSpec], dialect: Dialect) -> Result<()> {
             }
             for (k, source) in &c.extras {
                 if let ExtraSource::Column(col) = source {
-                    check_ident(&path, &format!("extras.{k}"), col, false)?;
+                    check_app_name(&path, &format!("extras.{k}"), col, false)?;
                 }
             }
             // The labels and constant extras must make a valid context.
@@ -377,7 +358,7 @@ pub(crate) fn validate(tables: &[TableSpec], dialect: Dialect) -> Result<()> {
                     )));
                 }
                 Some(Migration::From(source)) => {
-                    check_ident(&path, "migrate_from", source, false)?;
+                    check_app_name(&path, "migrate_from", source, false)?;
                     if *source == c.column {
                         return Err(Error::config(format!(
                             "{path}.migrate_from: the source is the sealed column itself; use \

@@ -4,12 +4,13 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::format::{Algorithm, FORMAT_V1, SealedValue, TEXT_PREFIX};
-use crate::store::sql::dialect::Dialect;
+use crate::sql::dialect::Dialect;
 
-use super::db::{Kind, Val, as_text, exact_text, quote};
 use super::spec::{
     ColumnForm, ColumnSpec, ExtraSource, KeyType, Migration, RowSource, TableSpec, TenantSource,
 };
+use crate::sql::access::{Kind, Val, as_text, exact_text};
+use crate::sql::ident::quote;
 
 /// A key value of a table (the primary key), as read and bound.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,15 +1,17 @@
 //! One worker: leases a range of rows, decides and writes each row with a compare-and-swap.
 
-use super::db::{Db, Val};
 use super::job::{BatchCounts, Job, Lease, db_error};
 use super::options::JobOptions;
 use super::run::{OwnRootRefusal, Shared};
 use super::spec::ColumnSpec;
 use super::table::{Key, Stored, Table, parse_stored};
-use super::{JobKind, MAX_BATCH, MAX_PARAMS, db, job, lock, spec};
+use super::{JobKind, MAX_BATCH, MAX_PARAMS, lock, spec};
 use crate::error::{Error, Result};
 use crate::format::SealedValue;
 use crate::sealer::{Sealer, TenantSealer};
+use crate::sql::access;
+use crate::sql::access::{Db, Val};
+use crate::sql::retry::{pause, should_retry};
 use secrecy::ExposeSecret as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -129,9 +131,9 @@ impl Worker {
                 }
                 // A deadlock or serialization failure: nothing of the batch
                 // was committed; read it again and retry.
-                Err(e) if job::should_retry(&e) && attempt < 12 => {
+                Err(e) if should_retry(&e) && attempt < 12 => {
                     attempt += 1;
-                    job::backoff(attempt).await;
+                    pause(attempt).await;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -582,7 +584,7 @@ impl Worker {
     /// chunk; returns how many rows were written.
     pub(super) async fn cas(
         &self,
-        tx: &mut db::Tx,
+        tx: &mut access::Tx,
         j: usize,
         updates: &[Update],
         from_source: bool,

@@ -9,7 +9,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{
@@ -27,14 +26,15 @@ use crate::error::{Error, Result};
 use crate::provider::WrappedKey;
 use crate::time::Timestamp;
 
-pub(crate) mod dialect;
 mod statements;
 
-pub use dialect::SqlDatabase;
-use dialect::{
+pub use crate::sql::dialect::SqlDatabase;
+use crate::sql::dialect::{
     DbError, is_concurrent_create, is_duplicate_column, is_missing_table, is_retryable,
     is_unique_violation,
 };
+use crate::sql::ident::check_own_name;
+use crate::sql::retry::backoff;
 use statements::Statements;
 
 /// The schema version this build creates and reads.
@@ -122,30 +122,13 @@ impl<DB: SqlDatabase> SqlKeyStore<DB> {
     /// [`Error::Config`] unless `prefix` is 1 to 32 characters of lower-case
     /// ASCII letters, digits and `_`, starting with a letter.
     pub fn with_table_prefix(self, prefix: &str) -> Result<Self> {
-        check_identifier("table prefix", prefix, 32)?;
+        check_own_name("table prefix", prefix, 32)?;
         Ok(Self::build(self.pool, prefix, self.sql.schema.as_deref()))
     }
 
     /// The pool the store uses.
     pub fn pool(&self) -> &Pool<DB> {
         &self.pool
-    }
-}
-
-fn check_identifier(what: &str, value: &str, max: usize) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= max
-        && value.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::config(format!(
-            "{what} {value:?} is invalid: use 1 to {max} lower-case ASCII letters, digits and \
-             `_`, starting with a letter"
-        )))
     }
 }
 
@@ -160,7 +143,7 @@ impl SqlKeyStore<sqlx::Postgres> {
     /// [`Error::Config`] unless `schema` is 1 to 63 lower-case ASCII letters,
     /// digits and `_`, starting with a letter.
     pub fn with_schema(self, schema: &str) -> Result<Self> {
-        check_identifier("schema", schema, 63)?;
+        check_own_name("schema", schema, 63)?;
         let prefix = self.sql.prefix.clone();
         Ok(Self::build(self.pool, &prefix, Some(schema)))
     }
@@ -187,13 +170,6 @@ macro_rules! retry {
             }
         }
     }};
-}
-
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    // 2, 4, 8, … ms, capped, with jitter so that colliding processes spread out.
-    let base = 1u64 << attempt.min(7);
-    let jitter = u64::from(rand::random::<u8>()) % base.max(1);
-    Duration::from_millis(base + jitter)
 }
 
 fn to_u32(v: i64) -> u32 {

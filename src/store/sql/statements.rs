@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::dialect::{Dialect, placeholders};
+use crate::sql::dialect::{Dialect, placeholders};
 
 /// SQLite's statements for erasing wrapped keys from the file, not only from
 /// their rows (see [`Statements::scrub`]).

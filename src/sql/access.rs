@@ -7,7 +7,7 @@
 
 use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 
-use crate::store::sql::dialect::{Dialect, placeholders};
+use crate::sql::dialect::{Dialect, placeholders};
 
 /// A pool of one of the supported databases.
 #[derive(Clone, Debug)]
@@ -93,7 +93,7 @@ pub(crate) enum Kind {
 impl Db {
     /// The pool of whichever supported database `DB` is. (`SqlDatabase` is
     /// sealed to the three, so one of the downcasts succeeds.)
-    pub(crate) fn from_pool<DB: crate::store::SqlDatabase>(
+    pub(crate) fn from_pool<DB: crate::sql::dialect::SqlDatabase>(
         pool: sqlx::Pool<DB>,
     ) -> Result<Self, crate::Error> {
         let pool: Box<dyn std::any::Any> = Box::new(pool);
@@ -199,7 +199,7 @@ impl Tx {
     }
 }
 
-fn db_dialect<DB: crate::store::SqlDatabase>(_: &sqlx::Pool<DB>) -> Dialect {
+fn db_dialect<DB: crate::sql::dialect::SqlDatabase>(_: &sqlx::Pool<DB>) -> Dialect {
     DB::DIALECT
 }
 
@@ -261,7 +261,7 @@ where
 
 async fn execute<'e, DB, E>(executor: E, sql: String, binds: &[Val]) -> Result<u64, sqlx::Error>
 where
-    DB: crate::store::SqlDatabase,
+    DB: crate::sql::dialect::SqlDatabase,
     E: Executor<'e, Database = DB>,
     for<'q> DB::Arguments: IntoArguments<DB>,
     i64: Type<DB> + for<'q> Encode<'q, DB>,
@@ -272,33 +272,6 @@ where
     let query = bind_all!(sqlx::query::<DB>(AssertSqlSafe(sql)), binds);
     let result = query.execute(executor).await?;
     Ok(DB::rows_affected(&result))
-}
-
-/// Quotes an identifier, or a `schema.table` pair, for `dialect`: double
-/// quotes (PostgreSQL) or backticks (MySQL, SQLite), with the quote character
-/// doubled inside. Names are therefore exact and case-sensitive. (SQLite
-/// takes a double-quoted name that matches no column for a string literal;
-/// a backquoted one is always a name, so a misspelt column is an error.)
-pub(crate) fn quote(dialect: Dialect, name: &str) -> String {
-    let q = match dialect {
-        Dialect::MySql | Dialect::Sqlite => '`',
-        Dialect::Postgres => '"',
-    };
-    name.split('.')
-        .map(|part| {
-            let mut out = String::with_capacity(part.len() + 2);
-            out.push(q);
-            for c in part.chars() {
-                if c == q {
-                    out.push(q);
-                }
-                out.push(c);
-            }
-            out.push(q);
-            out
-        })
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 /// `expr` converted to text.
