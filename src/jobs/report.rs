@@ -16,7 +16,7 @@ pub struct RowFailure {
     pub column: String,
     /// The row's primary key.
     pub key: String,
-    /// The error kind ([`Error::kind`]).
+    /// The error kind ([`Error::kind`](crate::Error::kind)).
     pub kind: ErrorKind,
     /// What went wrong.
     pub message: String,
@@ -193,7 +193,7 @@ pub struct TenantRetirement {
     /// `table.column`.
     pub in_use: BTreeMap<u32, BTreeMap<String, u64>>,
     /// Set when nothing was destroyed because the primary is younger than
-    /// [`JobOptions::min_primary_age`]: its age.
+    /// [`JobOptions::min_primary_age`](crate::jobs::JobOptions::min_primary_age): its age.
     pub primary_too_young: Option<Duration>,
     /// Values under versions that can no longer open (destroyed, or unknown
     /// to the key store): per version, the counts per `table.column`.
