@@ -27,14 +27,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
 use fieldseal::{
     Context, Error, LocalKeyProvider, RootKey, Sealer, SqlKeyStore, Timestamp, async_trait,
     provider::{KeyProvider, TenantKey, WrapContext, WrappedKey},
     store::KeyStore,
 };
 
-use common::PgSchema;
+use common::{PgSchema, aead_floor};
 
 const VALUES_PER_TENANT: usize = 3;
 /// Warm operations per batch, and batches (the fastest batch counts).
@@ -112,20 +111,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn aead_floor(len: usize, times: u32) -> Duration {
-    let cipher = aes_gcm::Aes256Gcm::new(&[7u8; 32].into());
-    let mut buf = vec![0x5au8; len];
-    let nonce = [9u8; 12];
-    let start = Instant::now();
-    for _ in 0..times {
-        let tag = cipher
-            .encrypt_inout_detached(&nonce.into(), b"", buf.as_mut_slice().into())
-            .expect("seal");
-        std::hint::black_box((&buf, tag));
-    }
-    start.elapsed()
-}
-
 /// Seal and open of 256 bytes under one cached key, and the AEAD floor of
 /// 256 bytes, per operation: the fastest of a few batches each, taken in
 /// turns.
@@ -145,7 +130,7 @@ async fn warm(sealer: &Sealer) -> (Duration, Duration, Duration) {
             std::hint::black_box(sealer.open(&c, &value).await.expect("open"));
         }
         open = open.min(start.elapsed() / WARM_OPS);
-        floor = floor.min(aead_floor(256, WARM_OPS) / WARM_OPS);
+        floor = floor.min(aead_floor(256, u64::from(WARM_OPS)) / WARM_OPS);
     }
     (seal, open, floor)
 }
@@ -207,7 +192,7 @@ where
         calls.push(counters.take());
     }
     let (seal_after, open_after, floor_after) = warm(&sealer).await;
-    let floor_wrap = aead_floor(32, u32::try_from(versions).expect("versions"));
+    let floor_wrap = aead_floor(32, u64::try_from(versions).expect("versions"));
 
     let time = median(times.clone());
     let (unwraps, wraps) = calls[calls.len() / 2];

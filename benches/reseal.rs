@@ -24,8 +24,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use common::PgSchema;
+use common::{PgSchema, aead_floor};
 use fieldseal::{
     Context, LocalKeyProvider, RootKey, Sealer, SqlKeyStore,
     jobs::{ColumnForm, ColumnSpec, JobOptions, KeyType, SealedColumns, TableSpec},
@@ -132,20 +131,6 @@ async fn floor(pool: &PgPool, value_len: usize) -> Duration {
     start.elapsed()
 }
 
-fn aead_floor(rows: i64) -> Duration {
-    let cipher = aes_gcm::Aes256Gcm::new(&[7u8; 32].into());
-    let mut buf = [0x5au8; TOKEN];
-    let nonce = [9u8; 12];
-    let start = Instant::now();
-    for _ in 0..rows {
-        let tag = cipher
-            .encrypt_inout_detached(&nonce.into(), b"", buf.as_mut_slice().into())
-            .expect("seal");
-        std::hint::black_box((&buf, tag));
-    }
-    start.elapsed()
-}
-
 async fn bench(url: &str, rows: i64) {
     let pg = PgSchema::create(url, 8).await;
     let (pool, schema) = (pg.pool.clone(), pg.name.clone());
@@ -207,7 +192,7 @@ async fn bench(url: &str, rows: i64) {
             assert_eq!(totals.failed, 0);
         }
     }
-    let aead = aead_floor(rows);
+    let aead = aead_floor(TOKEN, u64::try_from(rows).expect("rows"));
     let floor = median(floors);
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!(

@@ -1,6 +1,27 @@
-//! What the benches that run on PostgreSQL share.
+//! What the benches that run on PostgreSQL share: a schema of their own, and
+//! the raw AEAD floor their figures are reported against.
+#![allow(dead_code)]
 
+use std::time::{Duration, Instant};
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use sqlx::PgPool;
+
+/// The raw AEAD floor: `times` bare AES-256-GCM seals of `len` bytes with a
+/// fixed key and nonce, in place, and the time they took.
+pub(crate) fn aead_floor(len: usize, times: u64) -> Duration {
+    let cipher = aes_gcm::Aes256Gcm::new(&[7u8; 32].into());
+    let mut buf = vec![0x5au8; len];
+    let nonce = [9u8; 12];
+    let start = Instant::now();
+    for _ in 0..times {
+        let tag = cipher
+            .encrypt_inout_detached(&nonce.into(), b"", buf.as_mut_slice().into())
+            .expect("seal");
+        std::hint::black_box((&buf, tag));
+    }
+    start.elapsed()
+}
 
 /// A schema of its own on a PostgreSQL server, so that runs never collide.
 pub(crate) struct PgSchema {

@@ -19,6 +19,7 @@ use crate::sql::dialect::{
     is_unique_violation,
 };
 
+use super::report::Counts;
 use super::spec::KeyType;
 use super::table::{Key, Table};
 use crate::sql::access::{Db, Kind, Tx, Val, now};
@@ -172,34 +173,6 @@ pub(crate) struct Lease {
     pub(crate) pass: i64,
     /// Rows the application changed under this pass so far.
     pub(crate) pass_changed: u64,
-}
-
-/// One batch's effect on its range's counters.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct BatchCounts {
-    pub(crate) scanned: u64,
-    pub(crate) written: u64,
-    pub(crate) current: u64,
-    pub(crate) changed: u64,
-    pub(crate) failed: u64,
-    pub(crate) nulls: u64,
-    pub(crate) legacy: u64,
-    pub(crate) shredded: u64,
-}
-
-/// The totals of a job run, summed over its ranges.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct RunTotals {
-    pub(crate) ranges: u64,
-    pub(crate) done: u64,
-    pub(crate) scanned: u64,
-    pub(crate) written: u64,
-    pub(crate) current: u64,
-    pub(crate) changed: u64,
-    pub(crate) failed: u64,
-    pub(crate) nulls: u64,
-    pub(crate) legacy: u64,
-    pub(crate) shredded: u64,
 }
 
 /// A job this process works on.
@@ -502,7 +475,7 @@ impl Job {
         tx: &mut Tx,
         lease: &mut Lease,
         cursor: Option<&Key>,
-        counts: BatchCounts,
+        counts: Counts,
         finished: bool,
     ) -> Result<bool> {
         let pass_changed = lease.pass_changed.saturating_add(counts.changed);
@@ -588,8 +561,9 @@ impl Job {
         Ok(true)
     }
 
-    /// The run's totals so far, over every worker of every process.
-    pub(crate) async fn totals(&self, db: &Db) -> Result<RunTotals> {
+    /// The run's counts so far, summed over its ranges, from every worker
+    /// of every process.
+    pub(crate) async fn totals(&self, db: &Db) -> Result<Counts> {
         // SUM is NUMERIC/DECIMAL on PostgreSQL and MySQL: bring it back to 64 bits.
         let int = match db.dialect() {
             Dialect::MySql => "SIGNED",
@@ -599,9 +573,7 @@ impl Job {
         let rows = db
             .fetch(
                 &format!(
-                    "SELECT COUNT(*), {}, {}, {}, {}, {}, {}, {}, {}, {} FROM {} \
-                     WHERE job = ? AND run = ?",
-                    sum("CASE WHEN state = 'done' THEN 1 ELSE 0 END"),
+                    "SELECT {}, {}, {}, {}, {}, {}, {}, {} FROM {} WHERE job = ? AND run = ?",
                     sum("scanned"),
                     sum("written"),
                     sum("current_rows"),
@@ -613,23 +585,21 @@ impl Job {
                     self.tables.ranges
                 ),
                 &[Val::Text(self.id.clone()), Val::Int(self.run)],
-                &[Kind::Int; 10],
+                &[Kind::Int; 8],
             )
             .await
             .map_err(|e| db_error(db, "reading a job's totals", e))?;
         let r = rows.first().cloned().unwrap_or_default();
         let at = |i: usize| r.get(i).map_or(0, to_u64);
-        Ok(RunTotals {
-            ranges: at(0),
-            done: at(1),
-            scanned: at(2),
-            written: at(3),
-            current: at(4),
-            changed: at(5),
-            failed: at(6),
-            nulls: at(7),
-            legacy: at(8),
-            shredded: at(9),
+        Ok(Counts {
+            scanned: at(0),
+            written: at(1),
+            current: at(2),
+            changed: at(3),
+            failed: at(4),
+            nulls: at(5),
+            legacy: at(6),
+            shredded: at(7),
         })
     }
 }

@@ -1,6 +1,5 @@
 //! What a job run reports: counts, failures, plans and retirements.
 
-use super::job::BatchCounts;
 use crate::error::ErrorKind;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -53,7 +52,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub(super) fn add(&mut self, b: &BatchCounts) {
+    pub(super) fn add(&mut self, b: &Counts) {
         self.scanned += b.scanned;
         self.written += b.written;
         self.current += b.current;

@@ -1,6 +1,6 @@
 //! Running a job: re-seal, migrate and verify, table by table, with workers in this process.
 
-use super::job::{BatchCounts, Job, db_error};
+use super::job::{Job, db_error};
 use super::options::{JobOptions, Progress};
 use super::report::{Counts, JobReport, RowFailure, TableReport};
 use super::table::{Key, Table};
@@ -70,7 +70,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn add(&self, counts: &BatchCounts) {
+    pub(super) fn add(&self, counts: &Counts) {
         lock(&self.local).add(counts);
     }
 
@@ -322,16 +322,7 @@ impl SealedColumns {
             Some((id, u64::try_from(job.run).unwrap_or(0))),
             complete,
         );
-        report.counts = Counts {
-            scanned: totals.scanned,
-            written: totals.written,
-            current: totals.current,
-            changed: totals.changed,
-            failed: totals.failed,
-            nulls: totals.nulls,
-            legacy: totals.legacy,
-            shredded: totals.shredded,
-        };
+        report.counts = totals;
         Ok(report)
     }
 

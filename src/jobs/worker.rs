@@ -1,7 +1,8 @@
 //! One worker: leases a range of rows, decides and writes each row with a compare-and-swap.
 
-use super::job::{BatchCounts, Job, Lease, db_error};
+use super::job::{Job, Lease, db_error};
 use super::options::JobOptions;
+use super::report::Counts;
 use super::run::{OwnRootRefusal, Shared};
 use super::spec::ColumnSpec;
 use super::table::{Key, Stored, Table, parse_stored};
@@ -157,19 +158,19 @@ impl Worker {
         job: &Job,
         lease: &mut Lease,
         updates: &[Vec<Update>],
-        mut counts: BatchCounts,
+        mut counts: Counts,
         last: Option<Key>,
         finished: bool,
-    ) -> Result<Option<(bool, BatchCounts)>> {
+    ) -> Result<Option<(bool, Counts)>> {
         if lease.pass > 1 {
             // A range swept again (the application changed rows under the
             // first sweep): its values were counted then; count only what
             // this sweep writes, finds changed, or fails on.
-            counts = BatchCounts {
+            counts = Counts {
                 written: counts.written,
                 changed: counts.changed,
                 failed: counts.failed,
-                ..BatchCounts::default()
+                ..Counts::default()
             };
         }
         let mut tx = self
@@ -361,13 +362,10 @@ impl Worker {
     /// Decides, for every value of `rows`, what to write. A failure that is
     /// about one value is counted and reported; one that is about the whole
     /// job (the key provider or store fails, a wrong root key) stops it.
-    pub(super) async fn process(
-        &self,
-        rows: &[Vec<Val>],
-    ) -> Result<(Vec<Vec<Update>>, BatchCounts)> {
+    pub(super) async fn process(&self, rows: &[Vec<Val>]) -> Result<(Vec<Vec<Update>>, Counts)> {
         let t = &self.table;
         let mut updates: Vec<Vec<Update>> = vec![Vec::new(); t.spec.columns.len()];
-        let mut counts = BatchCounts::default();
+        let mut counts = Counts::default();
         for row in rows {
             let key = t.row_key(row);
             for (j, c) in t.spec.columns.iter().enumerate() {
@@ -529,9 +527,9 @@ impl Worker {
     }
 
     /// Opens every value of `rows`, counting and reporting those that fail.
-    pub(super) async fn verify_rows(&self, rows: &[Vec<Val>]) -> Result<BatchCounts> {
+    pub(super) async fn verify_rows(&self, rows: &[Vec<Val>]) -> Result<Counts> {
         let t = &self.table;
-        let mut counts = BatchCounts::default();
+        let mut counts = Counts::default();
         for row in rows {
             let key = t.row_key(row);
             for (j, c) in t.spec.columns.iter().enumerate() {
