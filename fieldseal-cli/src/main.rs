@@ -40,7 +40,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fieldseal::{
     Error, ErrorKind, Sealer, SqlKeyStore, Timestamp,
-    admin::RootKeyFate,
+    admin::{RootKeyFate, RotationOutcome},
     audit::ShredLedger,
     jobs::{JobOptions, Plan, RetireReport, SealedColumns},
     provider::KeyProvider,
@@ -812,59 +812,42 @@ async fn rotate(
     } else {
         named.to_vec()
     };
-    let now = Timestamp::now().unix_seconds();
     let mut rows = Vec::new();
     let mut rotated = 0usize;
     let mut refused = 0usize;
+    // The policy (which tenants are due, which refusals are one tenant's
+    // matter) is the library's: this loop reports it.
     for tenant in &tenants {
-        let record = admin.describe(tenant).await?;
-        let primary = record.latest_version();
-        let created = record
-            .keys
-            .iter()
-            .find(|k| k.version == primary)
-            .map(|k| k.created_at);
-        let age = created.map_or(0, |c| now.saturating_sub(c.unix_seconds()).max(0));
-        let age = Duration::from_secs(u64::try_from(age).unwrap_or(0));
-        if let Some(limit) = older_than
-            && age < limit
-        {
-            rows.push(json!({
-                "tenant": tenant, "primary": primary, "primary_age_secs": age.as_secs(),
+        let due = admin.rotate_if_due(tenant, older_than, dry_run).await?;
+        let (primary, age) = (due.primary, due.primary_age.as_secs());
+        rows.push(match due.outcome {
+            RotationOutcome::NotDue => json!({
+                "tenant": tenant, "primary": primary, "primary_age_secs": age,
                 "rotated": false,
-            }));
-            continue;
-        }
-        if dry_run {
-            rows.push(json!({
-                "tenant": tenant, "primary": primary, "primary_age_secs": age.as_secs(),
-                "rotated": false, "would_rotate": true,
-            }));
-            rotated += 1;
-            continue;
-        }
-        // A tenant whose own root key refuses (or that this runner does not
-        // bind) is that tenant's matter: the others are rotated.
-        let rotation = match admin.rotate(tenant).await {
-            Ok(rotation) => rotation,
-            Err(
-                e @ (fieldseal::Error::TenantRootKeyUnavailable { .. }
-                | fieldseal::Error::RootKeyNotConfigured { .. }),
-            ) => {
-                refused += 1;
-                rows.push(json!({
-                    "tenant": tenant, "primary": primary, "primary_age_secs": age.as_secs(),
-                    "rotated": false, "error": e.to_string(),
-                }));
-                continue;
+            }),
+            RotationOutcome::WouldRotate => {
+                rotated += 1;
+                json!({
+                    "tenant": tenant, "primary": primary, "primary_age_secs": age,
+                    "rotated": false, "would_rotate": true,
+                })
             }
-            Err(e) => return Err(e.into()),
-        };
-        rotated += 1;
-        rows.push(json!({
-            "tenant": tenant, "previous": rotation.previous, "primary": rotation.primary,
-            "primary_age_secs": age.as_secs(), "rotated": true, "created": rotation.created,
-        }));
+            RotationOutcome::Rotated(rotation) => {
+                rotated += 1;
+                json!({
+                    "tenant": tenant, "previous": rotation.previous, "primary": rotation.primary,
+                    "primary_age_secs": age, "rotated": true, "created": rotation.created,
+                })
+            }
+            RotationOutcome::Refused(e) => {
+                refused += 1;
+                json!({
+                    "tenant": tenant, "primary": primary, "primary_age_secs": age,
+                    "rotated": false, "error": e.to_string(),
+                })
+            }
+            other => return Err(Failure::Failed(format!("{tenant}: {other:?}"))),
+        });
     }
     emit(
         cli,

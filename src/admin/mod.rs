@@ -20,6 +20,7 @@ mod tenant_keys;
 
 pub use report::{
     ErasureReport, RewrapReport, RootKeyCheck, RootKeyFate, RootKeyRetirement, Rotation,
+    RotationOutcome, ScheduledRotation,
 };
 
 /// Page size for walking key versions and audit entries.

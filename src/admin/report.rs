@@ -1,5 +1,8 @@
 //! What the key administration calls report.
 
+use std::time::Duration;
+
+use crate::error::Error;
 use crate::provider::WrappedKey;
 use crate::time::Timestamp;
 
@@ -14,6 +17,38 @@ pub struct Rotation {
     /// `true` if this call created the new version; `false` if a concurrent
     /// rotation (in this or another process) created it first.
     pub created: bool,
+}
+
+/// What [`KeyAdmin::rotate_if_due`](crate::KeyAdmin::rotate_if_due) found
+/// and did for one tenant.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ScheduledRotation {
+    /// The tenant's primary key version when it was looked at.
+    pub primary: u32,
+    /// How old that version was (from its creation, on the sealer's clock).
+    pub primary_age: Duration,
+    /// What was done.
+    pub outcome: RotationOutcome,
+}
+
+/// The outcome of a scheduled rotation of one tenant.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RotationOutcome {
+    /// The primary version is younger than the limit: nothing was done.
+    NotDue,
+    /// Due, and left alone because this was a dry run.
+    WouldRotate,
+    /// Rotated.
+    Rotated(Rotation),
+    /// Due, but the tenant's own root key refused
+    /// ([`Error::TenantRootKeyUnavailable`](crate::Error::TenantRootKeyUnavailable)),
+    /// or its keys are under a root key this process does not hold
+    /// ([`Error::RootKeyNotConfigured`](crate::Error::RootKeyNotConfigured)).
+    /// That is this tenant's matter: a schedule goes on with the others, and
+    /// reports it.
+    Refused(Error),
 }
 
 /// What [`KeyAdmin::retire_root_keys`](crate::KeyAdmin::retire_root_keys) did, root key by root key.

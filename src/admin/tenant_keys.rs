@@ -1,7 +1,9 @@
 //! A tenant's key versions: rotation, state changes, the minimum decryption version, re-creation.
 
 use super::KeyAdmin;
-use super::report::Rotation;
+use std::time::Duration;
+
+use super::report::{Rotation, RotationOutcome, ScheduledRotation};
 use crate::audit::AuditEvent;
 use crate::context::check_new_tenant;
 use crate::error::{Error, Result};
@@ -9,6 +11,58 @@ use crate::store::{InsertOutcome, KeyState};
 use crate::telemetry;
 
 impl KeyAdmin {
+    /// Rotates `tenant` if its primary key version is at least `older_than`
+    /// old (whatever its age, with `None`): the policy behind a rotation
+    /// schedule such as `fieldseal rotate --all --older-than 90d`. With
+    /// `dry_run`, reports what it would do and changes nothing.
+    ///
+    /// A refusal that concerns only this tenant (its own root key refuses, or
+    /// its keys are under a root key this process does not hold) is reported
+    /// as [`RotationOutcome::Refused`], so that a schedule goes on with the
+    /// other tenants.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownTenant`]; [`Error::TenantShredded`]; the errors of
+    /// [`KeyAdmin::rotate`] other than the refusals above.
+    pub async fn rotate_if_due(
+        &self,
+        tenant: &str,
+        older_than: Option<Duration>,
+        dry_run: bool,
+    ) -> Result<ScheduledRotation> {
+        let record = self.describe(tenant).await?;
+        let primary = record.latest_version();
+        let now = self.keys.now().unix_seconds();
+        let age = record
+            .keys
+            .iter()
+            .find(|k| k.version == primary)
+            .map_or(0, |k| {
+                now.saturating_sub(k.created_at.unix_seconds()).max(0)
+            });
+        let primary_age = Duration::from_secs(u64::try_from(age).unwrap_or(0));
+        let outcome = if older_than.is_some_and(|limit| primary_age < limit) {
+            RotationOutcome::NotDue
+        } else if dry_run {
+            RotationOutcome::WouldRotate
+        } else {
+            match self.rotate(tenant).await {
+                Ok(rotation) => RotationOutcome::Rotated(rotation),
+                Err(
+                    e @ (Error::TenantRootKeyUnavailable { .. }
+                    | Error::RootKeyNotConfigured { .. }),
+                ) => RotationOutcome::Refused(e),
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(ScheduledRotation {
+            primary,
+            primary_age,
+            outcome,
+        })
+    }
+
     /// Creates a new primary key version; the previous primary becomes
     /// decrypt-only. Values are not touched: they keep opening, reported stale,
     /// until re-sealed.
