@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use fieldseal::admin::RotationOutcome;
 use fieldseal::testing::ManualClock;
-use fieldseal::{KeyAdmin, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer, Timestamp};
+use fieldseal::{
+    ErrorKind, KeyAdmin, LocalKeyProvider, MemoryKeyStore, RootKey, Sealer, Timestamp,
+};
 
 const DAY: u64 = 86_400;
 
@@ -77,6 +79,20 @@ async fn only_tenants_whose_primary_is_old_enough_are_rotated() {
 
     // A tenant with no keys is an error, not a quiet "not due".
     assert!(admin.rotate_if_due("initech", None, false).await.is_err());
+
+    // A shredded tenant is refused alike in a dry run and a real one.
+    admin.shred_tenant("globex").await.unwrap();
+    for dry_run in [true, false] {
+        let err = admin
+            .rotate_if_due("globex", None, dry_run)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::TenantShredded,
+            "dry run {dry_run}: {err}"
+        );
+    }
 }
 
 #[tokio::test]

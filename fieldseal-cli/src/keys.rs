@@ -59,7 +59,14 @@ pub(crate) async fn rotate(
                     "rotated": false, "error": e.to_string(),
                 })
             }
-            other => return Err(Failure::Failed(format!("{tenant}: {other:?}"))),
+            // An outcome this build does not know: reported, not guessed at.
+            other => {
+                refused += 1;
+                json!({
+                    "tenant": tenant, "primary": primary, "primary_age_secs": age,
+                    "rotated": false, "error": format!("{other:?}"),
+                })
+            }
         });
     }
     emit(

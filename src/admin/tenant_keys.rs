@@ -32,6 +32,14 @@ impl KeyAdmin {
         dry_run: bool,
     ) -> Result<ScheduledRotation> {
         let record = self.describe(tenant).await?;
+        // A shredded tenant is never due, in a dry run as in a real one
+        // (whose rotation would refuse it).
+        if let Some(shredded_at) = record.shredded_at {
+            return Err(Error::TenantShredded {
+                tenant: tenant.to_string(),
+                shredded_at,
+            });
+        }
         let primary = record.latest_version();
         let now = self.keys.now().unix_seconds();
         let age = record

@@ -8,8 +8,8 @@
 // (what a run takes and gives back), `schema` (checks against the
 // database), `run` (re-seal, migrate, verify), `plan`, `retire`, `job` (jobs
 // and their key ranges, leased through the job tables), `worker` (one
-// worker's rows), `table` (one table's SQL and rows) and `db` (the pool and
-// dynamically shaped statements).
+// worker's rows) and `table` (one table's SQL and rows), over the pool and
+// dynamically shaped statements of `crate::sql::access`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

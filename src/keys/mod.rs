@@ -95,7 +95,7 @@ impl Keys {
         self.keyring_with(tenant, create, None, false).await
     }
 
-    /// As [`Sealer::keyring`]; `stale` is a snapshot just dropped from the cache,
+    /// As [`Keys::keyring`]; `stale` is a snapshot just dropped from the cache,
     /// whose unchanged keys the reload may reuse.
     pub(crate) async fn keyring_with(
         &self,
