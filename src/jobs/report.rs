@@ -98,15 +98,7 @@ impl JobReport {
     pub fn totals(&self) -> Counts {
         let mut c = Counts::default();
         for t in &self.tables {
-            let b = &t.counts;
-            c.scanned += b.scanned;
-            c.written += b.written;
-            c.current += b.current;
-            c.changed += b.changed;
-            c.failed += b.failed;
-            c.nulls += b.nulls;
-            c.legacy += b.legacy;
-            c.shredded += b.shredded;
+            c.add(&t.counts);
         }
         c
     }
