@@ -938,13 +938,22 @@ macro_rules! suite {
                     assert_eq!((verify.totals().shredded, verify.totals().failed), (20, 0));
 
                     // The application rewrites acme's rows while the job runs,
-                    // so that ranges are swept again.
-                    let writer = {
-                        let pool = pool.clone();
-                        tokio::spawn(async move {
-                            for round in 0..40 {
-                                for (id, a, b) in &pairs {
-                                    let value = if round % 2 == 0 { a } else { b };
+                    // so that ranges are swept again: at a known point (after
+                    // the job read a batch, before it writes it), the first
+                    // three times the job checks a batch's tenants.
+                    let pairs = Arc::new(pairs);
+                    let calls = Arc::new(AtomicU64::new(0));
+                    let hooked = {
+                        let (pool, pairs, calls) = (pool.clone(), pairs.clone(), calls.clone());
+                        common::BatchHookStore::new(store.clone(), move || {
+                            let (pool, pairs, calls) = (pool.clone(), pairs.clone(), calls.clone());
+                            async move {
+                                let round = calls.fetch_add(1, Ordering::SeqCst);
+                                if round >= 3 {
+                                    return;
+                                }
+                                for (id, a, b) in pairs.iter() {
+                                    let value = if round % 2 == 0 { b } else { a };
                                     sqlx::query::<$db>(q("UPDATE accounts SET token = ? WHERE id = ?"))
                                         .bind(value.clone())
                                         .bind(*id)
@@ -952,18 +961,18 @@ macro_rules! suite {
                                         .await
                                         .unwrap();
                                 }
-                                tokio::time::sleep(Duration::from_millis(20)).await;
                             }
                         })
                     };
+                    let racing = Sealer::builder(local_provider(), hooked).build();
+                    let job = SealedColumns::new(pool.clone(), racing, vec![spec()]).unwrap();
                     let seen = Arc::new(Totals::default());
                     let mut o = now_options();
                     o.batch = 4;
-                    o.max_rows_per_sec = Some(40);
                     o.progress = Some(seen.clone());
-                    let report = columns.reseal(&o).await.unwrap();
-                    writer.await.unwrap();
+                    let report = job.reseal(&o).await.unwrap();
                     let (total, advanced) = *seen.0.lock().unwrap();
+                    assert!(calls.load(Ordering::SeqCst) >= 3, "the job checked its batches' tenants");
                     assert!(report.totals().changed > 0, "the application never raced the job");
                     // Each value counted once, though ranges were swept again.
                     assert_eq!(report.totals().scanned, 40);

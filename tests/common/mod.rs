@@ -134,11 +134,14 @@ pub fn kind(error: &Error) -> &'static str {
 }
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 
 use fieldseal::{
     audit::{AUDIT_MAC_LEN, AuditAppend, AuditEntry},
-    store::{InsertOutcome, KeyState, KeyStore, NewKeyVersion, StoredKey, TenantRecord},
+    store::{
+        InsertOutcome, KeyState, KeyStore, NewKeyVersion, StoreIdentity, StoredKey, TenantRecord,
+    },
 };
 
 type AuditEdit = Box<dyn Fn(&mut Vec<AuditEntry>) + Send>;
@@ -360,4 +363,146 @@ pub fn example_exe(name: &str, required: &[&str]) -> std::path::PathBuf {
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(path.exists(), "{} is missing", path.display());
     path
+}
+
+type Hook = Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A key store that runs a hook each time a column job checks the tenants of
+/// a batch (`tenant_generations`): after the job has read the batch and
+/// before it writes it. A test changes rows under a running job there, at a
+/// known point instead of by a race. Everything goes to `inner`.
+#[derive(Clone)]
+pub struct BatchHookStore<S> {
+    pub inner: S,
+    hook: Hook,
+}
+
+impl<S> std::fmt::Debug for BatchHookStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchHookStore").finish_non_exhaustive()
+    }
+}
+
+impl<S> BatchHookStore<S> {
+    pub fn new<F, Fut>(inner: S, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self {
+            inner,
+            hook: Arc::new(move || Box::pin(hook())),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: KeyStore> KeyStore for BatchHookStore<S> {
+    async fn load_tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, Error> {
+        self.inner.load_tenant(tenant).await
+    }
+    async fn tenant_generation(&self, tenant: &str) -> Result<Option<u64>, Error> {
+        self.inner.tenant_generation(tenant).await
+    }
+    async fn tenant_generations(&self, tenants: &[&str]) -> Result<Vec<Option<u64>>, Error> {
+        (self.hook)().await;
+        self.inner.tenant_generations(tenants).await
+    }
+    async fn insert_key_version(
+        &self,
+        tenant: &str,
+        new: NewKeyVersion,
+        audit: &AuditAppend<'_>,
+    ) -> Result<InsertOutcome, Error> {
+        self.inner.insert_key_version(tenant, new, audit).await
+    }
+    async fn update_key_state(
+        &self,
+        tenant: &str,
+        version: u32,
+        from: KeyState,
+        to: KeyState,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool, Error> {
+        self.inner
+            .update_key_state(tenant, version, from, to, audit)
+            .await
+    }
+    async fn set_min_decryption_version(
+        &self,
+        tenant: &str,
+        minimum: u32,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool, Error> {
+        self.inner
+            .set_min_decryption_version(tenant, minimum, audit)
+            .await
+    }
+    async fn shred_tenant(&self, tenant: &str, audit: &AuditAppend<'_>) -> Result<bool, Error> {
+        self.inner.shred_tenant(tenant, audit).await
+    }
+    async fn recreate_tenant(
+        &self,
+        tenant: &str,
+        new: NewKeyVersion,
+        audit: &AuditAppend<'_>,
+    ) -> Result<InsertOutcome, Error> {
+        self.inner.recreate_tenant(tenant, new, audit).await
+    }
+    async fn list_wrapped_keys(
+        &self,
+        after: Option<(&str, u32)>,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>, Error> {
+        self.inner.list_wrapped_keys(after, limit).await
+    }
+    async fn rewrap_key(
+        &self,
+        tenant: &str,
+        version: u32,
+        old: &WrappedKey,
+        new: WrappedKey,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool, Error> {
+        self.inner
+            .rewrap_key(tenant, version, old, new, audit)
+            .await
+    }
+    async fn load_audit_key(&self) -> Result<Option<WrappedKey>, Error> {
+        self.inner.load_audit_key().await
+    }
+    async fn insert_audit_key(&self, wrapped: WrappedKey) -> Result<bool, Error> {
+        self.inner.insert_audit_key(wrapped).await
+    }
+    async fn rewrap_audit_key(
+        &self,
+        old: &WrappedKey,
+        new: WrappedKey,
+        audit: &AuditAppend<'_>,
+    ) -> Result<bool, Error> {
+        self.inner.rewrap_audit_key(old, new, audit).await
+    }
+    async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, Error> {
+        self.inner.audit_entries(after, limit).await
+    }
+    async fn store_identity(&self) -> Result<Option<StoreIdentity>, Error> {
+        self.inner.store_identity().await
+    }
+    async fn refuse_unbound_wraps(&self, audit: &AuditAppend<'_>) -> Result<bool, Error> {
+        self.inner.refuse_unbound_wraps(audit).await
+    }
+    async fn record_audit(&self, audit: &AuditAppend<'_>) -> Result<(), Error> {
+        self.inner.record_audit(audit).await
+    }
+    async fn audit_head(&self) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>, Error> {
+        self.inner.audit_head().await
+    }
+    async fn prune_audit(
+        &self,
+        through: u64,
+        through_mac: &[u8; AUDIT_MAC_LEN],
+        audit: &AuditAppend<'_>,
+    ) -> Result<u64, Error> {
+        self.inner.prune_audit(through, through_mac, audit).await
+    }
 }
