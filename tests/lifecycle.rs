@@ -526,10 +526,12 @@ async fn pruning_keeps_the_rest_verifiable() {
     for t in 0..5 {
         sealer.seal(&ctx(&format!("t{t}"), 1), b"x").await.unwrap();
     }
-    // Entries are timestamped in seconds; let the first five age.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Entries are timestamped in seconds: the first five are two seconds
+    // older than the rotation, so that a cut one second back parts them
+    // even if a second boundary passes between the rotation and the prune.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     admin.rotate("t0").await.unwrap();
-    let deleted = admin.prune_audit(Duration::from_millis(500)).await.unwrap();
+    let deleted = admin.prune_audit(Duration::from_secs(1)).await.unwrap();
     assert_eq!(deleted, 5);
     let entries = admin.audit_entries(0, 100).await.unwrap();
     assert_eq!(entries.first().unwrap().seq, 6);

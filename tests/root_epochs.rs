@@ -113,10 +113,16 @@ async fn epochs(mut db: Db) {
     ));
     assert_eq!(report.unrecoverable_from, None);
     assert!(report.expected_from.is_some(), "{report:?}");
+    // Waiting, unless a second boundary passed since the mark (audit times
+    // are in seconds): then this call already destroys it.
     let r = b.admin().retire_root_keys(retention).await.unwrap();
     assert_eq!(r.waiting.len() + r.destroyed.len(), 1, "{r:?}");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let r = b.admin().retire_root_keys(retention).await.unwrap();
+    let r = if r.destroyed.is_empty() {
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        b.admin().retire_root_keys(retention).await.unwrap()
+    } else {
+        r
+    };
     assert_eq!(r.destroyed.len(), 1, "{r:?}");
     assert_eq!(r.destroyed[0].0, "root-e1");
     let report = b.admin().erasure_report("acme", None).await.unwrap();

@@ -761,13 +761,16 @@ columns = [{{ column = "refresh_token", form = "binary" }}]
             .unwrap()
         };
 
-        // Kill at random moments; each rerun resumes.
+        // Kill at random moments; each rerun resumes. Three of the five
+        // kills come within 100 ms of the run's first committed batch (a kill
+        // mid-job, however slow the machine is to start the runner); the
+        // other two at any moment of its first half second (start-up, job
+        // creation, waiting for the killed workers' leases).
         let mut kills = 0;
         let mut attempts = 0;
         let mut last = under_primary().await;
         assert_eq!(last, 0);
         let mut mid_job = 0;
-        let mut delay_ms: u64 = 500;
         while kills < 5 {
             attempts += 1;
             assert!(attempts < 40, "the runner kept finishing before it could be killed");
@@ -779,9 +782,20 @@ columns = [{{ column = "refresh_token", form = "binary" }}]
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            let wait = Duration::from_millis(delay_ms / 2 + rand::random::<u64>() % delay_ms);
             let started = Instant::now();
-            tokio::time::sleep(wait).await;
+            if kills == 1 || kills == 3 {
+                tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 500)).await;
+            } else {
+                while child.try_wait().unwrap().is_none() && under_primary().await <= last {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(120),
+                        "the runner committed nothing in 120 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 100)).await;
+            }
+            let wait = started.elapsed();
             if let Some(status) = child.try_wait().unwrap() {
                 // It ended before the kill: it must not have failed, and must
                 // not have finished the job (the test needs five kills).
@@ -794,7 +808,6 @@ columns = [{{ column = "refresh_token", form = "binary" }}]
                     "the job completed within {:?} before five kills",
                     started.elapsed()
                 );
-                delay_ms = (delay_ms / 2).max(20);
                 continue;
             }
             child.kill().unwrap(); // SIGKILL on Unix
