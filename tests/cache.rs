@@ -137,6 +137,7 @@ async fn forged_key_versions_do_not_turn_into_a_store_read_per_call() {
 
     tokio::time::sleep(Duration::from_millis(150)).await;
     let loads = store.loads.load(std::sync::atomic::Ordering::SeqCst);
+    let started = std::time::Instant::now();
     for _ in 0..100 {
         let err = sealer.open(&ctx, &forged).await.unwrap_err();
         assert!(
@@ -145,7 +146,13 @@ async fn forged_key_versions_do_not_turn_into_a_store_read_per_call() {
         );
     }
     let reloads = store.loads.load(std::sync::atomic::Ordering::SeqCst) - loads;
-    assert!(reloads <= 1, "{reloads} store reads for 100 forged values");
+    // At most one reload per 100 ms (the minimum interval between them):
+    // one, unless this machine took longer than that for the loop.
+    let allowed = 1 + started.elapsed().as_millis() / 100;
+    assert!(
+        reloads as u128 <= allowed,
+        "{reloads} store reads for 100 forged values"
+    );
     assert!(sealer.open(&ctx, &sealed).await.is_ok());
 }
 

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    CountingProvider, SlowWrapProvider, TamperStore, ctx, local_provider, new_root,
-    rotated_provider,
+    CountingProvider, StallingWrapProvider, TamperStore, ctx, local_provider, new_root,
+    rotated_provider, wrapped_under,
 };
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
@@ -207,21 +207,16 @@ async fn shredding_one_tenant_leaves_the_others_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_rotations_make_one_version_per_round() {
     let store = MemoryKeyStore::new();
-    // Two "processes" with slow wraps, so every rotation of a round reads the
-    // same primary before any of them writes.
-    let a = Sealer::builder(
-        CountingProvider::new(Duration::from_millis(40)),
-        store.clone(),
-    )
-    .build();
-    let b = Sealer::builder(
-        CountingProvider::new(Duration::from_millis(40)),
-        store.clone(),
-    )
-    .build();
+    // Two "processes" whose wraps of a round's new version wait for one
+    // another, so every rotation of a round reads the same primary before
+    // any of them writes.
+    let provider = CountingProvider::new(Duration::ZERO);
+    let a = Sealer::builder(provider.clone(), store.clone()).build();
+    let b = Sealer::builder(provider.clone(), store.clone()).build();
     a.seal(&ctx("acme", 1), b"x").await.unwrap();
 
     for round in 1..=4u32 {
+        provider.gate_wraps("acme", round + 1, 32);
         let mut tasks = Vec::new();
         for i in 0..32 {
             let admin = if i % 2 == 0 { a.admin() } else { b.admin() };
@@ -274,41 +269,40 @@ async fn root_rewrap_interrupted_and_resumed() {
     }
     writer.admin().rotate("tenant-07").await.unwrap();
 
-    // Re-wrap under root-2 with a slow KMS, and pull the plug half-way.
-    let slow = Sealer::builder(
-        SlowWrapProvider(rotated_provider(), Duration::from_millis(10)),
+    // Re-wrap under root-2 with a KMS that stops answering after 20 wraps,
+    // and pull the plug there.
+    let stalling = Sealer::builder(
+        StallingWrapProvider::new(rotated_provider(), 20),
         store.clone(),
     )
     .build();
-    let admin = slow.admin();
+    let admin = stalling.admin();
     let task = tokio::spawn(async move { admin.rewrap_all("root-2").await });
     // Meanwhile, fresh readers (new caches, so they read the store each time)
-    // open every value.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-    let mut reads = 0;
-    while tokio::time::Instant::now() < deadline {
+    // open every value, until at least ten keys have moved.
+    let started = std::time::Instant::now();
+    loop {
         let reader = Sealer::builder(rotated_provider(), store.clone()).build();
         for (c, v) in &values {
             reader.open(c, v).await.unwrap();
-            reads += 1;
         }
+        if wrapped_under(&store, "root-2").await.0 >= 10 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the re-wrap moved fewer than ten keys in a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(reads > 0);
     task.abort();
     let _ = task.await;
 
-    let roots: Vec<String> = store
-        .list_wrapped_keys(None, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|k| k.key.wrapped.unwrap().root_key_id().to_string())
-        .collect();
-    let moved = roots.iter().filter(|r| *r == "root-2").count();
+    let (moved, total) = wrapped_under(&store, "root-2").await;
+    assert_eq!(total, 61);
     assert!(
-        moved > 0 && moved < roots.len(),
-        "interrupted half-way: {moved}/{}",
-        roots.len()
+        (10..=20).contains(&moved),
+        "interrupted part-way: {moved}/{total}"
     );
 
     // Throughout, every value opens with both roots configured.

@@ -10,7 +10,10 @@ mod db;
 
 use std::time::Duration;
 
-use common::{CountingProvider, SlowWrapProvider, ctx, local_provider, new_root, rotated_provider};
+use common::{
+    CountingProvider, StallingWrapProvider, ctx, local_provider, new_root, rotated_provider,
+    wrapped_under,
+};
 use fieldseal::secrecy::ExposeSecret;
 use fieldseal::{
     Error, LocalKeyProvider, MemoryKeyStore, RootKey, SealedValue, Sealer, SqlKeyStore,
@@ -114,13 +117,16 @@ async fn lifecycle(store: impl KeyStore + Clone + 'static) {
 /// tenants at the same time: one version per round, no error reaches a caller.
 async fn concurrency(a: impl KeyStore + Clone + 'static, b: impl KeyStore + Clone + 'static) {
     let refusal = u64::from(a.store_identity().await.unwrap().is_some());
-    let slow = || CountingProvider::new(Duration::from_millis(60));
+    // Every rotation of a round reads the same primary before any of them
+    // writes: their wraps of the new version wait for one another.
+    let provider = CountingProvider::new(Duration::ZERO);
     let sealers = [
-        Sealer::builder(slow(), a.clone()).build(),
-        Sealer::builder(slow(), b.clone()).build(),
+        Sealer::builder(provider.clone(), a.clone()).build(),
+        Sealer::builder(provider.clone(), b.clone()).build(),
     ];
     sealers[0].seal(&ctx("acme", 1), b"x").await.unwrap();
     for round in 1..=3u32 {
+        provider.gate_wraps("acme", round + 1, 16);
         let mut tasks = Vec::new();
         for i in 0..16 {
             let sealer = sealers[i % 2].clone();
@@ -187,14 +193,22 @@ async fn interrupted(store: impl KeyStore + Clone + 'static) {
         Some(KeyStatus::Primary)
     );
 
-    // A root re-wrap aborted half-way.
-    let slow = Sealer::builder(
-        SlowWrapProvider(rotated_provider(), Duration::from_millis(10)),
+    // A root re-wrap aborted part-way: its KMS stops answering after ten
+    // wraps, and the task is aborted once some keys have moved.
+    let stalling = Sealer::builder(
+        StallingWrapProvider::new(rotated_provider(), 10),
         store.clone(),
     )
     .build();
-    let task = tokio::spawn(async move { slow.admin().rewrap_all("root-2").await });
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    let task = tokio::spawn(async move { stalling.admin().rewrap_all("root-2").await });
+    let started = std::time::Instant::now();
+    while wrapped_under(&store, "root-2").await.0 < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the re-wrap moved fewer than five keys in a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     task.abort();
     let _ = task.await;
     let reader = Sealer::builder(rotated_provider(), store.clone()).build();

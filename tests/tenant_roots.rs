@@ -396,7 +396,7 @@ async fn a_revocation_shows_within_the_cache_ttl() {
     let sealer = Sealer::builder(shared, MemoryKeyStore::new())
         .tenant_root_key("acme", own.clone())
         .unwrap()
-        .cache_ttl(Duration::from_secs(1))
+        .cache_ttl(Duration::from_secs(2))
         .build();
     let acme = sealer.seal(&ctx("acme", 1), b"acme's").await.unwrap();
     sealer.admin().rotate("acme").await.unwrap();
@@ -406,13 +406,13 @@ async fn a_revocation_shows_within_the_cache_ttl() {
     opens(&sealer, "acme", &acme, b"acme's").await;
     assert_eq!(own.calls.load(Ordering::SeqCst), calls);
     // Expired: one call for two versions.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     opens(&sealer, "acme", &acme, b"acme's").await;
     assert_eq!(own.calls.load(Ordering::SeqCst), calls + 1);
     // Revoked: still cached, then refused once the keys expire.
     own.revoke();
     opens(&sealer, "acme", &acme, b"acme's").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let err = sealer.open(&ctx("acme", 1), &acme).await.unwrap_err();
     assert_unavailable(&err, "acme", "acme-own-key");
     // The refusal is remembered for the cache's time to live (at most 5 s):
@@ -425,7 +425,7 @@ async fn a_revocation_shows_within_the_cache_ttl() {
     assert_eq!(own.calls.load(Ordering::SeqCst), calls);
     // Restored: asked again once the refusal is that old.
     own.restore();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     opens(&sealer, "acme", &acme, b"acme's").await;
 }
 

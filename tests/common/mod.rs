@@ -60,6 +60,15 @@ pub struct CountingProvider {
     pub wraps: Arc<AtomicUsize>,
     pub unwraps: Arc<AtomicUsize>,
     delay: Duration,
+    gate: Arc<std::sync::Mutex<Option<WrapGate>>>,
+}
+
+/// Wraps of one tenant key version wait until `parties` of them are waiting.
+#[derive(Debug)]
+struct WrapGate {
+    tenant: String,
+    version: u32,
+    barrier: Arc<tokio::sync::Barrier>,
 }
 
 impl CountingProvider {
@@ -69,7 +78,20 @@ impl CountingProvider {
             wraps: Arc::default(),
             unwraps: Arc::default(),
             delay,
+            gate: Arc::default(),
         }
+    }
+
+    /// From now on, a wrap of `tenant`'s key `version` waits until `parties`
+    /// such wraps are waiting (in this provider and its clones): concurrent
+    /// rotations then all read the tenant before any of them writes, however
+    /// the tasks are scheduled. A wrap still waiting after a minute panics.
+    pub fn gate_wraps(&self, tenant: &str, version: u32, parties: usize) {
+        *self.gate.lock().unwrap() = Some(WrapGate {
+            tenant: tenant.to_string(),
+            version,
+            barrier: Arc::new(tokio::sync::Barrier::new(parties)),
+        });
     }
 
     pub fn wraps(&self) -> usize {
@@ -89,6 +111,18 @@ impl KeyProvider for CountingProvider {
 
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey, Error> {
         self.wraps.fetch_add(1, Ordering::SeqCst);
+        let barrier = self
+            .gate
+            .lock()
+            .unwrap()
+            .as_ref()
+            .filter(|g| g.tenant == ctx.tenant() && g.version == ctx.version())
+            .map(|g| g.barrier.clone());
+        if let Some(barrier) = barrier {
+            tokio::time::timeout(Duration::from_secs(60), barrier.wait())
+                .await
+                .expect("the gated wraps never all arrived");
+        }
         tokio::time::sleep(self.delay).await;
         self.inner.wrap(key, ctx).await
     }
@@ -294,20 +328,39 @@ impl KeyStore for TamperStore {
     }
 }
 
-/// A provider whose wraps take their time, to interrupt long operations such
-/// as a root key re-wrap part-way.
+/// A provider that wraps `allowed` keys, then never finishes a wrap: an
+/// operation that wraps many keys (a root key re-wrap) stops part-way at a
+/// known point, where a test aborts it.
 #[derive(Debug)]
-pub struct SlowWrapProvider(pub LocalKeyProvider, pub Duration);
+pub struct StallingWrapProvider {
+    inner: LocalKeyProvider,
+    allowed: AtomicUsize,
+}
+
+impl StallingWrapProvider {
+    pub fn new(inner: LocalKeyProvider, allowed: usize) -> Self {
+        Self {
+            inner,
+            allowed: AtomicUsize::new(allowed),
+        }
+    }
+}
 
 #[async_trait]
-impl KeyProvider for SlowWrapProvider {
+impl KeyProvider for StallingWrapProvider {
     fn current_root_key_id(&self) -> &str {
-        self.0.current_root_key_id()
+        self.inner.current_root_key_id()
     }
 
     async fn wrap(&self, key: &TenantKey, ctx: &WrapContext<'_>) -> Result<WrappedKey, Error> {
-        tokio::time::sleep(self.1).await;
-        self.0.wrap(key, ctx).await
+        let spent = self
+            .allowed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err();
+        if spent {
+            std::future::pending::<()>().await;
+        }
+        self.inner.wrap(key, ctx).await
     }
 
     async fn unwrap(
@@ -315,8 +368,23 @@ impl KeyProvider for SlowWrapProvider {
         wrapped: &WrappedKey,
         ctx: &WrapContext<'_>,
     ) -> Result<TenantKey, Error> {
-        self.0.unwrap(wrapped, ctx).await
+        self.inner.unwrap(wrapped, ctx).await
     }
+}
+
+/// How many of the store's key versions are wrapped under `root`, of how many.
+pub async fn wrapped_under(store: &impl KeyStore, root: &str) -> (usize, usize) {
+    let keys = store.list_wrapped_keys(None, 100_000).await.unwrap();
+    let under = keys
+        .iter()
+        .filter(|k| {
+            k.key
+                .wrapped
+                .as_ref()
+                .is_some_and(|w| w.root_key_id() == root)
+        })
+        .count();
+    (under, keys.len())
 }
 
 /// The executable of example `name`, built once per test process with this
