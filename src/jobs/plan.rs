@@ -5,7 +5,7 @@ use super::options::JobOptions;
 use super::report::{ColumnUsage, Plan};
 use super::run::Shared;
 use super::schema::split_schema;
-use super::table::{Header, Stored, Table, parse_header_prefix, parse_stored};
+use super::table::{Header, Stored, Table, parse_header_prefix};
 use super::worker::{Update, Worker, index_values};
 use super::{JobKind, SealedColumns, hex, spec};
 use crate::error::{Error, Result};
@@ -210,12 +210,12 @@ impl SealedColumns {
         let started = Instant::now();
         let mut updates: Vec<Vec<Update>> = vec![Vec::new(); t.spec.columns.len()];
         for row in &rows {
-            let Some(key) = t.row_key(row) else { continue };
+            let Some(key) = row.key() else { continue };
             for (j, c) in t.spec.columns.iter().enumerate() {
-                let Stored::Sealed(value) = parse_stored(c.form, t.sealed(row, j)) else {
+                let Stored::Sealed(value) = t.stored(row, j) else {
                     continue;
                 };
-                let Ok(sealer) = w.tenant_sealer(t.tenant(row), false).await else {
+                let Ok(sealer) = w.tenant_sealer(row.tenant(), false).await else {
                     continue;
                 };
                 let Ok(ctx) = t.context(row, j) else { continue };
@@ -258,9 +258,9 @@ impl SealedColumns {
         .build();
         let mut updates: Vec<Vec<Update>> = vec![Vec::new(); t.spec.columns.len()];
         for row in &rows {
-            let Some(key) = t.row_key(row) else { continue };
+            let Some(key) = row.key() else { continue };
             for (j, c) in t.spec.columns.iter().enumerate() {
-                let plain = match (&c.migrate, parse_stored(c.form, t.sealed(row, j))) {
+                let plain = match (&c.migrate, t.stored(row, j)) {
                     (Some(spec::Migration::InPlace), Stored::Legacy(text)) => text,
                     (Some(spec::Migration::From(_)), Stored::Null) => {
                         match t.migration_source(row, j) {
@@ -270,7 +270,7 @@ impl SealedColumns {
                     }
                     _ => continue,
                 };
-                let (Some(tenant), Ok(ctx)) = (t.tenant(row), t.context(row, j)) else {
+                let (Some(tenant), Ok(ctx)) = (row.tenant(), t.context(row, j)) else {
                     continue;
                 };
                 let Ok(sealer) = throwaway.tenant(tenant).await else {

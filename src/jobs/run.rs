@@ -470,11 +470,12 @@ impl SealedColumns {
                 let (rows, last) = match options.sample {
                     Some(n) => {
                         let (sql, binds) = t.sample_sql(tenant, n);
-                        let rows = self
-                            .db
-                            .fetch(&sql, &binds, t.kinds())
-                            .await
-                            .map_err(|e| db_error(&self.db, "sampling rows", e))?;
+                        let rows = t.rows(
+                            self.db
+                                .fetch(&sql, &binds, t.kinds())
+                                .await
+                                .map_err(|e| db_error(&self.db, "sampling rows", e))?,
+                        );
                         (rows, None)
                     }
                     None => w.fetch(cursor.as_ref(), None).await?,

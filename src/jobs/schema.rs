@@ -2,7 +2,7 @@
 
 use super::job::db_error;
 use super::spec::KeyType;
-use super::table::{Stored, Table, parse_stored};
+use super::table::{Key, Stored, Table};
 use super::worker::is_fatal;
 use super::{SealedColumns, spec};
 use crate::error::{Error, Result};
@@ -267,18 +267,19 @@ impl SealedColumns {
             return Ok(());
         };
         let (sql, binds) = t.sealed_sample_sql(j, tenant, SAMPLE);
-        let rows = self
-            .db
-            .fetch(&sql, &binds, t.kinds())
-            .await
-            .map_err(|e| db_error(&self.db, "sampling sealed values", e))?;
+        let rows = t.rows(
+            self.db
+                .fetch(&sql, &binds, t.kinds())
+                .await
+                .map_err(|e| db_error(&self.db, "sampling sealed values", e))?,
+        );
         let mut opened = 0u64;
         let mut failed: Vec<(String, Error)> = Vec::new();
         for row in &rows {
-            let Stored::Sealed(value) = parse_stored(c.form, t.sealed(row, j)) else {
+            let Stored::Sealed(value) = t.stored(row, j) else {
                 continue;
             };
-            let outcome = match t.tenant(row) {
+            let outcome = match row.tenant() {
                 Some(tenant) => match self.sealer.tenant_checked_now(tenant, false).await {
                     Ok(sealer) => t
                         .context(row, j)
@@ -294,7 +295,7 @@ impl SealedColumns {
                 // row whose context cannot be built (a NULL tenant or row id)
                 // fails in the run itself, listed with its key.
                 Err(e @ Error::OpenFailed) => {
-                    let key = t.row_key(row).map(|k| k.to_text()).unwrap_or_default();
+                    let key = row.key().map(Key::to_text).unwrap_or_default();
                     failed.push((key, e));
                 }
                 // A destroyed key or a shredded tenant says nothing about

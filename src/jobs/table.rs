@@ -51,6 +51,33 @@ impl Key {
     }
 }
 
+/// One row as a job reads it, by name: the place of each value in the
+/// `SELECT` list is known only to [`Table::new`], which writes the list, and
+/// [`Table::rows`], which reads it.
+#[derive(Debug)]
+pub(crate) struct Row {
+    /// The primary key (`None` if the database gave NULL).
+    key: Option<Key>,
+    /// The tenant id: the table's fixed one, or its column's (`None` if NULL).
+    tenant: Option<String>,
+    /// The other columns the recipes read, in the order of [`Table::aux`].
+    aux: Vec<Val>,
+    /// Each sealed column's stored value, in the order of the spec's columns.
+    values: Vec<Val>,
+}
+
+impl Row {
+    /// The row's primary key.
+    pub(crate) fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    /// The row's tenant id.
+    pub(crate) fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+}
+
 /// One configured table, with its statements prepared.
 #[derive(Debug)]
 pub(crate) struct Table {
@@ -67,10 +94,6 @@ pub(crate) struct Table {
     select: String,
     kinds: Vec<Kind>,
 }
-
-/// Where each column's value is in a fetched row.
-const KEY_AT: usize = 0;
-const TENANT_AT: usize = 1;
 
 impl Table {
     pub(crate) fn new(spec: TableSpec, dialect: Dialect) -> Self {
@@ -146,9 +169,31 @@ impl Table {
         }
     }
 
-    /// The key as the job tables and contexts see it, from a fetched row.
-    pub(crate) fn row_key(&self, row: &[Val]) -> Option<Key> {
-        row.get(KEY_AT).and_then(Key::from_val)
+    /// The rows of a statement that selects this table's `SELECT` list
+    /// (`batch_sql`, `sample_sql`, `sealed_sample_sql`), read as
+    /// [`Table::kinds`] says: key, tenant, the other columns the recipes
+    /// read, then the sealed columns.
+    pub(crate) fn rows(&self, fetched: Vec<Vec<Val>>) -> Vec<Row> {
+        let fixed = self.fixed_tenant();
+        fetched
+            .into_iter()
+            .map(|row| {
+                let mut vals = row.into_iter();
+                let key = vals.next().as_ref().and_then(Key::from_val);
+                let tenant = match (fixed, vals.next()) {
+                    (Some(t), _) => Some(t.to_string()),
+                    (None, Some(Val::Text(t))) => Some(t),
+                    (None, _) => None,
+                };
+                let aux = vals.by_ref().take(self.aux.len()).collect();
+                Row {
+                    key,
+                    tenant,
+                    aux,
+                    values: vals.collect(),
+                }
+            })
+            .collect()
     }
 
     /// `WHERE` conditions for a key range `(after, upto]` and a tenant filter,
@@ -322,27 +367,22 @@ impl Table {
         }
     }
 
-    /// The row's tenant id, from its column or the fixed one.
-    pub(crate) fn tenant<'a>(&'a self, row: &'a [Val]) -> Option<&'a str> {
-        match &self.spec.tenant {
-            Some(TenantSource::Fixed(t)) => Some(t),
-            _ => row.get(TENANT_AT).and_then(Val::as_text),
+    fn aux_value<'a>(&self, row: &'a Row, column: &str) -> Option<&'a Val> {
+        let quoted = quote(self.dialect, column);
+        let i = self.aux.iter().position(|a| *a == quoted)?;
+        row.aux.get(i)
+    }
+
+    /// What sealed column `j` of `row` holds.
+    pub(crate) fn stored(&self, row: &Row, j: usize) -> Stored {
+        match self.spec.columns.get(j) {
+            Some(c) => parse_stored(c.form, row.values.get(j)),
+            None => Stored::Malformed(Error::config("no such column")),
         }
     }
 
-    fn aux_value<'a>(&self, row: &'a [Val], column: &str) -> Option<&'a Val> {
-        let quoted = quote(self.dialect, column);
-        let i = self.aux.iter().position(|a| *a == quoted)?;
-        row.get(TENANT_AT + 1 + i)
-    }
-
-    /// The stored value of sealed column `j`.
-    pub(crate) fn sealed<'a>(&self, row: &'a [Val], j: usize) -> Option<&'a Val> {
-        row.get(TENANT_AT + 1 + self.aux.len() + j)
-    }
-
     /// The plaintext source of column `j`'s expand/contract migration.
-    pub(crate) fn migration_source<'a>(&self, row: &'a [Val], j: usize) -> Option<&'a Val> {
+    pub(crate) fn migration_source<'a>(&self, row: &'a Row, j: usize) -> Option<&'a Val> {
         match &self.spec.columns.get(j)?.migrate {
             Some(Migration::From(source)) => self.aux_value(row, source),
             _ => None,
@@ -350,20 +390,20 @@ impl Table {
     }
 
     /// The context column `j`'s value in `row` was sealed with.
-    pub(crate) fn context(&self, row: &[Val], j: usize) -> Result<Context> {
+    pub(crate) fn context(&self, row: &Row, j: usize) -> Result<Context> {
         let c = self
             .spec
             .columns
             .get(j)
             .ok_or_else(|| Error::config("no such column"))?;
-        let tenant = self
-            .tenant(row)
+        let tenant = row
+            .tenant()
             .ok_or_else(|| Error::invalid_context("the row's tenant column is NULL"))?;
         let mut b = Context::builder(tenant, self.spec.label_for(c), c.label());
         match &c.row {
             RowSource::Key => {
-                let key = self
-                    .row_key(row)
+                let key = row
+                    .key()
                     .ok_or_else(|| Error::invalid_context("the row's key is NULL"))?;
                 b = b.row(key.to_text());
             }
@@ -683,7 +723,7 @@ pub(crate) enum Stored {
     Malformed(Error),
 }
 
-pub(crate) fn parse_stored(form: ColumnForm, val: Option<&Val>) -> Stored {
+fn parse_stored(form: ColumnForm, val: Option<&Val>) -> Stored {
     match (form, val) {
         (_, None | Some(Val::Null)) => Stored::Null,
         (ColumnForm::Binary, Some(Val::Bytes(b))) => match SealedValue::from_bytes(b.as_slice()) {

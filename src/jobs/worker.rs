@@ -5,7 +5,7 @@ use super::options::JobOptions;
 use super::report::Counts;
 use super::run::{OwnRootRefusal, Shared};
 use super::spec::ColumnSpec;
-use super::table::{Key, Stored, Table, parse_stored};
+use super::table::{Key, Row, Stored, Table};
 use super::{JobKind, MAX_BATCH, MAX_PARAMS, lock, spec};
 use crate::error::{Error, Result};
 use crate::format::SealedValue;
@@ -223,22 +223,23 @@ impl Worker {
         &self,
         after: Option<&Key>,
         upto: Option<&Key>,
-    ) -> Result<(Vec<Vec<Val>>, Option<Key>)> {
+    ) -> Result<(Vec<Row>, Option<Key>)> {
         let (sql, binds) = self.table.batch_sql(
             after,
             upto,
             self.options.tenant.as_deref(),
             self.options.batch,
         );
-        let rows = self
-            .db
-            .fetch(&sql, &binds, self.table.kinds())
-            .await
-            .map_err(|e| db_error(&self.db, "reading a batch", e))?;
+        let rows = self.table.rows(
+            self.db
+                .fetch(&sql, &binds, self.table.kinds())
+                .await
+                .map_err(|e| db_error(&self.db, "reading a batch", e))?,
+        );
         if let Some(limiter) = &self.shared.limiter {
             limiter.take(rows.len()).await;
         }
-        let last = rows.last().and_then(|r| self.table.row_key(r));
+        let last = rows.last().and_then(|r| r.key().cloned());
         Ok((rows, last))
     }
 
@@ -334,12 +335,12 @@ impl Worker {
     /// primary as of now. With the lease it holds while it writes (which
     /// `retire` respects), a job never writes under a version another
     /// process has destroyed.
-    pub(super) async fn revalidate(&self, rows: &[Vec<Val>]) -> Result<()> {
+    pub(super) async fn revalidate(&self, rows: &[Row]) -> Result<()> {
         let cached: Vec<(String, u64)> = {
             let sealers = lock(&self.shared.sealers);
             let mut seen = std::collections::BTreeSet::new();
             rows.iter()
-                .filter_map(|row| self.table.tenant(row))
+                .filter_map(Row::tenant)
                 .filter(|t| seen.insert(*t))
                 .filter_map(|t| sealers.get(t).map(|s| (t.to_string(), s.generation())))
                 .collect()
@@ -362,12 +363,12 @@ impl Worker {
     /// Decides, for every value of `rows`, what to write. A failure that is
     /// about one value is counted and reported; one that is about the whole
     /// job (the key provider or store fails, a wrong root key) stops it.
-    pub(super) async fn process(&self, rows: &[Vec<Val>]) -> Result<(Vec<Vec<Update>>, Counts)> {
+    pub(super) async fn process(&self, rows: &[Row]) -> Result<(Vec<Vec<Update>>, Counts)> {
         let t = &self.table;
         let mut updates: Vec<Vec<Update>> = vec![Vec::new(); t.spec.columns.len()];
         let mut counts = Counts::default();
         for row in rows {
-            let key = t.row_key(row);
+            let key = row.key();
             for (j, c) in t.spec.columns.iter().enumerate() {
                 if self.kind == JobKind::Migrate && c.migrate.is_none() {
                     continue;
@@ -378,8 +379,11 @@ impl Worker {
                     Ok(Decision::Null) => counts.nulls += 1,
                     Ok(Decision::Legacy) => counts.legacy += 1,
                     Ok(Decision::WouldWrite) => counts.written += 1,
-                    Ok(Decision::Write(expected, new, indexes)) => match (&key, updates.get_mut(j))
-                    {
+                    Ok(Decision::Write {
+                        expected,
+                        new,
+                        indexes,
+                    }) => match (key, updates.get_mut(j)) {
                         (Some(key), Some(u)) if self.options.dry_run => {
                             let _ = (key, u, expected, new, indexes);
                             counts.written += 1;
@@ -396,8 +400,7 @@ impl Worker {
                     Err(e) if is_fatal(&e) => return Err(e),
                     Err(e) => {
                         counts.failed += 1;
-                        self.shared
-                            .fail(t.spec.table(), c.column(), key.as_ref(), &e);
+                        self.shared.fail(t.spec.table(), c.column(), key, &e);
                     }
                 }
             }
@@ -405,20 +408,20 @@ impl Worker {
         Ok((updates, counts))
     }
 
-    pub(super) async fn decide(&self, row: &[Val], j: usize) -> Result<Decision> {
+    pub(super) async fn decide(&self, row: &Row, j: usize) -> Result<Decision> {
         let t = &self.table;
         let c = t
             .spec
             .columns
             .get(j)
             .ok_or_else(|| Error::config("no such column"))?;
-        let stored = parse_stored(c.form, t.sealed(row, j));
+        let stored = t.stored(row, j);
         match (self.kind, stored, &c.migrate) {
             (_, Stored::Malformed(e), _) => Err(e),
             (JobKind::Reseal, Stored::Null, _) => Ok(Decision::Null),
             (JobKind::Reseal, Stored::Legacy(_), _) => Ok(Decision::Legacy),
             (JobKind::Reseal, Stored::Sealed(value), _) => {
-                let sealer = match self.tenant_sealer(t.tenant(row), false).await {
+                let sealer = match self.tenant_sealer(row.tenant(), false).await {
                     // Erased on purpose: not a failure, and never written.
                     Err(Error::TenantShredded { .. }) => return Ok(Decision::Shredded),
                     other => other?,
@@ -429,7 +432,11 @@ impl Worker {
                 let ctx = t.context(row, j)?;
                 if c.indexes.is_empty() {
                     return match sealer.reseal(&ctx, &value)? {
-                        Some(new) => Ok(Decision::Write(c.encode(&value), c.encode(&new), vec![])),
+                        Some(new) => Ok(Decision::Write {
+                            expected: c.encode(&value),
+                            new: c.encode(&new),
+                            indexes: vec![],
+                        }),
                         None => Ok(Decision::Nothing),
                     };
                 }
@@ -441,12 +448,16 @@ impl Worker {
                 let plain = opened.plaintext().expose_secret();
                 let new = sealer.seal(&ctx, plain)?;
                 let indexes = index_values(&sealer, c, plain)?;
-                Ok(Decision::Write(c.encode(&value), c.encode(&new), indexes))
+                Ok(Decision::Write {
+                    expected: c.encode(&value),
+                    new: c.encode(&new),
+                    indexes,
+                })
             }
             (JobKind::Migrate, Stored::Sealed(_), _) => {
                 // Counted as its tenant is: shredded or not. A tenant the
                 // store does not know is asked about once per job.
-                let tenant = t.tenant(row);
+                let tenant = row.tenant();
                 if tenant.is_some_and(|t| lock(&self.shared.absent).contains(t)) {
                     return Ok(Decision::Nothing);
                 }
@@ -469,35 +480,39 @@ impl Worker {
             (JobKind::Migrate, Stored::Legacy(_), Some(spec::Migration::InPlace))
                 if self.options.dry_run =>
             {
-                self.would_migrate(t.tenant(row)).await
+                self.would_migrate(row.tenant()).await
             }
             (JobKind::Migrate, Stored::Null, Some(spec::Migration::From(_)))
                 if self.options.dry_run =>
             {
                 match t.migration_source(row, j) {
-                    Some(Val::Text(_)) => self.would_migrate(t.tenant(row)).await,
+                    Some(Val::Text(_)) => self.would_migrate(row.tenant()).await,
                     _ => Ok(Decision::Null),
                 }
             }
             (JobKind::Migrate, Stored::Legacy(text), Some(spec::Migration::InPlace)) => {
-                let sealer = self.tenant_sealer(t.tenant(row), true).await?;
+                let sealer = self.tenant_sealer(row.tenant(), true).await?;
                 let ctx = t.context(row, j)?;
                 let new = sealer.seal(&ctx, text.as_bytes())?;
                 let indexes = index_values(&sealer, c, text.as_bytes())?;
-                Ok(Decision::Write(Val::Text(text), c.encode(&new), indexes))
+                Ok(Decision::Write {
+                    expected: Val::Text(text),
+                    new: c.encode(&new),
+                    indexes,
+                })
             }
             (JobKind::Migrate, Stored::Null, Some(spec::Migration::From(_))) => {
                 match t.migration_source(row, j) {
                     Some(Val::Text(plain)) => {
-                        let sealer = self.tenant_sealer(t.tenant(row), true).await?;
+                        let sealer = self.tenant_sealer(row.tenant(), true).await?;
                         let ctx = t.context(row, j)?;
                         let new = sealer.seal(&ctx, plain.as_bytes())?;
                         let indexes = index_values(&sealer, c, plain.as_bytes())?;
-                        Ok(Decision::Write(
-                            Val::Text(plain.clone()),
-                            c.encode(&new),
+                        Ok(Decision::Write {
+                            expected: Val::Text(plain.clone()),
+                            new: c.encode(&new),
                             indexes,
-                        ))
+                        })
                     }
                     _ => Ok(Decision::Null),
                 }
@@ -527,14 +542,14 @@ impl Worker {
     }
 
     /// Opens every value of `rows`, counting and reporting those that fail.
-    pub(super) async fn verify_rows(&self, rows: &[Vec<Val>]) -> Result<Counts> {
+    pub(super) async fn verify_rows(&self, rows: &[Row]) -> Result<Counts> {
         let t = &self.table;
         let mut counts = Counts::default();
         for row in rows {
-            let key = t.row_key(row);
+            let key = row.key();
             for (j, c) in t.spec.columns.iter().enumerate() {
                 counts.scanned += 1;
-                let result = match parse_stored(c.form, t.sealed(row, j)) {
+                let result = match t.stored(row, j) {
                     Stored::Null => {
                         counts.nulls += 1;
                         continue;
@@ -555,8 +570,7 @@ impl Worker {
                     Err(Error::TenantShredded { .. }) => counts.shredded += 1,
                     Err(e) => {
                         counts.failed += 1;
-                        self.shared
-                            .fail(t.spec.table(), c.column(), key.as_ref(), &e);
+                        self.shared.fail(t.spec.table(), c.column(), key, &e);
                     }
                 }
             }
@@ -565,9 +579,9 @@ impl Worker {
     }
 
     /// Opens one value; `true` if it is under the primary version.
-    pub(super) async fn open(&self, row: &[Val], j: usize, value: &SealedValue) -> Result<bool> {
+    pub(super) async fn open(&self, row: &Row, j: usize, value: &SealedValue) -> Result<bool> {
         let t = &self.table;
-        let sealer = self.tenant_sealer(t.tenant(row), false).await?;
+        let sealer = self.tenant_sealer(row.tenant(), false).await?;
         let ctx = t.context(row, j)?;
         let opened = match sealer.open_uncounted(&ctx, value) {
             // A version newer than this snapshot: another process rotated.
@@ -654,9 +668,12 @@ pub(super) enum Decision {
     Shredded,
     Null,
     Legacy,
-    /// Write the new value (and its blind index values) where the expected
-    /// one still is.
-    Write(Val, Val, Vec<Val>),
+    /// Write `new` (and its blind index values) where `expected` still is.
+    Write {
+        expected: Val,
+        new: Val,
+        indexes: Vec<Val>,
+    },
 }
 
 /// The blind index values of `plaintext` for every index of column `c`,
