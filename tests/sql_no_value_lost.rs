@@ -468,9 +468,10 @@ macro_rules! suite {
                         SealedColumns::new(pool.clone(), sealer.clone(), vec![spec()]).unwrap();
 
                     // The job pauses the second time it checks a batch's
-                    // tenants (the batch read, nothing of it written) until
-                    // the test has run `retire` and rotated acme in another
-                    // process.
+                    // tenants (its third batch: with no tenant cached, the
+                    // first checks none), the batch read and nothing of it
+                    // written, until the test has run `retire` and rotated
+                    // acme in another process.
                     let (paused, resume) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
                     let calls = Arc::new(AtomicU64::new(0));
                     let hooked = {
@@ -496,10 +497,21 @@ macro_rules! suite {
                     o.batch = 2;
                     o.range_rows = Some(100);
                     o.progress = Some(seen.clone());
-                    let job = tokio::spawn(async move { job_columns.reseal(&o).await });
-                    tokio::time::timeout(Duration::from_secs(60), paused.notified())
-                        .await
-                        .expect("the job never reached its second batch check");
+                    let mut job = tokio::spawn(async move { job_columns.reseal(&o).await });
+                    tokio::select! {
+                        () = paused.notified() => {}
+                        ended = &mut job => panic!(
+                            "the job ended before it paused: {}",
+                            match ended {
+                                Ok(Ok(_)) => "complete".to_string(),
+                                Ok(Err(e)) => e.to_string(),
+                                Err(e) => e.to_string(),
+                            }
+                        ),
+                        () = tokio::time::sleep(Duration::from_secs(60)) => {
+                            panic!("the job never paused")
+                        }
+                    }
                     // Rows committed before the pause: one of acme per batch.
                     let before = seen.0.load(Ordering::SeqCst);
                     assert!(before >= 2, "{before}");

@@ -156,6 +156,7 @@ async fn concurrency(a: impl KeyStore + Clone + 'static, b: impl KeyStore + Clon
             .unwrap();
         assert_eq!(new.keys.len(), 1);
     }
+    provider.ungate_wraps();
     let report = sealers[1].admin().verify_audit().await.unwrap();
     assert!(report.is_intact(), "{report:?}");
     // (The store's refusal of unbound keys) + 1 creation + 3 rotations + 3
@@ -176,18 +177,24 @@ async fn interrupted(store: impl KeyStore + Clone + 'static) {
         ));
     }
 
-    // A rotation aborted mid-way leaves either no new version or a complete one.
-    let slow = Sealer::builder(
-        CountingProvider::new(Duration::from_millis(30)),
-        store.clone(),
-    )
-    .build();
-    let task = tokio::spawn(async move { slow.admin().rotate("tenant-00").await });
-    tokio::time::sleep(Duration::from_millis(15)).await;
+    // A rotation aborted mid-way, while its new key is being wrapped (the
+    // wrap waits for a second party that never comes), leaves no new version.
+    let provider = CountingProvider::new(Duration::ZERO);
+    provider.gate_wraps("tenant-00", 2, 2);
+    let stuck = Sealer::builder(provider.clone(), store.clone()).build();
+    let task = tokio::spawn(async move { stuck.admin().rotate("tenant-00").await });
+    let started = std::time::Instant::now();
+    while provider.wraps() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the rotation never wrapped its new key"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     task.abort();
-    let _ = task.await;
+    assert!(task.await.unwrap_err().is_cancelled());
     let record = store.load_tenant("tenant-00").await.unwrap().unwrap();
-    assert!(record.keys.len() == 1 || record.keys.len() == 2);
+    assert_eq!(record.keys.len(), 1);
     assert_eq!(
         record.status(record.latest_version()),
         Some(KeyStatus::Primary)

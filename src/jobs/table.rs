@@ -180,6 +180,8 @@ impl Table {
             .map(|row| {
                 let mut vals = row.into_iter();
                 let key = vals.next().as_ref().and_then(Key::from_val);
+                // The tenant's place is read in every case (NULL for a
+                // fixed tenant), so that the columns after it keep theirs.
                 let tenant = match (fixed, vals.next()) {
                     (Some(t), _) => Some(t.to_string()),
                     (None, Some(Val::Text(t))) => Some(t),

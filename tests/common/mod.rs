@@ -94,6 +94,11 @@ impl CountingProvider {
         });
     }
 
+    /// Wraps no longer wait.
+    pub fn ungate_wraps(&self) {
+        *self.gate.lock().unwrap() = None;
+    }
+
     pub fn wraps(&self) -> usize {
         self.wraps.load(Ordering::SeqCst)
     }
