@@ -11,35 +11,47 @@ use crate::format::{
     self, Algorithm, HEADER_LEN, MAX_PLAINTEXT_LEN, OVERHEAD, SALT_LEN, SealedValue,
 };
 
-/// FORMAT.md §"Sealing" step 2, which comes before the key lookup.
-pub(crate) fn check_plaintext_len(plaintext: &[u8]) -> Result<()> {
-    if plaintext.len() > MAX_PLAINTEXT_LEN {
-        return Err(Error::PlaintextTooLarge {
-            len: plaintext.len(),
-            max: MAX_PLAINTEXT_LEN,
-        });
+/// A plaintext of at most [`MAX_PLAINTEXT_LEN`] bytes: FORMAT.md §"Sealing"
+/// step 2, checked once where each entry point's order puts it (before the
+/// key lookup), and the only way into [`seal_record`], so that no path can
+/// skip it. No `Debug`: it is the plaintext.
+#[derive(Clone, Copy)]
+pub(crate) struct Plaintext<'a>(&'a [u8]);
+
+impl<'a> Plaintext<'a> {
+    /// # Errors
+    ///
+    /// [`Error::PlaintextTooLarge`].
+    pub(crate) fn new(bytes: &'a [u8]) -> Result<Self> {
+        if bytes.len() > MAX_PLAINTEXT_LEN {
+            return Err(Error::PlaintextTooLarge {
+                len: bytes.len(),
+                max: MAX_PLAINTEXT_LEN,
+            });
+        }
+        Ok(Self(bytes))
     }
-    Ok(())
+
+    pub(crate) fn as_bytes(self) -> &'a [u8] {
+        self.0
+    }
 }
 
-/// Seals one value (FORMAT.md §"Sealing"). Callers check the plaintext's
-/// length ([`check_plaintext_len`]) before they look the key up, as step 2
-/// requires.
+/// Seals one value (FORMAT.md §"Sealing") under a fresh random salt.
 pub(crate) fn seal_record(
     deriver: &TenantKeyDeriver,
     algorithm: Algorithm,
     key_version: u32,
     aad: &[u8],
-    plaintext: &[u8],
+    plaintext: Plaintext<'_>,
 ) -> Result<SealedValue> {
-    // Again, so that no path into the envelope can skip it.
-    check_plaintext_len(plaintext)?;
     let mut salt = [0u8; SALT_LEN];
     rand::rng().fill_bytes(&mut salt);
-    seal_with_salt(deriver, algorithm, key_version, aad, plaintext, &salt)
+    seal_salted(deriver, algorithm, key_version, aad, plaintext, &salt)
 }
 
-/// Seals with a given salt. Only the test-vector generator chooses the salt.
+/// Seals with a given salt: only the test-vector generator chooses one.
+#[cfg(test)]
 pub(crate) fn seal_with_salt(
     deriver: &TenantKeyDeriver,
     algorithm: Algorithm,
@@ -48,6 +60,20 @@ pub(crate) fn seal_with_salt(
     plaintext: &[u8],
     salt: &[u8; SALT_LEN],
 ) -> Result<SealedValue> {
+    let plaintext = Plaintext::new(plaintext)?;
+    seal_salted(deriver, algorithm, key_version, aad, plaintext, salt)
+}
+
+/// FORMAT.md §"Sealing" steps 4 to 7, under `salt` (step 3).
+fn seal_salted(
+    deriver: &TenantKeyDeriver,
+    algorithm: Algorithm,
+    key_version: u32,
+    aad: &[u8],
+    plaintext: Plaintext<'_>,
+    salt: &[u8; SALT_LEN],
+) -> Result<SealedValue> {
+    let plaintext = plaintext.as_bytes();
     let header = format::header(algorithm, key_version, salt);
     let record_key = deriver.derive(&header);
 

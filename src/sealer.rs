@@ -423,12 +423,12 @@ impl Sealer {
     }
 
     async fn seal_inner(&self, ctx: &Context, plaintext: &[u8]) -> Result<SealedValue> {
-        crate::envelope::check_plaintext_len(plaintext)?;
+        let plaintext = crate::envelope::Plaintext::new(plaintext)?;
         let keyring = self
             .keys
             .keyring(ctx.tenant(), self.keys.create_tenants)
             .await?;
-        keyring.seal(self.keys.algorithm, ctx, plaintext)
+        keyring.seal_checked(self.keys.algorithm, ctx, plaintext)
     }
 
     /// The tenant label for metrics, when the application opted in and the

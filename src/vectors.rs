@@ -24,7 +24,7 @@ use crate::blind_index::{BlindIndex, Normalizer};
 use crate::context::Context;
 use crate::crypto::tests::{gcm_constants, gf_inv, gf_mul, gf_pow, ghash};
 use crate::crypto::{HmacKey, TenantKeyDeriver, aead_open};
-use crate::envelope::{seal_record, seal_with_salt};
+use crate::envelope::{Plaintext, seal_with_salt};
 use crate::error::Error;
 use crate::format::{Algorithm, MAX_PLAINTEXT_LEN, OVERHEAD, SealedValue};
 use crate::provider::{WrapContext, wrap_with_nonce};
@@ -1030,15 +1030,10 @@ fn large(sealed: &[(SealedValue, Ctx)]) -> Vec<Value> {
         SealedValue::from_bytes(padded(max + 1)),
         Err(Error::Malformed { .. })
     ));
+    // No plaintext longer than the maximum reaches the envelope.
     let too_large = vec![LARGE_FILL; MAX_PLAINTEXT_LEN + 1];
     assert!(matches!(
-        seal_record(
-            &deriver("acme", 1),
-            Algorithm::Aes256Gcm,
-            1,
-            b"",
-            &too_large
-        ),
+        Plaintext::new(&too_large),
         Err(Error::PlaintextTooLarge { .. })
     ));
     vec![

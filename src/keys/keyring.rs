@@ -15,7 +15,7 @@ use std::fmt;
 
 use crate::context::{Context, ContextTemplate};
 use crate::crypto::TenantKeyDeriver;
-use crate::envelope::{check_plaintext_len, open_record, seal_record};
+use crate::envelope::{Plaintext, open_record, seal_record};
 use crate::error::{Error, Result};
 use crate::format::{Algorithm, SealedValue};
 use crate::provider::WrappedKey;
@@ -265,7 +265,17 @@ impl Keyring {
         ctx: &Context,
         plaintext: &[u8],
     ) -> Result<SealedValue> {
-        check_plaintext_len(plaintext)?;
+        self.seal_checked(algorithm, ctx, Plaintext::new(plaintext)?)
+    }
+
+    /// As [`Keyring::seal`], for a caller that checked the plaintext's length
+    /// before it looked the keys up.
+    pub(crate) fn seal_checked(
+        &self,
+        algorithm: Algorithm,
+        ctx: &Context,
+        plaintext: Plaintext<'_>,
+    ) -> Result<SealedValue> {
         self.check_tenant(ctx.tenant())?;
         let (version, deriver) = self.primary()?;
         seal_record(
@@ -288,7 +298,7 @@ impl Keyring {
         // The row id first, as a context built per row is checked before
         // anything else; then the order of `seal`.
         template.with_associated_data(row, |aad| {
-            check_plaintext_len(plaintext)?;
+            let plaintext = Plaintext::new(plaintext)?;
             self.check_tenant(template.tenant())?;
             let (version, deriver) = self.primary()?;
             seal_record(deriver, algorithm, version, aad, plaintext)
